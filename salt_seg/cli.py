@@ -1,0 +1,78 @@
+"""The ``salt-seg`` command line.
+
+Each subcommand lives in ``salt_seg/commands/<name>.py`` and exposes ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``. Command modules import nothing heavy at module level, so ``salt-seg --help`` and
+``--version`` are instant; torch & co. are imported inside ``run``.
+
+User mistakes (``ValueError``, ``FileNotFoundError``, ...) become one ``salt-seg: error: ...`` line and exit
+status 2; a traceback is shown only for genuine bugs, or for everything with ``SALT_SEG_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from salt_seg import __version__
+
+#: subcommand name -> module. A command is listed here only once it works.
+COMMANDS: dict[str, str] = {
+    "inspect": "salt_seg.commands.inspect",
+}
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salt-seg",
+        description=(
+            "Adapt Segment Anything to medical images with SALT and its SVD-family peers: train few-shot, "
+            "evaluate honestly, segment volumes, export NIfTI. Research use only, not a medical device."
+        ),
+        epilog="Run 'salt-seg COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"salt-seg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("salt-seg: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, *USER_ERRORS) as exc:
+        if os.environ.get("SALT_SEG_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in msg:
+            msg = f"{exc.filename}: {msg}"
+        print(f"salt-seg {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

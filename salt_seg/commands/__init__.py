@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each; see :mod:`salt_seg.cli` for the contract."""

@@ -1,0 +1,63 @@
+"""Flags shared by several subcommands, defined once so the CLI stays one consistent surface.
+
+| flag | meaning |
+|---|---|
+| ``--variant`` | SAM variant name (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``, ``small``) |
+| ``--checkpoint`` | a base weights file (Meta SAM / MedSAM ``.pth``, safetensors, training dicts) |
+| ``--model`` | a trained run directory or an adapter ``.safetensors`` file |
+| ``--device`` | ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` |
+| ``--threads`` | CPU threads for torch (default: torch's choice) |
+| ``--set key=value`` | override an experiment config key (repeatable) |
+"""
+
+from __future__ import annotations
+
+import argparse
+
+VARIANT_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", "small")  # kept in sync with salt_seg.model.variants (tested)
+
+
+def add_base_model_flags(parser: argparse.ArgumentParser, *, variant_default: str | None = None) -> None:
+    parser.add_argument(
+        "--variant", default=variant_default, choices=VARIANT_NAMES, help="SAM variant (architecture) name"
+    )
+    parser.add_argument("--checkpoint", default=None, help="base weights file (.pth or .safetensors)")
+
+
+def add_trained_model_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="trained run directory or adapter .safetensors file")
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def add_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+
+
+def resolve_device(name: str = "auto", threads: int | None = None):  # -> torch.device
+    """Turn ``--device``/``--threads`` into a torch device (imports torch)."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: {name!r} is not a device (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
