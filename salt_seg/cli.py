@@ -23,7 +23,12 @@ COMMANDS: dict[str, str] = {
     "inspect": "salt_seg.commands.inspect",
 }
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+)
 
 
 class UserError(Exception):

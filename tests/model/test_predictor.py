@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from salt_seg.model.predictor import Predictor
+from salt_seg.model.sam import InputPrompt
+from salt_seg.preprocessing import Preprocessing, prepare_slice
+from salt_seg.prompts import Prompt
+
+
+@pytest.fixture()
+def slice_2d() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 20, size=(180, 300)).astype(np.int16)
+    img[60:120, 100:200] += 300
+    return img
+
+
+def test_predictor_box_logits_equal_batched_forward(tiny_model, slice_2d) -> None:
+    record = Preprocessing(image_size=256, intensity="ct", window_level=100, window_width=600)
+    pred = Predictor(tiny_model, record)
+    pred.set_image(slice_2d, key=("axial", 5))
+    prompt = Prompt(box=(100, 60, 199, 119))
+    out = pred.predict(prompt)
+    image, tf = prepare_slice(slice_2d, record)
+    with torch.no_grad():
+        logits, iou = tiny_model(image[None], [InputPrompt.from_prompt(prompt, tf)])
+    torch.testing.assert_close(out.low_res_logits, logits[0], atol=1e-5, rtol=0)
+    assert out.score == pytest.approx(float(iou[0, 0]), abs=1e-5)
+    assert out.mask.shape == slice_2d.shape and out.mask.dtype == bool
+    assert out.probabilities.shape == slice_2d.shape
+    np.testing.assert_array_equal(out.mask, out.probabilities > 0.5)
+
+
+def test_embedding_cache_is_reused_and_bounded(tiny_model, slice_2d) -> None:
+    pred = Predictor(tiny_model, Preprocessing(image_size=256), cache_size=2)
+    calls = []
+    orig = tiny_model.encode_images
+    tiny_model.encode_images = lambda x: calls.append(1) or orig(x)  # type: ignore[method-assign]
+    try:
+        pred.set_image(slice_2d, key=1)
+        pred.set_image(slice_2d, key=1)
+        assert len(calls) == 1
+        pred.set_image(slice_2d, key=2)
+        pred.set_image(slice_2d, key=3)
+        assert not pred.is_cached(1) and pred.is_cached(2) and pred.is_cached(3)
+    finally:
+        del tiny_model.encode_images
+
+
+def test_predict_before_set_image_is_a_runtime_error(tiny_model) -> None:
+    with pytest.raises(RuntimeError, match="set_image"):
+        Predictor(tiny_model, Preprocessing(image_size=256)).predict(Prompt(box=(0, 0, 5, 5)))
+
+
+def test_record_size_must_match_model(tiny_model) -> None:
+    with pytest.raises(ValueError, match="image_size 1024"):
+        Predictor(tiny_model, Preprocessing(image_size=1024))
