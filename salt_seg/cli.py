@@ -21,6 +21,7 @@ from salt_seg import __version__
 #: subcommand name -> module. A command is listed here only once it works.
 COMMANDS: dict[str, str] = {
     "inspect": "salt_seg.commands.inspect",
+    "evaluate": "salt_seg.commands.evaluate",
 }
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

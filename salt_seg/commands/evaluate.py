@@ -1,0 +1,112 @@
+"""``salt-seg evaluate --pred DIR --gt DIR``: Dice, HD95 (mm) and NSD of predicted NIfTI masks vs ground truth.
+
+Thin on purpose: parsing and printing here; pairing/reading in :mod:`salt_seg.evaluation.files`, scores in
+:mod:`salt_seg.evaluation.metrics`, orchestration and output files in :mod:`salt_seg.evaluation.runner` (which a
+``--model RUN_DIR`` mode can feed with predicted arrays through ``evaluate_cases``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "score predicted masks against ground truth: Dice, HD95 (mm), NSD per class, per volume and per slice"
+DESCRIPTION = (
+    "Compare a folder of predicted NIfTI label maps with a folder of ground truth, matched by file name "
+    "(case.nii.gz). Scores Dice, HD95 in mm (voxel spacing honoured) and normalised surface Dice at a tolerance "
+    "in mm, per class, per case, per 3-D volume and per 2-D slice. Empty masks: both empty = excluded from means "
+    "and counted (or --both-empty perfect); one empty = Dice 0, NSD 0, HD95 = field-of-view diagonal. Writes "
+    "evaluation.json and CSV tables to --out and prints a table."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pred", required=True, metavar="DIR", help="folder of predicted label maps (.nii.gz)"
+    )
+    parser.add_argument(
+        "--gt", required=True, metavar="DIR", help="folder of ground-truth label maps (.nii.gz)"
+    )
+    parser.add_argument("--split", metavar="FILE", help='split JSON: evaluate only its "test" cases')
+    parser.add_argument(
+        "--classes",
+        metavar="LIST",
+        help="label values or dataset.json names, e.g. 1,2 or liver,spleen (default: every non-zero label found)",
+    )
+    parser.add_argument(
+        "--dataset-json", metavar="FILE", help="class names (default: dataset.json in --gt or its parent)"
+    )
+    parser.add_argument(
+        "--nsd-tolerance", type=float, default=2.0, metavar="MM", help="NSD tolerance in mm (default 2.0)"
+    )
+    parser.add_argument(
+        "--per-volume", action="store_true", help="score 3-D volumes (default: volumes and slices)"
+    )
+    parser.add_argument(
+        "--per-slice", action="store_true", help="score 2-D slices (default: volumes and slices)"
+    )
+    parser.add_argument(
+        "--slice-axis",
+        type=int,
+        default=2,
+        choices=(0, 1, 2),
+        help="voxel axis of the RAS-reoriented volume to slice along (default 2: axial)",
+    )
+    parser.add_argument(
+        "--both-empty",
+        choices=("exclude", "perfect"),
+        default="exclude",
+        help="class absent from both masks: exclude from means and count (default) or score Dice 1, NSD 1, HD95 0",
+    )
+    parser.add_argument(
+        "--missing",
+        choices=("error", "empty"),
+        default="error",
+        help="a case without a prediction file: stop with an error (default) or score it as an empty prediction",
+    )
+    parser.add_argument("--out", metavar="DIR", help="where to write results (default: PRED/evaluation)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from salt_seg.evaluation import EvaluationSettings, evaluate_folders, format_table, write_results
+
+    levels = tuple(lv for lv, on in (("volume", args.per_volume), ("slice", args.per_slice)) if on)
+    try:
+        settings = EvaluationSettings(
+            nsd_tolerance_mm=args.nsd_tolerance,
+            levels=levels or ("volume", "slice"),
+            slice_axis=args.slice_axis,
+            both_empty=args.both_empty,
+        )
+    except ValueError as exc:
+        raise ValueError(f"--nsd-tolerance: {exc}") from None
+    result = evaluate_folders(
+        args.pred,
+        args.gt,
+        split_file=args.split,
+        classes=args.classes,
+        dataset_json=args.dataset_json,
+        missing=args.missing,
+        settings=settings,
+    )
+    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
+    written = write_results(result, out)
+    print(
+        f"{len(result.cases)} case(s), classes {', '.join(map(str, result.class_ids)) or 'none'}"
+        + (f", split {args.split}" if args.split else "")
+        + (
+            f", {len(result.missing_predictions)} missing prediction(s) scored as empty"
+            if result.missing_predictions
+            else ""
+        )
+    )
+    print(format_table(result.summary, result.class_names, settings.nsd_tolerance_mm))
+    print(
+        "n = scores in each mean; 'both empty' are excluded"
+        if settings.both_empty == "exclude"
+        else "n = scores in each mean; 'both empty' scored as Dice 1, NSD 1, HD95 0"
+    )
+    print("'missed'/'false pos' score Dice 0, NSD 0, HD95 = field-of-view diagonal")
+    print(f"results: {out} ({', '.join(p.name for p in written)})")
+    return 0

@@ -1,0 +1,284 @@
+"""File side of evaluation: find and pair NIfTI label maps, read them with geometry checks, read a split's test
+cases and a ``dataset.json``'s class names, and write results atomically. No metric is computed here.
+
+* A **case name** is the file name without ``.nii.gz`` / ``.nii``; a prediction and a ground truth pair up when
+  their case names are equal.
+* Label maps are read with nibabel and reoriented (axis permutes/flips, never resampling) to the closest RAS+
+  canonical voxel order, so slice axis 2 is axial for a standard scan, matching ``salt_seg.data``'s slicing.
+  Spacing (mm) comes from the affine's column norms after reorientation.
+* A prediction must have the ground truth's shape and affine (within :data:`AFFINE_ATOL_MM` mm /
+  :data:`AFFINE_RTOL`); otherwise a ``ValueError`` names the prediction file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: NIfTI file suffixes, longest first.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: affines of a prediction and its ground truth may differ by this much (mm) and still match.
+AFFINE_ATOL_MM = 1e-3
+#: relative tolerance on the same comparison (float32 header rounding on large coordinates).
+AFFINE_RTOL = 1e-4
+
+
+def case_name(path: str | Path) -> str | None:
+    """The case name of a NIfTI path (``liver_003.nii.gz`` -> ``liver_003``), ``None`` if not NIfTI."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def list_cases(folder: str | Path, what: str = "folder") -> dict[str, Path]:
+    """``{case name: path}`` of the NIfTI files directly inside ``folder``, sorted by name.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a directory.
+        ValueError: no NIfTI file, or two files with the same case name (``a.nii`` and ``a.nii.gz``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: {what} is not a directory")
+    cases: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        name = case_name(p)
+        if name is None or not p.is_file():
+            continue
+        if name in cases:
+            raise ValueError(f"{p}: case name {name!r} also used by {cases[name].name}")
+        cases[name] = p
+    if not cases:
+        raise ValueError(f"{folder}: no .nii/.nii.gz files in this {what}")
+    return cases
+
+
+def read_split_test_cases(path: str | Path) -> list[str]:
+    """Case names of a split file's test part.
+
+    Accepted: a JSON object with a ``"test"`` list of case names (file names or paths are reduced to their case
+    name, so ``"labelsTr/case_01.nii.gz"`` and ``"case_01"`` are the same case).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, no ``"test"`` list, or an empty one.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: split file not found")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{p}: split file is not valid JSON ({exc})") from None
+    test = data.get("test") if isinstance(data, dict) else None
+    if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
+        raise ValueError(f'{p}: split file needs a "test" list of case names')
+    if not test:
+        raise ValueError(f"{p}: the split's test part is empty")
+    return [case_name(t) or Path(t).name for t in test]
+
+
+def read_label_names(path: str | Path) -> dict[int, str]:
+    """``{label value: name}`` from a ``dataset.json`` (nnU-Net v2 ``{"liver": 1}`` or MSD ``{"1": "liver"}``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON or no ``"labels"`` object.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: dataset.json not found")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{p}: not valid JSON ({exc})") from None
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict):
+        raise ValueError(f'{p}: no "labels" object')
+    out: dict[int, str] = {}
+    for k, v in labels.items():
+        if isinstance(v, str) and str(k).lstrip("-").isdigit():  # MSD: {"1": "liver"}
+            out[int(k)] = v
+        elif isinstance(v, int) and not isinstance(v, bool):  # nnU-Net v2: {"liver": 1}
+            out[v] = str(k)
+        # nnU-Net region labels (lists) are not single label values: skipped
+    return out
+
+
+def find_dataset_json(gt_dir: str | Path) -> Path | None:
+    """``dataset.json`` in the ground-truth folder or its parent (nnU-Net layout: ``labelsTr/..``), if any."""
+    for folder in (Path(gt_dir), Path(gt_dir).parent):
+        if (folder / "dataset.json").is_file():
+            return folder / "dataset.json"
+    return None
+
+
+def parse_classes(spec: str, label_names: Mapping[int, str] | None = None) -> list[int]:
+    """Class ids from ``"1,2"``, ``"liver,spleen"`` (names from a dataset.json, case-insensitive) or a mix.
+
+    Raises:
+        ValueError: an empty list, or a name that is not in ``label_names`` (valid names listed).
+    """
+    by_name = {v.lower(): k for k, v in (label_names or {}).items()}
+    ids: list[int] = []
+    for token in (t.strip() for t in spec.split(",")):
+        if not token:
+            continue
+        if token.lstrip("-").isdigit():
+            ids.append(int(token))
+        elif token.lower() in by_name:
+            ids.append(by_name[token.lower()])
+        elif not by_name:
+            raise ValueError(
+                f"--classes: {token!r} is a name but no dataset.json was found (pass --dataset-json)"
+            )
+        else:
+            raise ValueError(f"--classes: unknown class {token!r}; dataset.json has {', '.join(by_name)}")
+    if not ids:
+        raise ValueError(f"--classes: no class in {spec!r}")
+    return list(dict.fromkeys(ids))
+
+
+def _to_label_array(data: np.ndarray, path: Path) -> np.ndarray:
+    a = np.asanyarray(data)
+    while a.ndim > 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D or 3-D label map, got shape {a.shape}")
+    if a.dtype.kind == "f":
+        if not (np.isfinite(a).all() and (a == np.round(a)).all()):
+            raise ValueError(f"{path}: not a label map (non-integer voxel values)")
+        a = a.astype(np.int32)
+    elif a.dtype.kind not in "biu":
+        raise ValueError(f"{path}: not a label map (dtype {a.dtype})")
+    return a
+
+
+def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI label map as its file's ``I x J x K`` integer array and 4x4 affine (not reoriented).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable/truncated file, not 2-D/3-D, or non-integer values.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    try:
+        img = nib.load(str(p))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel/zlib/EOF errors all mean "unreadable file" here
+        raise ValueError(f"{p}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
+    return _to_label_array(data, p), np.asarray(img.affine, dtype=np.float64)
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Permute/flip ``array`` to the closest RAS+ voxel order; return it and its spacing in mm per axis."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    spacing_in = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = [0.0, 0.0, 0.0]
+    for axis_in, (axis_out, _flip) in enumerate(ornt):
+        spacing[int(axis_out)] = float(spacing_in[axis_in])
+    return nib.orientations.apply_orientation(array, ornt), (spacing[0], spacing[1], spacing[2])
+
+
+def load_pair(
+    pred_path: str | Path | None, gt_path: str | Path
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a prediction and its ground truth, check they share a grid, return RAS-canonical arrays + spacing.
+
+    Args:
+        pred_path: the prediction, or ``None`` to score an empty prediction (a missing file).
+        gt_path: the ground truth.
+
+    Returns:
+        ``(pred, gt, spacing_mm)``: ``I x J x K`` integer arrays in RAS+ voxel order and mm per axis.
+
+    Raises:
+        ValueError: shape or affine mismatch (naming the prediction file), or an unreadable file.
+    """
+    gt, gt_affine = read_label_map(gt_path)
+    if pred_path is None:
+        pred, pred_affine = np.zeros_like(gt), gt_affine
+    else:
+        pred, pred_affine = read_label_map(pred_path)
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"{pred_path}: shape {tuple(pred.shape)} differs from ground truth {gt_path} {tuple(gt.shape)}"
+            )
+        if not np.allclose(pred_affine, gt_affine, atol=AFFINE_ATOL_MM, rtol=AFFINE_RTOL):
+            diff = float(np.abs(pred_affine - gt_affine).max())
+            raise ValueError(
+                f"{pred_path}: affine differs from ground truth {gt_path} (max difference {diff:.4g}); "
+                "predictions must be on the ground truth's voxel grid"
+            )
+    gt_c, spacing = to_canonical(gt, gt_affine)
+    pred_c, _ = to_canonical(pred, gt_affine)
+    return pred_c, gt_c, spacing
+
+
+def jsonable(obj: object) -> object:
+    """``obj`` with NaN/inf floats replaced by ``None`` and numpy scalars by Python ones (strict JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: object) -> Path:
+    """Write strict JSON (NaN as ``null``) atomically."""
+    return write_text_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _cell(v: object) -> object:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""  # empty cell = excluded / undefined
+    return v
+
+
+def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+    """Write a CSV atomically; NaN and ``None`` become empty cells."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow([_cell(v) for v in row])
+    return write_text_atomic(path, buf.getvalue())

@@ -1,0 +1,302 @@
+"""Evaluate many cases: from arrays (:func:`evaluate_cases`, what a run's test split goes through) or from two
+NIfTI folders (:func:`evaluate_folders`), and write the result files (:func:`write_results`).
+
+Output files (all written atomically; NaN = excluded/undefined is an empty CSV cell and ``null`` in JSON):
+
+* ``evaluation.json`` - settings, conventions, class names, case lists, summary, per-case summaries, every score.
+* ``summary.csv`` - per level and class (and ``all``): mean/std/n of Dice, HD95 (mm), NSD, and status counts.
+* ``per_case.csv`` - the same per case (for the slice level: each case's slice mean).
+* ``per_volume.csv`` / ``per_slice.csv`` - one row per score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from salt_seg.evaluation import files
+from salt_seg.evaluation.metrics import (
+    BOTH_EMPTY_POLICIES,
+    DEFAULT_NSD_TOLERANCE_MM,
+    LEVELS,
+    STATUSES,
+    Score,
+    check_policy,
+    check_tolerance,
+    evaluate_case,
+)
+from salt_seg.evaluation.summary import METRICS, aggregate, aggregate_by_case
+
+logger = logging.getLogger(__name__)
+
+#: how a case without a prediction file is handled: an error, or scored as an empty prediction.
+MISSING_POLICIES = ("error", "empty")
+
+CONVENTIONS = {
+    "dice": "2|P&G|/(|P|+|G|) in voxels",
+    "hd95_mm": "max of the two directed 95th percentiles of surface distances, mm (MONAI definition)",
+    "nsd": "fraction of both surfaces within the tolerance of the other (MONAI, no sub-voxel areas)",
+    "both_empty": "'exclude': NaN, left out of means and counted; 'perfect': Dice 1, NSD 1, HD95 0",
+    "pred_empty": "ground truth present, prediction empty: Dice 0, NSD 0, HD95 = field-of-view diagonal (mm)",
+    "gt_empty": "ground truth empty, prediction present: Dice 0, NSD 0, HD95 = field-of-view diagonal (mm)",
+    "std": "sample standard deviation (ddof=1)",
+    "slice_mean": "pooled over all slices of all cases",
+}
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How scores are computed.
+
+    Attributes:
+        nsd_tolerance_mm: NSD tolerance in mm.
+        levels: ``"volume"`` and/or ``"slice"``.
+        slice_axis: voxel axis of the (RAS-canonical) volume the slices are taken along.
+        both_empty: ``"exclude"`` or ``"perfect"`` (see :mod:`salt_seg.evaluation.metrics`).
+    """
+
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+    levels: tuple[str, ...] = LEVELS
+    slice_axis: int = 2
+    both_empty: str = "exclude"
+
+    def __post_init__(self) -> None:
+        check_tolerance(self.nsd_tolerance_mm)
+        check_policy(self.both_empty)
+        if not self.levels or any(lv not in LEVELS for lv in self.levels):
+            raise ValueError(f"levels must be a non-empty subset of {', '.join(LEVELS)}; got {self.levels}")
+        if self.slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+
+
+@dataclass
+class EvaluationResult:
+    """Scores and summaries of one evaluation."""
+
+    scores: list[Score]
+    class_ids: list[int]
+    settings: EvaluationSettings
+    cases: list[str]
+    class_names: dict[int, str] = field(default_factory=dict)
+    missing_predictions: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    per_case: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.summary:
+            self.summary = aggregate(self.scores)
+        if not self.per_case:
+            self.per_case = aggregate_by_case(self.scores)
+
+
+def _labels_present(*arrays: np.ndarray) -> set[int]:
+    found: set[int] = set()
+    for a in arrays:
+        if a.size and a.min() >= 0 and a.max() < 1 << 16:
+            found |= {int(v) for v in np.flatnonzero(np.bincount(a.ravel()))}  # much faster than np.unique
+        else:
+            found |= {int(v) for v in np.unique(a)}
+    return found - {0}
+
+
+def evaluate_cases(
+    cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float]]],
+    class_ids: Sequence[int] | None = None,
+    settings: EvaluationSettings | None = None,
+) -> tuple[list[Score], list[int]]:
+    """Score ``(case, pred, gt, spacing_mm)`` items, one at a time (arrays are not kept).
+
+    Args:
+        cases: ``I x J x K`` integer label maps on the same grid, with mm per axis; an iterator is fine.
+        class_ids: label values to score; ``None`` scores every non-zero label found in any ground truth or
+            prediction (a class absent from a case gets that case's both-empty scores).
+        settings: scoring options (defaults: NSD at 2 mm, both levels, slice axis 2, both-empty excluded).
+
+    Returns:
+        ``(scores, class_ids)``: scores ordered by level, case, class, slice; the class ids scored.
+    """
+    settings = settings or EvaluationSettings()
+    fixed = None if class_ids is None else [int(c) for c in class_ids]
+    known: list[int] = list(fixed or [])
+    scores: list[Score] = []
+    shapes: dict[str, tuple[int, list[int]]] = {}  # case -> (slices, classes scored)
+    order: list[str] = []
+    for case, pred, gt, spacing in cases:
+        if case in shapes:
+            raise ValueError(f"case {case!r} given twice")
+        if fixed is None:
+            known += sorted(_labels_present(gt, pred) - set(known))
+        scores += evaluate_case(
+            pred,
+            gt,
+            spacing,
+            known,
+            case=case,
+            nsd_tolerance_mm=settings.nsd_tolerance_mm,
+            levels=settings.levels,
+            slice_axis=settings.slice_axis,
+            both_empty=settings.both_empty,
+        )
+        shapes[case] = (int(np.shape(gt)[settings.slice_axis]), list(known))
+        order.append(case)
+        logger.info("evaluated case %d: %s", len(order), case)
+    # classes first seen after a case was scored are absent from it: add its both-empty scores
+    for case, (n_slices, scored) in shapes.items():
+        for c in (c for c in known if c not in scored):
+            scores += _absent_class_scores(case, c, n_slices, settings)
+    rank = {c: i for i, c in enumerate(order)}
+    scores.sort(key=lambda s: (LEVELS.index(s.level), rank[s.case], s.class_id, s.slice_index or 0))
+    return scores, sorted(known)
+
+
+def _absent_class_scores(
+    case: str, class_id: int, n_slices: int, settings: EvaluationSettings
+) -> list[Score]:
+    value = 1.0 if settings.both_empty == "perfect" else float("nan")
+    hd = 0.0 if settings.both_empty == "perfect" else float("nan")
+    out = []
+    if "volume" in settings.levels:
+        out.append(Score(case, class_id, "volume", None, "both_empty", value, hd, value, 0, 0))
+    if "slice" in settings.levels:
+        out += [
+            Score(case, class_id, "slice", i, "both_empty", value, hd, value, 0, 0) for i in range(n_slices)
+        ]
+    return out
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    *,
+    split_file: str | Path | None = None,
+    classes: str | Sequence[int] | None = None,
+    dataset_json: str | Path | None = None,
+    missing: str = "error",
+    settings: EvaluationSettings | None = None,
+) -> EvaluationResult:
+    """Score a folder of predicted NIfTI label maps against a folder of ground truth, matched by case name.
+
+    Args:
+        pred_dir: predictions ``<case>.nii.gz``.
+        gt_dir: ground truth ``<case>.nii.gz``; every case here (or in the split's test part) is scored.
+        split_file: restrict to the split's test cases (:func:`files.read_split_test_cases`).
+        classes: ``"1,2"`` / ``"liver,spleen"`` / a list of ids; ``None``: every non-zero label found.
+        dataset_json: class names; default ``dataset.json`` in ``gt_dir`` or its parent when present.
+        missing: ``"error"`` (default) or ``"empty"``: score a missing prediction as an empty one.
+        settings: scoring options.
+
+    Raises:
+        FileNotFoundError: a folder, the split, the dataset.json, or (``missing="error"``) a prediction is missing.
+        ValueError: shape/affine mismatch, unreadable file, unknown class, split cases not in ``gt_dir``.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {', '.join(MISSING_POLICIES)}; got {missing!r}")
+    settings = settings or EvaluationSettings()
+    gt_cases = files.list_cases(gt_dir, "ground-truth folder")
+    pred_cases = files.list_cases(pred_dir, "prediction folder")
+    selected = list(gt_cases)
+    if split_file is not None:
+        test = files.read_split_test_cases(split_file)
+        absent = [c for c in test if c not in gt_cases]
+        if absent:
+            raise ValueError(
+                f"{split_file}: test case(s) {', '.join(absent[:5])} have no ground truth in {gt_dir}"
+            )
+        selected = list(dict.fromkeys(test))
+    missing_preds = [c for c in selected if c not in pred_cases]
+    if missing_preds and missing == "error":
+        raise FileNotFoundError(
+            f"{Path(pred_dir) / (missing_preds[0] + '.nii.gz')}: no prediction for case {missing_preds[0]!r}"
+            + (f" and {len(missing_preds) - 1} more" if len(missing_preds) > 1 else "")
+            + " (use --missing empty to score missing predictions as empty)"
+        )
+    extra = sorted(set(pred_cases) - set(gt_cases))
+    if extra:
+        logger.warning("%d prediction(s) without ground truth ignored: %s", len(extra), ", ".join(extra[:5]))
+    json_path = Path(dataset_json) if dataset_json is not None else files.find_dataset_json(gt_dir)
+    names = files.read_label_names(json_path) if json_path is not None else {}
+    class_ids = files.parse_classes(classes, names) if isinstance(classes, str) else classes
+
+    def pairs():
+        for i, case in enumerate(selected, start=1):
+            pred, gt, spacing = files.load_pair(pred_cases.get(case), gt_cases[case])
+            logger.debug("case %d/%d %s: shape %s spacing %s mm", i, len(selected), case, gt.shape, spacing)
+            yield case, pred, gt, spacing
+
+    scores, ids = evaluate_cases(pairs(), class_ids, settings)
+    return EvaluationResult(
+        scores=scores,
+        class_ids=ids,
+        settings=settings,
+        cases=selected,
+        class_names={c: names[c] for c in ids if c in names},
+        missing_predictions=missing_preds,
+    )
+
+
+def _summary_rows(case: str | None, summary: Mapping, names: Mapping[int, str]) -> list[list[object]]:
+    rows = []
+    for level in LEVELS:
+        for key, s in summary.get(level, {}).items():
+            name = "" if key == "all" else names.get(int(key), "")
+            stats = [s[m][k] for m in METRICS for k in ("mean", "std")]
+            prefix = [] if case is None else [case]
+            rows.append(
+                [*prefix, level, key, name, s["dice"]["n"], *stats, *(s["counts"][st] for st in STATUSES)]
+            )
+    return rows
+
+
+def write_results(result: EvaluationResult, out_dir: str | Path, extra: Mapping | None = None) -> list[Path]:
+    """Write ``evaluation.json`` and the CSV tables (module docstring) into ``out_dir``; return the paths."""
+    out = Path(out_dir)
+    names = result.class_names
+    stat_cols = [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]
+    head = ["level", "class_id", "class_name", "n", *stat_cols, *STATUSES]
+    written = [
+        files.write_csv_atomic(out / "summary.csv", head, _summary_rows(None, result.summary, names)),
+        files.write_csv_atomic(
+            out / "per_case.csv",
+            ["case", *head],
+            [r for case, s in result.per_case.items() for r in _summary_rows(case, s, names)],
+        ),
+    ]
+    score_cols = [
+        "case",
+        "class_id",
+        "class_name",
+        "slice_index",
+        "status",
+        *METRICS,
+        "pred_voxels",
+        "gt_voxels",
+    ]
+    for level in result.settings.levels:
+        rows = [
+            [s.case, s.class_id, names.get(s.class_id, ""), s.slice_index, s.status, s.dice, s.hd95_mm, s.nsd]
+            + [s.pred_voxels, s.gt_voxels]
+            for s in result.scores
+            if s.level == level
+        ]
+        cols = score_cols if level == "slice" else [c for c in score_cols if c != "slice_index"]
+        if level == "volume":
+            rows = [r[:3] + r[4:] for r in rows]
+        written.append(files.write_csv_atomic(out / f"per_{level}.csv", cols, rows))
+    doc = {
+        "settings": {**asdict(result.settings), "both_empty_choices": list(BOTH_EMPTY_POLICIES)},
+        "conventions": CONVENTIONS,
+        "class_ids": result.class_ids,
+        "class_names": {str(k): v for k, v in names.items()},
+        "cases": result.cases,
+        "missing_predictions": result.missing_predictions,
+        **(dict(extra) if extra else {}),
+        "summary": result.summary,
+        "per_case": result.per_case,
+        "scores": [asdict(s) for s in result.scores],
+    }
+    written.insert(0, files.write_json_atomic(out / "evaluation.json", doc))
+    return written
