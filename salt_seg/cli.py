@@ -22,6 +22,7 @@ from salt_seg import __version__
 COMMANDS: dict[str, str] = {
     "inspect": "salt_seg.commands.inspect",
     "evaluate": "salt_seg.commands.evaluate",
+    "data": "salt_seg.commands.data",
 }
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

@@ -1,0 +1,136 @@
+"""``salt-seg data``: check, prepare and split datasets.
+
+* ``salt-seg data check DIR [--format auto]``: index and read every case with all input checks, print a summary
+  (cases, shapes, spacings, label voxel counts, problems); exit 1 when problems are found. Writes nothing.
+* ``salt-seg data prepare NAME --out DIR``: build a dataset recipe (``mni152-tissue``, ``colin27-aal``,
+  ``synthetic-shapes``) in nnU-Net v2 layout; built in a temporary folder and renamed when valid, so a failure
+  writes nothing.
+* ``salt-seg data split DIR --shots N --out FILE``: draw a few-shot split JSON.
+* ``salt-seg data list``: the dataset formats and recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+HELP = "check, prepare and split datasets (formats: nnunet, msd, salt, dicom, pairs)"
+DESCRIPTION = (
+    "Validate a dataset folder, build a ready-to-train dataset from data that installs offline, or draw a "
+    "few-shot split. Run 'salt-seg data SUBCOMMAND --help' for details."
+)
+_FORMATS = ("auto", "nnunet", "msd", "salt", "dicom", "pairs")  # kept in sync with DATASET_FORMATS (tested)
+_RECIPES = ("mni152-tissue", "colin27-aal", "synthetic-shapes")  # kept in sync with RECIPES (tested)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    check = sub.add_parser("check", help="validate a dataset and print a summary (exit 1 on problems)")
+    check.add_argument("dir", type=Path, help="dataset folder")
+    check.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout (default: auto)")
+    check.add_argument(
+        "--max-voxels", type=int, default=None, help="refuse images with more voxels than this"
+    )
+
+    prep = sub.add_parser("prepare", help="build a dataset recipe into --out (nothing is written on failure)")
+    prep.add_argument("name", choices=_RECIPES, help="recipe name")
+    prep.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    prep.add_argument("--force", action="store_true", help="replace --out if it exists")
+    prep.add_argument(
+        "--seed", type=int, default=None, help="seed for the default split (and synthetic data)"
+    )
+    prep.add_argument("--shots", type=int, default=None, help="training slices/volumes in the default split")
+    prep.add_argument("--source", type=Path, default=None, help="colin27-aal: folder with ch2/aal files")
+    prep.add_argument("--no-install", action="store_true", help="colin27-aal: never run apt-get")
+
+    split = sub.add_parser("split", help="draw a few-shot split JSON for a dataset")
+    split.add_argument("dir", type=Path, help="dataset folder")
+    split.add_argument("--out", type=Path, required=True, help="split file to write (.json)")
+    split.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout (default: auto)")
+    split.add_argument("--shots", type=int, required=True, help="training volumes (volume) or slices (slice)")
+    split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    split.add_argument("--level", default="volume", choices=("volume", "slice"), help="split unit")
+    split.add_argument("--val", type=float, default=0.2, help="validation fraction (default 0.2)")
+    split.add_argument("--test", type=float, default=0.4, help="test fraction (default 0.4)")
+    split.add_argument("--guard-mm", type=float, default=10.0, help="slice level: min distance between parts")
+    split.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slice level: RAS axis")
+    split.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    sub.add_parser("list", help="list dataset formats and recipes")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"check": _check, "prepare": _prepare, "split": _split, "list": _list}[args.data_command](args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from salt_seg.data.check import check_dataset, format_report
+    from salt_seg.data.formats import load_dataset
+    from salt_seg.data.readers import DEFAULT_MAX_VOXELS
+
+    dataset = load_dataset(args.dir, args.format, strict=False)
+    report = check_dataset(dataset, max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from salt_seg.data.recipes import RECIPES, prepare_dataset
+
+    given = {"seed": args.seed, "shots": args.shots, "source": args.source}
+    if args.no_install:
+        given["install"] = False
+    options = {k: v for k, v in given.items() if v is not None}
+    accepted = inspect.signature(RECIPES[args.name].build).parameters
+    unused = [k for k in options if k not in accepted]
+    if unused:
+        flags = ", ".join("--no-install" if k == "install" else f"--{k}" for k in unused)
+        raise ValueError(f"{flags} does not apply to recipe {args.name}")
+    out = prepare_dataset(args.name, args.out, force=args.force, **options)
+    print(f"prepared {args.name} at {out} (nnU-Net v2 layout; default split in {out / 'split.json'})")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from salt_seg.data.formats import load_dataset
+    from salt_seg.data.split import make_split, save_split
+
+    if args.out.exists() and not args.force:
+        raise FileExistsError(f"{args.out}: already exists; pass --force to replace it")
+    if not args.out.parent.is_dir():
+        raise FileNotFoundError(f"{args.out.parent}: no such folder for --out")
+    dataset = load_dataset(args.dir, args.format)
+    split = make_split(
+        dataset,
+        shots=args.shots,
+        seed=args.seed,
+        level=args.level,
+        val=args.val,
+        test=args.test,
+        guard_mm=args.guard_mm,
+        axis=args.axis,
+    )
+    save_split(split, args.out)
+    sizes = ", ".join(
+        f"{p} {sum(len(e.slices) if e.slices else 1 for e in split.part(p))}"
+        for p in ("train", "val", "test")
+    )
+    unit = "slices" if args.level == "slice" else "cases"
+    print(f"wrote {args.out}: {sizes} {unit} (seed {args.seed})")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from salt_seg.data.formats import DATASET_FORMATS
+    from salt_seg.data.recipes import RECIPES
+
+    print("dataset formats (--format):")
+    for f in DATASET_FORMATS.values():
+        print(f"  {f.name:<18} {f.description}")
+    print("recipes (salt-seg data prepare NAME --out DIR):")
+    for r in RECIPES.values():
+        print(f"  {r.name:<18} {r.description}")
+    return 0

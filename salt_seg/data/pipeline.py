@@ -1,0 +1,332 @@
+"""Volume-level MONAI pipeline shared by training and prediction.
+
+``load -> channel-first -> orientation (RAS) -> optional in-plane resampling -> intensity to [0, 1]``
+
+* Loading uses this package's readers (every bad-input check applies) and yields channel-first
+  ``MetaTensor`` s carrying the affine, so MONAI's ``Orientationd``/``Spacingd`` do the geometry.
+* Resampling (``Preprocessing.spacing``) changes only the two in-plane axes of the slice axis; the image is
+  interpolated bilinearly, labels with nearest neighbour, so label maps stay integral.
+* Intensity follows the preprocessing record, per channel and **once per volume** (CT window in HU, MR
+  percentiles, min-max): ``intensity_range`` + ``normalize_intensity`` from :mod:`salt_seg.preprocessing`. The
+  record's ``channels`` pick which source channels feed SAM's three inputs.
+
+After this stage every slice becomes model input with ``prepare_slice(slice, record, value_range=(0, 1))``, so
+train (:class:`salt_seg.data.slices.SliceDataset`) and predict (:func:`prepare_volume`) share one code path.
+:meth:`PreparedVolume.to_source` maps a volume-shaped result back onto the file's own voxel grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from salt_seg.data.errors import DataError
+from salt_seg.data.labels import load_label
+from salt_seg.data.readers import DEFAULT_MAX_VOXELS, load_channels, load_volume
+from salt_seg.data.volume import Geometry, Volume, extract_slice
+from salt_seg.preprocessing import Preprocessing, intensity_range, normalize_intensity
+
+if TYPE_CHECKING:
+    import torch
+
+    from salt_seg.data.dataset import Dataset
+    from salt_seg.preprocessing import SliceTransform
+
+
+def select_channels(array: np.ndarray, channels: Sequence[int], name: str = "image") -> np.ndarray:
+    """Pick the record's source channels from ``C x ...``; errors name the volume and the channel count."""
+    bad = [c for c in channels if not 0 <= c < array.shape[0]]
+    if bad:
+        raise DataError(
+            None,
+            f"{name}: preprocessing channels {list(channels)} but the image has {array.shape[0]} channel(s)",
+        )
+    return array[list(channels)]
+
+
+def normalize_volume(
+    array: np.ndarray, record: Preprocessing
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Scale each channel of ``C x I x J x K`` to ``[0, 1]`` float32 by the record (one range per channel).
+
+    Returns:
+        The normalised array and the ``(low, high)`` source intensities mapped to 0 and 1, per channel.
+    """
+    out = np.empty(array.shape, dtype=np.float32)
+    ranges = []
+    for c in range(array.shape[0]):
+        rng = intensity_range(array[c], record)
+        out[c] = normalize_intensity(array[c], rng)
+        ranges.append(rng)
+    return out, ranges
+
+
+def case_item(dataset: Dataset, case_id: str, *, with_label: bool = True) -> dict[str, Any]:
+    """The loader input for one case of a :class:`~salt_seg.data.dataset.Dataset`."""
+    case = dataset.case(case_id)
+    item: dict[str, Any] = {
+        "case_id": case.case_id,
+        "image": [str(p) for p in case.images],
+        "series": case.series,
+        "multichannel": dataset.multichannel,
+        "classes": list(dataset.classes),
+        "label_remap": dataset.label_remap,
+    }
+    if with_label and case.label is not None:
+        item["label"] = str(case.label)
+    return item
+
+
+def _load_transform_cls():
+    from monai.transforms import MapTransform
+
+    class LoadVolumed(MapTransform):
+        """Read ``image`` (and ``label``) paths with :mod:`salt_seg.data.readers` into channel-first MetaTensors."""
+
+        def __init__(
+            self,
+            keys: Sequence[Hashable] = ("image", "label"),
+            max_voxels: int = DEFAULT_MAX_VOXELS,
+            allow_missing_keys: bool = True,
+        ) -> None:
+            super().__init__(keys, allow_missing_keys)
+            self.max_voxels = max_voxels
+
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            d = dict(data)
+            paths = d["image"] if isinstance(d["image"], list | tuple) else [d["image"]]
+            if len(paths) > 1:
+                image = load_channels(paths, max_voxels=self.max_voxels)
+            else:
+                image = load_volume(
+                    paths[0],
+                    series=d.get("series"),
+                    max_voxels=self.max_voxels,
+                    multichannel=bool(d.get("multichannel")),
+                )
+            d["image"] = to_metatensor(image)
+            d["source"] = image.geometry
+            d["is_2d"] = image.is_2d
+            if "label" in self.keys and d.get("label") is not None:
+                label = load_label(
+                    d["label"],
+                    image,
+                    classes=d.get("classes"),
+                    remap=d.get("label_remap"),
+                    max_voxels=self.max_voxels,
+                )
+                d["label"] = to_metatensor(label)
+            return d
+
+    return LoadVolumed
+
+
+def to_metatensor(vol: Volume):  # -> monai.data.MetaTensor
+    """A channel-first ``MetaTensor`` with the volume's affine (RAS+ world, as MONAI expects)."""
+    import torch
+    from monai.data import MetaTensor
+
+    return MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(vol.array)),
+        affine=torch.as_tensor(vol.affine),
+        meta={"space": "RAS"},
+    )
+
+
+class NormalizeVolumed:
+    """MONAI-style dictionary transform: select ``record.channels`` and scale ``image`` to ``[0, 1]``.
+
+    Adds ``value_range`` (per selected channel, source units) to the dictionary.
+    """
+
+    def __init__(self, record: Preprocessing, key: str = "image") -> None:
+        self.record, self.key = record, key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import torch
+
+        d = dict(data)
+        img = d[self.key]
+        arr = img.numpy() if hasattr(img, "numpy") else np.asarray(img)
+        arr = select_channels(arr, self.record.channels, str(d.get("case_id", "image")))
+        norm, ranges = normalize_volume(arr, self.record)
+        if hasattr(img, "affine"):
+            from monai.data import MetaTensor
+
+            d[self.key] = MetaTensor(torch.from_numpy(norm), meta=dict(img.meta))  # meta carries the affine
+        else:
+            d[self.key] = torch.from_numpy(norm)
+        d["value_range"] = ranges
+        return d
+
+
+class LabelToIntd:
+    """Round ``label`` (float after resampling) to int16 once, so cached label maps are integral and small."""
+
+    def __init__(self, key: str = "label") -> None:
+        self.key = key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import torch
+
+        d = dict(data)
+        if d.get(self.key) is not None:
+            d[self.key] = (
+                torch.round(d[self.key]).to(torch.int16)
+                if d[self.key].is_floating_point()
+                else (d[self.key].to(torch.int16))
+            )
+        return d
+
+
+def volume_transforms(record: Preprocessing, *, keys: Sequence[str] = ("image", "label")):  # -> Compose
+    """Orientation -> optional resampling -> intensity, as a MONAI ``Compose`` over channel-first MetaTensors."""
+    from monai.transforms import Compose, Orientationd, Spacingd
+
+    steps: list[Any] = [
+        Orientationd(keys=list(keys), axcodes=record.orientation, labels=None, allow_missing_keys=True)
+    ]
+    if record.spacing is not None:
+        pixdim = [float(record.spacing)] * 3
+        pixdim[record.axis] = -1.0  # non-positive: keep the through-plane spacing
+        modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+        steps.append(
+            Spacingd(
+                keys=list(keys), pixdim=pixdim, mode=modes, padding_mode="border", allow_missing_keys=True
+            )
+        )
+    if "label" in keys:
+        steps.append(LabelToIntd())
+    steps.append(NormalizeVolumed(record))
+    return Compose(steps)
+
+
+def loading_transforms(record: Preprocessing, *, max_voxels: int = DEFAULT_MAX_VOXELS):  # -> Compose
+    """:class:`LoadVolumed` followed by :func:`volume_transforms`: paths in, model-ready volumes out."""
+    from monai.transforms import Compose
+
+    return Compose(
+        [
+            _load_transform_cls()(("image", "label"), max_voxels=max_voxels),
+            *volume_transforms(record).transforms,
+        ]
+    )
+
+
+@dataclass
+class PreparedVolume:
+    """A volume after the pipeline, ready to be cut into model-input slices, and the way back.
+
+    Attributes:
+        image: ``C x I x J x K`` float32 in ``[0, 1]`` (selected channels, RAS, resampled if asked).
+        affine: ``4 x 4`` voxel -> RAS mm of ``image``'s grid.
+        label: ``I x J x K`` int64 labels on the same grid, or ``None``.
+        value_range: per channel, the source intensities mapped to 0 and 1.
+        source: the grid of the file the volume was read from.
+        record: the preprocessing record used.
+        is_2d: the source is a 2-D picture (slices are then taken along axis 2 whatever ``record.axis``).
+        name: case id or volume name.
+    """
+
+    image: np.ndarray
+    affine: np.ndarray
+    label: np.ndarray | None
+    value_range: list[tuple[float, float]]
+    source: Geometry
+    record: Preprocessing
+    is_2d: bool = False
+    name: str = ""
+
+    @property
+    def axis(self) -> int:
+        return 2 if self.is_2d else self.record.axis
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.image.shape[1 + self.axis])
+
+    def slice_image(self, index: int) -> np.ndarray:
+        """``C x H x W`` display-oriented slice (see :func:`salt_seg.data.volume.extract_slice`)."""
+        return extract_slice(self.image, self.axis, index)
+
+    def slice_label(self, index: int) -> np.ndarray:
+        """``H x W`` label slice, aligned with :meth:`slice_image`."""
+        if self.label is None:
+            raise RuntimeError(f"{self.name}: prepared without a label")
+        return extract_slice(self.label, self.axis, index)
+
+    def model_input(self, index: int) -> tuple[torch.Tensor, SliceTransform]:
+        """``3 x S x S`` model input of slice ``index`` and its :class:`~salt_seg.preprocessing.SliceTransform`."""
+        from salt_seg.preprocessing import prepare_slice
+
+        s = self.slice_image(index)
+        return prepare_slice(s[0] if s.shape[0] == 1 else np.moveaxis(s, 0, -1), self.record, (0.0, 1.0))
+
+    def to_source(self, array: np.ndarray, *, order: int = 0) -> np.ndarray:
+        """Map an ``I x J x K`` array on this grid back to the source file's voxel grid.
+
+        Args:
+            array: e.g. a predicted label map (``order=0``, nearest) or probabilities (``order=1``).
+            order: interpolation order when the pipeline resampled; ignored otherwise.
+
+        Returns:
+            An array of shape ``source.shape``, voxel-aligned with the file the volume was read from.
+        """
+        arr = np.asarray(array)
+        if arr.shape != tuple(self.image.shape[1:]):
+            raise ValueError(f"to_source: array shape {arr.shape} != prepared shape {self.image.shape[1:]}")
+        ras = self.source.to_ras()
+        if arr.shape != ras.shape or not np.allclose(self.affine, ras.affine, atol=1e-4):
+            from scipy.ndimage import affine_transform
+
+            m = np.linalg.inv(self.affine) @ ras.affine  # RAS-grid voxel -> prepared-grid voxel
+            src = arr.astype(np.float32) if order > 0 else arr
+            arr = affine_transform(
+                src, m[:3, :3], m[:3, 3], output_shape=ras.shape, order=order, mode="nearest"
+            )
+        return self.source.from_ras(arr)
+
+
+def prepare_volume(volume: Volume, record: Preprocessing, label: Volume | None = None) -> PreparedVolume:
+    """Run the volume pipeline on an in-memory volume (what predict and the viewer call).
+
+    Args:
+        volume: as returned by :func:`~salt_seg.data.readers.load_volume` (any orientation).
+        record: the preprocessing record saved with the model.
+        label: optional label on the same grid (from :func:`~salt_seg.data.readers.load_label`).
+
+    Raises:
+        DataError: the record's channels do not exist in the volume.
+    """
+    d: dict[str, Any] = {
+        "image": to_metatensor(volume),
+        "case_id": volume.name,
+        "source": volume.geometry,
+        "is_2d": volume.is_2d,
+    }
+    keys = ["image"]
+    if label is not None:
+        d["label"] = to_metatensor(label)
+        keys.append("label")
+    return prepared_from_item(volume_transforms(record, keys=keys)(d), record)
+
+
+def prepared_from_item(d: Mapping[str, Any], record: Preprocessing) -> PreparedVolume:
+    """Wrap a (cached) pipeline output dictionary as a :class:`PreparedVolume`."""
+    lab = None
+    if d.get("label") is not None:
+        lab = np.asarray(d["label"])[0].astype(np.int64)
+    img = d["image"]
+    return PreparedVolume(
+        np.asarray(img),
+        np.asarray(img.affine, dtype=np.float64),
+        lab,
+        d["value_range"],
+        d["source"],
+        record,
+        bool(d.get("is_2d", False)),
+        str(d.get("case_id", "")),
+    )

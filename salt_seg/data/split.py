@@ -1,0 +1,371 @@
+"""Few-shot splits: ``shots`` training volumes or slices, chosen deterministically from a seed.
+
+Two levels:
+
+* ``volume``: whole cases (3-D volumes or 2-D images) go to train, val or test. A dataset's own split hints
+  (SALT's ``data_split.csv``) are honoured when every case has one; otherwise cases are shuffled with the seed,
+  ``test`` and ``val`` are taken first, and ``shots`` training cases come from the rest.
+* ``slice``: for datasets with few volumes (one atlas...). In each case the slice range that holds labelled
+  structures (along ``axis`` of the RAS volume) is cut into three contiguous blocks, one per part, in an order
+  drawn from the seed, separated by gaps so that **any two slices of different parts are at least
+  ``guard_mm`` apart** (neighbouring 1 mm slices are nearly identical, so a test slice next to a training slice
+  would measure memory, not generalisation). Training slices are ``shots`` labelled slices drawn from the
+  training block, one per equal-width stratum so they cover it; val and test keep every slice of their blocks.
+
+The split is a JSON file (:func:`save_split`/:func:`load_split`) whose parts list ``{"case": id, "slices":
+[...]}`` entries (``slices`` is ``null`` for whole volumes). Slice indices refer to the RAS-canonical volume
+(:meth:`salt_seg.data.volume.Volume.to_ras`), as everywhere in the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salt_seg.data.errors import DataError
+
+SPLIT_VERSION = 1
+PARTS = ("train", "val", "test")
+LEVELS = ("volume", "slice")
+
+
+@dataclass(frozen=True)
+class SliceInfo:
+    """What a slice-level split needs to know about one case.
+
+    Attributes:
+        n_slices: slices along the split axis.
+        spacing_mm: distance between neighbouring slices in mm.
+        foreground: indices of slices holding any labelled structure.
+    """
+
+    n_slices: int
+    spacing_mm: float
+    foreground: tuple[int, ...]
+
+
+@dataclass
+class SplitEntry:
+    """One case in a part: the whole case (``slices is None``) or some of its slice indices."""
+
+    case_id: str
+    slices: list[int] | None = None
+
+
+@dataclass
+class Split:
+    """A train/val/test split.
+
+    Attributes:
+        level: ``volume`` or ``slice``.
+        shots: number of training volumes (volume level) or slices (slice level).
+        seed: the seed it was drawn with.
+        axis: slice axis (RAS volume) the slice indices refer to.
+        guard_mm: minimum distance between slices of different parts (slice level), else ``None``.
+        train: training entries.
+        val: validation entries.
+        test: test entries.
+        dataset: the dataset's name.
+        meta: anything else worth recording (fractions, ...).
+    """
+
+    level: str
+    shots: int
+    seed: int
+    axis: int = 2
+    guard_mm: float | None = None
+    train: list[SplitEntry] = field(default_factory=list)
+    val: list[SplitEntry] = field(default_factory=list)
+    test: list[SplitEntry] = field(default_factory=list)
+    dataset: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def part(self, name: str) -> list[SplitEntry]:
+        if name not in PARTS:
+            raise ValueError(f"unknown split part {name!r}; valid: {list(PARTS)}")
+        return getattr(self, name)
+
+    def slices(self, name: str) -> dict[str, list[int] | None]:
+        """``case_id -> slice indices`` (``None`` = every slice) of a part."""
+        return {e.case_id: (None if e.slices is None else list(e.slices)) for e in self.part(name)}
+
+    def contains(self, name: str, case_id: str, slice_index: int | None = None) -> bool:
+        """Whether a case (and slice) belongs to a part; ``evaluate`` restricts scoring with this."""
+        for e in self.part(name):
+            if e.case_id == case_id:
+                return e.slices is None or slice_index is None or slice_index in e.slices
+        return False
+
+    def min_distance_mm(self, spacing_mm: Mapping[str, float]) -> float:
+        """Smallest distance between two slices of different parts of the same case (``inf`` if none)."""
+        best = math.inf
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            sa, sb = self.slices(a), self.slices(b)
+            for case in set(sa) & set(sb):
+                if sa[case] is None or sb[case] is None:
+                    return 0.0
+                if sa[case] and sb[case]:
+                    ia, ib = np.asarray(sa[case]), np.asarray(sb[case])
+                    d = np.abs(ia[:, None] - ib[None, :]).min() * spacing_mm[case]
+                    best = min(best, float(d))
+        return best
+
+    def to_dict(self) -> dict[str, Any]:
+        def entries(items: list[SplitEntry]) -> list[dict[str, Any]]:
+            return [{"case": e.case_id, "slices": e.slices} for e in items]
+
+        return {
+            "version": SPLIT_VERSION,
+            "kind": "salt_seg.split",
+            "dataset": self.dataset,
+            "level": self.level,
+            "shots": self.shots,
+            "seed": self.seed,
+            "axis": self.axis,
+            "guard_mm": self.guard_mm,
+            "train": entries(self.train),
+            "val": entries(self.val),
+            "test": entries(self.test),
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str | Path | None = None) -> Split:
+        if d.get("kind") != "salt_seg.split":
+            raise DataError(path, "not a salt_seg split file (missing kind 'salt_seg.split')")
+        if int(d.get("version", 0)) > SPLIT_VERSION:
+            raise DataError(
+                path, f"split version {d['version']} is newer than this salt_seg ({SPLIT_VERSION})"
+            )
+        if d.get("level") not in LEVELS:
+            raise DataError(path, f"split level must be one of {list(LEVELS)}, got {d.get('level')!r}")
+        parts = {}
+        for name in PARTS:
+            try:
+                parts[name] = [
+                    SplitEntry(
+                        str(e["case"]), None if e.get("slices") is None else [int(i) for i in e["slices"]]
+                    )
+                    for e in d.get(name, [])
+                ]
+            except (KeyError, TypeError, ValueError):
+                raise DataError(path, f"malformed entries in part {name!r}") from None
+        return cls(
+            level=d["level"],
+            shots=int(d.get("shots", 0)),
+            seed=int(d.get("seed", 0)),
+            axis=int(d.get("axis", 2)),
+            guard_mm=d.get("guard_mm"),
+            dataset=str(d.get("dataset", "")),
+            meta=dict(d.get("meta", {})),
+            **parts,
+        )
+
+
+def save_split(split: Split, path: str | Path) -> Path:
+    """Write a split JSON file atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(split.to_dict(), indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_split(path: str | Path) -> Split:
+    """Read a split JSON file.
+
+    Raises:
+        DataError: unreadable, not JSON, or not a split.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"not a readable split file ({exc})") from None
+    if not isinstance(doc, dict):
+        raise DataError(path, "not a split file (expected a JSON object)")
+    return Split.from_dict(doc, path)
+
+
+def slice_info_from_dataset(
+    dataset: Any, axis: int = 2, case_ids: Sequence[str] | None = None
+) -> dict[str, SliceInfo]:
+    """Read each labelled case's label (RAS) and note its slice count, spacing and labelled slices."""
+    out = {}
+    for case in dataset.labelled:
+        if case_ids is not None and case.case_id not in case_ids:
+            continue
+        image = dataset.load_image(case)
+        label = dataset.load_label(case, image).to_ras()
+        data = label.data
+        other = tuple(d for d in range(3) if d != axis)
+        fg = np.flatnonzero(data.any(axis=other))
+        out[case.case_id] = SliceInfo(data.shape[axis], float(label.spacing[axis]), tuple(int(i) for i in fg))
+    return out
+
+
+def _count(value: int | float, n: int, name: str) -> int:
+    if isinstance(value, float) and not isinstance(value, bool):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} fraction must be in [0, 1), got {value}")
+        return 0 if value == 0 else max(1, round(value * n))
+    if int(value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def _volume_split(
+    ids: list[str], hints: dict[str, str | None], shots: int, seed: int, val: int | float, test: int | float
+) -> tuple[list[str], list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    if ids and all(hints.get(i) for i in ids):
+        pool = [i for i in ids if hints[i] == "train"]
+        val_ids = [i for i in ids if hints[i] == "val"]
+        test_ids = [i for i in ids if hints[i] == "test"]
+        pool = [pool[k] for k in rng.permutation(len(pool))]
+    else:
+        perm = [ids[k] for k in rng.permutation(len(ids))]
+        n_test, n_val = _count(test, len(ids), "test"), _count(val, len(ids), "val")
+        test_ids, val_ids, pool = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+    if shots > len(pool):
+        raise ValueError(f"shots={shots} but only {len(pool)} case(s) are left for training")
+    return sorted(pool[:shots]), sorted(val_ids), sorted(test_ids)
+
+
+def _zones(
+    info: SliceInfo, case_id: str, order: list[str], val: float, test: float, guard_mm: float, need_train: int
+) -> dict[str, list[int]]:
+    """Contiguous blocks per part inside the labelled range, ``guard_mm`` apart."""
+    if not info.foreground:
+        raise DataError(None, f"case {case_id}: no labelled slices along the split axis")
+    lo, hi = min(info.foreground), max(info.foreground)
+    step = max(1, math.ceil(guard_mm / info.spacing_mm - 1e-9))  # min index difference between parts
+    parts = [p for p in order if p != "val" or val > 0]
+    usable = (hi - lo + 1) - (len(parts) - 1) * (step - 1)
+    sizes = {"test": max(1, round(test * usable)), "val": max(1, round(val * usable)) if val > 0 else 0}
+    sizes["train"] = usable - sizes["test"] - sizes["val"]
+    if sizes["train"] < max(1, need_train):
+        raise DataError(
+            None,
+            f"case {case_id}: {hi - lo + 1} labelled slices at {info.spacing_mm:g} mm cannot "
+            f"hold train ({need_train} shots), val and test blocks {guard_mm:g} mm apart; lower "
+            "guard_mm, val or test, or split whole volumes (level='volume')",
+        )
+    zones, start = {}, lo
+    for p in parts:
+        zones[p] = list(range(start, start + sizes[p]))
+        start += sizes[p] + step - 1
+    zones.setdefault("val", [])
+    return zones
+
+
+def make_split(
+    dataset: Any,
+    *,
+    shots: int,
+    seed: int = 0,
+    level: str = "volume",
+    val: int | float = 0.2,
+    test: int | float = 0.4,
+    guard_mm: float = 10.0,
+    axis: int = 2,
+    slice_info: Mapping[str, SliceInfo] | None = None,
+) -> Split:
+    """Draw a few-shot split (same arguments, same split).
+
+    Args:
+        dataset: a :class:`~salt_seg.data.dataset.Dataset` (its labelled cases and split hints are used) or a
+            sequence of case ids.
+        shots: training volumes (``volume``) or slices (``slice``), >= 1.
+        seed: the random seed.
+        level: ``volume`` or ``slice``.
+        val: validation cases (int) or fraction of cases / of the labelled slice range (float).
+        test: test cases (int) or fraction, as ``val``.
+        guard_mm: slice level: minimum distance in mm between slices of different parts.
+        axis: slice level: the RAS axis slices are taken along.
+        slice_info: slice level: per-case :class:`SliceInfo`; read from ``dataset`` when ``None``.
+
+    Raises:
+        ValueError: bad arguments (named), or not enough cases/slices for the request.
+        DataError: a case has no labelled slices or is too short for the guard distance.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {list(LEVELS)}, got {level!r}")
+    if int(shots) < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+    if guard_mm < 0:
+        raise ValueError(f"guard_mm must be >= 0, got {guard_mm}")
+    shots = int(shots)
+    if isinstance(dataset, Sequence) and not hasattr(dataset, "cases"):
+        ids, hints, name = sorted(str(i) for i in dataset), {}, ""
+    else:
+        ids = [c.case_id for c in dataset.labelled]
+        hints = {c.case_id: c.split for c in dataset.labelled}
+        name = dataset.name
+    if not ids:
+        raise ValueError("make_split: no labelled cases")
+    meta = {"val": val, "test": test}
+    if level == "volume":
+        train, val_ids, test_ids = _volume_split(ids, hints, shots, seed, val, test)
+        return Split(
+            "volume",
+            shots,
+            seed,
+            axis,
+            None,
+            [SplitEntry(i) for i in train],
+            [SplitEntry(i) for i in val_ids],
+            [SplitEntry(i) for i in test_ids],
+            name,
+            meta,
+        )
+    for frac, nm in ((val, "val"), (test, "test")):
+        if not isinstance(frac, float) or not 0.0 <= frac < 1.0:
+            raise ValueError(f"slice-level splits take {nm} as a fraction in [0, 1), got {frac!r}")
+    if val + test >= 1.0:
+        raise ValueError(f"val + test must leave room for training, got {val} + {test}")
+    if slice_info is None:
+        if not hasattr(dataset, "cases"):
+            raise ValueError("slice-level splits of bare case ids need slice_info")
+        slice_info = slice_info_from_dataset(dataset, axis)
+    rng = np.random.default_rng(seed)
+    # Shots go round-robin over the cases in a seeded order.
+    order_ids = [ids[k] for k in rng.permutation(len(ids))]
+    quota = {i: shots // len(ids) + (1 if r < shots % len(ids) else 0) for r, i in enumerate(order_ids)}
+    parts: dict[str, list[SplitEntry]] = {p: [] for p in PARTS}
+    for case_id in ids:
+        info = slice_info[case_id]
+        order = [PARTS[k] for k in rng.permutation(3)]
+        zones = _zones(info, case_id, order, val, test, guard_mm, quota[case_id])
+        fg = set(info.foreground)
+        labelled_train = [s for s in zones["train"] if s in fg]
+        if len(labelled_train) < quota[case_id]:
+            raise DataError(
+                None,
+                f"case {case_id}: only {len(labelled_train)} labelled slices in its training "
+                f"block for {quota[case_id]} shots",
+            )
+        chosen = []
+        for stratum in np.array_split(np.asarray(labelled_train), quota[case_id]) if quota[case_id] else []:
+            chosen.append(int(stratum[rng.integers(len(stratum))]))
+        if chosen:
+            parts["train"].append(SplitEntry(case_id, sorted(chosen)))
+        for p in ("val", "test"):
+            if zones[p]:
+                parts[p].append(SplitEntry(case_id, zones[p]))
+    split = Split(
+        "slice", shots, seed, axis, float(guard_mm), parts["train"], parts["val"], parts["test"], name, meta
+    )
+    spacing = {i: slice_info[i].spacing_mm for i in ids}
+    assert split.min_distance_mm(spacing) >= guard_mm - 1e-6, "guard distance violated"
+    return split
