@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gt", required=True, metavar="DIR", help="folder of ground-truth label maps (.nii.gz)"
     )
-    parser.add_argument("--split", metavar="FILE", help='split JSON: evaluate only its "test" cases')
+    parser.add_argument(
+        "--split",
+        metavar="FILE",
+        help="salt_seg split JSON: score only its test part (a slice-level split: only its test slices)",
+    )
     parser.add_argument(
         "--classes",
         metavar="LIST",
@@ -47,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slice-axis",
         type=int,
-        default=2,
+        default=None,
         choices=(0, 1, 2),
-        help="voxel axis of the RAS-reoriented volume to slice along (default 2: axial)",
+        help="voxel axis of the RAS-reoriented volume to slice along (default: the split's axis, else 2 = axial)",
     )
     parser.add_argument(
         "--both-empty",
@@ -101,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
             else ""
         )
     )
+    n_sliced = sum(v is not None for v in result.split_slices.values())
+    if n_sliced:
+        print(f"{n_sliced} case(s) restricted to the split's test slices: scored per slice only")
     print(format_table(result.summary, result.class_names, settings.nsd_tolerance_mm))
     print(
         "n = scores in each mean; 'both empty' are excluded"

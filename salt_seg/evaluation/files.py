@@ -3,8 +3,9 @@ cases and a ``dataset.json``'s class names, and write results atomically. No met
 
 * A **case name** is the file name without ``.nii.gz`` / ``.nii``; a prediction and a ground truth pair up when
   their case names are equal.
-* Label maps are read with nibabel and reoriented (axis permutes/flips, never resampling) to the closest RAS+
-  canonical voxel order, so slice axis 2 is axial for a standard scan, matching ``salt_seg.data``'s slicing.
+* Label maps are read with :func:`salt_seg.data.load_label` (integer, non-negative values checked) and
+  reoriented (axis permutes/flips, never resampling) to the closest RAS+ canonical voxel order, so slice axis 2
+  is axial for a standard scan and slice indices mean what they mean in a ``salt_seg`` split.
   Spacing (mm) comes from the affine's column norms after reorientation.
 * A prediction must have the ground truth's shape and affine (within :data:`AFFINE_ATOL_MM` mm /
   :data:`AFFINE_RTOL`); otherwise a ``ValueError`` names the prediction file.
@@ -25,7 +26,7 @@ import numpy as np
 
 #: NIfTI file suffixes, longest first.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-#: affines of a prediction and its ground truth may differ by this much (mm) and still match.
+#: affines of a prediction and its ground truth may differ by this much (mm) and still match (as in salt_seg.data).
 AFFINE_ATOL_MM = 1e-3
 #: relative tolerance on the same comparison (float32 header rounding on large coordinates).
 AFFINE_RTOL = 1e-4
@@ -63,29 +64,27 @@ def list_cases(folder: str | Path, what: str = "folder") -> dict[str, Path]:
     return cases
 
 
-def read_split_test_cases(path: str | Path) -> list[str]:
-    """Case names of a split file's test part.
+def read_split_test_part(path: str | Path) -> tuple[dict[str, list[int] | None], int]:
+    """The test part of a ``salt_seg`` split file (:func:`salt_seg.data.load_split`).
 
-    Accepted: a JSON object with a ``"test"`` list of case names (file names or paths are reduced to their case
-    name, so ``"labelsTr/case_01.nii.gz"`` and ``"case_01"`` are the same case).
+    Returns:
+        ``({case id: slice indices, or None for the whole case}, axis)``: slice indices refer to ``axis`` of the
+        RAS-canonical volume (slice-level splits of a few volumes); whole cases come from volume-level splits.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not JSON, no ``"test"`` list, or an empty one.
+        ValueError: not a split file, or an empty test part.
     """
+    from salt_seg.data import load_split
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: split file not found")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{p}: split file is not valid JSON ({exc})") from None
-    test = data.get("test") if isinstance(data, dict) else None
-    if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
-        raise ValueError(f'{p}: split file needs a "test" list of case names')
+    split = load_split(p)
+    test = split.slices("test")
     if not test:
         raise ValueError(f"{p}: the split's test part is empty")
-    return [case_name(t) or Path(t).name for t in test]
+    return test, split.axis
 
 
 def read_label_names(path: str | Path) -> dict[int, str]:
@@ -149,59 +148,31 @@ def parse_classes(spec: str, label_names: Mapping[int, str] | None = None) -> li
     return list(dict.fromkeys(ids))
 
 
-def _to_label_array(data: np.ndarray, path: Path) -> np.ndarray:
-    a = np.asanyarray(data)
-    while a.ndim > 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3:
-        raise ValueError(f"{path}: expected a 2-D or 3-D label map, got shape {a.shape}")
-    if a.dtype.kind == "f":
-        if not (np.isfinite(a).all() and (a == np.round(a)).all()):
-            raise ValueError(f"{path}: not a label map (non-integer voxel values)")
-        a = a.astype(np.int32)
-    elif a.dtype.kind not in "biu":
-        raise ValueError(f"{path}: not a label map (dtype {a.dtype})")
-    return a
+def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Read a label map with :func:`salt_seg.data.load_label` and reorient it to RAS+ (no resampling).
 
-
-def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI label map as its file's ``I x J x K`` integer array and 4x4 affine (not reoriented).
+    Returns:
+        ``(array, affine, file_shape)``: the ``I x J x K`` integer array and 4x4 affine of the RAS-canonical
+        grid, and the shape as stored in the file (for messages). A 2-D map is ``I x J x 1``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable/truncated file, not 2-D/3-D, or non-integer values.
+        ValueError: unreadable, non-integer or negative values (``salt_seg.data.DataError``, naming the file).
     """
-    import nibabel as nib
+    from salt_seg.data import load_label
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file")
-    try:
-        img = nib.load(str(p))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001 - nibabel/zlib/EOF errors all mean "unreadable file" here
-        raise ValueError(f"{p}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
-    return _to_label_array(data, p), np.asarray(img.affine, dtype=np.float64)
-
-
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Permute/flip ``array`` to the closest RAS+ voxel order; return it and its spacing in mm per axis."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    spacing_in = np.linalg.norm(affine[:3, :3], axis=0)
-    spacing = [0.0, 0.0, 0.0]
-    for axis_in, (axis_out, _flip) in enumerate(ornt):
-        spacing[int(axis_out)] = float(spacing_in[axis_in])
-    return nib.orientations.apply_orientation(array, ornt), (spacing[0], spacing[1], spacing[2])
+    vol = load_label(path)
+    ras = vol.to_ras()
+    return ras.array[0], ras.affine, vol.shape
 
 
 def load_pair(
     pred_path: str | Path | None, gt_path: str | Path
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read a prediction and its ground truth, check they share a grid, return RAS-canonical arrays + spacing.
+
+    A prediction stored with flipped/permuted axes on the ground truth's physical grid (e.g. LAS next to RAS)
+    matches; any other difference in shape or affine is an error.
 
     Args:
         pred_path: the prediction, or ``None`` to score an empty prediction (a missing file).
@@ -213,24 +184,20 @@ def load_pair(
     Raises:
         ValueError: shape or affine mismatch (naming the prediction file), or an unreadable file.
     """
-    gt, gt_affine = read_label_map(gt_path)
+    gt, gt_affine, gt_shape = read_label_map(gt_path)
+    spacing = tuple(float(v) for v in np.linalg.norm(gt_affine[:3, :3], axis=0))
     if pred_path is None:
-        pred, pred_affine = np.zeros_like(gt), gt_affine
-    else:
-        pred, pred_affine = read_label_map(pred_path)
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"{pred_path}: shape {tuple(pred.shape)} differs from ground truth {gt_path} {tuple(gt.shape)}"
-            )
-        if not np.allclose(pred_affine, gt_affine, atol=AFFINE_ATOL_MM, rtol=AFFINE_RTOL):
-            diff = float(np.abs(pred_affine - gt_affine).max())
-            raise ValueError(
-                f"{pred_path}: affine differs from ground truth {gt_path} (max difference {diff:.4g}); "
-                "predictions must be on the ground truth's voxel grid"
-            )
-    gt_c, spacing = to_canonical(gt, gt_affine)
-    pred_c, _ = to_canonical(pred, gt_affine)
-    return pred_c, gt_c, spacing
+        return np.zeros_like(gt), gt, spacing  # type: ignore[return-value]
+    pred, pred_affine, pred_shape = read_label_map(pred_path)
+    if pred.shape != gt.shape:
+        raise ValueError(f"{pred_path}: shape {pred_shape} differs from ground truth {gt_path} {gt_shape}")
+    if not np.allclose(pred_affine, gt_affine, atol=AFFINE_ATOL_MM, rtol=AFFINE_RTOL):
+        diff = float(np.abs(pred_affine - gt_affine).max())
+        raise ValueError(
+            f"{pred_path}: affine differs from ground truth {gt_path} (max difference {diff:.4g}); "
+            "predictions must be on the ground truth's voxel grid"
+        )
+    return pred, gt, spacing  # type: ignore[return-value]
 
 
 def jsonable(obj: object) -> object:

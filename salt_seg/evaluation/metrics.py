@@ -339,6 +339,7 @@ def evaluate_case(
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     levels: Sequence[str] = LEVELS,
     slice_axis: int = 2,
+    slice_indices: Sequence[int] | None = None,
     both_empty: str = "exclude",
 ) -> list[Score]:
     """Score one case's label map per class, per 3-D volume and/or per 2-D slice.
@@ -352,6 +353,7 @@ def evaluate_case(
         nsd_tolerance_mm: NSD tolerance in mm.
         levels: any of ``"volume"``, ``"slice"``.
         slice_axis: voxel axis the 2-D slices are taken along (2 = axial for an RAS-canonical volume).
+        slice_indices: score only these slices (e.g. a slice-level split's test slices); default all.
         both_empty: ``"exclude"`` or ``"perfect"`` (module docstring).
 
     Returns:
@@ -381,14 +383,14 @@ def evaluate_case(
     if "slice" in levels:
         spacing_2d = tuple(s for a, s in enumerate(spacing_t) if a != slice_axis)
         p, g = np.moveaxis(pred, slice_axis, 0), np.moveaxis(gt, slice_axis, 0)
+        indices = list(range(p.shape[0])) if slice_indices is None else [int(i) for i in slice_indices]
+        if any(not 0 <= i < p.shape[0] for i in indices):
+            raise ValueError(
+                f"slice_indices must lie in [0, {p.shape[0]}) along axis {slice_axis}, got {indices}"
+            )
+        if slice_indices is not None:
+            p, g = p[indices], g[indices]
         out += _score_stack(
-            p,
-            g,
-            spacing_2d,
-            class_ids,
-            case=case,
-            slice_indices=range(p.shape[0]),
-            tol=tol,
-            both_empty=both_empty,
+            p, g, spacing_2d, class_ids, case=case, slice_indices=indices, tol=tol, both_empty=both_empty
         )
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +55,14 @@ class EvaluationSettings:
     Attributes:
         nsd_tolerance_mm: NSD tolerance in mm.
         levels: ``"volume"`` and/or ``"slice"``.
-        slice_axis: voxel axis of the (RAS-canonical) volume the slices are taken along.
+        slice_axis: voxel axis of the (RAS-canonical) volume the slices are taken along; ``None``: the split's
+            axis when a split is given, else 2 (axial).
         both_empty: ``"exclude"`` or ``"perfect"`` (see :mod:`salt_seg.evaluation.metrics`).
     """
 
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
     levels: tuple[str, ...] = LEVELS
-    slice_axis: int = 2
+    slice_axis: int | None = None
     both_empty: str = "exclude"
 
     def __post_init__(self) -> None:
@@ -69,13 +70,17 @@ class EvaluationSettings:
         check_policy(self.both_empty)
         if not self.levels or any(lv not in LEVELS for lv in self.levels):
             raise ValueError(f"levels must be a non-empty subset of {', '.join(LEVELS)}; got {self.levels}")
-        if self.slice_axis not in (0, 1, 2):
+        if self.slice_axis not in (None, 0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+
+    @property
+    def axis(self) -> int:
+        return 2 if self.slice_axis is None else self.slice_axis
 
 
 @dataclass
 class EvaluationResult:
-    """Scores and summaries of one evaluation."""
+    """Scores and summaries of one evaluation (``split_slices``: the split's test part, case -> slices)."""
 
     scores: list[Score]
     class_ids: list[int]
@@ -83,6 +88,7 @@ class EvaluationResult:
     cases: list[str]
     class_names: dict[int, str] = field(default_factory=dict)
     missing_predictions: list[str] = field(default_factory=list)
+    split_slices: dict[str, list[int] | None] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     per_case: dict = field(default_factory=dict)
 
@@ -107,6 +113,7 @@ def evaluate_cases(
     cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float]]],
     class_ids: Sequence[int] | None = None,
     settings: EvaluationSettings | None = None,
+    slices: Mapping[str, Sequence[int] | None] | None = None,
 ) -> tuple[list[Score], list[int]]:
     """Score ``(case, pred, gt, spacing_mm)`` items, one at a time (arrays are not kept).
 
@@ -115,21 +122,27 @@ def evaluate_cases(
         class_ids: label values to score; ``None`` scores every non-zero label found in any ground truth or
             prediction (a class absent from a case gets that case's both-empty scores).
         settings: scoring options (defaults: NSD at 2 mm, both levels, slice axis 2, both-empty excluded).
+        slices: ``{case: slice indices}`` restricts a case to those slices (a slice-level split's test slices):
+            such a case gets slice scores only, because its volume also holds the slices a model trained on.
+            Cases not listed, or listed with ``None``, are scored whole.
 
     Returns:
         ``(scores, class_ids)``: scores ordered by level, case, class, slice; the class ids scored.
     """
     settings = settings or EvaluationSettings()
-    fixed = None if class_ids is None else [int(c) for c in class_ids]
-    known: list[int] = list(fixed or [])
+    restrict = dict(slices or {})
+    known: list[int] = [] if class_ids is None else [int(c) for c in class_ids]
     scores: list[Score] = []
-    shapes: dict[str, tuple[int, list[int]]] = {}  # case -> (slices, classes scored)
-    order: list[str] = []
+    done: dict[str, tuple[tuple[str, ...], list[int], list[int]]] = {}  # case -> (levels, slices, classes)
     for case, pred, gt, spacing in cases:
-        if case in shapes:
+        if case in done:
             raise ValueError(f"case {case!r} given twice")
-        if fixed is None:
+        if class_ids is None:
             known += sorted(_labels_present(gt, pred) - set(known))
+        only = restrict.get(case)
+        levels = settings.levels if only is None else ("slice",)
+        if only is not None and "slice" not in settings.levels:
+            raise ValueError(f"case {case!r} is restricted to test slices, which only the slice level scores")
         scores += evaluate_case(
             pred,
             gt,
@@ -137,33 +150,34 @@ def evaluate_cases(
             known,
             case=case,
             nsd_tolerance_mm=settings.nsd_tolerance_mm,
-            levels=settings.levels,
-            slice_axis=settings.slice_axis,
+            levels=levels,
+            slice_axis=settings.axis,
+            slice_indices=only,
             both_empty=settings.both_empty,
         )
-        shapes[case] = (int(np.shape(gt)[settings.slice_axis]), list(known))
-        order.append(case)
-        logger.info("evaluated case %d: %s", len(order), case)
+        n = int(np.shape(gt)[settings.axis])
+        done[case] = (tuple(levels), list(range(n)) if only is None else [int(i) for i in only], list(known))
+        logger.info("evaluated case %d: %s", len(done), case)
     # classes first seen after a case was scored are absent from it: add its both-empty scores
-    for case, (n_slices, scored) in shapes.items():
+    for case, (levels, indices, scored) in done.items():
         for c in (c for c in known if c not in scored):
-            scores += _absent_class_scores(case, c, n_slices, settings)
-    rank = {c: i for i, c in enumerate(order)}
+            scores += _absent_class_scores(case, c, levels, indices, settings.both_empty)
+    rank = {c: i for i, c in enumerate(done)}
     scores.sort(key=lambda s: (LEVELS.index(s.level), rank[s.case], s.class_id, s.slice_index or 0))
-    return scores, sorted(known)
+    return scores, sorted(known) if class_ids is None else known
 
 
 def _absent_class_scores(
-    case: str, class_id: int, n_slices: int, settings: EvaluationSettings
+    case: str, class_id: int, levels: Sequence[str], slice_indices: Sequence[int], both_empty: str
 ) -> list[Score]:
-    value = 1.0 if settings.both_empty == "perfect" else float("nan")
-    hd = 0.0 if settings.both_empty == "perfect" else float("nan")
+    perfect = both_empty == "perfect"
+    value, hd = (1.0, 0.0) if perfect else (float("nan"), float("nan"))
     out = []
-    if "volume" in settings.levels:
+    if "volume" in levels:
         out.append(Score(case, class_id, "volume", None, "both_empty", value, hd, value, 0, 0))
-    if "slice" in settings.levels:
+    if "slice" in levels:
         out += [
-            Score(case, class_id, "slice", i, "both_empty", value, hd, value, 0, 0) for i in range(n_slices)
+            Score(case, class_id, "slice", i, "both_empty", value, hd, value, 0, 0) for i in slice_indices
         ]
     return out
 
@@ -183,7 +197,8 @@ def evaluate_folders(
     Args:
         pred_dir: predictions ``<case>.nii.gz``.
         gt_dir: ground truth ``<case>.nii.gz``; every case here (or in the split's test part) is scored.
-        split_file: restrict to the split's test cases (:func:`files.read_split_test_cases`).
+        split_file: a ``salt_seg`` split: score only its test part - whole cases, or for a slice-level split
+            only the listed slices (slice level only; see :func:`evaluate_cases`), along the split's axis.
         classes: ``"1,2"`` / ``"liver,spleen"`` / a list of ids; ``None``: every non-zero label found.
         dataset_json: class names; default ``dataset.json`` in ``gt_dir`` or its parent when present.
         missing: ``"error"`` (default) or ``"empty"``: score a missing prediction as an empty one.
@@ -199,14 +214,28 @@ def evaluate_folders(
     gt_cases = files.list_cases(gt_dir, "ground-truth folder")
     pred_cases = files.list_cases(pred_dir, "prediction folder")
     selected = list(gt_cases)
+    restrict: dict[str, list[int] | None] = {}
     if split_file is not None:
-        test = files.read_split_test_cases(split_file)
-        absent = [c for c in test if c not in gt_cases]
+        restrict, axis = files.read_split_test_part(split_file)
+        absent = [c for c in restrict if c not in gt_cases]
         if absent:
             raise ValueError(
                 f"{split_file}: test case(s) {', '.join(absent[:5])} have no ground truth in {gt_dir}"
             )
-        selected = list(dict.fromkeys(test))
+        has_slices = any(v is not None for v in restrict.values())
+        if settings.slice_axis is None:
+            settings = replace(settings, slice_axis=axis)
+        elif has_slices and settings.slice_axis != axis:
+            raise ValueError(
+                f"{split_file}: the split's test slices lie along axis {axis}, not the slice axis "
+                f"{settings.slice_axis} asked for"
+            )
+        selected = list(restrict)
+        if has_slices and "slice" not in settings.levels:
+            raise ValueError(
+                f"{split_file}: a slice-level split's test part is slices of volumes also used for training; "
+                "score it per slice (drop --per-volume)"
+            )
     missing_preds = [c for c in selected if c not in pred_cases]
     if missing_preds and missing == "error":
         raise FileNotFoundError(
@@ -227,7 +256,7 @@ def evaluate_folders(
             logger.debug("case %d/%d %s: shape %s spacing %s mm", i, len(selected), case, gt.shape, spacing)
             yield case, pred, gt, spacing
 
-    scores, ids = evaluate_cases(pairs(), class_ids, settings)
+    scores, ids = evaluate_cases(pairs(), class_ids, settings, restrict)
     return EvaluationResult(
         scores=scores,
         class_ids=ids,
@@ -235,6 +264,7 @@ def evaluate_folders(
         cases=selected,
         class_names={c: names[c] for c in ids if c in names},
         missing_predictions=missing_preds,
+        split_slices=restrict,
     )
 
 
@@ -293,6 +323,7 @@ def write_results(result: EvaluationResult, out_dir: str | Path, extra: Mapping 
         "class_names": {str(k): v for k, v in names.items()},
         "cases": result.cases,
         "missing_predictions": result.missing_predictions,
+        "split_test_part": result.split_slices,  # case -> test slice indices (null: whole case)
         **(dict(extra) if extra else {}),
         "summary": result.summary,
         "per_case": result.per_case,

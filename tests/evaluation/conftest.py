@@ -1,4 +1,4 @@
-"""Small NIfTI label maps written into tmp_path."""
+"""Small NIfTI label maps and split files written into tmp_path."""
 
 from __future__ import annotations
 
@@ -23,3 +23,16 @@ def write_label_map(
 @pytest.fixture
 def nifti():
     return write_label_map
+
+
+def write_split(path: Path, test: list, level: str = "volume", axis: int = 2) -> Path:
+    """A salt_seg split file whose test part is ``[(case, slices or None), ...]``."""
+    from salt_seg.data.split import Split, SplitEntry, save_split
+
+    entries = [SplitEntry(c, s) for c, s in test]
+    return save_split(Split(level, shots=1, seed=0, axis=axis, train=[SplitEntry("c0")], test=entries), path)
+
+
+@pytest.fixture
+def make_split():
+    return write_split

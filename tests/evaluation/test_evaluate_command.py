@@ -91,13 +91,14 @@ def test_folders_end_to_end(folders: tuple[Path, Path], tmp_path: Path, capsys) 
     assert row.split()[2:4] == ["3", "0.867"]
 
 
-def test_class_names_split_and_per_volume_only(folders: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_class_names_split_and_per_volume_only(
+    folders: tuple[Path, Path], tmp_path: Path, make_split, capsys
+) -> None:
     pred, gt = folders
     (gt.parent / "dataset.json").write_text(
         json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2}})
     )
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["c1"], "val": ["c3"], "test": ["c2"]}))
+    split = make_split(tmp_path / "split.json", [("c2", None)])
     out = tmp_path / "out"
     argv = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out), "--split", str(split)]
     assert main([*argv, "--classes", "liver", "--per-volume", "--nsd-tolerance", "0.75"]) == 0
@@ -107,6 +108,39 @@ def test_class_names_split_and_per_volume_only(folders: tuple[Path, Path], tmp_p
     assert not (out / "per_slice.csv").exists()
     printed = capsys.readouterr().out
     assert "NSD@0.75mm" in printed and "volume  1 liver" in printed and "split" in printed.splitlines()[0]
+
+
+def test_slice_level_split_scores_only_its_test_slices(
+    folders: tuple[Path, Path], tmp_path: Path, make_split, capsys
+) -> None:
+    pred, gt = folders
+    split = make_split(tmp_path / "split.json", [("c3", [9, 10, 12, 20])], level="slice", axis=2)
+    out = tmp_path / "out"
+    assert (
+        main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--split", str(split), "--out", str(out)])
+        == 0
+    )
+    rows = read_csv(out / "per_slice.csv")
+    assert [(r["case"], r["class_id"], r["slice_index"], r["status"]) for r in rows] == [
+        ("c3", "1", "9", "both_empty"),
+        ("c3", "1", "10", "pred_empty"),
+        ("c3", "1", "12", "both_present"),
+        ("c3", "1", "20", "gt_empty"),
+        *[("c3", "2", i, "both_empty") for i in ("9", "10", "12", "20")],
+    ]
+    assert read_csv(out / "per_volume.csv") == []  # the volume also holds training slices: not scored
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["split_test_part"] == {"c3": [9, 10, 12, 20]} and doc["settings"]["slice_axis"] == 2
+    dice = doc["summary"]["slice"]["1"]["dice"]
+    assert (dice["mean"], dice["n"]) == (pytest.approx(1 / 3), 3)  # 0 (missed), 1, 0 (false positive)
+    assert "1 case(s) restricted to the split's test slices" in capsys.readouterr().out
+    assert (
+        main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--split", str(split), "--per-volume"]) == 2
+    )
+    assert "score it per slice (drop --per-volume)" in capsys.readouterr().err
+    argv = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--split", str(split), "--slice-axis", "0"]
+    assert main(argv) == 2
+    assert "test slices lie along axis 2, not the slice axis 0" in capsys.readouterr().err
 
 
 def test_default_out_is_inside_pred(folders: tuple[Path, Path]) -> None:
@@ -146,10 +180,9 @@ def test_missing_prediction_errors_or_scores_empty(
     assert "1 missing prediction(s) scored as empty" in capsys.readouterr().out
 
 
-def test_user_errors_exit_2(folders: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_user_errors_exit_2(folders: tuple[Path, Path], tmp_path: Path, make_split, capsys) -> None:
     pred, gt = folders
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"test": ["c9"]}))
+    split = make_split(tmp_path / "split.json", [("c9", None)])
     cases = [
         (["--split", str(split)], "test case(s) c9 have no ground truth"),
         (["--nsd-tolerance", "-1"], "--nsd-tolerance: nsd_tolerance_mm must be finite and >= 0"),

@@ -30,18 +30,20 @@ def test_case_names_and_listing(tmp_path: Path, nifti) -> None:
         files.list_cases(tmp_path / "nope")
 
 
-def test_split_test_cases(tmp_path: Path) -> None:
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["c0"], "val": ["c3"], "test": ["labelsTr/c1.nii.gz", "c2"]}))
-    assert files.read_split_test_cases(split) == ["c1", "c2"]
-    split.write_text(json.dumps({"train": ["c0"]}))
-    with pytest.raises(ValueError, match=r"split.json: split file needs a \"test\" list"):
-        files.read_split_test_cases(split)
-    split.write_text("{oops")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        files.read_split_test_cases(split)
+def test_split_test_part(tmp_path: Path, make_split) -> None:
+    split = make_split(tmp_path / "split.json", [("c1", None), ("c2", None)])
+    assert files.read_split_test_part(split) == ({"c1": None, "c2": None}, 2)
+    sliced = make_split(tmp_path / "slices.json", [("atlas", [40, 41, 42])], level="slice", axis=0)
+    assert files.read_split_test_part(sliced) == ({"atlas": [40, 41, 42]}, 0)
+    empty = make_split(tmp_path / "empty.json", [])
+    with pytest.raises(ValueError, match="empty.json: the split's test part is empty"):
+        files.read_split_test_part(empty)
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"test": ["c1"]}))
+    with pytest.raises(ValueError, match="plain.json: not a salt_seg split file"):
+        files.read_split_test_part(plain)
     with pytest.raises(FileNotFoundError, match="missing.json: split file not found"):
-        files.read_split_test_cases(tmp_path / "missing.json")
+        files.read_split_test_part(tmp_path / "missing.json")
 
 
 def test_label_names_both_formats_and_class_parsing(tmp_path: Path) -> None:
@@ -65,14 +67,20 @@ def test_label_names_both_formats_and_class_parsing(tmp_path: Path) -> None:
     assert files.find_dataset_json(tmp_path / "labelsTr") == tmp_path / "dataset.json"
 
 
-def test_to_canonical_flips_and_permutes_with_spacing() -> None:
-    arr = np.arange(2 * 3 * 4).reshape(2, 3, 4)
-    flipped, spacing = files.to_canonical(arr, np.diag([-0.5, 2.0, 3.0, 1.0]))
-    assert np.array_equal(flipped, arr[::-1]) and spacing == (0.5, 2.0, 3.0)
+def test_arrays_come_back_ras_canonical_with_permuted_spacing(tmp_path: Path, nifti) -> None:
+    arr = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     # voxel axis 0 runs along world y (0.5 mm), axis 1 along world x (2 mm)
-    affine = np.array([[0, 2.0, 0, 0], [0.5, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
-    swapped, spacing = files.to_canonical(arr, affine)
-    assert np.array_equal(swapped, arr.transpose(1, 0, 2)) and spacing == (2.0, 0.5, 3.0)
+    swapped = np.array([[0, 2.0, 0, 0], [0.5, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
+    g = nifti(tmp_path / "gt" / "c.nii.gz", arr, affine=swapped)
+    pred, gt, spacing = files.load_pair(None, g)
+    assert np.array_equal(gt, arr.transpose(1, 0, 2)) and spacing == (2.0, 0.5, 3.0) and not pred.any()
+    # a prediction stored LAS (x flipped) on the same physical grid as an RAS ground truth matches
+    ras = nifti(tmp_path / "gt" / "r.nii.gz", arr, affine=np.diag([0.5, 2.0, 3.0, 1.0]))
+    las_affine = np.diag([-0.5, 2.0, 3.0, 1.0])
+    las_affine[0, 3] = 0.5  # voxel 1 of the flipped file sits where voxel 0 of the RAS one does
+    las = nifti(tmp_path / "pred" / "r.nii.gz", arr[::-1].copy(), affine=las_affine)
+    pred, gt, spacing = files.load_pair(las, ras)
+    assert np.array_equal(pred, gt) and np.array_equal(gt, arr) and spacing == (0.5, 2.0, 3.0)
 
 
 def test_load_pair_checks_geometry(tmp_path: Path, nifti) -> None:
@@ -95,18 +103,18 @@ def test_load_pair_checks_geometry(tmp_path: Path, nifti) -> None:
     with pytest.raises(ValueError, match=r"a.nii.gz: affine differs from ground truth .*max difference 1\)"):
         files.load_pair(bad_affine, g)
     soft = nifti(tmp_path / "pred" / "f.nii.gz", gt * 0.3)  # 0.6: a probability, not a label
-    with pytest.raises(ValueError, match="f.nii.gz: not a label map"):
+    with pytest.raises(ValueError, match="f.nii.gz: label values are not integers"):
         files.load_pair(soft, g)
     truncated = tmp_path / "pred" / "t.nii.gz"
     truncated.write_bytes(p.read_bytes()[:60])
-    with pytest.raises(ValueError, match="t.nii.gz: cannot read NIfTI"):
+    with pytest.raises(ValueError, match="t.nii.gz: not a readable NIfTI"):
         files.load_pair(truncated, g)
 
 
 def test_two_d_nifti_reads_as_one_slice(tmp_path: Path, nifti) -> None:
     two_d = nifti(tmp_path / "x.nii.gz", np.ones((7, 5), np.uint8), affine=np.diag([0.8, 0.8, 1.0, 1.0]))
-    arr, _ = files.read_label_map(two_d)
-    assert arr.shape == (7, 5, 1)
+    arr, _, file_shape = files.read_label_map(two_d)
+    assert arr.shape == (7, 5, 1) and file_shape == (7, 5, 1) and arr.sum() == 35
 
 
 def test_atomic_writers_write_nan_as_empty_and_null(tmp_path: Path) -> None:

@@ -57,3 +57,21 @@ def test_duplicate_case_and_bad_settings() -> None:
         EvaluationSettings(nsd_tolerance_mm=float("nan"))
     with pytest.raises(ValueError, match="slice_axis must be 0, 1 or 2"):
         EvaluationSettings(slice_axis=-1)
+
+
+def test_slice_restriction_scores_only_listed_slices() -> None:
+    cases = case_arrays()
+    scores, ids = evaluate_cases(cases, slices={"a": [2, 0], "b": None})
+    assert ids == [1, 2]
+    a = [(s.level, s.class_id, s.slice_index, s.status) for s in scores if s.case == "a"]
+    assert a == [
+        ("slice", 1, 0, "both_present"),
+        ("slice", 1, 2, "both_present"),
+        ("slice", 2, 0, "both_empty"),  # class 2 found later in b, filled for a's listed slices only
+        ("slice", 2, 2, "both_empty"),
+    ]
+    assert sum(s.case == "b" and s.level == "volume" for s in scores) == 2  # b is scored whole
+    with pytest.raises(ValueError, match="case 'a' is restricted to test slices"):
+        evaluate_cases(cases, settings=EvaluationSettings(levels=("volume",)), slices={"a": [0]})
+    with pytest.raises(ValueError, match=r"slice_indices must lie in \[0, 3\) along axis 2"):
+        evaluate_cases(cases, slices={"a": [3]})
