@@ -125,7 +125,7 @@ def choose_series(folder: Path, series_list: list[SeriesInfo], series: int | str
         raise DataError(folder, f"series index {idx} out of range; available: {listing}")
     wanted = str(series)
     for s in series_list:
-        if wanted in (s.key, series_key(wanted)):
+        if s.key in (wanted, series_key(wanted)):
             return s
     raise DataError(folder, f"no series with key {wanted!r}; available: {listing}")
 

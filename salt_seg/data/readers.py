@@ -139,7 +139,7 @@ def read_nifti_array(
     shape = tuple(int(s) for s in img.shape)
     check_voxels(path, shape, max_voxels)
     if not path.name.lower().endswith(".gz"):
-        needed = int(img.header.get_data_offset()) + math.prod(shape) * img.get_data_dtype().itemsize
+        needed = int(getattr(img.dataobj, "offset", 0)) + math.prod(shape) * img.get_data_dtype().itemsize
         have = path.stat().st_size
         if have < needed:
             raise DataError(
