@@ -4,7 +4,8 @@ NIfTI folders (:func:`evaluate_folders`), and write the result files (:func:`wri
 Output files (all written atomically; NaN = excluded/undefined is an empty CSV cell and ``null`` in JSON):
 
 * ``evaluation.json`` - settings, conventions, class names, case lists, summary, per-case summaries, every score.
-* ``summary.csv`` - per level and class (and ``all``): mean/std/n of Dice, HD95 (mm), NSD, and status counts.
+* ``summary.csv`` - per level and class (and ``all``): mean/std/n of Dice, HD95 (mm), NSD, HD95 over
+  both-present scores only, and the status counts.
 * ``per_case.csv`` - the same per case (for the slice level: each case's slice mean).
 * ``per_volume.csv`` / ``per_slice.csv`` - one row per score.
 """
@@ -29,7 +30,7 @@ from salt_seg.evaluation.metrics import (
     check_tolerance,
     evaluate_case,
 )
-from salt_seg.evaluation.summary import METRICS, aggregate, aggregate_by_case
+from salt_seg.evaluation.summary import METRICS, SUMMARY_STATS, aggregate, aggregate_by_case
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def _summary_rows(case: str | None, summary: Mapping, names: Mapping[int, str]) 
     for level in LEVELS:
         for key, s in summary.get(level, {}).items():
             name = "" if key == "all" else names.get(int(key), "")
-            stats = [s[m][k] for m in METRICS for k in ("mean", "std")]
+            stats = [s[m][k] for m in SUMMARY_STATS for k in ("mean", "std")]
             prefix = [] if case is None else [case]
             rows.append(
                 [*prefix, level, key, name, s["dice"]["n"], *stats, *(s["counts"][st] for st in STATUSES)]
@@ -285,7 +286,7 @@ def write_results(result: EvaluationResult, out_dir: str | Path, extra: Mapping 
     """Write ``evaluation.json`` and the CSV tables (module docstring) into ``out_dir``; return the paths."""
     out = Path(out_dir)
     names = result.class_names
-    stat_cols = [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]
+    stat_cols = [f"{m}_{k}" for m in SUMMARY_STATS for k in ("mean", "std")]
     head = ["level", "class_id", "class_name", "n", *stat_cols, *STATUSES]
     written = [
         files.write_csv_atomic(out / "summary.csv", head, _summary_rows(None, result.summary, names)),

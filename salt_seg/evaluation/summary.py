@@ -8,12 +8,12 @@ Conventions:
   over no values is NaN. (JSON output writes NaN as ``null``.)
 * Per-volume summaries weigh every case equally; per-slice summaries pool all slices of all cases, every slice
   weighing equally (as 2-D papers such as SALT report). The ``"all"`` entry pools every class's scores.
-* HD95 means include the field-of-view penalty of ``pred_empty`` / ``gt_empty`` scores; their counts are given
-  next to every mean so it can be judged.
+* ``hd95_mm`` means include the field-of-view penalty of ``pred_empty`` / ``gt_empty`` scores (their counts are
+  given next to every mean); ``hd95_mm_present`` is the same statistic over ``both_present`` scores only.
 
 Summary layout (class keys are strings so a JSON round trip gives the same object)::
 
-    {"volume": {"1": {"dice": {"mean": .., "std": .., "n": ..}, "hd95_mm": {..}, "nsd": {..},
+    {"volume": {"1": {"dice": {"mean": .., "std": .., "n": ..}, "hd95_mm": {..}, "nsd": {..}, "hd95_mm_present": {..},
                       "counts": {"both_present": .., "both_empty": .., "pred_empty": .., "gt_empty": ..}},
                 "all": {...}},
      "slice": {...}}
@@ -31,6 +31,8 @@ from salt_seg.evaluation.metrics import LEVELS, STATUSES, Score
 
 #: metric fields of a :class:`Score`, in table order.
 METRICS = ("dice", "hd95_mm", "nsd")
+#: statistics in a summary: the metrics, plus HD95 over ``both_present`` scores only (no penalties).
+SUMMARY_STATS = (*METRICS, "hd95_mm_present")
 
 
 def describe(values: Iterable[float]) -> dict[str, float | int]:
@@ -44,6 +46,7 @@ def describe(values: Iterable[float]) -> dict[str, float | int]:
 
 def _summarise(scores: Sequence[Score]) -> dict:
     out: dict = {m: describe(getattr(s, m) for s in scores) for m in METRICS}
+    out["hd95_mm_present"] = describe(s.hd95_mm for s in scores if s.status == "both_present")
     out["counts"] = {st: sum(1 for s in scores if s.status == st) for st in STATUSES}
     return out
 

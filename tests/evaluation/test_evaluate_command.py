@@ -55,6 +55,7 @@ def test_folders_end_to_end(folders: tuple[Path, Path], tmp_path: Path, capsys) 
     v2 = summary[("volume", "2")]
     assert (v2["n"], float(v2["dice_mean"]), v2["both_empty"], v2["pred_empty"]) == ("2", 0.5, "1", "1")
     assert float(v2["hd95_mm_mean"]) == pytest.approx(DIAG / 2)  # c1: 0, c3: the penalty
+    assert (v2["hd95_mm_present_mean"], v2["hd95_mm_present_std"]) == ("0.0", "")  # c1 only; n=1: no std
     per_volume = read_csv(out / "per_volume.csv")
     assert [(r["case"], r["class_id"], r["status"]) for r in per_volume] == [
         ("c1", "1", "both_present"),

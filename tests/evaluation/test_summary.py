@@ -54,15 +54,18 @@ def test_aggregate_per_level_and_class_with_counts() -> None:
     assert v1["dice"]["mean"] == pytest.approx(0.7) and v1["dice"]["n"] == 2
     assert v1["dice"]["std"] == pytest.approx(math.sqrt(0.02))  # (0.1^2 + 0.1^2) / (2 - 1)
     assert v1["hd95_mm"]["mean"] == pytest.approx(3.0)
+    assert v1["hd95_mm_present"] == v1["hd95_mm"]  # no penalty among them
     v2 = s["volume"]["2"]  # one miss counted, the both-empty case excluded
     assert (v2["dice"]["mean"], v2["dice"]["n"], v2["hd95_mm"]["mean"]) == (0.0, 1, 100.0)
     assert v2["counts"] == {"both_present": 0, "both_empty": 1, "pred_empty": 1, "gt_empty": 0}
+    assert v2["hd95_mm_present"]["n"] == 0 and math.isnan(v2["hd95_mm_present"]["mean"])
     pooled = s["volume"]["all"]
     assert pooled["dice"]["mean"] == pytest.approx((0.8 + 0.6 + 0.0) / 3) and pooled["dice"]["n"] == 3
     # slices are pooled over cases: 1.0, 0.0 (false positive), 0.5; the both-empty slice is excluded
     s1 = s["slice"]["1"]
     assert s1["dice"]["mean"] == pytest.approx(0.5) and s1["dice"]["n"] == 3
     assert s1["hd95_mm"]["mean"] == pytest.approx(53.0 / 3)
+    assert (s1["hd95_mm_present"]["mean"], s1["hd95_mm_present"]["n"]) == (pytest.approx(1.5), 2)
     assert s1["counts"] == {"both_present": 2, "both_empty": 1, "pred_empty": 0, "gt_empty": 1}
 
 
