@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "salt_seg.commands.inspect",
     "evaluate": "salt_seg.commands.evaluate",
     "data": "salt_seg.commands.data",
+    "train": "salt_seg.commands.train",
 }
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

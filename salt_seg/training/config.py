@@ -1,0 +1,182 @@
+"""The experiment config: one flat-ish YAML with sections ``model``, ``adapter``, ``data``, ``preprocessing`` and
+``train``; every key typed and validated, unknown keys rejected with the key named (nanoGPT's rule). The resolved
+config is saved as ``config.yaml`` in every run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from salt_seg.configio import apply_overrides, from_dict, load_yaml, to_dict
+
+LOSSES = ("dice_focal", "dice_ce")
+AMP_MODES = ("none", "bf16", "fp16")
+PROMPT_MIX = ("box", "points", "auto", "mixed")
+
+
+@dataclass
+class ModelSection:
+    """Base model.
+
+    Attributes:
+        variant: SAM variant name, or ``None`` to detect it from ``checkpoint``.
+        checkpoint: base weights (path), ``builtin`` for the shipped small base, or ``null`` for random init.
+        image_size: model input size; defaults to the preprocessing record's ``image_size``.
+    """
+
+    variant: str | None = "tiny"
+    checkpoint: str | None = None
+    image_size: int | None = None
+
+
+@dataclass
+class DataSection:
+    """Dataset and few-shot split.
+
+    Attributes:
+        path: dataset folder (any format ``salt-seg data check`` understands).
+        format: dataset format name or ``auto``.
+        shots: training slices (``holdout: slices``) or volumes (``holdout: volumes``).
+        val: validation part: a count (int) or a fraction of the cases / of the labelled slice range (float).
+        test: test part, as ``val``.
+        split: an existing split JSON to reuse instead of drawing one.
+        split_seed: seed of the shot selection (``null`` = the training seed).
+        guard_mm: minimum distance between slices of different parts of the split (slice-level splits).
+        holdout: ``slices`` (slice-level split with guard distance) or ``volumes`` (whole volumes held out).
+        augment: training augmentation (flip, small rotation/scale, intensity).
+        cache: keep preprocessed slices in memory (MONAI CacheDataset).
+    """
+
+    path: str = ""
+    format: str = "auto"
+    shots: int = 10
+    val: int | float = 0.2
+    test: int | float = 0.4
+    split: str | None = None
+    split_seed: int | None = None
+    guard_mm: float = 10.0
+    holdout: str = "slices"
+    augment: bool = True
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shots < 1:
+            raise ValueError(f"data.shots must be >= 1, got {self.shots}")
+        for name in ("val", "test"):
+            v = getattr(self, name)
+            if v <= 0 or (isinstance(v, float) and v >= 1):
+                raise ValueError(f"data.{name} must be a count >= 1 or a fraction in (0, 1), got {v}")
+        if self.holdout not in ("slices", "volumes"):
+            raise ValueError(f"data.holdout must be 'slices' or 'volumes', got {self.holdout!r}")
+        if self.guard_mm < 0:
+            raise ValueError(f"data.guard_mm must be >= 0, got {self.guard_mm}")
+
+
+@dataclass
+class TrainSection:
+    """Optimisation.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: slices per step (per process under torchrun: the global batch is split across ranks).
+        grad_accum: micro-batches accumulated per optimizer step.
+        lr / weight_decay / warmup_steps: AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``.
+        loss: ``dice_focal`` or ``dice_ce`` (MONAI, on logits) plus ``adapter.reg_weight`` x the adapter's
+            regulariser.
+        prompt: prompt simulation for training: ``box``, ``points``, ``auto`` (learned class tokens) or ``mixed``.
+        box_jitter: box corner jitter as a fraction of the box side.
+        points: positive points per prompt (one negative is added in ``points`` mode).
+        val_every: validate every N steps (and at the end).
+        early_stop: stop after this many validations without improvement (0 = never).
+        amp: ``none``, ``bf16`` or ``fp16`` (GPU only; ignored on CPU with a warning).
+        grad_checkpoint: recompute encoder blocks in backward to save memory (large variants).
+        seed: initialisation, augmentation and prompt seed.
+        num_workers: data-loader workers (0 keeps runs bit-reproducible on CPU).
+        overlays: validation overlays drawn into ``plots/``.
+    """
+
+    steps: int = 200
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.05
+    loss: str = "dice_focal"
+    prompt: str = "box"
+    box_jitter: float = 0.1
+    points: int = 1
+    val_every: int = 50
+    early_stop: int = 0
+    amp: str = "none"
+    grad_checkpoint: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    overlays: int = 4
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.val_every < 1:
+            raise ValueError("train.steps, train.batch_size, train.grad_accum and train.val_every must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"train.loss: {self.loss!r} is not one of {list(LOSSES)}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"train.amp: {self.amp!r} is not one of {list(AMP_MODES)}")
+        if self.prompt not in PROMPT_MIX:
+            raise ValueError(f"train.prompt: {self.prompt!r} is not one of {list(PROMPT_MIX)}")
+        if self.points < 1:
+            raise ValueError(f"train.points must be >= 1, got {self.points}")
+        if not 0 <= self.box_jitter < 1:
+            raise ValueError(f"train.box_jitter must be in [0, 1), got {self.box_jitter}")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment. ``adapter`` and ``preprocessing`` are validated by their own dataclasses
+    (:class:`salt_seg.adapters.AdapterConfig`, :class:`salt_seg.preprocessing.Preprocessing`)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    adapter: dict[str, Any] = field(default_factory=lambda: {"name": "salt"})
+    data: DataSection = field(default_factory=DataSection)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    train: TrainSection = field(default_factory=TrainSection)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # validate the delegated sections now, so a bad key fails before any work
+        self.adapter_config()
+        self.preprocessing_record()
+
+    def adapter_config(self):  # -> AdapterConfig
+        from salt_seg.adapters import AdapterConfig
+
+        try:
+            return AdapterConfig.from_dict(dict(self.adapter))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"adapter: {exc}") from None
+
+    def preprocessing_record(self):  # -> Preprocessing
+        from salt_seg.preprocessing import Preprocessing
+
+        d = dict(self.preprocessing)
+        if self.model.image_size is not None:
+            d.setdefault("image_size", self.model.image_size)
+        d.setdefault("prompt_mode", self.train.prompt)
+        try:
+            return Preprocessing.from_dict(d)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"preprocessing: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config (or start from defaults when ``path`` is None) and apply overrides."""
+    doc = load_yaml(path) if path is not None else {}
+    doc = apply_overrides(doc, overrides or [])
+    return from_dict(ExperimentConfig, doc)
