@@ -64,6 +64,27 @@ def normalize_volume(
     return out, ranges
 
 
+def unwrap_transform_error(exc: BaseException) -> BaseException:
+    """The user error MONAI wrapped in ``RuntimeError("applying transform ...")``, or ``exc`` itself."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, DataError | FileNotFoundError):
+            return cause
+        cause = cause.__cause__
+    return exc
+
+
+def run_transforms(transform: Any, data: Any) -> Any:
+    """Apply a MONAI transform, re-raising our one-line user errors instead of MONAI's wrapped traceback."""
+    try:
+        return transform(data)
+    except RuntimeError as exc:
+        inner = unwrap_transform_error(exc)
+        if inner is exc:
+            raise
+        raise inner from None
+
+
 def case_item(dataset: Dataset, case_id: str, *, with_label: bool = True) -> dict[str, Any]:
     """The loader input for one case of a :class:`~salt_seg.data.dataset.Dataset`."""
     case = dataset.case(case_id)
@@ -311,7 +332,7 @@ def prepare_volume(volume: Volume, record: Preprocessing, label: Volume | None =
     if label is not None:
         d["label"] = to_metatensor(label)
         keys.append("label")
-    return prepared_from_item(volume_transforms(record, keys=keys)(d), record)
+    return prepared_from_item(run_transforms(volume_transforms(record, keys=keys), d), record)
 
 
 def prepared_from_item(d: Mapping[str, Any], record: Preprocessing) -> PreparedVolume:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from salt_seg.data.pipeline import case_item, loading_transforms
+from salt_seg.data.pipeline import case_item, loading_transforms, run_transforms
 from salt_seg.data.prompts_sim import SIM_MODES, simulate_prompt
 from salt_seg.data.readers import DEFAULT_MAX_VOXELS
 from salt_seg.data.volume import extract_slice
@@ -208,13 +208,16 @@ class SliceDataset(torch.utils.data.Dataset):
         self.set_random_state(seed)
         transform = loading_transforms(record, max_voxels=max_voxels)
         if cache:
-            self._volumes = CacheDataset(
+            self._volumes = run_transforms(
+                lambda items: CacheDataset(
+                    items,
+                    transform,
+                    cache_rate=1.0,
+                    num_workers=cache_workers or None,
+                    progress=False,
+                    copy_cache=False,
+                ),
                 self.items,
-                transform,
-                cache_rate=1.0,
-                num_workers=cache_workers or None,
-                progress=False,
-                copy_cache=False,
             )
         else:
             self._volumes = MonaiDataset(self.items, transform)
@@ -265,7 +268,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def _volume(self, v: int) -> dict[str, Any]:
         if self._last is not None and self._last[0] == v:
             return self._last[1]
-        d = self._volumes[v]
+        d = run_transforms(self._volumes.__getitem__, v)
         self._last = (v, d)
         return d
 

@@ -1,0 +1,106 @@
+"""Acceptance 5 (volume pipeline): orientation, resampling, intensity; shapes, dtypes, ranges; exact way back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from salt_seg.data import Volume, extract_slice, prepare_volume
+from salt_seg.data.errors import DataError
+from salt_seg.data.synthetic import synthetic_3d
+from salt_seg.preprocessing import Preprocessing, intensity_range, prepare_slice
+
+LAS = np.array([[-1.0, 0, 0, 30], [0, 1.2, 0, -10], [0, 0, 2.0, 5], [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def las_pair():
+    img, lab = synthetic_3d((24, 20, 12), n_objects=4, seed=3)
+    hu = (img * 2000 - 1000).astype(np.float32)  # CT-like values in HU
+    return Volume(hu, LAS, modality="CT", name="ct"), Volume(lab, LAS, modality="label")
+
+
+def test_prepared_volume_is_ras_normalised_and_integral(las_pair):
+    image, label = las_pair
+    rec = Preprocessing(
+        intensity="ct", window_level=40, window_width=400, image_size=64, classes={1: "a", 2: "b", 3: "c"}
+    )
+    prep = prepare_volume(image, rec, label)
+    ras = image.to_ras()
+    assert prep.image.shape == (1, *ras.shape) and prep.image.dtype == np.float32
+    assert 0.0 <= prep.image.min() and prep.image.max() <= 1.0
+    assert np.allclose(prep.affine, ras.affine)  # MONAI Orientationd == Volume.to_ras
+    assert prep.label.dtype == np.int64 and np.array_equal(prep.label, label.to_ras().data)
+    assert prep.value_range == [(-160.0, 240.0)]
+    # the CT window maps HU as the record says: -160 -> 0, 40 -> 0.5, 240 -> 1
+    expected = np.clip((ras.data - -160.0) / 400.0, 0, 1)
+    assert np.allclose(prep.image[0], expected, atol=1e-6)
+    assert prep.n_slices == ras.shape[2]
+
+
+def test_model_input_goes_through_the_record(las_pair):
+    image, _ = las_pair
+    rec = Preprocessing(intensity="ct", image_size=64)
+    prep = prepare_volume(image, rec)
+    x, tf = prep.model_input(5)
+    raw_slice = extract_slice(image.to_ras().data, 2, 5)
+    ref, ref_tf = prepare_slice(raw_slice, rec, intensity_range(image.data, rec))
+    assert tf == ref_tf and tf.original_size == raw_slice.shape
+    assert x.shape == (3, 64, 64) and x.dtype.is_floating_point
+    assert np.allclose(x.numpy(), ref.numpy(), atol=1e-4)
+
+
+def test_mr_percentiles_once_per_volume(las_pair):
+    image, _ = las_pair
+    rec = Preprocessing(intensity="mr", percentiles=(0.5, 99.5), image_size=32)
+    prep = prepare_volume(image, rec)
+    lo, hi = np.percentile(image.data, (0.5, 99.5))
+    assert prep.value_range[0] == pytest.approx((lo, hi))
+    assert (prep.image == 0).mean() >= 0.004 and (prep.image == 1).mean() >= 0.004
+
+
+def test_to_source_is_exact_without_resampling(las_pair):
+    image, label = las_pair
+    prep = prepare_volume(image, Preprocessing(image_size=32, classes={1: "a", 2: "b", 3: "c"}), label)
+    assert np.array_equal(prep.to_source(prep.label), label.data)
+
+
+def test_in_plane_resampling_keeps_labels_integral_and_maps_back(las_pair):
+    image, label = las_pair
+    rec = Preprocessing(image_size=32, spacing=0.5, classes={1: "a", 2: "b", 3: "c"})
+    prep = prepare_volume(image, rec, label)
+    ras = image.to_ras()
+    # MONAI keeps the extent between the first and last voxel centres: (n - 1) * spacing / 0.5 + 1
+    assert prep.image.shape[1:3] == (47, 47) and prep.image.shape[3] == ras.shape[2]
+    assert np.allclose(np.linalg.norm(prep.affine[:3, :3], axis=0), (0.5, 0.5, 2.0))
+    assert set(np.unique(prep.label)) <= {0, 1, 2, 3}
+    back = prep.to_source(prep.label)
+    assert back.shape == label.shape
+    assert (back == label.data).mean() > 0.97
+
+
+def test_record_channels_pick_source_channels():
+    rng = np.random.default_rng(0)
+    arr = np.stack([rng.normal(size=(6, 6, 4)), 100 + rng.normal(size=(6, 6, 4))]).astype(np.float32)
+    vol = Volume(arr, np.eye(4))
+    prep = prepare_volume(vol, Preprocessing(intensity="minmax", channels=[1, 0], image_size=32))
+    assert prep.image.shape == (2, 6, 6, 4)
+    assert prep.value_range[0][0] > 90 and prep.value_range[1][1] < 10
+    x, _ = prep.model_input(0)
+    assert x.shape == (3, 32, 32)
+    with pytest.raises(DataError, match=r"preprocessing channels \[2\] but the image has 2 channel"):
+        prepare_volume(vol, Preprocessing(channels=[2], image_size=32))
+
+
+def test_two_d_picture_slices_along_axis_2_whatever_the_record_axis(tmp_path):
+    from salt_seg.data import load_volume
+
+    from .conftest import write_picture
+
+    pic = np.zeros((20, 30, 3), np.uint8)
+    pic[2:6, 20:28] = 255
+    vol = load_volume(write_picture(tmp_path / "p.png", pic))
+    prep = prepare_volume(vol, Preprocessing(intensity="minmax", channels=[0, 1, 2], axis=0, image_size=32))
+    assert prep.axis == 2 and prep.n_slices == 1
+    s = prep.slice_image(0)
+    assert s.shape == (3, 20, 30) and np.array_equal(s[0] > 0.5, pic[..., 0] > 0)
