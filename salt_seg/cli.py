@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "salt_seg.commands.evaluate",
     "data": "salt_seg.commands.data",
     "train": "salt_seg.commands.train",
+    "pretrain": "salt_seg.commands.pretrain",
 }
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

@@ -73,7 +73,8 @@ def make_prompts(
     Args:
         labels: ``B x S x S`` integer label maps in model-input space.
         class_ids: the classes to prompt.
-        mode: ``box``, ``points``, ``auto`` (class tokens) or ``mixed`` (box, points or auto drawn per prompt).
+        mode: ``box``, ``points``, ``auto`` (class tokens), ``mixed`` (box, points or auto drawn per prompt) or
+            ``geometric`` (box or points drawn per prompt; used to pretrain objectness).
         seeds: one seed per image.
         box_jitter, n_points: see :class:`salt_seg.training.config.TrainSection`.
 
@@ -96,6 +97,8 @@ def make_prompts(
             m = mode
             if mode == "mixed":
                 m = ("box", "points", "auto")[int(rng.integers(3))]
+            elif mode == "geometric":
+                m = ("box", "points")[int(rng.integers(2))]
             if m == "auto":
                 prompt: Prompt | None = Prompt(class_id=cid)
             else:

@@ -13,7 +13,7 @@ from salt_seg.configio import apply_overrides, from_dict, load_yaml, to_dict
 
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
-PROMPT_MIX = ("box", "points", "auto", "mixed")
+PROMPT_MIX = ("box", "points", "auto", "mixed", "geometric")
 
 
 @dataclass
@@ -85,7 +85,8 @@ class TrainSection:
         lr / weight_decay / warmup_steps: AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``.
         loss: ``dice_focal`` or ``dice_ce`` (MONAI, on logits) plus ``adapter.reg_weight`` x the adapter's
             regulariser.
-        prompt: prompt simulation for training: ``box``, ``points``, ``auto`` (learned class tokens) or ``mixed``.
+        prompt: prompt simulation for training: ``box``, ``points``, ``auto`` (learned class tokens), ``mixed``
+            (all three) or ``geometric`` (box or points).
         box_jitter: box corner jitter as a fraction of the box side.
         points: positive points per prompt (one negative is added in ``points`` mode).
         val_every: validate every N steps (and at the end).
@@ -165,7 +166,7 @@ class ExperimentConfig:
         d = dict(self.preprocessing)
         if self.model.image_size is not None:
             d.setdefault("image_size", self.model.image_size)
-        d.setdefault("prompt_mode", self.train.prompt)
+        d.setdefault("prompt_mode", "mixed" if self.train.prompt == "geometric" else self.train.prompt)
         try:
             return Preprocessing.from_dict(d)
         except (ValueError, TypeError) as exc:

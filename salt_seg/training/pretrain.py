@@ -1,0 +1,255 @@
+"""Pretraining a small SAM-architecture base from scratch on synthetic objects ("objectness").
+
+Stands in for SAM's natural-image pretraining: every object of a synthetic image is a target, prompted by a box
+or by points, so the model learns to segment *the thing prompted*, whatever its kind. Training runs through
+:func:`salt_seg.training.loop.train` (progress, checkpoints, resume) with the ``full`` adapter plus the prompt
+encoder and mask decoder; the result is exported as a plain SAM-layout state dict in float16.
+
+The held-out set is fixed by the generator parameters and :data:`HELDOUT_SEED`, so the model card's figures can
+be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from salt_seg.preprocessing import Preprocessing, prepare_slice
+
+HELDOUT_SEED = 20260
+MAX_OBJECTS = 6
+
+
+@dataclass(frozen=True)
+class GeneratorParams:
+    """Synthetic image parameters (see :func:`salt_seg.data.synthetic_2d`)."""
+
+    shape: tuple[int, int] = (256, 256)
+    n_objects: tuple[int, int] = (1, 5)
+    size: tuple[float, float] = (0.06, 0.3)
+    contrast: float = 0.4
+    noise: float = 0.06
+    texture: float = 0.35
+    kinds: tuple[str, ...] = ("ellipse", "rectangle", "triangle")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+#: the held-out evaluation set: moderately sized objects, same appearance statistics
+HELDOUT_PARAMS = GeneratorParams(size=(0.1, 0.25))
+
+
+def instance_map(label: np.ndarray, max_objects: int = MAX_OBJECTS, min_pixels: int = 30) -> np.ndarray:
+    """Class map -> instance map ``1..K`` (connected components per class, largest first, at most ``max_objects``)."""
+    from scipy import ndimage
+
+    out = np.zeros(label.shape, dtype=np.int64)
+    comps = []
+    for cid in np.unique(label[label > 0]):
+        lab, n = ndimage.label(label == cid)
+        for i in range(1, n + 1):
+            m = lab == i
+            if m.sum() >= min_pixels:
+                comps.append(m)
+    comps.sort(key=lambda m: -int(m.sum()))
+    for k, m in enumerate(comps[:max_objects]):
+        out[m] = k + 1
+    return out
+
+
+class SyntheticObjects(torch.utils.data.Dataset):
+    """An indexable, deterministic stream of synthetic images with instance labels (sample i uses seed (seed, i)).
+
+    Items: ``image`` ``3 x S x S`` model input, ``label`` ``S x S`` int64 instance ids (0 = background).
+    """
+
+    def __init__(self, n: int, seed: int, params: GeneratorParams, record: Preprocessing) -> None:
+        self.n, self.seed, self.params, self.record = int(n), int(seed), params, record
+
+    def __len__(self) -> int:
+        return self.n
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        from salt_seg.data import synthetic_2d
+
+        p = self.params
+        img, lab = synthetic_2d(
+            p.shape, n_objects=p.n_objects, kinds=p.kinds, size=p.size, contrast=p.contrast, noise=p.noise,
+            texture=p.texture, seed=np.random.default_rng([self.seed, i]),
+        )
+        return img, instance_map(lab)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, inst = self.sample(i)
+        x, tf = prepare_slice(img, self.record, (0.0, 1.0))
+        if tf.resized_size != tuple(inst.shape):
+            raise ValueError("pretraining images must already have the model's input size")
+        return {"image": x, "label": torch.from_numpy(inst), "case_id": f"synthetic{i}", "slice_index": i}
+
+
+def pretrain_record(image_size: int = 256) -> Preprocessing:
+    return Preprocessing(intensity="none", image_size=image_size, classes={1: "object"}, prompt_mode="mixed")
+
+
+@dataclass
+class ObjectnessScores:
+    """Held-out Dice of the pretrained base (means over objects)."""
+
+    box: float
+    fill_box: float
+    one_point: float
+    n_objects: int
+    per_object: dict[str, list[float]] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def evaluate_objectness(model, n_images: int = 100, seed: int = HELDOUT_SEED,
+                        params: GeneratorParams = HELDOUT_PARAMS) -> ObjectnessScores:
+    """Dice on the held-out synthetic set: tight box prompts, the "fill the box" baseline, one positive point.
+
+    The point is the interior point farthest from the background (deterministic).
+    """
+    from scipy import ndimage
+
+    from salt_seg.model.sam import InputPrompt
+    from salt_seg.preprocessing import SliceTransform
+
+    model.eval()
+    record = pretrain_record(model.image_size)
+    ds = SyntheticObjects(n_images, seed, params, record)
+    tf = SliceTransform.create(params.shape, model.image_size, "longest")
+    box_d, fill_d, pt_d = [], [], []
+    for i in range(n_images):
+        item = ds[i]
+        inst = item["label"].numpy()
+        emb = model.encode_images(item["image"][None])
+        for k in range(1, int(inst.max()) + 1):
+            m = inst == k
+            if not m.any():
+                continue
+            ys, xs = np.nonzero(m)
+            box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+            dist = ndimage.distance_transform_edt(m)
+            y, x = np.unravel_index(int(dist.argmax()), m.shape)
+            prompts = [
+                InputPrompt(box=torch.from_numpy(tf.coords_to_input(box)).float()),
+                InputPrompt(points=torch.tensor([[float(x), float(y)]]) * torch.tensor(tf.scale_xy).float(),
+                            labels=torch.tensor([1])),
+            ]
+            logits, iou = model.decode_prompts(emb, prompts[:1], [0])
+            box_pred = _upsample(logits[0, 0], m.shape)
+            logits_p, iou_p = model.decode_prompts(emb, prompts[1:], [0], multimask_output=True)
+            best = int(iou_p[0].argmax())
+            pt_pred = _upsample(logits_p[0, best], m.shape)
+            fill = np.zeros_like(m)
+            fill[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+            box_d.append(_dice(box_pred, m))
+            fill_d.append(_dice(fill, m))
+            pt_d.append(_dice(pt_pred, m))
+    return ObjectnessScores(float(np.mean(box_d)), float(np.mean(fill_d)), float(np.mean(pt_d)), len(box_d),
+                            {"box": box_d, "fill_box": fill_d, "one_point": pt_d})
+
+
+def _upsample(low: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    import torch.nn.functional as F
+
+    up = F.interpolate(low[None, None].float(), size=shape, mode="bilinear", align_corners=False)[0, 0]
+    return (up > 0).numpy()
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def export_base(model, path: Path, meta: dict[str, str]) -> None:
+    """Write the model's SAM-layout weights (no class tokens) as float16 safetensors, atomically.
+
+    The model must hold plain weights (pretraining uses the ``full`` adapter, which wraps nothing).
+    """
+    from safetensors.torch import save_file
+
+    from salt_seg.adapters import adapter_layers
+
+    if adapter_layers(model):
+        raise RuntimeError("export_base expects an un-wrapped model (adapter 'full')")
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
+          if not k.startswith("class_tokens.")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(sd, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def run_pretraining(
+    *,
+    variant: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    run_dir: Path,
+    resume: bool,
+    device: torch.device,
+    export: Path | None,
+    heldout: int,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> tuple[ObjectnessScores, Path]:
+    """Pretrain, score on the held-out set, and optionally export; returns the scores and the run dir."""
+    import json
+
+    from salt_seg.configio import apply_overrides, from_dict
+    from salt_seg.training.config import ExperimentConfig
+    from salt_seg.training.loop import TrainData, train
+
+    record = pretrain_record()
+    doc = {
+        "description": f"salt-seg pretrain: {variant} from scratch on synthetic objects",
+        "model": {"variant": variant, "checkpoint": None, "image_size": record.image_size},
+        "adapter": {"name": "full", "train_mask_decoder": True, "train_prompt_encoder": True,
+                    "train_class_tokens": False},
+        "data": {"path": "synthetic", "augment": False, "cache": False},
+        "preprocessing": record.to_dict() | {"version": 1},
+        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": 0.01,
+                  "warmup_steps": min(200, steps // 10), "min_lr_ratio": 0.02, "loss": "dice_focal",
+                  "prompt": "geometric", "box_jitter": 0.1, "points": 1, "val_every": max(1, min(250, steps)),
+                  "seed": seed, "overlays": 4},
+    }
+    doc["preprocessing"].pop("version")
+    cfg = from_dict(ExperimentConfig, apply_overrides(doc, overrides or []))
+    params = GeneratorParams()
+    data = TrainData(
+        train=SyntheticObjects(10**7, seed, params, record),
+        val=SyntheticObjects(32, HELDOUT_SEED + 1, HELDOUT_PARAMS, record),
+        class_ids=list(range(1, MAX_OBJECTS + 1)),
+        split={"generator": params.to_dict(), "val_seed": HELDOUT_SEED + 1},
+        record=record,
+    )
+    result = train(cfg, run_dir, resume=resume, device=device, data=data, progress=progress)
+    from salt_seg.model.checkpoint import load_base_model
+
+    model, _ = load_base_model(variant, run_dir / "base.safetensors", image_size=record.image_size)
+    from salt_seg.adapters import load_adapter
+
+    load_adapter(run_dir / "adapter.safetensors", model, progress=False)
+    model.eval()
+    scores = evaluate_objectness(model, heldout)
+    meta = {
+        "salt_seg_builtin": "1", "variant": variant, "steps": str(result.steps_done), "seed": str(seed),
+        "generator": json.dumps(params.to_dict()), "heldout": json.dumps(HELDOUT_PARAMS.to_dict() | {"seed": HELDOUT_SEED}),
+        "heldout_dice_box": f"{scores.box:.4f}", "heldout_dice_fill_box": f"{scores.fill_box:.4f}",
+        "heldout_dice_one_point": f"{scores.one_point:.4f}",
+    }
+    from salt_seg.training.rundir import atomic_write_json
+
+    atomic_write_json(run_dir / "objectness.json", {**meta, "n_objects": scores.n_objects,
+                                                    "seconds": result.seconds})
+    if export is not None:
+        export_base(model.cpu(), export, meta)
+    return scores, run_dir
