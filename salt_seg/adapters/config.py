@@ -1,0 +1,364 @@
+"""Typed adapter configuration: what is wrapped, at which rank, and which other parts of SAM train.
+
+A rank is given per *layer type* (``attn``, ``mlp``, ``neck``, or ``default`` for all) in one of three explicit
+forms, resolved per layer once its weight is known:
+
+- an integer ``r`` (``0 <= r <= k``, ``k = min(out, in)``);
+- ``{"fraction": f}``: ``round(f * k)``, clamped to ``[1, k]``;
+- ``{"energy": e}``: the smallest ``r`` whose top singular values hold a share ``e`` of ``sum(sigma**2)``.
+
+The SALT defaults are the released ranks written as fractions, so on ``vit_b`` (k = 768 for every encoder linear,
+256 for the neck convs) they resolve to exactly attention 760, MLP 50, neck 250, and on smaller variants they scale
+with the width.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+#: an explicit rank: ``int`` or ``{"fraction": float}`` or ``{"energy": float}``
+RankSpec = int | dict[str, float]
+
+CONFIG_VERSION = 1
+
+#: patterns (``fnmatch``) over module names of a :class:`~salt_seg.model.sam.SamModel`
+DEFAULT_TARGETS: tuple[str, ...] = (
+    "image_encoder.blocks.*.attn.qkv",
+    "image_encoder.blocks.*.attn.proj",
+    "image_encoder.blocks.*.mlp.lin1",
+    "image_encoder.blocks.*.mlp.lin2",
+)
+#: SAM's neck: a 1x1 and a 3x3 convolution (both bias-free), adapted when ``adapt_neck`` is set
+NECK_TARGETS: tuple[str, ...] = ("image_encoder.neck.0", "image_encoder.neck.2")
+
+LAYER_TYPES = ("attn", "mlp", "neck", "other")
+INIT_MODES = ("identity", "reference")
+RELU_MODES = ("diagonal", "reference")
+COMPUTE_MODES = ("auto", "factored", "dense", "svd_basis", "reference")
+
+#: the trainable "other parts" and the module they live in
+EXTRA_FLAGS = (
+    "train_norms",
+    "train_pos_embed",
+    "train_rel_pos",
+    "train_mask_decoder",
+    "train_prompt_encoder",
+    "train_class_tokens",
+)
+
+
+def layer_type(module_name: str) -> str:
+    """Classify a module name into a rank group: ``attn``, ``mlp``, ``neck`` or ``other``."""
+    parts = module_name.split(".")
+    if "attn" in parts:
+        return "attn"
+    if "mlp" in parts:
+        return "mlp"
+    if "neck" in parts:
+        return "neck"
+    return "other"
+
+
+def parse_rank_spec(value: Any, where: str) -> RankSpec:
+    """Validate one rank spec (int, ``{"fraction": f}`` or ``{"energy": e}``); strings like ``"0.5f"`` are not accepted.
+
+    Args:
+        value: the spec as written by the user (YAML/JSON/CLI).
+        where: the config field it came from, for the error message.
+
+    Raises:
+        ValueError: anything else, naming ``where`` and the value.
+    """
+    if isinstance(value, bool):
+        raise ValueError(
+            f"AdapterConfig.{where}: a rank must be an int or a fraction/energy dict, got {value!r}"
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"AdapterConfig.{where}: rank must be >= 0, got {value}")
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return parse_rank_spec(int(value), where)
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, amount),) = value.items()
+        if kind in ("fraction", "energy"):
+            try:
+                amount = float(amount)
+            except (TypeError, ValueError):
+                raise ValueError(f"AdapterConfig.{where}: {kind} must be a number, got {amount!r}") from None
+            if not 0.0 < amount <= 1.0:
+                raise ValueError(f"AdapterConfig.{where}: {kind} must be in (0, 1], got {amount}")
+            return {kind: amount}
+    raise ValueError(
+        f"AdapterConfig.{where}: a rank is an int, {{'fraction': f}} or {{'energy': e}}, got {value!r}"
+    )
+
+
+def parse_rank_text(text: str) -> tuple[str, RankSpec]:
+    """Parse a CLI rank ``[TYPE=]VALUE`` where VALUE is ``760``, ``fraction:0.5`` or ``energy:0.99``.
+
+    Returns:
+        ``(layer type or "default", spec)``.
+
+    Raises:
+        ValueError: malformed text.
+    """
+    key, sep, value = text.partition("=")
+    if not sep:
+        key, value = "default", text
+    key = key.strip()
+    if key not in (*LAYER_TYPES, "default"):
+        raise ValueError(f"--rank {text!r}: layer type must be one of {[*LAYER_TYPES, 'default']}")
+    value = value.strip()
+    kind, colon, amount = value.partition(":")
+    try:
+        spec: Any = {kind: float(amount)} if colon else int(value)
+    except ValueError:
+        raise ValueError(f"--rank {text!r}: value must be an int, fraction:F or energy:E") from None
+    return key, parse_rank_spec(spec, f"rank.{key}")
+
+
+@dataclass
+class AdapterConfig:
+    """Everything that defines an adapter; saved as JSON in every adapter file.
+
+    Fields left ``None`` take the adapter's own default (see :mod:`salt_seg.adapters.registry`) in
+    ``__post_init__``, so a config always holds resolved values once built.
+
+    Attributes:
+        name: adapter registry name (``salt``, ``ssam``, ``svfit``, ``lora``, ``effort``, ``full``, ``none``).
+        targets: ``fnmatch`` patterns over module names; each must match at least one ``nn.Linear``/``nn.Conv2d``.
+        adapt_neck: also adapt SAM's two neck convolutions (:data:`NECK_TARGETS`).
+        rank: per layer type (``attn``/``mlp``/``neck``/``other``/``default``) rank spec; merged over the
+            adapter's defaults. Meaning: SALT/SVFit adapt the top-r singular values, Effort freezes them.
+        r_lora: rank of the low-rank term (SALT's residual X·Y, LoRA's B·A); may exceed SALT's k − r.
+        lora_alpha: LoRA scaling numerator (scale = lora_alpha / r_lora); ``None`` means scale 1 (SAMed).
+        lora_qv_only: on fused ``qkv`` layers adapt only the q and v thirds (SAMed's setting).
+        init: ``identity`` (the adapted model equals the base at step 0) or ``reference`` (SALT's released code:
+            X and Y both random, N(0, 0.01²)).
+        relu: ``diagonal`` (ReLU on the modified top-r singular values only) or ``reference`` (element-wise ReLU
+            over the whole modified k × k Σ', as released: negative entries of diag(σ_res) + X·Y are zeroed too).
+        compute: ``auto`` (the cost model's cheapest per layer and forward), ``factored``, ``dense`` (delta),
+            ``svd_basis`` (salt/ssam: the layer applied in its singular basis), or ``reference`` (the released
+            code's dense U·ReLU(Σ')·Vᵀ rebuild on every forward; for benchmarks). All give the same function.
+        reg_weight: λ of the regulariser; the training loop adds
+            ``config.reg_weight * adapter_regularization(model)`` to the loss.
+        train_norms / train_pos_embed / train_rel_pos / train_mask_decoder / train_prompt_encoder /
+            train_class_tokens: which other parts of SAM train (LayerNorms of the image encoder, its absolute
+            position embedding, its relative-position tables, the mask decoder, the prompt encoder, the learned
+            per-class prompt tokens).
+    """
+
+    name: str = "salt"
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    adapt_neck: bool = False
+    rank: dict[str, RankSpec] | RankSpec | None = None
+    r_lora: int | None = None
+    lora_alpha: float | None = None
+    lora_qv_only: bool = False
+    init: str = "identity"
+    relu: str = "diagonal"
+    compute: str = "auto"
+    reg_weight: float | None = None
+    train_norms: bool | None = None
+    train_pos_embed: bool | None = None
+    train_rel_pos: bool | None = None
+    train_mask_decoder: bool | None = None
+    train_prompt_encoder: bool | None = None
+    train_class_tokens: bool | None = None
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        from salt_seg.adapters.registry import get_adapter_spec
+
+        spec = get_adapter_spec(self.name)  # raises ValueError listing the valid names
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if not isinstance(self.targets, (list, tuple)) or not all(
+            isinstance(t, str) and t for t in self.targets
+        ):
+            raise ValueError(
+                f"AdapterConfig.targets must be a list of module-name patterns, got {self.targets!r}"
+            )
+        self.targets = list(self.targets)
+        if spec.wraps_layers and not self.targets and not self.adapt_neck:
+            raise ValueError(
+                f"AdapterConfig.targets: adapter {self.name!r} needs at least one target pattern"
+            )
+        for name, allowed in (("init", INIT_MODES), ("relu", RELU_MODES), ("compute", COMPUTE_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"AdapterConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}"
+                )
+        if self.compute in ("reference", "svd_basis") and not spec.supports_reference_compute:
+            raise ValueError(
+                f"AdapterConfig.compute: {self.compute!r} needs the whole singular basis and exists only for salt "
+                f"and ssam, not {self.name!r}"
+            )
+        self._resolve_rank(spec)
+        if not spec.uses_r_lora and self.r_lora is not None:
+            raise ValueError(
+                f"AdapterConfig.r_lora: adapter {self.name!r} has no low-rank term; got {self.r_lora!r}"
+            )
+        if spec.uses_r_lora:
+            if self.r_lora is None:
+                self.r_lora = spec.default_r_lora
+            if isinstance(self.r_lora, bool) or not isinstance(self.r_lora, int) or self.r_lora <= 0:
+                raise ValueError(f"AdapterConfig.r_lora must be an integer >= 1, got {self.r_lora!r}")
+        for option, unset in (
+            ("init", "identity"),
+            ("relu", "diagonal"),
+            ("lora_alpha", None),
+            ("lora_qv_only", False),
+        ):
+            if getattr(self, option) != unset and option not in spec.options:
+                raise ValueError(
+                    f"AdapterConfig.{option}={getattr(self, option)!r} has no meaning for adapter {self.name!r}"
+                )
+        if self.lora_alpha is not None:
+            self.lora_alpha = float(self.lora_alpha)
+            if not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
+                raise ValueError(f"AdapterConfig.lora_alpha must be > 0 or null, got {self.lora_alpha}")
+        if self.reg_weight is None:
+            self.reg_weight = spec.default_reg_weight
+        self.reg_weight = float(self.reg_weight)
+        if not math.isfinite(self.reg_weight) or self.reg_weight < 0:
+            raise ValueError(f"AdapterConfig.reg_weight must be a finite number >= 0, got {self.reg_weight}")
+        for flag in EXTRA_FLAGS:
+            value = getattr(self, flag)
+            if value is None:
+                value = spec.default_extras.get(flag, False)
+            if not isinstance(value, bool):
+                raise ValueError(f"AdapterConfig.{flag} must be true, false or null, got {value!r}")
+            if (
+                spec.trains_encoder
+                and flag in ("train_norms", "train_pos_embed", "train_rel_pos")
+                and not value
+            ):
+                raise ValueError(
+                    f"AdapterConfig.{flag}: adapter 'full' trains the whole encoder; it cannot be false"
+                )
+            setattr(self, flag, value)
+        for flag in ("adapt_neck", "lora_qv_only"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"AdapterConfig.{flag} must be true or false, got {getattr(self, flag)!r}")
+        if int(self.version) > CONFIG_VERSION:
+            raise ValueError(
+                f"AdapterConfig.version {self.version} is newer than this salt_seg ({CONFIG_VERSION})"
+            )
+
+    def _resolve_rank(self, spec: Any) -> None:
+        if self.rank is None:
+            self.rank = copy.deepcopy(spec.default_rank)
+            return
+        if not spec.uses_rank:
+            raise ValueError(
+                f"AdapterConfig.rank: adapter {self.name!r} has no rank to set "
+                f"({'it adapts every singular value' if self.name == 'ssam' else 'use r_lora'}); got {self.rank!r}"
+            )
+        given = self.rank
+        if not isinstance(given, dict) or set(given) <= {"fraction", "energy"}:
+            given = {"default": given}
+        merged: dict[str, RankSpec] = copy.deepcopy(spec.default_rank)
+        if "default" in given:  # an explicit default overrides every per-type default
+            merged = {}
+        for key, value in given.items():
+            if key not in (*LAYER_TYPES, "default"):
+                raise ValueError(
+                    f"AdapterConfig.rank: unknown layer type {key!r}; valid: {[*LAYER_TYPES, 'default']}"
+                )
+            merged[key] = parse_rank_spec(value, f"rank.{key}")
+        self.rank = merged
+
+    # -- queries ---------------------------------------------------------------------------------------------
+
+    @property
+    def all_targets(self) -> list[str]:
+        """``targets`` plus the neck patterns when ``adapt_neck`` is set."""
+        extra = [t for t in NECK_TARGETS if t not in self.targets] if self.adapt_neck else []
+        return [*self.targets, *extra]
+
+    def rank_for(self, module_name: str) -> RankSpec | None:
+        """The rank spec for one module (by its layer type, then ``default``); ``None`` if the adapter has none."""
+        ranks = self.rank if isinstance(self.rank, dict) else {}
+        kind = layer_type(module_name)
+        if kind in ranks:
+            return ranks[kind]
+        return ranks.get("default")
+
+    # -- (de)serialisation -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AdapterConfig:
+        """Build from a plain dict; unknown keys are an error (listing the valid ones)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an adapter config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown adapter config key(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**copy.deepcopy(d))
+
+    @classmethod
+    def from_json(cls, text: str) -> AdapterConfig:
+        return cls.from_dict(json.loads(text))
+
+    def with_overrides(self, overrides: list[str]) -> AdapterConfig:
+        """A copy with ``key=value`` overrides applied (see :func:`apply_overrides`)."""
+        return AdapterConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to a raw adapter-config dict (values parsed as YAML).
+
+    Dotted keys reach into ``rank`` (``rank.attn=760``); an ``adapter.`` prefix is accepted, so an experiment's
+    ``--set adapter.r_lora=8`` can be passed through unchanged.
+
+    Args:
+        d: a raw config dict (not modified).
+        overrides: e.g. ``["r_lora=8", "rank.attn=760", "rank.mlp={fraction: 0.1}", "train_pos_embed=false"]``.
+
+    Returns:
+        The new dict; build it with :meth:`AdapterConfig.from_dict` (which validates).
+
+    Raises:
+        ValueError: malformed item or unknown key.
+    """
+    import yaml
+
+    known = {f.name for f in fields(AdapterConfig)}
+    out = copy.deepcopy(d)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if key.startswith("adapter."):
+            key = key[len("adapter.") :]
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        head, dot, sub = key.partition(".")
+        if head not in known:
+            raise ValueError(f"--set {item!r}: unknown adapter config key {head!r}; valid: {sorted(known)}")
+        if dot:
+            if head != "rank":
+                raise ValueError(f"--set {item!r}: only 'rank' takes a sub-key (rank.attn=...)")
+            rank = out.get("rank")
+            if not isinstance(rank, dict) or set(rank) <= {"fraction", "energy"}:
+                rank = {} if rank is None else {"default": rank}
+            out["rank"] = {**rank, sub: value}
+        else:
+            out[head] = value
+    return out
