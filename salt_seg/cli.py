@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "data": "salt_seg.commands.data",
     "train": "salt_seg.commands.train",
     "pretrain": "salt_seg.commands.pretrain",
+    "predict": "salt_seg.commands.predict",
 }
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

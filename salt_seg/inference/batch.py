@@ -1,0 +1,396 @@
+"""Predicting cases: one file, DICOM folder or zip, or a folder of them; failures isolated; sharded by rank.
+
+Output folder layout::
+
+    OUT/
+      <case>.nii.gz                 label map, source geometry (uint8/uint16)
+      <case>.json                   label names + colours + the case summary (volumes in mL, flagged slices)
+      <case>_probabilities.nii.gz   with --probabilities: x, y, z, class (uint8, scl_slope 1/255)
+      labels.ctbl                   3D Slicer colour table
+      labels_itksnap.txt            ITK-SNAP label description file
+      predict_summary.json          every case: ok (with its summary) or failed (with the error)
+
+A case that fails (unreadable file, bad prompts, ...) is logged, listed under ``failed`` and skipped; the others
+finish. Nothing existing is replaced without ``overwrite`` -- the check runs for every output before any work.
+Under ``torchrun`` each rank takes cases ``rank, rank + world, ...``; rank 0 gathers the results and writes the
+folder-level files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salt_seg.inference.loading import LoadedModel
+from salt_seg.inference.segment import MODES, InferenceSettings
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "predict_summary.json"
+CTBL_NAME = "labels.ctbl"
+ITKSNAP_NAME = "labels_itksnap.txt"
+CASE_KINDS = ("nifti", "itk", "picture", "dicom", "zip")
+
+
+@dataclass
+class Case:
+    """One input case.
+
+    Attributes:
+        name: output stem (file name without its image suffix, or the folder name).
+        path: the image file, DICOM folder or zip.
+        prompts: its prompt file (``prompts``/``propagate`` modes).
+    """
+
+    name: str
+    path: Path
+    prompts: Path | None = None
+
+    def outputs(self, out_dir: Path, probabilities: bool) -> dict[str, Path]:
+        files = {"label_map": out_dir / f"{self.name}.nii.gz", "sidecar": out_dir / f"{self.name}.json"}
+        if probabilities:
+            files["probabilities"] = out_dir / f"{self.name}_probabilities.nii.gz"
+        return files
+
+
+@dataclass
+class PredictOptions:
+    """How to predict (everything but the model and the cases).
+
+    Attributes:
+        mode: ``auto``, ``prompts`` or ``propagate``.
+        probabilities: also write probability maps.
+        overwrite: replace existing outputs.
+        batch_size: slices per image-encoder call.
+        settings: thresholds.
+        progress: tqdm progress bars.
+    """
+
+    mode: str = "auto"
+    probabilities: bool = False
+    overwrite: bool = False
+    batch_size: int = 8
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode: {self.mode!r} is not one of {list(MODES)}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def _has_dicom(folder: Path) -> bool:
+    from salt_seg.data.readers import file_kind
+
+    for f in folder.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            try:
+                if file_kind(f) == "dicom":
+                    return True
+            except Exception:  # noqa: BLE001 - unsupported files are simply not DICOM
+                continue
+    return False
+
+
+def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[Case]:
+    """The cases under ``input_path``: a single image file / DICOM folder / zip, or a folder of them.
+
+    A folder holding DICOM files directly is one series; otherwise each supported image file and each non-empty
+    subfolder (a DICOM series) is a case. Hidden entries and ``exclude`` (the output folder) are skipped.
+
+    Raises:
+        FileNotFoundError: ``input_path`` does not exist.
+        ValueError: a folder with no case in it, or two cases that would write the same output name.
+    """
+    from salt_seg.data.errors import DataError
+    from salt_seg.data.readers import file_kind, strip_suffix
+
+    p = Path(input_path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such input file or folder")
+    if p.is_file():
+        return [Case(strip_suffix(p.name), p)]
+    if _has_dicom(p):
+        return [Case(p.name, p)]
+    cases = []
+    skip = exclude.resolve() if exclude is not None else None
+    for child in sorted(p.iterdir()):
+        if child.name.startswith(".") or (skip is not None and child.resolve() == skip):
+            continue
+        if child.is_dir():
+            if any(f.is_file() and not f.name.startswith(".") for f in child.rglob("*")):
+                cases.append(Case(child.name, child))
+            continue
+        try:
+            kind = file_kind(child)
+        except DataError:
+            log.info("skipping %s (not an image)", child)
+            continue
+        if kind in CASE_KINDS:
+            cases.append(Case(strip_suffix(child.name), child))
+    if not cases:
+        raise ValueError(f"{p}: no images found (NIfTI, DICOM folders, zips, NRRD/MHA)")
+    seen: dict[str, Path] = {}
+    for c in cases:
+        if c.name in seen:
+            raise ValueError(f"{c.path} and {seen[c.name]} would both write {c.name}.nii.gz; rename one")
+        seen[c.name] = c.path
+    return cases
+
+
+def attach_prompts(cases: list[Case], prompts: str | Path | None) -> None:
+    """Give each case its prompt file: one file for a single case, or ``<case>.json`` in a folder.
+
+    Raises:
+        FileNotFoundError: ``prompts`` does not exist.
+        ValueError: one prompt file for several cases.
+    """
+    if prompts is None:
+        return
+    p = Path(prompts)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such prompt file or folder")
+    if p.is_file():
+        if len(cases) != 1:
+            raise ValueError(
+                f"{p}: one prompt file for {len(cases)} cases; give a folder holding <case>.json per case"
+            )
+        cases[0].prompts = p
+        return
+    for c in cases:
+        f = p / f"{c.name}.json"
+        c.prompts = f if f.is_file() else None
+
+
+def check_outputs(cases: list[Case], out_dir: Path, options: PredictOptions) -> None:
+    """Refuse before any work if an output exists and ``overwrite`` is off.
+
+    Raises:
+        FileExistsError: names the first existing output.
+    """
+    if options.overwrite:
+        return
+    files = [out_dir / SUMMARY_NAME, out_dir / CTBL_NAME, out_dir / ITKSNAP_NAME]
+    for c in cases:
+        files += list(c.outputs(out_dir, options.probabilities).values())
+    for f in files:
+        if f.exists():
+            raise FileExistsError(f"{f}: exists; pass --overwrite to replace outputs in {out_dir}")
+
+
+def _geometry_summary(prepared: Any) -> dict[str, Any]:
+    import nibabel as nib
+
+    g = prepared.source
+    return {
+        "shape": list(g.shape),
+        "spacing_mm": [round(float(s), 6) for s in np.linalg.norm(np.asarray(g.affine)[:3, :3], axis=0)],
+        "orientation": "".join(nib.aff2axcodes(g.affine)),
+        "affine": np.round(np.asarray(g.affine), 6).tolist(),
+    }
+
+
+def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: PredictOptions) -> dict[str, Any]:
+    """Segment one case and write its outputs; returns its summary (``status: ok``).
+
+    Raises:
+        Any error of reading, prompting or writing (the batch runner records it as a failed case).
+    """
+    from salt_seg.data import load_volume, prepare_volume
+    from salt_seg.inference.coords import prompts_to_prepared, source_axis
+    from salt_seg.inference.export import read_source_header, write_label_map, write_probability_map
+    from salt_seg.inference.segment import segment_volume
+    from salt_seg.inference.sidecars import write_label_json
+    from salt_seg.inference.summary import case_summary
+    from salt_seg.prompts import load_prompts
+
+    t0 = time.perf_counter()
+    model, record, names, meta = loaded
+    volume = load_volume(case.path)
+    prepared = prepare_volume(volume, record)
+    prompts = None
+    if options.mode != "auto":
+        if case.prompts is None:
+            raise ValueError(f"{case.name}: mode {options.mode!r} needs a prompt file ({case.name}.json)")
+        raw, _ = load_prompts(case.prompts, affine=prepared.source.affine, default_axis=source_axis(prepared))
+        try:
+            prompts = prompts_to_prepared(raw, prepared)
+        except ValueError as exc:
+            raise ValueError(f"{case.prompts}: {exc}") from None
+    result = segment_volume(
+        model,
+        record,
+        prepared,
+        prompts,
+        options.mode,
+        settings=options.settings,
+        batch_size=options.batch_size,
+        probabilities=options.probabilities,
+        class_names=names,
+        progress=options.progress,
+        desc=case.name,
+    )
+    labels = prepared.to_source(result.label_map, order=0)
+    header = read_source_header(case.path)
+    files = case.outputs(out_dir, options.probabilities)
+    write_label_map(
+        files["label_map"], labels, prepared.source, names, header=header, overwrite=options.overwrite
+    )
+    if options.probabilities and result.probabilities is not None:
+        probs = np.stack([prepared.to_source(p, order=1) for p in result.probabilities])
+        write_probability_map(
+            files["probabilities"], probs, prepared.source, header=header, overwrite=options.overwrite
+        )
+    summary = case_summary(result, prepared, labels)
+    summary.update(
+        {
+            "case": case.name,
+            "input": str(case.path),
+            "prompts": str(case.prompts) if case.prompts else None,
+            "status": "ok",
+            "outputs": {k: str(v) for k, v in files.items()},
+            "geometry": _geometry_summary(prepared),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+    )
+    write_label_json(
+        files["sidecar"],
+        names,
+        overwrite=options.overwrite,
+        case=case.name,
+        model=meta.get("adapter_path"),
+        summary=summary,
+    )
+    return summary
+
+
+@dataclass
+class BatchReport:
+    """Everything a batch did (rank 0 has every rank's cases).
+
+    Attributes:
+        ok: summaries of finished cases.
+        failed: ``{"case", "input", "error"}`` of failed cases.
+        summary_path: the written ``predict_summary.json`` (rank 0), else ``None``.
+    """
+
+    ok: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    summary_path: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def predict_cases(
+    loaded: LoadedModel,
+    cases: list[Case],
+    out_dir: str | Path,
+    options: PredictOptions,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Any = None,
+    barrier: Any = None,
+) -> BatchReport:
+    """Run :func:`predict_case` over this rank's share of ``cases``, isolating failures, then summarise.
+
+    Args:
+        loaded: the model (:func:`~salt_seg.inference.loading.load_inference_model`).
+        cases: all cases (every rank passes the same list).
+        out_dir: the output folder.
+        options: how to predict.
+        rank: this process's rank; it takes ``cases[rank::world_size]``.
+        world_size: number of processes.
+        gather: ``f(obj) -> list`` of every rank's ``obj`` (``torch.distributed`` all-gather); identity if None.
+        barrier: ``f()`` synchronising ranks after the output check.
+
+    Returns:
+        The :class:`BatchReport` (every rank's cases, in input order).
+
+    Raises:
+        FileExistsError: an output exists and ``options.overwrite`` is off (before any work).
+    """
+    from tqdm.auto import tqdm
+
+    from salt_seg.inference.sidecars import write_itksnap_labels, write_slicer_ctbl
+    from salt_seg.training.rundir import atomic_write_json
+
+    out = Path(out_dir)
+    check_outputs(cases, out, options)
+    if barrier is not None:
+        barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    mine = cases[rank::world_size]
+    ok: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    bar = tqdm(
+        mine,
+        desc="cases" if world_size == 1 else f"cases[rank {rank}]",
+        unit="case",
+        disable=not options.progress or len(mine) < 2,
+        dynamic_ncols=True,
+    )
+    for case in bar:
+        try:
+            ok.append(predict_case(loaded, case, out, options))
+        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.error("%s: failed: %s", case.name, msg)
+            log.debug("traceback of %s", case.name, exc_info=True)
+            failed.append(
+                {
+                    "case": case.name,
+                    "input": str(case.path),
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {msg}",
+                }
+            )
+    parts = gather((ok, failed)) if gather is not None else [(ok, failed)]
+    order = {c.name: i for i, c in enumerate(cases)}
+    all_ok = sorted((s for o, _ in parts for s in o), key=lambda s: order[s["case"]])
+    all_failed = sorted((f for _, fl in parts for f in fl), key=lambda f: order[f["case"]])
+    report = BatchReport(all_ok, all_failed)
+    if rank == 0:
+        _, _, names, meta = loaded
+        write_slicer_ctbl(out / CTBL_NAME, names, overwrite=True)
+        write_itksnap_labels(out / ITKSNAP_NAME, names, overwrite=True)
+        doc = {
+            "model": meta.get("adapter_path"),
+            "base_checkpoint": meta.get("base_checkpoint"),
+            "mode": options.mode,
+            "settings": options.settings.to_dict(),
+            "labels": {"0": "background", **{str(k): v for k, v in names.items()}},
+            "n_cases": len(cases),
+            "n_ok": len(all_ok),
+            "n_failed": len(all_failed),
+            "world_size": world_size,
+            "ok": [_short(s) for s in all_ok],
+            "failed": all_failed,
+        }
+        report.summary_path = out / SUMMARY_NAME
+        atomic_write_json(report.summary_path, doc)
+    return report
+
+
+def _short(s: dict[str, Any]) -> dict[str, Any]:
+    """A case summary without the per-slice details (those stay in ``<case>.json``)."""
+    keep = ("case", "input", "status", "outputs", "seconds", "low_confidence")
+    out = {k: s[k] for k in keep if k in s}
+    out["structures"] = {
+        k: {
+            "name": v["name"],
+            "voxels": v["voxels"],
+            "volume_ml": v["volume_ml"],
+            "low_confidence_slices": v["low_confidence_slices"],
+        }
+        for k, v in s["structures"].items()
+    }
+    return out

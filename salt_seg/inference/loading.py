@@ -1,0 +1,162 @@
+"""Loading a trained model for inference: run directory or adapter file -> base + adapter, merged.
+
+The base is found from the adapter's metadata (``extra.base_checkpoint``, written by training):
+
+=========================  ===================================================================================
+``builtin``                the shipped small base (:func:`salt_seg.model.builtin.builtin_checkpoint`)
+``run:base.safetensors``   the randomly initialised base the run saved next to its adapter
+a path                     that file (relative paths are tried from the working directory, then the run dir)
+=========================  ===================================================================================
+
+``--checkpoint`` (and ``--variant``) override it. The adapter is checked against the base's content hash, then
+merged into the weights (zero overhead at inference).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from salt_seg.model.sam import SamModel
+from salt_seg.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+RUN_BASE_PREFIX = "run:"
+
+
+class LoadedModel(NamedTuple):
+    """A model ready for inference (unpacks as ``model, record, class_names, meta``).
+
+    Attributes:
+        model: the base with the adapter loaded (merged unless asked otherwise), eval mode, on the device.
+        record: the preprocessing record the adapter was trained with.
+        class_names: class id -> name.
+        meta: the adapter metadata (:func:`salt_seg.adapters.read_adapter_metadata`) plus ``adapter_path``,
+            ``base_checkpoint`` (the file used, or ``None`` for random weights) and ``merged``.
+    """
+
+    model: SamModel
+    record: Preprocessing
+    class_names: dict[int, str]
+    meta: dict[str, Any]
+
+
+def run_dir_of(adapter: Path) -> Path | None:
+    """The run directory an adapter file lives in (its folder or an ancestor holding ``config.yaml``)."""
+    from salt_seg.training.rundir import is_run_dir
+
+    for folder in [adapter.parent, *adapter.parent.parents][:4]:
+        if is_run_dir(folder):
+            return folder
+    return None
+
+
+def resolve_base_checkpoint(adapter: Path, meta: dict[str, Any], checkpoint: str | None) -> str | None:
+    """The base weights file for an adapter (see the module docstring); ``checkpoint`` wins when given.
+
+    Raises:
+        FileNotFoundError: the base the metadata names cannot be found (the message says how to give it).
+    """
+    from salt_seg.model.builtin import resolve_checkpoint
+
+    if checkpoint is not None:
+        return resolve_checkpoint(checkpoint)
+    named = (meta.get("extra") or {}).get("base_checkpoint")
+    if not named:
+        raise FileNotFoundError(
+            f"{adapter}: the adapter does not say which base it was trained on; pass --checkpoint (and --variant)"
+        )
+    named = str(named)
+    if named == "builtin":
+        return resolve_checkpoint("builtin")
+    run = run_dir_of(adapter)
+    if named.startswith(RUN_BASE_PREFIX):
+        name = named[len(RUN_BASE_PREFIX) :]
+        for folder in [f for f in (run, adapter.parent) if f is not None]:
+            if (folder / name).is_file():
+                return str(folder / name)
+        raise FileNotFoundError(
+            f"{adapter}: its base was saved as {name} in the run directory, which is not next to it; pass "
+            "--checkpoint"
+        )
+    candidates = [Path(named)] + ([run / named] if run is not None and not Path(named).is_absolute() else [])
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    raise FileNotFoundError(
+        f"{adapter}: base checkpoint {named} (from the adapter's metadata) not found; pass --checkpoint"
+    )
+
+
+def _class_names(meta: dict[str, Any], record: Preprocessing) -> dict[int, str]:
+    names = dict(record.classes)
+    raw = meta.get("class_names")
+    if isinstance(raw, dict):
+        names.update({int(k): str(v) for k, v in raw.items()})
+    elif isinstance(raw, list):
+        names.update({i + 1: str(v) for i, v in enumerate(raw)})
+    return dict(sorted(names.items()))
+
+
+def load_inference_model(
+    model_path: str | Path,
+    variant: str | None = None,
+    checkpoint: str | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    merge: bool = True,
+    allow_base_mismatch: bool = False,
+) -> LoadedModel:
+    """Load a trained adapter and its base for inference.
+
+    Args:
+        model_path: a run directory or an adapter ``.safetensors`` file.
+        variant: SAM variant; default: the adapter's ``base_variant``.
+        checkpoint: base weights file (or ``builtin``); default: from the adapter's metadata.
+        device: where to put the model.
+        merge: fold the adapter into the base weights (faster; ``False`` keeps the wrappers, e.g. to benchmark).
+        allow_base_mismatch: load even when the base's content hash differs from the one the adapter records.
+
+    Returns:
+        A :class:`LoadedModel` (``model, record, class_names, meta``).
+
+    Raises:
+        FileNotFoundError: no adapter or base found.
+        ValueError: not an adapter file, no preprocessing record, or a base the adapter does not fit.
+    """
+    from salt_seg.adapters import load_adapter, merge_adapters, read_adapter_metadata
+    from salt_seg.model.checkpoint import load_base_model
+    from salt_seg.training.rundir import find_adapter
+
+    adapter = find_adapter(model_path)
+    meta = read_adapter_metadata(adapter)
+    if not meta.get("preprocessing"):
+        raise ValueError(
+            f"{adapter}: the adapter holds no preprocessing record; it cannot be used for inference"
+        )
+    record = Preprocessing.from_dict(meta["preprocessing"])
+    base = resolve_base_checkpoint(adapter, meta, checkpoint)
+    variant = variant or meta.get("base_variant") or None
+    n_tokens = 0
+    shape = meta.get("tensors", {}).get("class_tokens.weight")
+    if shape:
+        n_tokens = int(shape[0])
+    model, info = load_base_model(variant, base, image_size=record.image_size, num_classes=n_tokens)
+    if n_tokens and model.num_classes != n_tokens:
+        model.set_num_classes(n_tokens)
+    expected = info.content_hash if info is not None else None
+    load_adapter(
+        adapter, model, expected_base_hash=expected, allow_base_mismatch=allow_base_mismatch, progress=False
+    )
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if merge:
+        merge_adapters(model)
+    log.info("loaded %s on %s (base %s, variant %s, merged=%s)", adapter, device, base, model.variant, merge)
+    full = {**meta, "adapter_path": str(adapter), "base_checkpoint": base, "merged": bool(merge)}
+    return LoadedModel(model, record, _class_names(meta, record), full)

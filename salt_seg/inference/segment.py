@@ -1,0 +1,312 @@
+"""Slice-wise segmentation of a prepared volume: automatic (class tokens), prompt-file and propagation modes.
+
+Multi-class overlap policy (one label per voxel): every class yields a probability map (0 on slices where it was
+not kept); a voxel takes the class with the **highest probability, if that probability exceeds 0.5**; ties go to
+the lower class id. Prompts of the same class are united (maximum probability). The result does not depend on
+the order prompts or classes are processed in.
+
+Empty slices stay empty: in ``auto`` mode a class's mask on a slice is kept only if the model's predicted IoU
+reaches ``score_threshold`` and the mask has at least ``min_area_px`` pixels; nothing is forced onto a slice.
+Kept slices whose predicted IoU is below ``low_confidence`` are flagged in the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from salt_seg.data.pipeline import PreparedVolume
+from salt_seg.data.volume import extract_slice, insert_slice
+from salt_seg.inference.backend import Backend, PredictorBackend, SliceOutput, make_backend
+from salt_seg.inference.propagation import PropagationResult, PropagationSettings, propagate_many
+from salt_seg.preprocessing import Preprocessing
+from salt_seg.prompts import Prompt
+
+MODES = ("auto", "prompts", "propagate")
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Thresholds of slice-wise inference (defaults chosen on validation data, see the README).
+
+    Attributes:
+        score_threshold: ``auto`` mode keeps a class's slice mask only at or above this predicted IoU.
+        min_area_px: ... and only with at least this many pixels.
+        low_confidence: kept slices below this predicted IoU are flagged.
+        propagation: stop rules of ``propagate`` mode.
+    """
+
+    score_threshold: float = 0.5
+    min_area_px: int = 4
+    low_confidence: float = 0.7
+    propagation: PropagationSettings = field(default_factory=PropagationSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "low_confidence"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"InferenceSettings.{name} must be in [0, 1], got {v}")
+        if int(self.min_area_px) < 1:
+            raise ValueError(f"InferenceSettings.min_area_px must be >= 1, got {self.min_area_px}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score_threshold": self.score_threshold,
+            "min_area_px": self.min_area_px,
+            "low_confidence": self.low_confidence,
+            "propagation": self.propagation.to_dict(),
+        }
+
+
+@dataclass
+class SegmentationResult:
+    """A segmented volume on the *prepared* grid (map it back with ``prepared.to_source``).
+
+    Attributes:
+        label_map: ``I x J x K`` uint8 (uint16 for class ids > 255) class ids on the prepared grid.
+        class_names: class id -> name.
+        axis: prepared-grid axis the slices were taken along.
+        mode: ``auto``, ``prompts`` or ``propagate``.
+        scores: class id -> ``n_slices`` float32 predicted IoU per slice (NaN where the class was not decoded;
+            the best of several prompts).
+        kept: class id -> ``n_slices`` bool, slices where the class's mask was kept.
+        probabilities: ``K x I x J x K`` float32 per-class probabilities (class order of ``class_names``), or
+            ``None`` when not asked for.
+        low_confidence: threshold below which kept slices are flagged.
+        propagation: per seed prompt, which slices were kept and why each direction stopped (propagate mode).
+    """
+
+    label_map: np.ndarray
+    class_names: dict[int, str]
+    axis: int
+    mode: str
+    scores: dict[int, np.ndarray]
+    kept: dict[int, np.ndarray]
+    probabilities: np.ndarray | None = None
+    low_confidence: float = 0.7
+    propagation: list[PropagationResult] = field(default_factory=list)
+
+    def flagged_slices(self) -> dict[int, list[int]]:
+        """Class id -> prepared slice indices kept with a predicted IoU below :attr:`low_confidence`."""
+        out = {}
+        for cid, kept in self.kept.items():
+            sc = self.scores[cid]
+            out[cid] = [int(i) for i in np.nonzero(kept & (sc < self.low_confidence))[0]]
+        return out
+
+
+class LabelAccumulator:
+    """Builds the label map from per-slice, per-class probabilities by the module's overlap policy.
+
+    Args:
+        shape: prepared spatial shape ``(I, J, K)``.
+        axis: slice axis.
+        class_ids: every class that may be added.
+        keep_probabilities: also keep ``K x I x J x K`` per-class probabilities.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        axis: int,
+        class_ids: Sequence[int],
+        keep_probabilities: bool = False,
+    ) -> None:
+        self.axis = int(axis)
+        self.class_ids = [int(c) for c in class_ids]
+        dtype = np.uint8 if max(self.class_ids, default=0) <= 255 else np.uint16
+        self.label = np.zeros(shape, dtype=dtype)
+        self.best = np.zeros(shape, dtype=np.float32)
+        n = int(shape[self.axis])
+        self.scores = {c: np.full(n, np.nan, dtype=np.float32) for c in self.class_ids}
+        self.kept = {c: np.zeros(n, dtype=bool) for c in self.class_ids}
+        self.probabilities = (
+            np.zeros((len(self.class_ids), *shape), dtype=np.float32) if keep_probabilities else None
+        )
+
+    def score(self, class_id: int, index: int, score: float) -> None:
+        """Record a decoded slice's predicted IoU (the best one per class and slice is kept)."""
+        cur = self.scores[class_id][index]
+        if np.isnan(cur) or score > cur:
+            self.scores[class_id][index] = score
+
+    def add(self, class_id: int, index: int, probabilities: np.ndarray) -> None:
+        """Merge a kept ``H x W`` probability map of ``class_id`` on slice ``index``."""
+        p = np.asarray(probabilities, dtype=np.float32)
+        self.kept[class_id][index] = True
+        best = extract_slice(self.best, self.axis, index)
+        label = extract_slice(self.label, self.axis, index)
+        win = (p > 0.5) & ((p > best) | ((p == best) & ((label == 0) | (label > class_id))))
+        if win.any():
+            insert_slice(
+                self.label, self.axis, index, np.where(win, class_id, label).astype(self.label.dtype)
+            )
+            insert_slice(self.best, self.axis, index, np.where(win, p, best))
+        if self.probabilities is not None:
+            k = self.class_ids.index(class_id)
+            cur = extract_slice(self.probabilities[k], self.axis, index)
+            insert_slice(self.probabilities[k], self.axis, index, np.maximum(cur, p))
+
+
+def _class_names(record: Preprocessing, class_names: dict[int, str] | None) -> dict[int, str]:
+    names = dict(record.classes)
+    if class_names:
+        names.update({int(k): str(v) for k, v in class_names.items()})
+    return dict(sorted(names.items()))
+
+
+def segment_volume(
+    model: Any,
+    record: Preprocessing,
+    prepared: PreparedVolume,
+    prompts: Sequence[Prompt] | None = None,
+    mode: str = "auto",
+    *,
+    settings: InferenceSettings | None = None,
+    batch_size: int = 8,
+    device: Any = None,
+    probabilities: bool = False,
+    class_names: dict[int, str] | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> SegmentationResult:
+    """Segment every slice of a prepared volume.
+
+    Args:
+        model: a :class:`~salt_seg.model.sam.SamModel` (merged adapter weights for speed), a
+            :class:`~salt_seg.model.predictor.Predictor`, or a backend.
+        record: the model's preprocessing record (must be the one ``prepared`` was made with).
+        prepared: the volume (:func:`salt_seg.data.prepare_volume`).
+        prompts: prompts in model-slice pixels (``prompts``/``propagate`` modes; map source-voxel prompts with
+            :func:`salt_seg.inference.coords.prompts_to_prepared`). In ``prompts`` mode an automatic prompt with
+            a ``slice_index`` asks for the class token on that slice, without one on every slice.
+        mode: ``auto`` (learned class tokens on every slice and class), ``prompts`` (each prompt on its slice),
+            ``propagate`` (each box/point prompt propagated through the volume).
+        settings: thresholds (default: the calibrated ones).
+        batch_size: slices per image-encoder call.
+        device: run the model here (default: where it is).
+        probabilities: also return per-class probability maps.
+        class_names: names overriding the record's.
+        progress: show a tqdm progress bar over slices.
+        desc: the progress bar's label.
+
+    Returns:
+        The :class:`SegmentationResult` on the prepared grid.
+
+    Raises:
+        ValueError: unknown mode, missing or malformed prompts, a record that differs from ``prepared``'s, or
+            ``auto`` mode on a model without class tokens.
+    """
+    from tqdm.auto import tqdm
+
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {list(MODES)}")
+    if record.to_dict() != prepared.record.to_dict():
+        raise ValueError(f"{prepared.name}: prepared with another preprocessing record than the model's")
+    s = settings or InferenceSettings()
+    names = _class_names(record, class_names)
+    prompts = list(prompts or [])
+    if mode != "auto" and not prompts:
+        raise ValueError(f"mode {mode!r} needs prompts (a prompt file)")
+    bad = [p.class_id for p in prompts if p.class_id not in names]
+    if bad:
+        raise ValueError(f"prompt class id {bad[0]} is not one of the model's classes {sorted(names)}")
+    backend: Backend = make_backend(model, prepared, device=device, batch_size=batch_size)
+    if mode == "auto":
+        net = (
+            backend.predictor.model
+            if isinstance(backend, PredictorBackend)
+            else getattr(backend, "model", None)
+        )
+        n_tokens = int(getattr(net, "num_classes", 0) or 0)
+        if n_tokens < max(names):
+            raise ValueError(
+                "automatic mode needs a model trained with class tokens (prompt 'auto' or 'mixed'); this one has "
+                f"{n_tokens} for classes {sorted(names)}: give prompts (--prompts) instead"
+            )
+    n = prepared.n_slices
+    acc = LabelAccumulator(tuple(prepared.image.shape[1:]), prepared.axis, list(names), probabilities)  # type: ignore[arg-type]
+    bar = tqdm(
+        total=n if mode != "propagate" else None,
+        desc=desc or prepared.name,
+        unit="slice",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    result_prop: list[PropagationResult] = []
+    try:
+        if mode == "propagate":
+            auto = [i for i, p in enumerate(prompts) if p.is_automatic]
+            if auto:
+                raise ValueError(
+                    f"prompt #{auto[0]}: propagation needs a box or points, not a class token alone"
+                )
+            result_prop = propagate_many(backend, prompts, s.propagation, on_decoded=bar.update)
+            for res in result_prop:
+                cid = res.prompt.class_id
+                for index, score in res.scores.items():
+                    acc.score(cid, index, score)
+                for index, probs in res.probabilities.items():
+                    acc.add(cid, index, probs)
+        else:
+            work = _slice_work(prompts, names, n, mode, prepared.axis)
+            indices = sorted(work)
+            for start in range(0, len(indices), backend.batch_size):
+                chunk = indices[start : start + backend.batch_size]
+                items = [(i, p) for i in chunk for p in work[i]]
+                outs = backend.decode(items)
+                for (i, p), out in zip(items, outs, strict=True):
+                    acc.score(p.class_id, i, out.score)
+                    if _keep(out, p, s):
+                        acc.add(p.class_id, i, out.probabilities)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    return SegmentationResult(
+        label_map=acc.label,
+        class_names=names,
+        axis=prepared.axis,
+        mode=mode,
+        scores=acc.scores,
+        kept=acc.kept,
+        probabilities=acc.probabilities,
+        low_confidence=s.low_confidence,
+        propagation=result_prop,
+    )
+
+
+def _keep(out: SliceOutput, prompt: Prompt, s: InferenceSettings) -> bool:
+    area = int(out.mask.sum())
+    if area == 0:
+        return False
+    if (
+        prompt.is_automatic
+    ):  # a class token must earn its slice; explicit prompts are kept (flagged when unsure)
+        return out.score >= s.score_threshold and area >= s.min_area_px
+    return True
+
+
+def _slice_work(
+    prompts: Sequence[Prompt], names: dict[int, str], n: int, mode: str, axis: int
+) -> dict[int, list[Prompt]]:
+    """Slice index -> prompts to decode there."""
+    work: dict[int, list[Prompt]] = {}
+    if mode == "auto":
+        for i in range(n):
+            work[i] = [Prompt(class_id=c, slice_index=i, axis=axis) for c in names]
+        return work
+    for j, p in enumerate(prompts):
+        if p.slice_index is None:
+            if not p.is_automatic:
+                raise ValueError(f"prompt #{j}: a box or point prompt needs slice_index")
+            for i in range(n):
+                work.setdefault(i, []).append(Prompt(class_id=p.class_id, slice_index=i, axis=axis))
+            continue
+        if not 0 <= int(p.slice_index) < n:
+            raise ValueError(f"prompt #{j}: slice_index {p.slice_index} is outside 0..{n - 1}")
+        work.setdefault(int(p.slice_index), []).append(p)
+    return work
