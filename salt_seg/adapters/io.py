@@ -233,7 +233,9 @@ def load_adapter(
     if stored != actual:
         msg = (
             f"{path}: the adapter was trained on base weights {stored[:12] or '?'}…, but the base model here is "
-            f"{actual[:12]}… (canonical state-dict hash); load the checkpoint it was trained on"
+            f"{actual[:12]}… (canonical state-dict hash); load the checkpoint it was trained on (a model loaded at "
+            "another image size than its checkpoint's has interpolated position embeddings: pass the checkpoint's "
+            "content hash as expected_base_hash)"
         )
         if not allow_base_mismatch:
             raise ValueError(

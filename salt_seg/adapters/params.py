@@ -32,7 +32,7 @@ class ParameterRow:
     Attributes:
         group: layer pattern (``image_encoder.blocks.*.attn.qkv``) or declared part (``pos_embed``, ...).
         kind: ``adapter`` or ``declared``.
-        layers: wrapped layers (or tensors) in the group.
+        layers: wrapped layers in the group (adapter rows) or tensors (declared rows).
         ranks: distinct resolved ranks in the group (empty where the adapter has none).
         params: trainable parameters.
         percent: of the base model.
@@ -134,7 +134,7 @@ def format_report(report: ParameterReport, title: str = "") -> str:
     lines = [title] if title else []
     width = max([len(r.group) for r in report.rows] + [len("total")])
     lines.append(
-        f"{'group':<{width}}  {'kind':<8}  {'layers':>6}  {'rank':>9}  {'params':>12}  {'% of SAM':>8}"
+        f"{'group':<{width}}  {'kind':<8}  {'count':>6}  {'rank':>9}  {'params':>12}  {'% of SAM':>8}"
     )
     for r in report.rows:
         rank = (

@@ -1,0 +1,136 @@
+"""Configuration validation: every bad configuration gives one clear error naming the field (acceptance 6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from salt_seg.adapters import AdapterConfig, adapter_layers, get_record, inject_adapters
+from salt_seg.adapters.config import apply_overrides, parse_rank_text
+from salt_seg.cli import main
+from tests.adapters.conftest import make_tiny
+
+
+def test_defaults_are_resolved_per_adapter() -> None:
+    salt = AdapterConfig()
+    assert salt.rank == {"attn": {"fraction": 0.99}, "mlp": {"fraction": 0.065}, "neck": {"fraction": 0.977}}
+    assert (salt.r_lora, salt.reg_weight, salt.train_norms, salt.train_pos_embed) == (4, 0.01, True, True)
+    assert (salt.train_mask_decoder, salt.train_class_tokens) == (False, True)
+    none = AdapterConfig(name="none")
+    assert (none.train_mask_decoder, none.train_norms, none.rank, none.r_lora) == (True, False, None, None)
+    assert AdapterConfig(name="ssam").rank is None
+    assert AdapterConfig(name="svfit").rank == {"default": {"energy": 0.99}}
+    assert AdapterConfig.from_json(salt.to_json()) == salt  # round trip is stable
+
+
+def test_rank_merges_over_defaults() -> None:
+    c = AdapterConfig(rank={"attn": 760})
+    assert c.rank["attn"] == 760 and c.rank["mlp"] == {"fraction": 0.065}
+    assert AdapterConfig(rank=8).rank == {"default": 8}
+    assert c.rank_for("image_encoder.blocks.3.attn.qkv") == 760
+    assert c.rank_for("image_encoder.neck.2") == {"fraction": 0.977}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"r_lora": 0}, "r_lora"),
+        ({"r_lora": -3}, "r_lora"),
+        ({"r_lora": 2.5}, "r_lora"),
+        ({"name": "salty"}, "unknown adapter"),
+        ({"rank": {"attn": {"fraction": 1.5}}}, "rank.attn"),
+        ({"rank": {"mlp": {"energy": 0.0}}}, "rank.mlp"),
+        ({"rank": {"mlp": -1}}, "rank.mlp"),
+        ({"rank": {"head": 4}}, "head"),
+        ({"init": "zeros"}, "init"),
+        ({"compute": "fast"}, "compute"),
+        ({"reg_weight": -1.0}, "reg_weight"),
+        ({"name": "lora", "relu": "reference"}, "relu"),
+        ({"name": "ssam", "rank": 8}, "rank"),
+        ({"name": "svfit", "r_lora": 4}, "r_lora"),
+        ({"name": "lora", "compute": "reference"}, "compute"),
+        ({"name": "full", "train_norms": False}, "train_norms"),
+        ({"targets": []}, "targets"),
+    ],
+)
+def test_bad_config_raises_one_clear_error(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field) as info:
+        AdapterConfig(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown adapter config key\(s\) \['rnak'\]"):
+        AdapterConfig.from_dict({"name": "salt", "rnak": 4})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"rank": {"attn": 500}},
+            r"rank 500 for image_encoder\.blocks\.0\.attn\.qkv exceeds its k = min\(out, in\) = 192",
+        ),
+        (
+            {"targets": ["image_encoder.blocks.*.attn.qkvx"]},
+            r"'image_encoder\.blocks\.\*\.attn\.qkvx' matched no module",
+        ),
+        ({"targets": ["image_encoder.blocks.*.attn"]}, r"matched 4 module\(s\) of type \['Attention'\]"),
+        (
+            {"name": "effort", "rank": {"default": 192}},
+            r"rank 192 for image_encoder\.blocks\.0\.attn\.qkv must be in \[0, 191\]",
+        ),
+    ],
+)
+def test_bad_targets_and_ranks_fail_before_touching_the_model(kwargs: dict, message: str) -> None:
+    model = make_tiny()
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=message):
+        inject_adapters(model, AdapterConfig(**kwargs), progress=False)
+    assert adapter_layers(model) == {} and get_record(model) is None
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+def test_second_injection_is_refused() -> None:
+    model = make_tiny()
+    inject_adapters(model, AdapterConfig(name="lora"), progress=False)
+    with pytest.raises(RuntimeError, match="already has adapters"):
+        inject_adapters(model, AdapterConfig(name="lora"), progress=False)
+
+
+def test_overrides_and_rank_text() -> None:
+    d = apply_overrides(
+        {"name": "salt"},
+        ["rank.attn=760", "rank.mlp={fraction: 0.1}", "adapter.r_lora=8", "train_pos_embed=false"],
+    )
+    c = AdapterConfig.from_dict(d)
+    assert (
+        c.rank["attn"] == 760
+        and c.rank["mlp"] == {"fraction": 0.1}
+        and c.r_lora == 8
+        and not c.train_pos_embed
+    )
+    assert c.with_overrides(["r_lora=2"]).r_lora == 2
+    with pytest.raises(ValueError, match="unknown adapter config key 'rlora'"):
+        apply_overrides({}, ["rlora=3"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides({}, ["r_lora"])
+    assert parse_rank_text("attn=760") == ("attn", 760)
+    assert parse_rank_text("energy:0.99") == ("default", {"energy": 0.99})
+    assert parse_rank_text("neck=fraction:0.5") == ("neck", {"fraction": 0.5})
+    with pytest.raises(ValueError, match="layer type"):
+        parse_rank_text("qkv=4")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rank", "attn=500"], "rank 500 for image_encoder.blocks.0.attn.qkv exceeds"),
+        (["--r-lora", "0"], "AdapterConfig.r_lora must be an integer >= 1, got 0"),
+        (["--set", "targets=[image_encoder.nothing]"], "matched no module"),
+    ],
+)
+def test_cli_reports_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    code = main(["params", "--variant", "tiny", "--adapter", "salt", *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("salt-seg params: error: ") and message in err
