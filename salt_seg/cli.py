@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "train": "salt_seg.commands.train",
     "pretrain": "salt_seg.commands.pretrain",
     "predict": "salt_seg.commands.predict",
+    "params": "salt_seg.commands.params",
 }
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
