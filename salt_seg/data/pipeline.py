@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, MapTransform, Orientationd, Spacingd
 
 from salt_seg.data.errors import DataError
 from salt_seg.data.labels import load_label
@@ -30,8 +33,6 @@ from salt_seg.data.volume import Geometry, Volume, extract_slice
 from salt_seg.preprocessing import Preprocessing, intensity_range, normalize_intensity
 
 if TYPE_CHECKING:
-    import torch
-
     from salt_seg.data.dataset import Dataset
     from salt_seg.preprocessing import SliceTransform
 
@@ -101,55 +102,52 @@ def case_item(dataset: Dataset, case_id: str, *, with_label: bool = True) -> dic
     return item
 
 
-def _load_transform_cls():
-    from monai.transforms import MapTransform
+class LoadVolumed(MapTransform):
+    """Read ``image`` (and ``label``) paths with :mod:`salt_seg.data.readers` into channel-first MetaTensors.
 
-    class LoadVolumed(MapTransform):
-        """Read ``image`` (and ``label``) paths with :mod:`salt_seg.data.readers` into channel-first MetaTensors."""
+    Input keys: ``image`` (a path or a list of channel paths), optional ``label``, ``series``,
+    ``multichannel``, ``classes``, ``label_remap`` (see :func:`case_item`). Adds ``source`` (the file's
+    :class:`~salt_seg.data.volume.Geometry`) and ``is_2d``.
+    """
 
-        def __init__(
-            self,
-            keys: Sequence[Hashable] = ("image", "label"),
-            max_voxels: int = DEFAULT_MAX_VOXELS,
-            allow_missing_keys: bool = True,
-        ) -> None:
-            super().__init__(keys, allow_missing_keys)
-            self.max_voxels = max_voxels
+    def __init__(
+        self,
+        keys: Sequence[Hashable] = ("image", "label"),
+        max_voxels: int = DEFAULT_MAX_VOXELS,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if max_voxels < 1:
+            raise ValueError(f"LoadVolumed: max_voxels must be >= 1, got {max_voxels}")
+        self.max_voxels = max_voxels
 
-        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-            d = dict(data)
-            paths = d["image"] if isinstance(d["image"], list | tuple) else [d["image"]]
-            if len(paths) > 1:
-                image = load_channels(paths, max_voxels=self.max_voxels)
-            else:
-                image = load_volume(
-                    paths[0],
-                    series=d.get("series"),
-                    max_voxels=self.max_voxels,
-                    multichannel=bool(d.get("multichannel")),
-                )
-            d["image"] = to_metatensor(image)
-            d["source"] = image.geometry
-            d["is_2d"] = image.is_2d
-            if "label" in self.keys and d.get("label") is not None:
-                label = load_label(
-                    d["label"],
-                    image,
-                    classes=d.get("classes"),
-                    remap=d.get("label_remap"),
-                    max_voxels=self.max_voxels,
-                )
-                d["label"] = to_metatensor(label)
-            return d
-
-    return LoadVolumed
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        paths = d["image"] if isinstance(d["image"], list | tuple) else [d["image"]]
+        if len(paths) > 1:
+            image = load_channels(paths, max_voxels=self.max_voxels)
+        else:
+            multichannel = bool(d.get("multichannel"))
+            image = load_volume(
+                paths[0], series=d.get("series"), max_voxels=self.max_voxels, multichannel=multichannel
+            )
+        d["image"] = to_metatensor(image)
+        d["source"] = image.geometry
+        d["is_2d"] = image.is_2d
+        if "label" in self.keys and d.get("label") is not None:
+            label = load_label(
+                d["label"],
+                image,
+                classes=d.get("classes"),
+                remap=d.get("label_remap"),
+                max_voxels=self.max_voxels,
+            )
+            d["label"] = to_metatensor(label)
+        return d
 
 
-def to_metatensor(vol: Volume):  # -> monai.data.MetaTensor
+def to_metatensor(vol: Volume) -> MetaTensor:
     """A channel-first ``MetaTensor`` with the volume's affine (RAS+ world, as MONAI expects)."""
-    import torch
-    from monai.data import MetaTensor
-
     return MetaTensor(
         torch.from_numpy(np.ascontiguousarray(vol.array)),
         affine=torch.as_tensor(vol.affine),
@@ -157,56 +155,45 @@ def to_metatensor(vol: Volume):  # -> monai.data.MetaTensor
     )
 
 
-class NormalizeVolumed:
-    """MONAI-style dictionary transform: select ``record.channels`` and scale ``image`` to ``[0, 1]``.
+class NormalizeVolumed(MapTransform):
+    """Select ``record.channels`` of ``image`` and scale each to ``[0, 1]`` by the record, once per volume.
 
-    Adds ``value_range`` (per selected channel, source units) to the dictionary.
+    Adds ``value_range`` (per selected channel, in source units, e.g. HU) to the dictionary.
     """
 
-    def __init__(self, record: Preprocessing, key: str = "image") -> None:
-        self.record, self.key = record, key
+    def __init__(self, record: Preprocessing, keys: Sequence[Hashable] = ("image",)) -> None:
+        super().__init__(keys)
+        self.record = record
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import torch
-
         d = dict(data)
-        img = d[self.key]
-        arr = img.numpy() if hasattr(img, "numpy") else np.asarray(img)
-        arr = select_channels(arr, self.record.channels, str(d.get("case_id", "image")))
-        norm, ranges = normalize_volume(arr, self.record)
-        if hasattr(img, "affine"):
-            from monai.data import MetaTensor
-
-            d[self.key] = MetaTensor(torch.from_numpy(norm), meta=dict(img.meta))  # meta carries the affine
-        else:
-            d[self.key] = torch.from_numpy(norm)
-        d["value_range"] = ranges
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = np.asarray(img.numpy() if hasattr(img, "numpy") else img)
+            arr = select_channels(arr, self.record.channels, str(d.get("case_id", "image")))
+            norm, ranges = normalize_volume(arr, self.record)
+            meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+            d[key] = MetaTensor(torch.from_numpy(norm), meta=meta)  # meta carries the affine
+            d["value_range"] = ranges
         return d
 
 
-class LabelToIntd:
+class LabelToIntd(MapTransform):
     """Round ``label`` (float after resampling) to int16 once, so cached label maps are integral and small."""
 
-    def __init__(self, key: str = "label") -> None:
-        self.key = key
+    def __init__(self, keys: Sequence[Hashable] = ("label",)) -> None:
+        super().__init__(keys, allow_missing_keys=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import torch
-
         d = dict(data)
-        if d.get(self.key) is not None:
-            d[self.key] = (
-                torch.round(d[self.key]).to(torch.int16)
-                if d[self.key].is_floating_point()
-                else (d[self.key].to(torch.int16))
-            )
+        for key in self.key_iterator(d):
+            lab = d[key]
+            d[key] = (torch.round(lab) if lab.is_floating_point() else lab).to(torch.int16)
         return d
 
 
-def volume_transforms(record: Preprocessing, *, keys: Sequence[str] = ("image", "label")):  # -> Compose
+def volume_transforms(record: Preprocessing, *, keys: Sequence[str] = ("image", "label")) -> Compose:
     """Orientation -> optional resampling -> intensity, as a MONAI ``Compose`` over channel-first MetaTensors."""
-    from monai.transforms import Compose, Orientationd, Spacingd
-
     steps: list[Any] = [
         Orientationd(keys=list(keys), axcodes=record.orientation, labels=None, allow_missing_keys=True)
     ]
@@ -225,15 +212,10 @@ def volume_transforms(record: Preprocessing, *, keys: Sequence[str] = ("image", 
     return Compose(steps)
 
 
-def loading_transforms(record: Preprocessing, *, max_voxels: int = DEFAULT_MAX_VOXELS):  # -> Compose
+def loading_transforms(record: Preprocessing, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """:class:`LoadVolumed` followed by :func:`volume_transforms`: paths in, model-ready volumes out."""
-    from monai.transforms import Compose
-
     return Compose(
-        [
-            _load_transform_cls()(("image", "label"), max_voxels=max_voxels),
-            *volume_transforms(record).transforms,
-        ]
+        [LoadVolumed(("image", "label"), max_voxels=max_voxels), *volume_transforms(record).transforms]
     )
 
 

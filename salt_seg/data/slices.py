@@ -8,7 +8,7 @@ key             value
 ==============  ==================================================================================
 ``image``       ``3 x S x S`` float32 model input (``prepare_slice`` of the record; SAM or MedSAM scale)
 ``label``       ``S x S`` int64: class ids of the record's classes (others -> 0), or 0/1 per class
-``targets``     ``K x S x S`` float32 binary masks, one per record class (slice samples)
+``targets``     ``K x S x S`` float32 binary masks, one per record class (slice samples, ``targets=True``)
 ``class_ids``   ``K`` int64 record class ids (slice samples); ``class_id`` int (per-class samples)
 ``prompt(s)``   simulated :class:`~salt_seg.prompts.Prompt` in slice pixels (or ``None``) when asked
 ``transform``   the :class:`~salt_seg.preprocessing.SliceTransform` (slice pixels <-> model input)
@@ -123,14 +123,20 @@ def _plain(x: Any) -> torch.Tensor:
 
 
 def resize_label(label2d: np.ndarray, transform: Any) -> torch.Tensor:
-    """``H x W`` class ids -> ``S x S`` int64: nearest resize to ``transform.resized_size``, zero padding."""
-    lab = torch.from_numpy(np.ascontiguousarray(label2d, dtype=np.float32))[None, None]
+    """``H x W`` class ids -> ``S x S`` int64: nearest resize to ``transform.resized_size``, zero padding.
+
+    ``nearest-exact`` samples pixel centres like the image's bilinear resize (``align_corners=False``), so
+    label and image stay aligned; values are copied, never blended, so the map stays integral.
+    """
+    arr = np.asarray(label2d)
+    small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 256)
+    lab = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.uint8 if small else np.float32))[None, None]
     if tuple(lab.shape[-2:]) != tuple(transform.resized_size):
         lab = F.interpolate(lab, size=transform.resized_size, mode="nearest-exact")
     s = transform.image_size
     out = torch.zeros(s, s, dtype=torch.int64)
     h, w = transform.resized_size
-    out[:h, :w] = lab[0, 0].round().to(torch.int64)
+    out[:h, :w] = lab[0, 0]
     return out
 
 
@@ -159,6 +165,7 @@ class SliceDataset(torch.utils.data.Dataset):
         prompt_options: extra keyword arguments for :func:`~salt_seg.data.prompts_sim.simulate_prompt`.
         include_empty: per-class samples where the class is absent; default: only for ``auto`` prompts (a
             geometric prompt is never forced onto a slice without its structure).
+        targets: add ``targets`` (per-class binary masks) to slice samples.
         cache: keep preprocessed volumes in memory (MONAI ``CacheDataset``); ``False`` reloads a case whenever
             the requested case changes (one volume kept).
         cache_workers: threads used to fill the cache.
@@ -183,6 +190,7 @@ class SliceDataset(torch.utils.data.Dataset):
         prompt_mode: str | None = None,
         prompt_options: Mapping[str, Any] | None = None,
         include_empty: bool | None = None,
+        targets: bool = False,
         cache: bool = True,
         cache_workers: int = 0,
         seed: int = 0,
@@ -203,6 +211,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.record, self.train, self.per_class = record, train, per_class
         self.prompt_mode, self.prompt_options = prompt_mode, dict(prompt_options or {})
         self.include_empty = (prompt_mode in ("auto", "none")) if include_empty is None else include_empty
+        self.with_targets = targets
         self.class_ids = list(record.class_ids)
         self._augment = (augment or AugmentConfig()).build() if train else None
         self.set_random_state(seed)
@@ -357,8 +366,9 @@ class SliceDataset(torch.utils.data.Dataset):
             return sample
         lab = resize_label(label, tf)
         sample["label"] = lab
-        sample["targets"] = torch.stack([(lab == c).float() for c in self.class_ids])
         sample["class_ids"] = torch.tensor(self.class_ids, dtype=torch.int64)
+        if self.with_targets:
+            sample["targets"] = torch.stack([lab == c for c in self.class_ids]).float()
         if self.prompt_mode is not None:
             sample["prompts"] = [
                 simulate_prompt(

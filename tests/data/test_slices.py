@@ -47,7 +47,7 @@ def _record(**kw):
 
 
 def test_slice_samples_shapes_dtypes_ranges(dataset):
-    ds = SliceDataset.from_dataset(dataset, _record(), case_ids=["c0", "c1"], train=False)
+    ds = SliceDataset.from_dataset(dataset, _record(), case_ids=["c0", "c1"], train=False, targets=True)
     assert len(ds) == 2 * 10  # every axial slice of two cases
     x = ds[3]
     assert x["image"].shape == (3, S, S) and x["image"].dtype == torch.float32
@@ -177,3 +177,15 @@ def test_two_d_salt_dataset_slices(tmp_path):
     x = sd[0]
     assert x["image"].shape == (3, 32, 32) and set(x["label"].unique().tolist()) == {0, 1}
     assert x["transform"].original_size == (16, 20)
+
+
+def test_dataset_pickles_for_spawned_workers_and_loads_batches(dataset):
+    import pickle
+
+    from monai.data import DataLoader
+
+    ds = SliceDataset.from_dataset(dataset, _record(), case_ids=["c1"], train=True, seed=1)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[2]["label"], ds[2]["label"])
+    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_slices, num_workers=0)))
+    assert batch["image"].shape == (3, 3, S, S) and batch["label"].dtype == torch.int64
