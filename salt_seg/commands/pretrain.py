@@ -15,7 +15,8 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", default="small", choices=("tiny", "small"), help="architecture (default small)")
+    parser.add_argument("--variant", default="tiny", choices=("tiny", "small"), help="architecture (default tiny)")
+    parser.add_argument("--image-size", type=int, default=128, help="input side in pixels (default 128)")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
     parser.add_argument("--lr", type=float, default=4e-4, help="peak AdamW learning rate (default 4e-4)")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
     t0 = time.perf_counter()
     scores, run_dir = run_pretraining(
-        variant=args.variant, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        variant=args.variant, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         run_dir=Path(args.resume or args.out), resume=bool(args.resume), device=device,
         export=Path(args.export) if args.export else None, heldout=args.heldout, overrides=args.overrides,
         progress=not args.no_progress,

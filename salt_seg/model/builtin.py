@@ -1,4 +1,4 @@
-"""The built-in base model: a ``small`` SAM-architecture model pretrained by ``salt-seg pretrain`` on synthetic
+"""The built-in base model: a ``tiny`` SAM-architecture model at 128 px input pretrained by ``salt-seg pretrain`` on synthetic
 objects (box and point prompts), shipped inside the package because Meta's weights cannot be fetched here.
 
 See ``salt_seg/assets/BUILTIN_MODEL_CARD.md`` for how it was trained and what it scores.
@@ -9,8 +9,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-BUILTIN_NAME = "builtin_small.safetensors"
-BUILTIN_VARIANT = "small"
+BUILTIN_NAME = "builtin_tiny128.safetensors"
+BUILTIN_VARIANT = "tiny"
+BUILTIN_IMAGE_SIZE = 128
 
 
 def builtin_checkpoint() -> Path:

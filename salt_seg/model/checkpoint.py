@@ -264,7 +264,8 @@ def load_base_model(
     Args:
         variant: variant name; detected from the checkpoint when ``None``.
         checkpoint: weights file, or ``None`` for random initialisation (``variant`` required then).
-        image_size: input size; defaults to the variant's native size.
+        image_size: input size; defaults to the checkpoint's own size (from its position embedding), else the
+            variant's native size.
         num_classes: learned class tokens to create when the checkpoint has none.
 
     Returns:
@@ -280,6 +281,8 @@ def load_base_model(
             raise ValueError(f"{checkpoint}: cannot tell the SAM variant from its tensors; pass --variant")
         variant = info.variant
     get_variant(variant)
+    if image_size is None and variant == info.variant:
+        image_size = info.image_size  # the size the checkpoint was trained at
     model = build_model(variant, image_size=image_size, num_classes=num_classes)
     load_weights(model, sd, source=str(checkpoint))
     log.info("loaded %s (%s, %d tensors)", checkpoint, variant, info.num_tensors)

@@ -11,6 +11,7 @@ be reproduced exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ def export_base(model, path: Path, meta: dict[str, str]) -> None:
 def run_pretraining(
     *,
     variant: str,
+    image_size: int,
     steps: int,
     batch_size: int,
     lr: float,
@@ -208,7 +210,7 @@ def run_pretraining(
     from salt_seg.training.config import ExperimentConfig
     from salt_seg.training.loop import TrainData, train
 
-    record = pretrain_record()
+    record = pretrain_record(image_size)
     doc = {
         "description": f"salt-seg pretrain: {variant} from scratch on synthetic objects",
         "model": {"variant": variant, "checkpoint": None, "image_size": record.image_size},
@@ -223,10 +225,11 @@ def run_pretraining(
     }
     doc["preprocessing"].pop("version")
     cfg = from_dict(ExperimentConfig, apply_overrides(doc, overrides or []))
-    params = GeneratorParams()
+    params = GeneratorParams(shape=(image_size, image_size))
+    heldout_params = dataclasses.replace(HELDOUT_PARAMS, shape=(image_size, image_size))
     data = TrainData(
         train=SyntheticObjects(10**7, seed, params, record),
-        val=SyntheticObjects(32, HELDOUT_SEED + 1, HELDOUT_PARAMS, record),
+        val=SyntheticObjects(32, HELDOUT_SEED + 1, heldout_params, record),
         class_ids=list(range(1, MAX_OBJECTS + 1)),
         split={"generator": params.to_dict(), "val_seed": HELDOUT_SEED + 1},
         record=record,
@@ -239,10 +242,10 @@ def run_pretraining(
 
     load_adapter(run_dir / "adapter.safetensors", model, progress=False)
     model.eval()
-    scores = evaluate_objectness(model, heldout)
+    scores = evaluate_objectness(model, heldout, params=heldout_params)
     meta = {
         "salt_seg_builtin": "1", "variant": variant, "steps": str(result.steps_done), "seed": str(seed),
-        "generator": json.dumps(params.to_dict()), "heldout": json.dumps(HELDOUT_PARAMS.to_dict() | {"seed": HELDOUT_SEED}),
+        "generator": json.dumps(params.to_dict()), "heldout": json.dumps(heldout_params.to_dict() | {"seed": HELDOUT_SEED}),
         "heldout_dice_box": f"{scores.box:.4f}", "heldout_dice_fill_box": f"{scores.fill_box:.4f}",
         "heldout_dice_one_point": f"{scores.one_point:.4f}",
     }
