@@ -314,7 +314,10 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
     rescaled = False
     for idx in order:
         path = headers[idx][0]
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
+            raise DataError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
         arr, raw = _pixels(ds, path)
         if raw and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
             rs = _rescale(ds)

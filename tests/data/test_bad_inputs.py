@@ -168,6 +168,16 @@ def zip_not_zip(tmp: Path) -> Path:
     return tmp / "bad.zip"
 
 
+def nibabel_4d(tmp: Path) -> Path:  # a real file from nibabel's test data
+    return Path(shutil.copy(Path(__import__("nibabel").__file__).parent / "tests/data/example4d.nii.gz", tmp))
+
+
+def nibabel_nan(tmp: Path) -> Path:  # a real resampled file with NaN outside the field of view
+    return Path(
+        shutil.copy(Path(__import__("nibabel").__file__).parent / "tests/data/resampled_anat_moved.nii", tmp)
+    )
+
+
 # (builder, loader, message regex); loader(path) must raise.
 CASES: list[tuple[Callable[[Path], Path], Callable[[Path], object], str]] = [
     (truncated_gz, load_volume, r"truncated or corrupt NIfTI data"),
@@ -180,6 +190,8 @@ CASES: list[tuple[Callable[[Path], Path], Callable[[Path], object], str]] = [
     (truncated_dicom, load_volume, r"pixel data is truncated"),
     (folder_without_dicom, load_volume, r"no DICOM files found"),
     (four_d, load_volume, r"4-D image with 3 volumes along the 4th axis"),
+    (nibabel_4d, load_volume, r"4-D image with 2 volumes along the 4th axis \(shape \(128, 96, 24, 2\)\)"),
+    (nibabel_nan, load_volume, r"contains 153 NaN or Inf voxel"),
     (with_nan, load_volume, r"contains 2 NaN or Inf voxel"),
     (empty_image, load_volume, r"empty image \(shape \(5, 0, 5\)\)"),
     (huge_header, load_volume, r"68719476736 voxels .* more than the cap"),

@@ -104,3 +104,18 @@ def test_two_d_picture_slices_along_axis_2_whatever_the_record_axis(tmp_path):
     assert prep.axis == 2 and prep.n_slices == 1
     s = prep.slice_image(0)
     assert s.shape == (3, 20, 30) and np.array_equal(s[0] > 0.5, pic[..., 0] > 0)
+
+
+@pytest.mark.parametrize("preset", ["soft_tissue", "lung", "bone", "brain"])
+def test_ct_window_presets(las_pair, preset):
+    from salt_seg.preprocessing import window_preset
+
+    image, _ = las_pair
+    level, width = window_preset(preset)
+    prep = prepare_volume(
+        image, Preprocessing(intensity="ct", window_level=level, window_width=width, image_size=32)
+    )
+    lo, hi = prep.value_range[0]
+    assert (lo, hi) == (level - width / 2, level + width / 2)
+    inside = (image.to_ras().data > lo) & (image.to_ras().data < hi)
+    assert np.allclose(prep.image[0][inside], (image.to_ras().data[inside] - lo) / width, atol=1e-5)
