@@ -21,13 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from salt_seg.data.dicom_frames import (
+    check_size,
+    decode_pixels,
+    dicom_affine,
+    floats,
+    frame_group,
+    frames_to_volume,
+    monochrome1,
+    rescale_of,
+    sort_and_step,
+)
 from salt_seg.data.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-#: slice gaps may differ from their median by this fraction (plus 0.01 mm) before the series is refused.
-SPACING_TOLERANCE = 0.05
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 
@@ -130,134 +138,6 @@ def choose_series(folder: Path, series_list: list[SeriesInfo], series: int | str
     raise DataError(folder, f"no series with key {wanted!r}; available: {listing}")
 
 
-# --- geometry -------------------------------------------------------------------------------------------------
-def _floats(value: Any, n: int, what: str, path: Path) -> np.ndarray:
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(path, f"malformed {what}") from None
-    if arr.shape != (n,) or not np.isfinite(arr).all():
-        raise DataError(path, f"malformed {what}: expected {n} finite numbers")
-    return arr
-
-
-def _sort_and_step(
-    positions: np.ndarray, normal: np.ndarray, path: Path, what: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Order by position along ``normal``; check the gaps agree; return (order, slice step vector in LPS mm)."""
-    dist = positions @ normal
-    order = np.argsort(dist, kind="stable")
-    if len(order) < 2:
-        return order, normal
-    gaps = np.diff(dist[order])
-    if (gaps < 1e-3).any():
-        raise DataError(
-            path,
-            f"{what}: {int((gaps < 1e-3).sum())} duplicate slice position(s) (several stacks, time points or "
-            "echoes mixed in one series?)",
-        )
-    median = float(np.median(gaps))
-    bad = np.abs(gaps - median) > SPACING_TOLERANCE * median + 0.01
-    if bad.any():
-        raise DataError(
-            path,
-            f"{what}: inconsistent slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (median "
-            f"{median:.3f} mm; a missing slice?)",
-        )
-    step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
-    return order, step
-
-
-def _affine(
-    row_cos: np.ndarray, col_cos: np.ndarray, spacing_rc: np.ndarray, step: np.ndarray, origin: np.ndarray
-) -> np.ndarray:
-    """RAS affine for voxel order (column i, row j, slice k); DICOM geometry is LPS."""
-    lps = np.eye(4)
-    lps[:3, 0] = row_cos * spacing_rc[1]  # moving along a row = next column
-    lps[:3, 1] = col_cos * spacing_rc[0]
-    lps[:3, 2] = step
-    lps[:3, 3] = origin
-    return _LPS_TO_RAS @ lps
-
-
-# --- pixels ---------------------------------------------------------------------------------------------------
-def _check_size(path: Path, rows: int, cols: int, frames: int, samples: int, max_voxels: int) -> None:
-    n = int(rows) * int(cols) * int(frames) * int(samples)
-    if n == 0:
-        raise DataError(path, "empty image (zero rows, columns or frames)")
-    if n > max_voxels:
-        raise DataError(path, f"image has {n} voxels, more than the cap of {max_voxels} (max_voxels)")
-
-
-def _pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
-    """Decoded stored values as float32 ``frames x rows x cols [x samples]`` and whether they are raw.
-
-    Falls back to SimpleITK (GDCM) for transfer syntaxes pydicom has no decoder for here; GDCM already applies
-    the rescale, so the second value says whether the caller must still apply it.
-    """
-    try:
-        arr = ds.pixel_array
-        raw = True
-    except Exception as pydicom_exc:  # noqa: BLE001 - any decoder failure falls back to GDCM
-        import SimpleITK as sitk
-
-        try:
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-            raw = False
-        except RuntimeError:
-            raise DataError(path, f"pixel data is truncated or cannot be decoded ({pydicom_exc})") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    arr = np.asarray(arr)
-    if frames == 1 and arr.ndim == (3 if samples > 1 else 2):
-        arr = arr[None]
-    expected = 4 if samples > 1 else 3
-    if arr.ndim != expected:
-        raise DataError(path, f"unexpected pixel array shape {arr.shape} for {frames} frame(s)")
-    return arr.astype(np.float32, copy=False), raw
-
-
-def _rescale(item: Any) -> tuple[float, float] | None:
-    """(slope, intercept) from a dataset or functional-group item, or ``None`` when absent."""
-    seq = item.get("PixelValueTransformationSequence") if hasattr(item, "get") else None
-    src = seq[0] if seq else item
-    slope, intercept = src.get("RescaleSlope"), src.get("RescaleIntercept")
-    if slope is None and intercept is None:
-        return None
-    return float(slope if slope not in (None, "") else 1.0), float(
-        intercept if intercept not in (None, "") else 0.0
-    )
-
-
-def _monochrome1(arr: np.ndarray, ds: Any) -> np.ndarray:
-    # MONOCHROME1 stores "higher = darker" (some X-ray); invert so every image reads "higher = brighter".
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        return (arr.max() + arr.min()) - arr
-    return arr
-
-
-def _volume(stack: np.ndarray, affine: np.ndarray, ds: Any, name: str, meta: dict[str, Any]):  # -> Volume
-    from salt_seg.data.volume import Volume
-
-    if stack.ndim == 4:  # frames x rows x cols x samples -> samples x cols x rows x frames
-        array = np.ascontiguousarray(np.transpose(stack, (3, 2, 1, 0)))
-        names = ["R", "G", "B"][: array.shape[0]] if array.shape[0] <= 3 else []
-    else:
-        array = np.ascontiguousarray(np.transpose(stack, (2, 1, 0)))[None]
-        names = []
-    if not np.isfinite(array).all():
-        raise DataError(meta.get("path"), "image contains NaN or Inf values")
-    meta = {k: v for k, v in meta.items() if k != "path"}
-    return Volume(
-        array,
-        affine,
-        modality=str(ds.get("Modality", "OT") or "OT"),
-        name=name,
-        channel_names=names,
-        meta=meta,
-    )
-
-
 def load_dicom_series(folder: str | Path, series: int | str | None = None, *, max_voxels: int):  # -> Volume
     """Read one series from a folder into a :class:`~salt_seg.data.volume.Volume` (values in HU for CT).
 
@@ -280,7 +160,7 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
         raise DataError(
             folder, f"series {info.key} mixes {len(multi)} multi-frame file(s) with single slices"
         )
-    _check_size(
+    check_size(
         folder, info.rows, info.columns, len(headers), int(first.get("SamplesPerPixel", 1) or 1), max_voxels
     )
     what = f"series {info.key}"
@@ -289,9 +169,9 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
         raise DataError(folder, f"{what}: slices have different sizes {sorted(shapes)}")
     try:
         iops = np.stack(
-            [_floats(h.ImageOrientationPatient, 6, "ImageOrientationPatient", p) for p, h in headers]
+            [floats(h.ImageOrientationPatient, 6, "ImageOrientationPatient", p) for p, h in headers]
         )
-        ipps = np.stack([_floats(h.ImagePositionPatient, 3, "ImagePositionPatient", p) for p, h in headers])
+        ipps = np.stack([floats(h.ImagePositionPatient, 3, "ImagePositionPatient", p) for p, h in headers])
     except AttributeError:
         raise DataError(folder, f"{what}: slices lack ImagePositionPatient/ImageOrientationPatient") from None
     if not np.allclose(iops, iops[0], atol=1e-4):
@@ -303,9 +183,9 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
             folder, f"{what}: degenerate ImageOrientationPatient (row and column cosines parallel)"
         )
     normal /= np.linalg.norm(normal)
-    order, step = _sort_and_step(ipps, normal, folder, what)
+    order, step = sort_and_step(ipps, normal, folder, what)
     spacings = {
-        tuple(np.round(_floats(h.get("PixelSpacing", [1, 1]), 2, "PixelSpacing", p), 5)) for p, h in headers
+        tuple(np.round(floats(h.get("PixelSpacing", [1, 1]), 2, "PixelSpacing", p), 5)) for p, h in headers
     }
     if len(spacings) > 1:
         raise DataError(folder, f"{what}: slices have different pixel spacings {sorted(spacings)}")
@@ -318,15 +198,15 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
             ds = pydicom.dcmread(path)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
             raise DataError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
-        arr, raw = _pixels(ds, path)
+        arr, raw = decode_pixels(ds, path)
         if raw and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
-            rs = _rescale(ds)
+            rs = rescale_of(ds)
             if rs is not None:
                 arr = arr * np.float32(rs[0]) + np.float32(rs[1])
                 rescaled = True
-        frames.append(_monochrome1(arr[0], ds))
+        frames.append(monochrome1(arr[0], ds))
     stack = np.stack(frames)
-    affine = _affine(row_cos, col_cos, spacing_rc, step, ipps[order[0]])
+    affine = dicom_affine(row_cos, col_cos, spacing_rc, step, ipps[order[0]])
     meta = {
         "format": "dicom",
         "files": len(order),
@@ -334,20 +214,7 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
         "rescaled": rescaled,
         "path": folder,
     }
-    return _volume(stack, affine, first, f"series-{info.key}", meta)
-
-
-def _frame_groups(ds: Any, i: int, name: str) -> Any | None:
-    """Item of functional group ``name`` for frame ``i`` (per-frame first, then shared), or ``None``."""
-    for seq_name in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
-        seq = ds.get(seq_name)
-        if not seq:
-            continue
-        item = seq[i] if seq_name.startswith("PerFrame") and i < len(seq) else seq[0]
-        sub = item.get(name)
-        if sub:
-            return sub[0]
-    return None
+    return frames_to_volume(stack, affine, first, f"series-{info.key}", meta)
 
 
 def load_dicom_file(path: str | Path, *, max_voxels: int):  # -> Volume
@@ -372,23 +239,23 @@ def load_dicom_file(path: str | Path, *, max_voxels: int):  # -> Volume
         raise DataError(path, f"DICOM file holds no image data (modality {modality})")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    _check_size(path, int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), n_frames, samples, max_voxels)
-    arr, raw = _pixels(ds, path)
+    check_size(path, int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), n_frames, samples, max_voxels)
+    arr, raw = decode_pixels(ds, path)
     if arr.shape[0] != n_frames:
         raise DataError(path, f"pixel data holds {arr.shape[0]} frames, header says {n_frames}")
     key = series_key(str(ds.get("SeriesInstanceUID", path.name)))
-    pos_items = [_frame_groups(ds, i, "PlanePositionSequence") for i in range(n_frames)]
+    pos_items = [frame_group(ds, i, "PlanePositionSequence") for i in range(n_frames)]
     have_positions = n_frames > 1 and all(p is not None and "ImagePositionPatient" in p for p in pos_items)
-    orient = _frame_groups(ds, 0, "PlaneOrientationSequence") or ds
-    measures = _frame_groups(ds, 0, "PixelMeasuresSequence") or ds
+    orient = frame_group(ds, 0, "PlaneOrientationSequence") or ds
+    measures = frame_group(ds, 0, "PixelMeasuresSequence") or ds
     iop = orient.get("ImageOrientationPatient") or ds.get("ImageOrientationPatient") or [1, 0, 0, 0, 1, 0]
-    iop = _floats(iop, 6, "ImageOrientationPatient", path)
+    iop = floats(iop, 6, "ImageOrientationPatient", path)
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
     if np.linalg.norm(normal) < 1e-3:
         raise DataError(path, "degenerate ImageOrientationPatient (row and column cosines parallel)")
     normal /= np.linalg.norm(normal)
-    spacing_rc = _floats(
+    spacing_rc = floats(
         measures.get("PixelSpacing") or ds.get("PixelSpacing") or [1, 1], 2, "PixelSpacing", path
     )
     thickness = (
@@ -399,8 +266,8 @@ def load_dicom_file(path: str | Path, *, max_voxels: int):  # -> Volume
         or 1.0
     )
     if have_positions:
-        ipps = np.stack([_floats(p.ImagePositionPatient, 3, "ImagePositionPatient", path) for p in pos_items])
-        order, step = _sort_and_step(ipps, normal, path, "frames")
+        ipps = np.stack([floats(p.ImagePositionPatient, 3, "ImagePositionPatient", path) for p in pos_items])
+        order, step = sort_and_step(ipps, normal, path, "frames")
         origin = ipps[order[0]]
     else:
         if n_frames > 1:
@@ -414,16 +281,16 @@ def load_dicom_file(path: str | Path, *, max_voxels: int):  # -> Volume
         ipp = ds.get("ImagePositionPatient") or (
             pos_items[0].get("ImagePositionPatient") if pos_items[0] else None
         )
-        origin = _floats(ipp, 3, "ImagePositionPatient", path) if ipp else np.zeros(3)
+        origin = floats(ipp, 3, "ImagePositionPatient", path) if ipp else np.zeros(3)
     rescaled = False
     if raw and samples == 1:
         for i in range(n_frames):
-            rs = _rescale(_frame_groups(ds, i, "PixelValueTransformationSequence") or ds)
+            rs = rescale_of(frame_group(ds, i, "PixelValueTransformationSequence") or ds)
             if rs is not None:
                 arr[i] = arr[i] * np.float32(rs[0]) + np.float32(rs[1])
                 rescaled = True
-    stack = _monochrome1(arr[order], ds)
-    affine = _affine(row_cos, col_cos, spacing_rc, step, origin)
+    stack = monochrome1(arr[order], ds)
+    affine = dicom_affine(row_cos, col_cos, spacing_rc, step, origin)
     meta = {
         "format": "dicom",
         "files": 1,
@@ -432,4 +299,4 @@ def load_dicom_file(path: str | Path, *, max_voxels: int):  # -> Volume
         "rescaled": rescaled,
         "path": path,
     }
-    return _volume(stack, affine, ds, f"series-{key}", meta)
+    return frames_to_volume(stack, affine, ds, f"series-{key}", meta)

@@ -127,6 +127,11 @@ def _spatial_channels(path: Path, array: np.ndarray, multichannel: bool) -> np.n
 def read_nifti_array(
     path: Path, max_voxels: int, multichannel: bool, raw: bool
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``C x I x J x K`` voxels (float32, or the stored dtype with ``raw``) and the RAS affine.
+
+    The header's voxel count is checked against ``max_voxels`` and, for uncompressed files, against the file
+    size before any voxel is read; a truncated ``.nii.gz`` fails while decompressing (never zero-filled).
+    """
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
@@ -157,6 +162,10 @@ def read_nifti_array(
 
 # --- SimpleITK (NRRD, MHA, pictures) ---------------------------------------------------------------------------
 def read_itk_array(path: Path, max_voxels: int, raw: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``C x I x J x K`` voxels, the RAS affine (from ITK's LPS geometry) and whether the file is 2-D.
+
+    The header is read first (``ReadImageInformation``) so the voxel cap applies before allocation.
+    """
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
