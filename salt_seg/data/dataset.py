@@ -85,12 +85,12 @@ class Dataset:
         """The case with this id.
 
         Raises:
-            KeyError: unknown id (the message lists a few valid ones).
+            DataError: unknown id (the message lists a few valid ones).
         """
         for c in self.cases:
             if c.case_id == case_id:
                 return c
-        raise KeyError(f"no case {case_id!r} in dataset {self.name}; e.g. {self.case_ids[:5]}")
+        raise DataError(self.root, f"no case {case_id!r} in dataset {self.name}; e.g. {self.case_ids[:5]}")
 
     def load_image(self, case: Case | str, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
         """Read a case's image (channels stacked) in its file's own orientation."""

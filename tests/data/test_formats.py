@@ -219,3 +219,11 @@ def test_structural_problems_strict_or_collected(tmp_path):
         load_dataset(root)
     ds = load_dataset(root, strict=False)
     assert len(ds.problems) == 1 and ds.case("liver_002").label is None
+
+
+def test_unknown_case_id_is_a_named_error(tmp_path):
+    ds = load_dataset(make_nnunet(tmp_path / "d"))
+    with pytest.raises(
+        DataError, match=r"no case 'liver_009' in dataset toy; e.g. \['liver_001', 'liver_002'\]"
+    ):
+        ds.case("liver_009")

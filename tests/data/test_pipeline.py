@@ -119,3 +119,22 @@ def test_ct_window_presets(las_pair, preset):
     assert (lo, hi) == (level - width / 2, level + width / 2)
     inside = (image.to_ras().data > lo) & (image.to_ras().data < hi)
     assert np.allclose(prep.image[0][inside], (image.to_ras().data[inside] - lo) / width, atol=1e-5)
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+def test_monai_orientation_matches_volume_to_ras_for_oblique_permuted_grids(perm):
+    from .conftest import oblique_affine
+
+    aff = oblique_affine(angle_deg=35)
+    aff[:3, :3] = aff[:3, list(perm)] * [-1, 1, -1]
+    arr = np.random.default_rng(1).integers(0, 4, (5, 6, 7)).astype(np.int16)
+    vol = Volume(arr.astype(np.float32), aff)
+    prep = prepare_volume(
+        vol,
+        Preprocessing(intensity="none", image_size=32, classes={1: "a", 2: "b", 3: "c"}),
+        Volume(arr, aff),
+    )
+    ras = vol.to_ras()
+    assert np.allclose(prep.affine, ras.affine)
+    assert np.array_equal(prep.label, ras.data.astype(np.int64))
+    assert np.array_equal(prep.to_source(prep.label), arr)
