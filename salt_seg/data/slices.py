@@ -205,8 +205,6 @@ class SliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"fill must be 'all' or 'foreground', got {fill!r}")
         if prompt_mode is not None and prompt_mode not in SIM_MODES:
             raise ValueError(f"prompt_mode must be one of {list(SIM_MODES)} or None, got {prompt_mode!r}")
-        if not items:
-            raise ValueError("SliceDataset needs at least one case")
         self.items = [dict(i) for i in items]
         self.record, self.train, self.per_class = record, train, per_class
         self.prompt_mode, self.prompt_options = prompt_mode, dict(prompt_options or {})
@@ -216,7 +214,9 @@ class SliceDataset(torch.utils.data.Dataset):
         self._augment = (augment or AugmentConfig()).build() if train else None
         self.set_random_state(seed)
         transform = loading_transforms(record, max_voxels=max_voxels)
-        if cache:
+        if not self.items:  # an empty split part: a valid, empty dataset
+            self._volumes: Any = []
+        elif cache:
             self._volumes = run_transforms(
                 lambda items: CacheDataset(
                     items,
@@ -247,10 +247,11 @@ class SliceDataset(torch.utils.data.Dataset):
         """Samples for a :class:`~salt_seg.data.dataset.Dataset`, restricted to a split part or case ids.
 
         With a split, the part's slice lists are used (whole-volume entries become ``fill``: ``foreground``
-        for training, ``all`` otherwise); ``train`` defaults to ``part == "train"``.
+        for the train part, ``all`` otherwise); ``train`` (augmentation, fresh prompts) defaults to
+        ``part == "train"``. An empty part gives an empty dataset.
         """
         kwargs.setdefault("train", part == "train")
-        kwargs.setdefault("fill", "foreground" if kwargs["train"] else "all")
+        kwargs.setdefault("fill", "foreground" if part == "train" else "all")
         if split is not None:
             if split.level == "slice" and split.axis != record.axis:
                 raise ValueError(

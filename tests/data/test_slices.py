@@ -189,3 +189,9 @@ def test_dataset_pickles_for_spawned_workers_and_loads_batches(dataset):
     assert torch.equal(clone[2]["label"], ds[2]["label"])
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_slices, num_workers=0)))
     assert batch["image"].shape == (3, 3, S, S) and batch["label"].dtype == torch.int64
+
+
+def test_empty_split_part_gives_an_empty_dataset(dataset):
+    split = make_split(dataset, shots=1, seed=0, val=0, test=1)
+    assert split.val == []
+    assert len(SliceDataset.from_dataset(dataset, _record(), split=split, part="val")) == 0
