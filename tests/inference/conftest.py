@@ -18,6 +18,15 @@ S = 64
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster than with several on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _svd_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A private SVD cache, never the user's."""
     monkeypatch.setenv("SALT_SEG_CACHE", str(tmp_path_factory.getbasetemp() / "svd_cache"))
@@ -157,10 +166,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
         model = build_model("tiny", image_size=S, num_classes=2)
-        base = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("class_tokens.")}
+        base = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("class_tokens.")}
         save_file(base, str(run / "base.safetensors"))
+        base_hash = state_dict_hash(base)
         config = AdapterConfig(name="salt", train_class_tokens=True)
-        inject_adapters(model, config, base_hash=state_dict_hash(base), svd_cache=False, progress=False)
+        inject_adapters(model, config, base_hash=base_hash, svd_cache=False, progress=False)
         with torch.no_grad():  # move the adapter off identity so merged != base
             for p in model.parameters():
                 if p.requires_grad:
