@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# One intra-op thread: the models here are tiny, and on a shared 2-core machine two spinning OpenMP threads per
+# process slow everything down many times over. Override with SALT_SEG_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("SALT_SEG_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

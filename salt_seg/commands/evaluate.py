@@ -20,12 +20,22 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", metavar="DIR", help="folder of predicted label maps (.nii.gz)")
+    parser.add_argument("--gt", metavar="DIR", help="folder of ground-truth label maps (.nii.gz)")
     parser.add_argument(
-        "--pred", required=True, metavar="DIR", help="folder of predicted label maps (.nii.gz)"
+        "--model",
+        metavar="RUN_DIR",
+        help="instead of --pred/--gt: predict the test part of this run's split and score it",
     )
     parser.add_argument(
-        "--gt", required=True, metavar="DIR", help="folder of ground-truth label maps (.nii.gz)"
+        "--prompt",
+        choices=("auto", "box", "point"),
+        default=None,
+        help="with --model: class tokens (auto) or box/point prompts simulated from the ground truth "
+        "(default: auto when the model has class tokens, else box)",
     )
+    parser.add_argument("--data", metavar="DIR", help="with --model: the dataset (default: the run config's)")
+    parser.add_argument("--device", default="auto", help="with --model: cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--split",
         metavar="FILE",
@@ -85,6 +95,30 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ValueError(f"--nsd-tolerance: {exc}") from None
+    if args.model:
+        if args.pred or args.gt:
+            raise ValueError("use either --model RUN_DIR or --pred DIR --gt DIR, not both")
+        from salt_seg.commands.common import resolve_device
+        from salt_seg.evaluation.model_eval import evaluate_run
+
+        result = evaluate_run(
+            args.model,
+            split_file=args.split,
+            data_path=args.data,
+            prompt=args.prompt,
+            settings=settings,
+            device=resolve_device(args.device),
+        )
+        out = Path(args.out) if args.out else Path(args.model) / "evaluation"
+        written = write_results(result, out)
+        print(
+            f"{len(result.cases)} test case(s) of {args.model}, classes {', '.join(map(str, result.class_ids))}"
+        )
+        print(format_table(result.summary, result.class_names, settings.nsd_tolerance_mm))
+        print(f"results: {out} ({', '.join(p.name for p in written)})")
+        return 0
+    if not (args.pred and args.gt):
+        raise ValueError("give --pred DIR and --gt DIR (or --model RUN_DIR)")
     result = evaluate_folders(
         args.pred,
         args.gt,

@@ -15,14 +15,18 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", default="tiny", choices=("tiny", "small"), help="architecture (default tiny)")
+    parser.add_argument(
+        "--variant", default="tiny", choices=("tiny", "small"), help="architecture (default tiny)"
+    )
     parser.add_argument("--image-size", type=int, default=128, help="input side in pixels (default 128)")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
     parser.add_argument("--lr", type=float, default=4e-4, help="peak AdamW learning rate (default 4e-4)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and training-stream seed")
     parser.add_argument("--out", default=None, help="run directory to create")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted pretraining run")
+    parser.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted pretraining run"
+    )
     parser.add_argument("--export", default=None, help="write the float16 base checkpoint here when done")
     parser.add_argument("--heldout", type=int, default=100, help="held-out images to score (default 100)")
     parser.add_argument("--no-progress", action="store_true")
@@ -45,9 +49,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
     t0 = time.perf_counter()
     scores, run_dir = run_pretraining(
-        variant=args.variant, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        run_dir=Path(args.resume or args.out), resume=bool(args.resume), device=device,
-        export=Path(args.export) if args.export else None, heldout=args.heldout, overrides=args.overrides,
+        variant=args.variant,
+        image_size=args.image_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        run_dir=Path(args.resume or args.out),
+        resume=bool(args.resume),
+        device=device,
+        export=Path(args.export) if args.export else None,
+        heldout=args.heldout,
+        overrides=args.overrides,
         progress=not args.no_progress,
     )
     peak = None
@@ -57,9 +70,19 @@ def run(args: argparse.Namespace) -> int:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
     except (ImportError, OSError):
         pass
-    print(json.dumps({"run_dir": str(run_dir), "heldout_dice_box": round(scores.box, 4),
-                      "heldout_dice_fill_box_baseline": round(scores.fill_box, 4),
-                      "heldout_dice_one_point": round(scores.one_point, 4), "heldout_objects": scores.n_objects,
-                      "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": peak,
-                      "torch_threads": torch.get_num_threads()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run_dir": str(run_dir),
+                "heldout_dice_box": round(scores.box, 4),
+                "heldout_dice_fill_box_baseline": round(scores.fill_box, 4),
+                "heldout_dice_one_point": round(scores.one_point, 4),
+                "heldout_objects": scores.n_objects,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "peak_rss_mib": peak,
+                "torch_threads": torch.get_num_threads(),
+            },
+            indent=2,
+        )
+    )
     return 0

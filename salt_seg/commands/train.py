@@ -17,9 +17,14 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="experiment YAML (default: built-in defaults)")
     parser.add_argument("--out", default=None, help="run directory to create (must not exist or be empty)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None,
+        "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
         help="repeat with these seeds (each changes shots and initialisation); runs go to OUT/seed_N and "
         "OUT/seeds_summary.json reports mean ± std",
     )
@@ -40,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.threads)
     if args.resume:
         if args.config or args.overrides or args.seeds:
-            raise ValueError("--resume takes the run's own config; do not combine it with --config/--set/--seeds")
+            raise ValueError(
+                "--resume takes the run's own config; do not combine it with --config/--set/--seeds"
+            )
         from salt_seg.configio import from_dict
         from salt_seg.training.config import ExperimentConfig
 
@@ -56,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if not args.seeds:
         res = train(cfg, args.out, device=device, progress=not args.no_progress)
-        print(f"run {args.out}: validation Dice {res.initial_val_dice:.4f} -> best {res.best_val_dice:.4f} "
-              f"(step {res.best_step}), {res.trainable_parameters:,} trainable parameters, {res.seconds:.0f} s")
+        print(
+            f"run {args.out}: validation Dice {res.initial_val_dice:.4f} -> best {res.best_val_dice:.4f} "
+            f"(step {res.best_step}), {res.trainable_parameters:,} trainable parameters, {res.seconds:.0f} s"
+        )
         return 0
     import statistics
 
@@ -66,13 +75,24 @@ def run(args: argparse.Namespace) -> int:
     for seed in args.seeds:
         seeded = load_config(args.config, [*args.overrides, f"train.seed={seed}"])
         res = train(seeded, out / f"seed_{seed}", device=device, progress=not args.no_progress)
-        results.append({"seed": seed, "best_val_dice": res.best_val_dice, "best_step": res.best_step,
-                        "seconds": res.seconds})
+        results.append(
+            {
+                "seed": seed,
+                "best_val_dice": res.best_val_dice,
+                "best_step": res.best_step,
+                "seconds": res.seconds,
+            }
+        )
         print(f"seed {seed}: best validation Dice {res.best_val_dice:.4f}")
     vals = [r["best_val_dice"] for r in results]
-    summary = {"seeds": results, "val_dice_mean": statistics.fmean(vals),
-               "val_dice_std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    summary = {
+        "seeds": results,
+        "val_dice_mean": statistics.fmean(vals),
+        "val_dice_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+    }
     atomic_write_json(out / "seeds_summary.json", summary)
-    print(f"validation Dice over {len(vals)} seeds: {summary['val_dice_mean']:.4f} ± {summary['val_dice_std']:.4f}")
+    print(
+        f"validation Dice over {len(vals)} seeds: {summary['val_dice_mean']:.4f} ± {summary['val_dice_std']:.4f}"
+    )
     print(json.dumps(summary["seeds"]))
     return 0

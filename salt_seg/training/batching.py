@@ -105,7 +105,13 @@ def make_prompts(
                 if not mask.any():
                     continue
                 prompt = simulate_prompt(
-                    mask, cid, m, rng, box_jitter=box_jitter, n_positive=n_points, n_negative=1 if m == "points" else 0
+                    mask,
+                    cid,
+                    m,
+                    rng,
+                    box_jitter=box_jitter,
+                    n_positive=n_points,
+                    n_negative=1 if m == "points" else 0,
                 )
                 if prompt is None:
                     continue

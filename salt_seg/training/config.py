@@ -120,7 +120,9 @@ class TrainSection:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.val_every < 1:
-            raise ValueError("train.steps, train.batch_size, train.grad_accum and train.val_every must be >= 1")
+            raise ValueError(
+                "train.steps, train.batch_size, train.grad_accum and train.val_every must be >= 1"
+            )
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:

@@ -51,15 +51,34 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
         split = load_split(dc.split)
     else:
         split = make_split(
-            dataset, shots=dc.shots, seed=cfg.train.seed if dc.split_seed is None else dc.split_seed,
-            level="slice" if dc.holdout == "slices" else "volume", val=dc.val, test=dc.test,
-            guard_mm=dc.guard_mm, axis=record.axis,
+            dataset,
+            shots=dc.shots,
+            seed=cfg.train.seed if dc.split_seed is None else dc.split_seed,
+            level="slice" if dc.holdout == "slices" else "volume",
+            val=dc.val,
+            test=dc.test,
+            guard_mm=dc.guard_mm,
+            axis=record.axis,
         )
     train = SliceDataset.from_dataset(
-        dataset, record, split=split, part="train", augment=AugmentConfig() if dc.augment else None,
-        cache=dc.cache, seed=cfg.train.seed, train=dc.augment,
+        dataset,
+        record,
+        split=split,
+        part="train",
+        augment=AugmentConfig() if dc.augment else None,
+        cache=dc.cache,
+        seed=cfg.train.seed,
+        train=dc.augment,
     )
-    val = SliceDataset.from_dataset(dataset, record, split=split, part="val", cache=dc.cache, fill="foreground")
+    val = SliceDataset.from_dataset(
+        dataset, record, split=split, part="val", cache=dc.cache, fill="foreground"
+    )
     log.info("data: %d training and %d validation slices from %s", len(train), len(val), dc.path)
-    return TrainData(train=train, val=val, class_ids=list(record.class_ids), split=split.to_dict(),
-                     dataset_hash=dataset_hash(dataset), record=record)
+    return TrainData(
+        train=train,
+        val=val,
+        class_ids=list(record.class_ids),
+        split=split.to_dict(),
+        dataset_hash=dataset_hash(dataset),
+        record=record,
+    )

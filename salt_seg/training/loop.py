@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from salt_seg.training import rundir as rd
 from salt_seg.training.batching import batch_indices, derive_seed, make_prompts, shard
 from salt_seg.training.config import ExperimentConfig
-from salt_seg.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from salt_seg.training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+)
 from salt_seg.training.losses import build_loss, soft_dice
 from salt_seg.training.schedule import warmup_cosine
 
@@ -42,7 +48,9 @@ class TrainData:
     class_ids: list[int]
     split: dict[str, Any] = field(default_factory=dict)
     dataset_hash: str | None = None
-    record: Any = None  # the preprocessing record with the dataset's classes, when it differs from the config's
+    record: Any = (
+        None  # the preprocessing record with the dataset's classes, when it differs from the config's
+    )
 
 
 @dataclass
@@ -57,7 +65,9 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _state_to_save(optimizer, scheduler, scaler, step: int, best: float, best_step: int, bad: int, init_dice: float):
+def _state_to_save(
+    optimizer, scheduler, scaler, step: int, best: float, best_step: int, bad: int, init_dice: float
+):
     return {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -71,7 +81,9 @@ def _state_to_save(optimizer, scheduler, scaler, step: int, best: float, best_st
     }
 
 
-def _fetch(ds: Any, indices: list[int], seed: int, step: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+def _fetch(
+    ds: Any, indices: list[int], seed: int, step: int, augment: bool
+) -> tuple[torch.Tensor, torch.Tensor, list]:
     images, labels, seeds = [], [], []
     for i in indices:
         s = derive_seed("sample", seed, step, i)
@@ -102,7 +114,9 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
         idx = mine[start : start + bs]
         images, labels, _ = _fetch(data.val, idx, cfg.train.seed, -1, augment=False)
         seeds = [derive_seed("val", cfg.train.seed, i) for i in idx]
-        pb = make_prompts(labels, data.class_ids, cfg.train.prompt, seeds, box_jitter=0.0, n_points=cfg.train.points)
+        pb = make_prompts(
+            labels, data.class_ids, cfg.train.prompt, seeds, box_jitter=0.0, n_points=cfg.train.points
+        )
         if not pb.prompts:
             continue
         logits, _ = model(images.to(device), pb.prompts, pb.image_index)
@@ -174,7 +188,9 @@ def train(
     if resume:
         saved = rd.load_yaml_config(run_dir)
         if saved != cfg.to_dict():
-            raise ValueError(f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml")
+            raise ValueError(
+                f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
+            )
     record = cfg.preprocessing_record()
     adapter_cfg = cfg.adapter_config()
     tc = cfg.train
@@ -186,37 +202,46 @@ def train(
     if data.record is not None:
         record = data.record
     if len(data.train) == 0:
-        raise ValueError(f"{cfg.data.path or 'dataset'}: no training slices with foreground; check the labels/split")
+        raise ValueError(
+            f"{cfg.data.path or 'dataset'}: no training slices with foreground; check the labels/split"
+        )
 
     # -- model: base + class tokens + adapter, all initialised from the seed without touching global RNG
     needs_tokens = tc.prompt in ("auto", "mixed")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         ckpt = cfg.model.checkpoint
+        if ckpt is None and resume:  # a randomly initialised base was saved with the run
+            ckpt = str(run_dir / "base.safetensors")
         if ckpt == "builtin":
             from salt_seg.model.builtin import builtin_checkpoint
 
             ckpt = str(builtin_checkpoint())
         model, info = load_base_model(
-            cfg.model.variant, ckpt, image_size=record.image_size,
+            cfg.model.variant,
+            ckpt,
+            image_size=record.image_size,
             num_classes=len(data.class_ids) if needs_tokens else 0,
         )
         if needs_tokens and model.num_classes != len(data.class_ids):
             model.set_num_classes(len(data.class_ids))
         base_sd = {k: v for k, v in model.state_dict().items() if not k.startswith("class_tokens.")}
         base_hash = info.content_hash if info is not None else state_dict_hash(base_sd)
-        if info is None and dist.is_main and not resume:
+        if cfg.model.checkpoint is None and dist.is_main and not resume:
             from safetensors.torch import save_file
 
             tmp = run_dir / ".base.safetensors.tmp"
-            save_file({k: v.contiguous() for k, v in base_sd.items()}, str(tmp), metadata={"base_hash": base_hash})
+            save_file(
+                {k: v.contiguous() for k, v in base_sd.items()}, str(tmp), metadata={"base_hash": base_hash}
+            )
             tmp.replace(run_dir / "base.safetensors")
         inject_adapters(model, adapter_cfg, base_hash=base_hash, progress=progress and dist.is_main)
     model.to(device)
     params = trainable_parameters(model)
     n_trainable = sum(p.numel() for p in params)
     meta = {
-        "base_variant": model.variant, "base_hash": base_hash,
+        "base_variant": model.variant,
+        "base_hash": base_hash,
         "base_checkpoint": cfg.model.checkpoint or "run:base.safetensors",
     }
 
@@ -241,16 +266,29 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
-        start_step, best, best_step = int(state["step"]), float(state["best_val_dice"]), int(state["best_step"])
+        start_step, best, best_step = (
+            int(state["step"]),
+            float(state["best_val_dice"]),
+            int(state["best_step"]),
+        )
         bad, init_dice = int(state["bad_validations"]), float(state["initial_val_dice"])
         torch.set_rng_state(state["torch_rng"])
         rd.truncate_metrics(run_dir, start_step) if dist.is_main else None
     elif dist.is_main:
         rd.write_config(run_dir, cfg.to_dict())
-        rd.atomic_write_json(run_dir / "provenance.json", rd.provenance({
-            "seed": tc.seed, "device": str(device), "world_size": dist.world_size,
-            "dataset_hash": data.dataset_hash, "base_hash": base_hash, "trainable_parameters": n_trainable,
-        }))
+        rd.atomic_write_json(
+            run_dir / "provenance.json",
+            rd.provenance(
+                {
+                    "seed": tc.seed,
+                    "device": str(device),
+                    "world_size": dist.world_size,
+                    "dataset_hash": data.dataset_hash,
+                    "base_hash": base_hash,
+                    "trainable_parameters": n_trainable,
+                }
+            ),
+        )
         if data.split:
             rd.atomic_write_json(run_dir / "split.json", data.split)
 
@@ -267,9 +305,16 @@ def train(
             return
         folder = run_dir / "checkpoints" / kind
         folder.mkdir(parents=True, exist_ok=True)
-        save_adapter(folder / "adapter.safetensors", model, adapter_cfg, base_variant=model.variant,
-                     base_hash=base_hash, preprocessing=record, class_names=record.classes,
-                     extra={**meta, "step": step})
+        save_adapter(
+            folder / "adapter.safetensors",
+            model,
+            adapter_cfg,
+            base_variant=model.variant,
+            base_hash=base_hash,
+            preprocessing=record,
+            class_names=record.classes,
+            extra={**meta, "step": step},
+        )
         buf = _state_to_save(optimizer, scheduler, scaler, step, best, best_step, bad, init_dice)
         tmp = folder / ".state.pt.tmp"
         torch.save(buf, tmp)
@@ -281,8 +326,14 @@ def train(
             rd.append_metrics(run_dir, {"step": 0, "val_dice": init_dice})
     history = rd.read_metrics(run_dir) if dist.is_main else []
     n_train = len(data.train)
-    bar = tqdm(total=tc.steps, initial=start_step, disable=not (progress and dist.is_main), desc="train",
-               unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=tc.steps,
+        initial=start_step,
+        disable=not (progress and dist.is_main),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     last_val = best if best > -math.inf else init_dice
     step = start_step
     stopped_early = False
@@ -293,16 +344,22 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         global_idx = batch_indices(step, tc.batch_size * tc.grad_accum, n_train, tc.seed)
         losses = []
+        seen = 0
         for micro in range(tc.grad_accum):
             chunk = global_idx[micro * tc.batch_size : (micro + 1) * tc.batch_size]
             idx = shard(chunk, dist.rank, dist.world_size)
+            seen += len(idx)
             images, labels, seeds = _fetch(data.train, idx, tc.seed, step, cfg.data.augment)
-            pb = make_prompts(labels, data.class_ids, tc.prompt, seeds, box_jitter=tc.box_jitter, n_points=tc.points)
+            pb = make_prompts(
+                labels, data.class_ids, tc.prompt, seeds, box_jitter=tc.box_jitter, n_points=tc.points
+            )
             ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext()
             with ctx:
                 if pb.prompts:
                     logits, _ = ddp_model(images.to(device), pb.prompts, pb.image_index)
-                    up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+                    up = F.interpolate(
+                        logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+                    )
                     loss = loss_fn(up, pb.targets.to(device))
                 else:  # nothing to prompt on this rank's share: keep DDP in step with a zero loss
                     loss = sum(p.sum() * 0.0 for p in params)
@@ -324,8 +381,12 @@ def train(
         step += 1
         mean_loss = float(all_reduce_mean(torch.tensor(np.mean(losses)), dist))
         row: dict[str, Any] = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
+        if dist.enabled:  # how many samples each rank processed (they split the global batch)
+            row["rank_samples"] = all_gather_objects(seen, dist)
         if step % tc.val_every == 0 or step == tc.steps:
-            val, per_class, examples = validate(model, data, cfg, device, dist, keep=tc.overlays if dist.is_main else 0)
+            val, per_class, examples = validate(
+                model, data, cfg, device, dist, keep=tc.overlays if dist.is_main else 0
+            )
             row.update({"val_dice": val, "val_dice_per_class": per_class})
             last_val = val
             improved = val > best
@@ -362,10 +423,20 @@ def train(
         from salt_seg.training.plots import plot_curves
 
         plot_curves(run_dir / "plots" / "curves.png", history)
-        rd.atomic_write_json(run_dir / "summary.json", {
-            "best_val_dice": best, "best_step": best_step, "initial_val_dice": init_dice, "steps": step,
-            "stopped_early": stopped_early, "trainable_parameters": n_trainable,
-            "seconds": time.perf_counter() - t_start, "adapter": adapter_cfg.name,
-        })
+        rd.atomic_write_json(
+            run_dir / "summary.json",
+            {
+                "best_val_dice": best,
+                "best_step": best_step,
+                "initial_val_dice": init_dice,
+                "steps": step,
+                "stopped_early": stopped_early,
+                "trainable_parameters": n_trainable,
+                "seconds": time.perf_counter() - t_start,
+                "adapter": adapter_cfg.name,
+            },
+        )
     barrier(dist)
-    return TrainResult(run_dir, best, best_step, step, init_dice, n_trainable, time.perf_counter() - t_start, history)
+    return TrainResult(
+        run_dir, best, best_step, step, init_dice, n_trainable, time.perf_counter() - t_start, history
+    )

@@ -80,8 +80,14 @@ class SyntheticObjects(torch.utils.data.Dataset):
 
         p = self.params
         img, lab = synthetic_2d(
-            p.shape, n_objects=p.n_objects, kinds=p.kinds, size=p.size, contrast=p.contrast, noise=p.noise,
-            texture=p.texture, seed=np.random.default_rng([self.seed, i]),
+            p.shape,
+            n_objects=p.n_objects,
+            kinds=p.kinds,
+            size=p.size,
+            contrast=p.contrast,
+            noise=p.noise,
+            texture=p.texture,
+            seed=np.random.default_rng([self.seed, i]),
         )
         return img, instance_map(lab)
 
@@ -109,8 +115,9 @@ class ObjectnessScores:
 
 
 @torch.no_grad()
-def evaluate_objectness(model, n_images: int = 100, seed: int = HELDOUT_SEED,
-                        params: GeneratorParams = HELDOUT_PARAMS) -> ObjectnessScores:
+def evaluate_objectness(
+    model, n_images: int = 100, seed: int = HELDOUT_SEED, params: GeneratorParams = HELDOUT_PARAMS
+) -> ObjectnessScores:
     """Dice on the held-out synthetic set: tight box prompts, the "fill the box" baseline, one positive point.
 
     The point is the interior point farthest from the background (deterministic).
@@ -139,8 +146,10 @@ def evaluate_objectness(model, n_images: int = 100, seed: int = HELDOUT_SEED,
             y, x = np.unravel_index(int(dist.argmax()), m.shape)
             prompts = [
                 InputPrompt(box=torch.from_numpy(tf.coords_to_input(box)).float()),
-                InputPrompt(points=torch.tensor([[float(x), float(y)]]) * torch.tensor(tf.scale_xy).float(),
-                            labels=torch.tensor([1])),
+                InputPrompt(
+                    points=torch.tensor([[float(x), float(y)]]) * torch.tensor(tf.scale_xy).float(),
+                    labels=torch.tensor([1]),
+                ),
             ]
             logits, iou = model.decode_prompts(emb, prompts[:1], [0])
             box_pred = _upsample(logits[0, 0], m.shape)
@@ -152,8 +161,13 @@ def evaluate_objectness(model, n_images: int = 100, seed: int = HELDOUT_SEED,
             box_d.append(_dice(box_pred, m))
             fill_d.append(_dice(fill, m))
             pt_d.append(_dice(pt_pred, m))
-    return ObjectnessScores(float(np.mean(box_d)), float(np.mean(fill_d)), float(np.mean(pt_d)), len(box_d),
-                            {"box": box_d, "fill_box": fill_d, "one_point": pt_d})
+    return ObjectnessScores(
+        float(np.mean(box_d)),
+        float(np.mean(fill_d)),
+        float(np.mean(pt_d)),
+        len(box_d),
+        {"box": box_d, "fill_box": fill_d, "one_point": pt_d},
+    )
 
 
 def _upsample(low: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -179,8 +193,11 @@ def export_base(model, path: Path, meta: dict[str, str]) -> None:
 
     if adapter_layers(model):
         raise RuntimeError("export_base expects an un-wrapped model (adapter 'full')")
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
-          if not k.startswith("class_tokens.")}
+    sd = {
+        k: v.detach().to(torch.float16).contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith("class_tokens.")
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(sd, str(tmp), metadata=meta)
@@ -214,14 +231,29 @@ def run_pretraining(
     doc = {
         "description": f"salt-seg pretrain: {variant} from scratch on synthetic objects",
         "model": {"variant": variant, "checkpoint": None, "image_size": record.image_size},
-        "adapter": {"name": "full", "train_mask_decoder": True, "train_prompt_encoder": True,
-                    "train_class_tokens": False},
+        "adapter": {
+            "name": "full",
+            "train_mask_decoder": True,
+            "train_prompt_encoder": True,
+            "train_class_tokens": False,
+        },
         "data": {"path": "synthetic", "augment": False, "cache": False},
         "preprocessing": record.to_dict() | {"version": 1},
-        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": 0.01,
-                  "warmup_steps": min(200, steps // 10), "min_lr_ratio": 0.02, "loss": "dice_focal",
-                  "prompt": "geometric", "box_jitter": 0.1, "points": 1, "val_every": max(1, min(250, steps)),
-                  "seed": seed, "overlays": 4},
+        "train": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": 0.01,
+            "warmup_steps": min(200, steps // 10),
+            "min_lr_ratio": 0.02,
+            "loss": "dice_focal",
+            "prompt": "geometric",
+            "box_jitter": 0.1,
+            "points": 1,
+            "val_every": max(1, min(250, steps)),
+            "seed": seed,
+            "overlays": 4,
+        },
     }
     doc["preprocessing"].pop("version")
     cfg = from_dict(ExperimentConfig, apply_overrides(doc, overrides or []))
@@ -244,15 +276,21 @@ def run_pretraining(
     model.eval()
     scores = evaluate_objectness(model, heldout, params=heldout_params)
     meta = {
-        "salt_seg_builtin": "1", "variant": variant, "steps": str(result.steps_done), "seed": str(seed),
-        "generator": json.dumps(params.to_dict()), "heldout": json.dumps(heldout_params.to_dict() | {"seed": HELDOUT_SEED}),
-        "heldout_dice_box": f"{scores.box:.4f}", "heldout_dice_fill_box": f"{scores.fill_box:.4f}",
+        "salt_seg_builtin": "1",
+        "variant": variant,
+        "steps": str(result.steps_done),
+        "seed": str(seed),
+        "generator": json.dumps(params.to_dict()),
+        "heldout": json.dumps(heldout_params.to_dict() | {"seed": HELDOUT_SEED}),
+        "heldout_dice_box": f"{scores.box:.4f}",
+        "heldout_dice_fill_box": f"{scores.fill_box:.4f}",
         "heldout_dice_one_point": f"{scores.one_point:.4f}",
     }
     from salt_seg.training.rundir import atomic_write_json
 
-    atomic_write_json(run_dir / "objectness.json", {**meta, "n_objects": scores.n_objects,
-                                                    "seconds": result.seconds})
+    atomic_write_json(
+        run_dir / "objectness.json", {**meta, "n_objects": scores.n_objects, "seconds": result.seconds}
+    )
     if export is not None:
         export_base(model.cpu(), export, meta)
     return scores, run_dir

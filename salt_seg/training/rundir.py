@@ -62,8 +62,11 @@ def find_adapter(path: str | Path) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        for cand in (p / "adapter.safetensors", p / "checkpoints" / "best" / "adapter.safetensors",
-                     p / "checkpoints" / "last" / "adapter.safetensors"):
+        for cand in (
+            p / "adapter.safetensors",
+            p / "checkpoints" / "best" / "adapter.safetensors",
+            p / "checkpoints" / "last" / "adapter.safetensors",
+        ):
             if cand.is_file():
                 return cand
         raise FileNotFoundError(f"{p}: run directory holds no adapter.safetensors (did training finish?)")
@@ -82,14 +85,19 @@ def prepare_run_dir(path: Path, *, resume: bool) -> None:
             raise FileNotFoundError(f"{path}: not a run directory (no {RUN_MARKER}); nothing to resume")
         return
     if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path}: run directory exists and is not empty; choose another --out or use --resume")
+        raise FileExistsError(
+            f"{path}: run directory exists and is not empty; choose another --out or use --resume"
+        )
     path.mkdir(parents=True, exist_ok=True)
 
 
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
             timeout=5,
         )
         return out.stdout.strip() or None if out.returncode == 0 else None
@@ -101,7 +109,16 @@ def provenance(extra: dict[str, Any]) -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("salt-seg", "torch", "segment-anything", "monai", "numpy", "nibabel", "SimpleITK", "safetensors"):
+    for pkg in (
+        "salt-seg",
+        "torch",
+        "segment-anything",
+        "monai",
+        "numpy",
+        "nibabel",
+        "SimpleITK",
+        "safetensors",
+    ):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

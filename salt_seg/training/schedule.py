@@ -7,7 +7,9 @@ import math
 import torch
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float = 0.05):
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float = 0.05
+):
     """A ``LambdaLR`` whose factor rises linearly for ``warmup_steps`` and then follows a half cosine."""
 
     def factor(step: int) -> float:

@@ -21,9 +21,19 @@ def test_short_run_lowers_loss_and_raises_val_dice(tmp_path, data) -> None:
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # loss goes down
     assert res.best_val_dice > res.initial_val_dice + 0.05  # validation Dice rises above its start
     run = tmp_path / "run"
-    for name in ("config.yaml", "provenance.json", "metrics.jsonl", "adapter.safetensors", "summary.json",
-                 "split.json", "base.safetensors", "plots/curves.png", "plots/val_overlays.png",
-                 "checkpoints/best/state.pt", "checkpoints/last/adapter.safetensors"):
+    for name in (
+        "config.yaml",
+        "provenance.json",
+        "metrics.jsonl",
+        "adapter.safetensors",
+        "summary.json",
+        "split.json",
+        "base.safetensors",
+        "plots/curves.png",
+        "plots/val_overlays.png",
+        "checkpoints/best/state.pt",
+        "checkpoints/last/adapter.safetensors",
+    ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_val_dice"] == pytest.approx(res.best_val_dice)
