@@ -82,15 +82,32 @@ class Predictor:
             self._cache.move_to_end(key)
             self._current = key
             return self._cache[key][1]
-        image, tf = prepare_slice(slice_2d, self.record, value_range)
-        emb = self.model.encode_images(image[None].to(self.device))
+        emb, tf = self.compute_embedding(slice_2d, value_range)
         key = key if key is not None else ("__last__",)
-        self._cache[key] = (emb, tf)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self.add_embedding(key, emb, tf)
         self._current = key
         return tf
+
+    @torch.no_grad()
+    def compute_embedding(
+        self, slice_2d: np.ndarray, value_range: tuple[float, float] | None = None
+    ) -> tuple[torch.Tensor, SliceTransform]:
+        """The ``1 x C x h x w`` image embedding of a slice, without touching the cache.
+
+        It only reads the model, so a background thread may call it while another thread decodes prompts (the
+        viewer precomputes nearby slices this way and hands the result to :meth:`add_embedding`).
+        """
+        image, tf = prepare_slice(slice_2d, self.record, value_range)
+        return self.model.encode_images(image[None].to(self.device)), tf
+
+    def add_embedding(self, key: Hashable, embedding: torch.Tensor, transform: SliceTransform) -> None:
+        """Store an embedding from :meth:`compute_embedding` under ``key`` (LRU; the current slice is unchanged)."""
+        self._cache[key] = (embedding, transform)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            evicted, _ = self._cache.popitem(last=False)
+            if evicted == self._current:
+                self._current = None
 
     def is_cached(self, key: Hashable) -> bool:
         return key in self._cache
