@@ -55,21 +55,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="F",
-        help="auto mode: keep a class's slice mask only at this predicted IoU or above",
+        help="auto mode: keep a class token's slice mask only at this confidence or above (default 0.6)",
     )
     parser.add_argument(
         "--iou-threshold",
         type=float,
         default=None,
         metavar="F",
-        help="propagate mode: stop when the predicted IoU falls below F",
+        help="propagate mode: stop when the predicted IoU falls below F (default 0 = off: salt_seg-trained "
+        "models do not train SAM's IoU head)",
+    )
+    parser.add_argument(
+        "--stability-threshold",
+        type=float,
+        default=None,
+        metavar="F",
+        help="propagate mode: stop when the mask's stability score falls below F (default 0.6; 0 disables)",
     )
     parser.add_argument(
         "--min-area-ratio",
         type=float,
         default=None,
         metavar="F",
-        help="propagate mode: stop when the mask shrinks below F x the previous slice's area",
+        help="propagate mode: stop when the mask shrinks below F x the previous slice's area (default 0.5)",
+    )
+    parser.add_argument(
+        "--confidence",
+        choices=("stability", "iou"),
+        default=None,
+        help="per-slice confidence for --score-threshold and low-confidence flags: SAM's stability score "
+        "(default) or the predicted IoU (only for models with a trained IoU head)",
     )
     parser.add_argument(
         "--allow-base-mismatch",
@@ -89,10 +104,14 @@ def _settings(args: argparse.Namespace):  # -> InferenceSettings
     prop = s.propagation
     if args.iou_threshold is not None:
         prop = replace(prop, iou_threshold=args.iou_threshold)
+    if args.stability_threshold is not None:
+        prop = replace(prop, stability_threshold=args.stability_threshold)
     if args.min_area_ratio is not None:
         prop = replace(prop, min_area_ratio=args.min_area_ratio)
     if args.score_threshold is not None:
         s = replace(s, score_threshold=args.score_threshold)
+    if args.confidence is not None:
+        s = replace(s, confidence=args.confidence)
     return replace(s, propagation=prop)
 
 

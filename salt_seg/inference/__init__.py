@@ -9,14 +9,15 @@ Library API (what ``salt-seg predict``, the viewer and ``salt-seg evaluate --mod
     volume = load_volume("case01.nii.gz")
     prepared = prepare_volume(volume, record)                                  # RAS grid, model-ready
     result = segment_volume(model, record, prepared, mode="auto")              # class tokens, every slice
-    labels = prepared.to_source(result.label_map)                              # back to the file's voxel grid
-    write_label_map("out/case01.nii.gz", labels, prepared.source, class_names, header=read_source_header(...))
+    files, summary = export_case("out", "case01", result, prepared, source_path="case01.nii.gz")
+    # = prepared.to_source(result.label_map) -> write_label_map(..., header=read_source_header(source)) + sidecar
 
 Modules: :mod:`~salt_seg.inference.loading` (run dir / adapter -> model), :mod:`~salt_seg.inference.coords`
 (source voxels <-> model slices), :mod:`~salt_seg.inference.backend` (batched, cached slice decoding),
 :mod:`~salt_seg.inference.propagation`, :mod:`~salt_seg.inference.segment` (modes, overlap policy),
 :mod:`~salt_seg.inference.summary`, :mod:`~salt_seg.inference.export` (NIfTI), :mod:`~salt_seg.inference.sidecars`
-(JSON, Slicer ``.ctbl``, ITK-SNAP), :mod:`~salt_seg.inference.batch` (folders, failures, ``torchrun`` shards),
+(JSON, Slicer ``.ctbl``, ITK-SNAP), :mod:`~salt_seg.inference.outputs` (one case's files),
+:mod:`~salt_seg.inference.batch` (folders, failures, ``torchrun`` shards),
 :mod:`~salt_seg.inference.calibration` (choosing propagation thresholds on validation volumes).
 """
 
@@ -45,6 +46,7 @@ from salt_seg.inference.export import (
     write_probability_map,
 )
 from salt_seg.inference.loading import LoadedModel, load_inference_model, resolve_base_checkpoint
+from salt_seg.inference.outputs import case_outputs, export_case
 from salt_seg.inference.propagation import (
     PropagationResult,
     PropagationSettings,
@@ -84,7 +86,9 @@ __all__ = [
     "SegmentationResult",
     "SliceOutput",
     "box_from_mask",
+    "case_outputs",
     "case_summary",
+    "export_case",
     "find_cases",
     "itksnap_labels",
     "label_json",

@@ -26,6 +26,20 @@ from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import SliceTransform, logits_to_original
 from salt_seg.prompts import Prompt
 
+#: SAM's stability-score thresholds (logits +1 / -1) expressed as probabilities
+_STABLE_HI = float(1.0 / (1.0 + np.exp(-1.0)))
+_STABLE_LO = float(1.0 / (1.0 + np.exp(1.0)))
+
+
+def stability_score(probabilities: np.ndarray) -> float:
+    """SAM's stability score of a mask: ``|logit > +1| / |logit > -1|`` (1 = crisp, 0 = empty or all doubt).
+
+    Unlike the predicted IoU it needs no trained IoU head, so it is meaningful for any model.
+    """
+    p = np.asarray(probabilities)
+    union = int((p > _STABLE_LO).sum())
+    return 0.0 if union == 0 else float((p > _STABLE_HI).sum()) / union
+
 
 @dataclass
 class SliceOutput:
@@ -33,11 +47,14 @@ class SliceOutput:
 
     Attributes:
         probabilities: ``H x W`` float32 sigmoid probabilities at the slice's size (prepared grid pixels).
-        score: the model's predicted IoU of the mask ``probabilities > 0.5``.
+        score: the model's predicted IoU of the mask ``probabilities > 0.5`` (meaningful only when the model's
+            IoU head was trained, e.g. Meta's SAM; salt_seg's own training does not train it).
+        stability: SAM's stability score of the mask (:func:`stability_score`).
     """
 
     probabilities: np.ndarray
     score: float
+    stability: float = 0.0
 
     @property
     def mask(self) -> np.ndarray:
@@ -154,7 +171,7 @@ class ModelBackend:
             score = iou[rows, best]
             probs = torch.sigmoid(logits_to_original(low, tf)).float().cpu().numpy()
             for j, n in enumerate(members):
-                results[n] = SliceOutput(probs[j], float(score[j]))
+                results[n] = SliceOutput(probs[j], float(score[j]), stability_score(probs[j]))
         return [results[n] for n in range(len(items))]
 
 
@@ -185,7 +202,8 @@ class PredictorBackend:
         for index, prompt in items:
             self.predictor.set_image(slice_array(self.prepared, index), self._key(index), (0.0, 1.0))
             pred = self.predictor.predict(prompt)
-            out.append(SliceOutput(pred.probabilities.astype(np.float32, copy=False), float(pred.score)))
+            probs = pred.probabilities.astype(np.float32, copy=False)
+            out.append(SliceOutput(probs, float(pred.score), stability_score(probs)))
         return out
 
 

@@ -52,10 +52,10 @@ class Case:
     prompts: Path | None = None
 
     def outputs(self, out_dir: Path, probabilities: bool) -> dict[str, Path]:
-        files = {"label_map": out_dir / f"{self.name}.nii.gz", "sidecar": out_dir / f"{self.name}.json"}
-        if probabilities:
-            files["probabilities"] = out_dir / f"{self.name}_probabilities.nii.gz"
-        return files
+        """The files this case writes (:func:`~salt_seg.inference.outputs.case_outputs`)."""
+        from salt_seg.inference.outputs import case_outputs
+
+        return case_outputs(out_dir, self.name, probabilities)
 
 
 @dataclass
@@ -204,10 +204,8 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
     """
     from salt_seg.data import load_volume, prepare_volume
     from salt_seg.inference.coords import prompts_to_prepared, source_axis
-    from salt_seg.inference.export import read_source_header, write_label_map, write_probability_map
+    from salt_seg.inference.outputs import export_case
     from salt_seg.inference.segment import segment_volume
-    from salt_seg.inference.sidecars import write_label_json
-    from salt_seg.inference.summary import case_summary
     from salt_seg.prompts import load_prompts
 
     t0 = time.perf_counter()
@@ -236,36 +234,24 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
         progress=options.progress,
         desc=case.name,
     )
-    labels = prepared.to_source(result.label_map, order=0)
-    header = read_source_header(case.path)
-    files = case.outputs(out_dir, options.probabilities)
-    write_label_map(
-        files["label_map"], labels, prepared.source, names, header=header, overwrite=options.overwrite
-    )
-    if options.probabilities and result.probabilities is not None:
-        probs = np.stack([prepared.to_source(p, order=1) for p in result.probabilities])
-        write_probability_map(
-            files["probabilities"], probs, prepared.source, header=header, overwrite=options.overwrite
-        )
-    summary = case_summary(result, prepared, labels)
-    summary.update(
-        {
-            "case": case.name,
-            "input": str(case.path),
-            "prompts": str(case.prompts) if case.prompts else None,
-            "status": "ok",
-            "outputs": {k: str(v) for k, v in files.items()},
-            "geometry": _geometry_summary(prepared),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-    )
-    write_label_json(
-        files["sidecar"],
-        names,
+    extra = {
+        "case": case.name,
+        "input": str(case.path),
+        "prompts": str(case.prompts) if case.prompts else None,
+        "model": meta.get("adapter_path"),
+        "status": "ok",
+        "geometry": _geometry_summary(prepared),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    _, summary = export_case(
+        out_dir,
+        case.name,
+        result,
+        prepared,
+        source_path=case.path,
+        probabilities=options.probabilities,
         overwrite=options.overwrite,
-        case=case.name,
-        model=meta.get("adapter_path"),
-        summary=summary,
+        extra=extra,
     )
     return summary
 

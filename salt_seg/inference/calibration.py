@@ -6,12 +6,13 @@ Procedure (run by ``bench/bench_predict.py --calibrate``; the numbers are in the
    cylinders, textured background, noise -- the appearance the built-in base was pretrained on, in 3-D), seeds
    disjoint from the acceptance test's.
 2. On each, put the tight box of the object's middle slice (:func:`middle_box_prompt`) and propagate with no
-   stop rule but "the mask is empty" (:data:`NO_STOP`), recording every slice's mask, predicted IoU and area.
+   stop rule but "the mask is empty" (:data:`NO_STOP`), recording every slice's predicted IoU, stability score,
+   area and overlap with the object.
 3. Because a stop rule only cuts a direction at its first failing slice, every candidate setting's result is a
    prefix of these traces: :func:`simulate` scores a grid of settings exactly, without re-running the model.
 4. Keep the setting with the best mean volume Dice; among settings within 0.002 of it, prefer the stricter one
-   (higher IoU threshold, then higher area ratio), which costs nothing on validation data and guards better
-   against running past the structure.
+   (higher IoU threshold, then stability threshold, then area ratio), which costs nothing on validation data and
+   guards better against running past the structure.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from salt_seg.inference.propagation import PropagationResult, PropagationSetting
 from salt_seg.prompts import Prompt, plane_axes
 
 #: propagate until the mask is empty or the volume ends
-NO_STOP = PropagationSettings(iou_threshold=0.0, min_area_ratio=0.0, max_area_ratio=math.inf, min_area_px=1)
+NO_STOP = PropagationSettings(
+    iou_threshold=0.0, stability_threshold=0.0, min_area_ratio=0.0, max_area_ratio=math.inf, min_area_px=1
+)
 VALIDATION_SEEDS = tuple(range(1000, 1030))
 VALIDATION_SHAPE = (128, 128, 48)
 
 GRID: dict[str, Sequence[Any]] = {
-    "iou_threshold": (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9),
+    "iou_threshold": (0.0, 0.5, 0.7, 0.8, 0.9),
+    "stability_threshold": (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9),
     "min_area_ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
     "max_area_ratio": (math.inf, 3.0, 2.0),
     "min_area_px": (1, 4, 8, 16),
@@ -71,49 +75,68 @@ def middle_box_prompt(mask: np.ndarray, axis: int = 2) -> Prompt:
 
 
 @dataclass
+class Step:
+    """One decoded slice of an unstopped propagation, reduced to what the stop rules and Dice need."""
+
+    slice_index: int
+    score: float
+    stability: float
+    area: int
+    inter: int  # pixels of the mask inside the object
+    truth_area: int  # object pixels on the slice
+
+
+@dataclass
 class Trace:
-    """One validation volume's unstopped propagation (prepared grid == source grid: RAS, no resampling).
+    """One validation volume's unstopped propagation.
 
     Attributes:
-        truth: ``n_slices x H x W`` bool object mask, display-oriented slices.
-        seed: seed slice index.
-        masks: slice -> predicted ``H x W`` bool mask (every decoded non-empty slice).
-        steps: per direction (+1, -1), the ``(slice, score, area)`` sequence in order.
+        truth_voxels: object voxels in the whole volume.
+        seed: the seed slice's step.
+        steps: per direction (+1, -1), the decoded slices in order (the first empty mask ends a direction).
     """
 
-    truth: np.ndarray
-    seed: int
-    masks: dict[int, np.ndarray]
-    steps: dict[int, list[tuple[int, float, int]]] = field(default_factory=dict)
+    truth_voxels: int
+    seed: Step
+    steps: dict[int, list[Step]] = field(default_factory=dict)
 
 
 def trace_from_result(res: PropagationResult, truth: np.ndarray) -> Trace:
-    seed = int(res.prompt.slice_index)  # type: ignore[arg-type]
-    t = Trace(truth=truth, seed=seed, masks={i: res.mask(i) for i in res.slices})
+    """Reduce an unstopped :class:`PropagationResult` against the ``n_slices x H x W`` truth."""
+
+    def step(t) -> Step:  # noqa: ANN001 - PropagationStep
+        inter = int(np.logical_and(res.mask(t.slice_index), truth[t.slice_index]).sum()) if t.area else 0
+        return Step(t.slice_index, t.score, t.stability, t.area, inter, int(truth[t.slice_index].sum()))
+
+    seed = step(res.trace[0])
+    out = Trace(truth_voxels=int(truth.sum()), seed=seed)
     for d in (1, -1):
-        t.steps[d] = [(s.slice_index, s.score, s.area) for s in res.trace if s.direction == d]
-    return t
+        out.steps[d] = [step(t) for t in res.trace[1:] if t.direction == d and t.area > 0]
+    return out
+
+
+def kept_steps(trace: Trace, s: PropagationSettings) -> list[Step]:
+    """The slices setting ``s`` keeps on ``trace`` (the seed is kept when not empty)."""
+    from salt_seg.inference.propagation import stop_reason
+
+    if trace.seed.area == 0:
+        return []
+    kept = [trace.seed]
+    for d in (1, -1):
+        prev = trace.seed.area
+        for st in trace.steps.get(d, []):
+            if stop_reason(st.score, st.stability, st.area, prev, s) is not None:
+                break
+            kept.append(st)
+            prev = st.area
+    return kept
 
 
 def simulate(trace: Trace, s: PropagationSettings) -> float:
-    """Volume Dice the setting ``s`` would reach on ``trace`` (the seed slice is always kept)."""
-    kept = [trace.seed] if trace.seed in trace.masks else []
-    for d in (1, -1):
-        prev = int(trace.masks[trace.seed].sum()) if kept else 0
-        for index, score, area in trace.steps.get(d, []):
-            if (
-                score < s.iou_threshold
-                or area < s.min_area_px
-                or area < s.min_area_ratio * prev
-                or area > s.max_area_ratio * prev
-            ):
-                break
-            kept.append(index)
-            prev = area
-    inter = sum(int(np.logical_and(trace.masks[i], trace.truth[i]).sum()) for i in kept)
-    pred = sum(int(trace.masks[i].sum()) for i in kept)
-    total = pred + int(trace.truth.sum())
-    return 1.0 if total == 0 else 2.0 * inter / total
+    """Volume Dice the setting ``s`` would reach on ``trace``."""
+    kept = kept_steps(trace, s)
+    total = sum(st.area for st in kept) + trace.truth_voxels
+    return 1.0 if total == 0 else 2.0 * sum(st.inter for st in kept) / total
 
 
 def sweep(traces: Sequence[Trace], grid: dict[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
@@ -129,45 +152,29 @@ def sweep(traces: Sequence[Trace], grid: dict[str, Sequence[Any]] | None = None)
 
     def key(r: dict[str, Any]) -> tuple:
         near = r["mean_dice"] >= best - 0.002
-        return (near, r["iou_threshold"] if near else 0, r["min_area_ratio"] if near else 0, r["mean_dice"])
+        strict = (r["iou_threshold"], r["stability_threshold"], r["min_area_ratio"]) if near else (0, 0, 0)
+        return (near, *strict, r["mean_dice"])
 
     return sorted(rows, key=key, reverse=True)
 
 
-def slice_dice_by_score(
+def slice_dice_by_confidence(
     traces: Sequence[Trace],
     s: PropagationSettings,
+    measure: str = "stability",
     bins: Sequence[float] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01),
 ) -> list[dict[str, Any]]:
-    """Per predicted-IoU bin: how many kept slices and their median slice Dice (to set the flag threshold)."""
+    """Per confidence bin: kept slices and their median slice Dice (to choose the low-confidence flag)."""
     rows: list[list[float]] = [[] for _ in range(len(bins) - 1)]
     for t in traces:
-        kept: list[tuple[int, float]] = []
-        seed_score = next((sc for i, sc, _ in t.steps.get(0, [])), None)
-        if seed_score is not None:
-            kept.append((t.seed, seed_score))
-        for d in (1, -1):
-            prev = int(t.masks[t.seed].sum()) if t.seed in t.masks else 0
-            for index, score, area in t.steps.get(d, []):
-                if (
-                    score < s.iou_threshold
-                    or area < s.min_area_px
-                    or area < s.min_area_ratio * prev
-                    or area > s.max_area_ratio * prev
-                ):
-                    break
-                kept.append((index, score))
-                prev = area
-        for index, score in kept:
-            a, b = t.masks[index], t.truth[index]
-            tot = int(a.sum() + b.sum())
-            dsc = 1.0 if tot == 0 else 2.0 * int(np.logical_and(a, b).sum()) / tot
-            k = int(np.searchsorted(bins, score, side="right")) - 1
-            rows[min(max(k, 0), len(rows) - 1)].append(dsc)
+        for st in kept_steps(t, s):
+            value = st.stability if measure == "stability" else st.score
+            k = int(np.searchsorted(bins, value, side="right")) - 1
+            rows[min(max(k, 0), len(rows) - 1)].append(2.0 * st.inter / max(st.area + st.truth_area, 1))
     return [
         {
-            "score_from": bins[i],
-            "score_to": min(bins[i + 1], 1.0),
+            "from": bins[i],
+            "to": min(bins[i + 1], 1.0),
             "slices": len(r),
             "median_slice_dice": float(np.median(r)) if r else None,
         }
@@ -175,20 +182,23 @@ def slice_dice_by_score(
     ]
 
 
-def trace_volume(model: Any, seed: int, *, batch_size: int = 8, affine: np.ndarray | None = None) -> Trace:
-    """Generate validation volume ``seed``, propagate from its middle box without stopping, return the trace."""
+def trace_volume(
+    model: Any, seed: int, record: Any = None, *, batch_size: int = 8, affine: np.ndarray | None = None
+) -> Trace:
+    """Generate validation volume ``seed``, propagate from its middle box without stopping, return the trace.
+
+    ``record`` defaults to the built-in base's (``[0, 1]`` intensities, the model's input size).
+    """
     from salt_seg.data import Volume, extract_slice, prepare_volume
     from salt_seg.inference.coords import prompt_to_prepared
     from salt_seg.inference.propagation import propagate
     from salt_seg.training.pretrain import pretrain_record
 
     image, obj = validation_volume(seed)
-    prepared = prepare_volume(Volume(image, np.eye(4) if affine is None else affine), pretrain_record())
+    record = record or pretrain_record(model.image_size)
+    prepared = prepare_volume(Volume(image, np.eye(4) if affine is None else affine), record)
     prompt = prompt_to_prepared(middle_box_prompt(obj, 2), prepared)
     res = propagate(model, prepared, prompt, settings=NO_STOP, batch_size=batch_size)
     ras = Volume(obj.astype(np.uint8), prepared.source.affine).to_ras().data.astype(bool)
     truth = np.stack([extract_slice(ras, prepared.axis, i) for i in range(prepared.n_slices)])
-    t = trace_from_result(res, truth)
-    seed_step = res.trace[0]
-    t.steps[0] = [(seed_step.slice_index, seed_step.score, seed_step.area)]
-    return t
+    return trace_from_result(res, truth)

@@ -4,8 +4,11 @@ MedSAM's recipe: the box for slice ``i +/- 1`` is the bounding box of the mask k
 widened by ``box_margin_px``). A direction stops at the first slice whose prediction fails a check, and that slice
 is *not* kept:
 
-* ``iou``: the model's predicted IoU is below ``iou_threshold``;
-* ``min_area``: the mask has fewer than ``min_area_px`` pixels (or is empty);
+* ``min_area``: the mask has fewer than ``min_area_px`` pixels (or is empty: the structure ended);
+* ``iou``: the model's predicted IoU is below ``iou_threshold`` (0 disables the check: salt_seg's own training
+  does not train SAM's IoU head, so its models' predicted IoU carries no signal; Meta's SAM's does);
+* ``stability``: SAM's stability score of the mask (``|logit > 1| / |logit > -1|``, no trained head needed) is
+  below ``stability_threshold`` (0 disables);
 * ``area_ratio``: the mask is smaller than ``min_area_ratio`` x the previous kept mask (the structure ended and the
   model clings to a speck), or larger than ``max_area_ratio`` x it (it leaked into a neighbour);
 * ``edge``: the volume ends; ``limit``: ``max_slices`` were kept in that direction.
@@ -32,7 +35,7 @@ from salt_seg.inference.backend import Backend, make_backend
 from salt_seg.prompts import Prompt
 
 #: why a direction stopped
-STOP_REASONS = ("edge", "iou", "min_area", "area_ratio", "limit", "seed_empty")
+STOP_REASONS = ("edge", "iou", "stability", "min_area", "area_ratio", "limit", "seed_empty")
 DIRECTIONS = {1: "up", -1: "down"}
 
 
@@ -41,7 +44,8 @@ class PropagationSettings:
     """When propagation stops (see the module docstring); defaults chosen on validation data (README).
 
     Attributes:
-        iou_threshold: stop when the predicted IoU falls below this.
+        iou_threshold: stop when the predicted IoU falls below this (0: never).
+        stability_threshold: stop when the mask's stability score falls below this (0: never).
         min_area_ratio: stop when the mask area falls below this fraction of the previous slice's.
         max_area_ratio: stop when the mask area exceeds this multiple of the previous slice's (``inf``: never).
         min_area_px: stop when the mask has fewer pixels than this.
@@ -49,16 +53,18 @@ class PropagationSettings:
         max_slices: keep at most this many slices per direction (``None``: no limit).
     """
 
-    iou_threshold: float = 0.5
-    min_area_ratio: float = 0.2
+    iou_threshold: float = 0.0
+    stability_threshold: float = 0.6
+    min_area_ratio: float = 0.5
     max_area_ratio: float = math.inf
-    min_area_px: int = 4
+    min_area_px: int = 1
     box_margin_px: float = 0.0
     max_slices: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.iou_threshold <= 1.0:
-            raise ValueError(f"PropagationSettings.iou_threshold must be in [0, 1], got {self.iou_threshold}")
+        for name in ("iou_threshold", "stability_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"PropagationSettings.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.min_area_ratio <= 1.0:
             raise ValueError(
                 f"PropagationSettings.min_area_ratio must be in [0, 1], got {self.min_area_ratio}"
@@ -84,6 +90,7 @@ class PropagationStep:
         slice_index: model slice index.
         direction: +1 (increasing index) or -1; 0 for the seed.
         score: predicted IoU.
+        stability: stability score.
         area: mask pixels.
         prev_area: pixels of the previous kept mask (0 for the seed).
         reason: the stop reason if the slice was rejected, else ``None``.
@@ -92,6 +99,7 @@ class PropagationStep:
     slice_index: int
     direction: int
     score: float
+    stability: float
     area: int
     prev_area: int
     reason: str | None = None
@@ -105,6 +113,7 @@ class PropagationResult:
         prompt: the seed prompt (model slice pixels).
         probabilities: kept slice index -> ``H x W`` float32 probabilities.
         scores: predicted IoU of every decoded slice, kept or not.
+        stability: stability score of every decoded slice, kept or not.
         stopped: ``{"up": reason, "down": reason}`` (:data:`STOP_REASONS`).
         trace: every decoded slice in order (:class:`PropagationStep`).
     """
@@ -112,6 +121,7 @@ class PropagationResult:
     prompt: Prompt
     probabilities: dict[int, np.ndarray] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
+    stability: dict[int, float] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
     trace: list[PropagationStep] = field(default_factory=list)
 
@@ -147,11 +157,16 @@ class _Front:
     kept: int = 0
 
 
-def _check(out_score: float, area: int, prev_area: int, s: PropagationSettings) -> str | None:
-    if out_score < s.iou_threshold:
-        return "iou"
+def stop_reason(
+    score: float, stability: float, area: int, prev_area: int, s: PropagationSettings
+) -> str | None:
+    """Why a slice fails the stop rules (``None``: keep it and go on); ``prev_area`` is the last kept mask's."""
     if area < s.min_area_px:
         return "min_area"
+    if s.iou_threshold > 0 and score < s.iou_threshold:
+        return "iou"
+    if s.stability_threshold > 0 and stability < s.stability_threshold:
+        return "stability"
     if area < s.min_area_ratio * prev_area or area > s.max_area_ratio * prev_area:
         return "area_ratio"
     return None
@@ -197,7 +212,10 @@ def propagate_many(
         mask = out.mask
         area = int(mask.sum())
         res.scores[k] = out.score
-        res.trace.append(PropagationStep(k, 0, out.score, area, 0, None if area else "min_area"))
+        res.stability[k] = out.stability
+        res.trace.append(
+            PropagationStep(k, 0, out.score, out.stability, area, 0, None if area else "min_area")
+        )
         if area == 0:
             res.stopped = {"up": "seed_empty", "down": "seed_empty"}
             continue
@@ -242,9 +260,12 @@ def propagate_many(
         for f, out in zip(active, outs, strict=True):
             mask = out.mask
             area = int(mask.sum())
-            reason = _check(out.score, area, f.area, s)
+            reason = stop_reason(out.score, out.stability, area, f.area, s)
             f.result.scores[f.index] = out.score
-            f.result.trace.append(PropagationStep(f.index, f.direction, out.score, area, f.area, reason))
+            f.result.stability[f.index] = out.stability
+            f.result.trace.append(
+                PropagationStep(f.index, f.direction, out.score, out.stability, area, f.area, reason)
+            )
             if reason is not None:
                 f.result.stopped[DIRECTIONS[f.direction]] = reason
                 continue

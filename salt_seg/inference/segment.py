@@ -5,9 +5,11 @@ not kept); a voxel takes the class with the **highest probability, if that proba
 the lower class id. Prompts of the same class are united (maximum probability). The result does not depend on
 the order prompts or classes are processed in.
 
-Empty slices stay empty: in ``auto`` mode a class's mask on a slice is kept only if the model's predicted IoU
-reaches ``score_threshold`` and the mask has at least ``min_area_px`` pixels; nothing is forced onto a slice.
-Kept slices whose predicted IoU is below ``low_confidence`` are flagged in the result.
+Empty slices stay empty: a class token's mask on a slice is kept only if it is not empty, has at least
+``min_area_px`` pixels and its confidence reaches ``score_threshold``; nothing is forced onto a slice. Kept slices
+whose confidence is below ``low_confidence`` are flagged in the result. The confidence is SAM's stability score
+(``confidence="stability"``, default: needs no trained IoU head) or the model's predicted IoU (``"iou"``: only for
+models whose IoU head was trained, e.g. Meta's SAM as base with a frozen decoder).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from salt_seg.preprocessing import Preprocessing
 from salt_seg.prompts import Prompt
 
 MODES = ("auto", "prompts", "propagate")
+CONFIDENCE_MEASURES = ("stability", "iou")
 
 
 @dataclass(frozen=True)
@@ -33,18 +36,24 @@ class InferenceSettings:
     """Thresholds of slice-wise inference (defaults chosen on validation data, see the README).
 
     Attributes:
-        score_threshold: ``auto`` mode keeps a class's slice mask only at or above this predicted IoU.
+        confidence: the per-slice confidence: ``stability`` (SAM's stability score) or ``iou`` (predicted IoU).
+        score_threshold: a class token's slice mask is kept only at or above this confidence (0: any).
         min_area_px: ... and only with at least this many pixels.
-        low_confidence: kept slices below this predicted IoU are flagged.
+        low_confidence: kept slices below this confidence are flagged.
         propagation: stop rules of ``propagate`` mode.
     """
 
-    score_threshold: float = 0.5
+    confidence: str = "stability"
+    score_threshold: float = 0.6
     min_area_px: int = 4
     low_confidence: float = 0.7
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
 
     def __post_init__(self) -> None:
+        if self.confidence not in CONFIDENCE_MEASURES:
+            raise ValueError(
+                f"InferenceSettings.confidence: {self.confidence!r} is not one of {list(CONFIDENCE_MEASURES)}"
+            )
         for name in ("score_threshold", "low_confidence"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -54,6 +63,7 @@ class InferenceSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "confidence": self.confidence,
             "score_threshold": self.score_threshold,
             "min_area_px": self.min_area_px,
             "low_confidence": self.low_confidence,
@@ -72,10 +82,12 @@ class SegmentationResult:
         mode: ``auto``, ``prompts`` or ``propagate``.
         scores: class id -> ``n_slices`` float32 predicted IoU per slice (NaN where the class was not decoded;
             the best of several prompts).
+        stability: class id -> ``n_slices`` float32 stability score per slice (as ``scores``).
         kept: class id -> ``n_slices`` bool, slices where the class's mask was kept.
         probabilities: ``K x I x J x K`` float32 per-class probabilities (class order of ``class_names``), or
             ``None`` when not asked for.
         low_confidence: threshold below which kept slices are flagged.
+        confidence: which measure ``low_confidence`` applies to (``stability`` or ``iou``).
         propagation: per seed prompt, which slices were kept and why each direction stopped (propagate mode).
     """
 
@@ -84,16 +96,22 @@ class SegmentationResult:
     axis: int
     mode: str
     scores: dict[int, np.ndarray]
+    stability: dict[int, np.ndarray]
     kept: dict[int, np.ndarray]
     probabilities: np.ndarray | None = None
     low_confidence: float = 0.7
+    confidence: str = "stability"
     propagation: list[PropagationResult] = field(default_factory=list)
 
+    def confidences(self, class_id: int) -> np.ndarray:
+        """``n_slices`` confidence of a class (the :attr:`confidence` measure)."""
+        return (self.stability if self.confidence == "stability" else self.scores)[class_id]
+
     def flagged_slices(self) -> dict[int, list[int]]:
-        """Class id -> prepared slice indices kept with a predicted IoU below :attr:`low_confidence`."""
+        """Class id -> prepared slice indices kept with a confidence below :attr:`low_confidence`."""
         out = {}
         for cid, kept in self.kept.items():
-            sc = self.scores[cid]
+            sc = self.confidences(cid)
             out[cid] = [int(i) for i in np.nonzero(kept & (sc < self.low_confidence))[0]]
         return out
 
@@ -122,16 +140,18 @@ class LabelAccumulator:
         self.best = np.zeros(shape, dtype=np.float32)
         n = int(shape[self.axis])
         self.scores = {c: np.full(n, np.nan, dtype=np.float32) for c in self.class_ids}
+        self.stability = {c: np.full(n, np.nan, dtype=np.float32) for c in self.class_ids}
         self.kept = {c: np.zeros(n, dtype=bool) for c in self.class_ids}
         self.probabilities = (
             np.zeros((len(self.class_ids), *shape), dtype=np.float32) if keep_probabilities else None
         )
 
-    def score(self, class_id: int, index: int, score: float) -> None:
-        """Record a decoded slice's predicted IoU (the best one per class and slice is kept)."""
-        cur = self.scores[class_id][index]
-        if np.isnan(cur) or score > cur:
-            self.scores[class_id][index] = score
+    def score(self, class_id: int, index: int, score: float, stability: float = float("nan")) -> None:
+        """Record a decoded slice's predicted IoU and stability (the best of each per class and slice is kept)."""
+        for table, value in ((self.scores, score), (self.stability, stability)):
+            cur = table[class_id][index]
+            if np.isnan(cur) or value > cur:
+                table[class_id][index] = value
 
     def add(self, class_id: int, index: int, probabilities: np.ndarray) -> None:
         """Merge a kept ``H x W`` probability map of ``class_id`` on slice ``index``."""
@@ -249,7 +269,7 @@ def segment_volume(
             for res in result_prop:
                 cid = res.prompt.class_id
                 for index, score in res.scores.items():
-                    acc.score(cid, index, score)
+                    acc.score(cid, index, score, res.stability[index])
                 for index, probs in res.probabilities.items():
                     acc.add(cid, index, probs)
         else:
@@ -260,7 +280,7 @@ def segment_volume(
                 items = [(i, p) for i in chunk for p in work[i]]
                 outs = backend.decode(items)
                 for (i, p), out in zip(items, outs, strict=True):
-                    acc.score(p.class_id, i, out.score)
+                    acc.score(p.class_id, i, out.score, out.stability)
                     if _keep(out, p, s):
                         acc.add(p.class_id, i, out.probabilities)
                 bar.update(len(chunk))
@@ -272,9 +292,11 @@ def segment_volume(
         axis=prepared.axis,
         mode=mode,
         scores=acc.scores,
+        stability=acc.stability,
         kept=acc.kept,
         probabilities=acc.probabilities,
         low_confidence=s.low_confidence,
+        confidence=s.confidence,
         propagation=result_prop,
     )
 
@@ -285,8 +307,9 @@ def _keep(out: SliceOutput, prompt: Prompt, s: InferenceSettings) -> bool:
         return False
     if (
         prompt.is_automatic
-    ):  # a class token must earn its slice; explicit prompts are kept (flagged when unsure)
-        return out.score >= s.score_threshold and area >= s.min_area_px
+    ):  # a class token must earn its slice; explicit prompts are kept (flagged if unsure)
+        value = out.stability if s.confidence == "stability" else out.score
+        return value >= s.score_threshold and area >= s.min_area_px
     return True
 
 

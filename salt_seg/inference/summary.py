@@ -52,9 +52,10 @@ def case_summary(
         labels_source: the label map on the source grid (what was exported).
 
     Returns:
-        ``{"slice_axis", "n_slices", "voxel_volume_mm3", "structures": {id: {name, voxels, volume_ml, slices,
-        low_confidence_slices, mean_score}}, "low_confidence": [...], "propagation": [...]}`` with slices in
-        source numbering.
+        ``{"mode", "slice_axis", "n_slices", "voxel_volume_mm3", "structures": {id: {name, voxels, volume_ml,
+        slices, low_confidence_slices, mean_confidence}}, "confidence", "low_confidence_threshold",
+        "low_confidence": [{class_id, slice, confidence}], "propagation": [...]}`` with slices in source
+        numbering.
     """
     geometry = prepared.source
     stats = structure_stats(labels_source, geometry, result.class_names)
@@ -65,11 +66,13 @@ def case_summary(
         c = int(cid)
         kept = np.nonzero(result.kept[c])[0]
         entry["slices"] = sorted(to_src[int(i)] for i in kept)
-        scores = result.scores[c][kept]
-        entry["mean_score"] = round(float(scores.mean()), 4) if len(kept) else None
+        conf = result.confidences(c)[kept]
+        entry["mean_confidence"] = round(float(conf.mean()), 4) if len(kept) else None
         entry["low_confidence_slices"] = sorted(to_src[i] for i in flagged[c])
         for i in flagged[c]:
-            low.append({"class_id": c, "slice": to_src[i], "score": round(float(result.scores[c][i]), 4)})
+            low.append(
+                {"class_id": c, "slice": to_src[i], "confidence": round(float(result.confidences(c)[i]), 4)}
+            )
     prop = [
         {
             "class_id": r.prompt.class_id,
@@ -85,6 +88,7 @@ def case_summary(
         "n_slices": prepared.n_slices,
         "voxel_volume_mm3": round(voxel_volume_mm3(geometry), 6),
         "structures": stats,
+        "confidence": result.confidence,
         "low_confidence_threshold": result.low_confidence,
         "low_confidence": sorted(low, key=lambda d: (d["class_id"], d["slice"])),
     }

@@ -37,8 +37,8 @@ class OracleModel(nn.Module):
 
     The "embedding" is the normalised image itself. A box prompt returns the pixels brighter than ``level``
     inside the box; a point prompt the bright connected component under the point; a class token (class 1) every
-    bright pixel. Logits are +8/-8 at the input resolution ``S x S``; the predicted IoU is ``high`` for masks of at
-    least ``small`` pixels and ``low`` otherwise.
+    bright pixel. Logits are +8/-8 at the input resolution ``S x S``; masks of fewer than ``small`` pixels get +0.5
+    inside (stability score 0) and the predicted IoU ``low`` instead of ``high``.
     """
 
     def __init__(
@@ -88,8 +88,10 @@ class OracleModel(nn.Module):
                         mask |= lab == v
             elif p.class_id == 1:
                 mask = bright
-            logits.append(torch.from_numpy(np.where(mask, 8.0, -8.0).astype(np.float32))[None])
-            ious.append(torch.tensor([self.high if mask.sum() >= self.small else self.low]))
+            sure = mask.sum() >= self.small
+            inside = 8.0 if sure else 0.5  # unsure masks are soft: stability score 0
+            logits.append(torch.from_numpy(np.where(mask, inside, -8.0).astype(np.float32))[None])
+            ious.append(torch.tensor([self.high if sure else self.low]))
         return torch.stack(logits), torch.stack(ious)
 
 

@@ -59,7 +59,8 @@ def test_one_box_recovers_the_object_and_nothing_beyond(kind: str) -> None:
     assert dice(got, obj) == 1.0
     span = np.nonzero(obj.any(axis=tuple(d for d in range(3) if d != axis)))[0]
     assert len(res.slices) == len(span)  # kept exactly the object's slices, both directions
-    assert res.stopped == {"up": "min_area", "down": "min_area"}  # the slice past each end is empty
+    assert res.stopped == {"up": "min_area", "down": "min_area"}  # past each end the mask is empty
+    assert all(step.area == 0 for step in res.trace if step.reason)
     assert all(res.scores[i] == pytest.approx(0.95) for i in res.slices)
 
 
@@ -103,6 +104,15 @@ def test_stops_on_low_predicted_iou_and_on_area_drop() -> None:
     )
     assert res_iou.stopped["up"] == "iou" and 10 not in res_iou.slices
     assert res_iou.scores[10] == pytest.approx(0.2)  # decoded, scored, not kept
+    # ... and with the IoU check off, the speck's soft mask (stability 0) fails the stability check
+    res_st, _, _ = run(
+        img,
+        "ras",
+        Prompt(box=(10, 10, 29, 19), slice_index=5, axis=2),
+        PropagationSettings(stability_threshold=0.6, min_area_ratio=0.0, min_area_px=1),
+        model=OracleModel(small=12),
+    )
+    assert res_st.stopped["up"] == "stability" and res_st.stability[10] == 0.0 and res_st.stability[9] == 1.0
 
 
 def test_leak_is_stopped_by_max_area_ratio() -> None:
@@ -130,6 +140,16 @@ def test_lockstep_propagation_of_several_prompts_equals_one_by_one() -> None:
         assert alone.slices == res.slices and alone.stopped == res.stopped
         for i in res.slices:
             np.testing.assert_array_equal(alone.mask(i), res.mask(i))
+
+
+def test_stability_score_counts_confident_pixels() -> None:
+    from salt_seg.inference.backend import stability_score
+
+    p = np.zeros((4, 4), np.float32)
+    assert stability_score(p) == 0.0
+    p[0, :] = 0.99  # logit > 1
+    p[1, :2] = 0.6  # between logits -1 and 1: doubtful
+    assert stability_score(p) == pytest.approx(4 / 6)
 
 
 def test_box_from_mask_margin_is_clipped() -> None:

@@ -31,7 +31,7 @@ def test_auto_mode_keeps_structure_slices_and_leaves_the_rest_empty() -> None:
     )
     labels = prepared.to_source(res.label_map)
     expected = np.zeros(vol.shape, np.uint8)
-    expected[10:30, 5:15, 3:8] = 1  # the 16-px square scores below 0.5 (oracle: < 50 px) and is dropped
+    expected[10:30, 5:15, 3:8] = 1  # the 16-px square is unsure (oracle: < 50 px, stability 0): dropped
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_array_equal(np.nonzero(res.kept[1])[0], [3, 4, 5, 6, 7])  # LAS: k is not flipped
     assert not np.isnan(res.scores[1]).any()  # every slice was decoded
@@ -39,13 +39,16 @@ def test_auto_mode_keeps_structure_slices_and_leaves_the_rest_empty() -> None:
     assert res.label_map.dtype == np.uint8 and res.mode == "auto"
 
 
-def test_low_confidence_slices_are_flagged() -> None:
+@pytest.mark.parametrize(("measure", "threshold"), [("iou", 0.1), ("stability", 0.0)])
+def test_low_confidence_slices_are_flagged(measure: str, threshold: float) -> None:
     vol = cuboid_volume()
     record = oracle_record()
     prepared = prepare_volume(vol, record)
-    settings = InferenceSettings(score_threshold=0.1, low_confidence=0.5)
+    settings = InferenceSettings(confidence=measure, score_threshold=threshold, low_confidence=0.5)
     res = segment_volume(OracleModel(small=50), record, prepared, mode="auto", settings=settings)
-    assert res.flagged_slices() == {1: [9]}  # kept (score 0.2 >= 0.1) but below 0.5
+    assert res.flagged_slices() == {1: [9]}  # kept (confidence >= threshold) but below 0.5
+    np.testing.assert_allclose(res.stability[1][[3, 9]], [1.0, 0.0])
+    assert res.confidence == measure
 
 
 def test_overlap_policy_highest_probability_wins_ties_to_lower_id() -> None:

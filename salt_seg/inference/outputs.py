@@ -1,0 +1,88 @@
+"""One case's output files, written from a :class:`~salt_seg.inference.segment.SegmentationResult`.
+
+``salt-seg predict`` and the viewer write the same set::
+
+    <name>.nii.gz                 label map in the source geometry (uint8 / uint16)
+    <name>.json                   label names, colours, and the case summary (volumes in mL, flagged slices)
+    <name>_probabilities.nii.gz   optional: x, y, z, class probabilities (uint8, scl_slope 1/255)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salt_seg.data.pipeline import PreparedVolume
+from salt_seg.inference.export import (
+    check_writable,
+    read_source_header,
+    write_label_map,
+    write_probability_map,
+)
+from salt_seg.inference.segment import SegmentationResult
+from salt_seg.inference.sidecars import write_label_json
+from salt_seg.inference.summary import case_summary
+
+
+def case_outputs(out_dir: str | Path, name: str, probabilities: bool = False) -> dict[str, Path]:
+    """The paths :func:`export_case` writes: ``label_map``, ``sidecar`` and (optionally) ``probabilities``."""
+    out = Path(out_dir)
+    files = {"label_map": out / f"{name}.nii.gz", "sidecar": out / f"{name}.json"}
+    if probabilities:
+        files["probabilities"] = out / f"{name}_probabilities.nii.gz"
+    return files
+
+
+def export_case(
+    out_dir: str | Path,
+    name: str,
+    result: SegmentationResult,
+    prepared: PreparedVolume,
+    *,
+    source_path: str | Path | None = None,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Map a segmentation back to the source grid and write the case's files.
+
+    Args:
+        out_dir: output folder (created).
+        name: file stem.
+        result: the segmentation on ``prepared``'s grid.
+        prepared: the prepared volume it came from (its ``source`` is the geometry written).
+        source_path: the input file; a NIfTI's header (qform/sform and codes) is copied from it.
+        probabilities: also write the probability map (``result.probabilities`` must be set).
+        overwrite: replace existing files.
+        extra: more fields for the summary in the JSON sidecar.
+
+    Returns:
+        The written paths and the case summary (:func:`~salt_seg.inference.summary.case_summary` + ``extra``).
+
+    Raises:
+        FileExistsError: a file exists and ``overwrite`` is false (checked before anything is written).
+        ValueError: ``probabilities`` without probabilities in ``result``.
+    """
+    files = case_outputs(out_dir, name, probabilities)
+    for f in files.values():
+        check_writable(f, overwrite)
+    if probabilities and result.probabilities is None:
+        raise ValueError(
+            "export_case: probabilities asked for, but the result holds none (segment with probabilities=True)"
+        )
+    labels = prepared.to_source(result.label_map, order=0)
+    header = read_source_header(source_path) if source_path is not None else None
+    names = result.class_names
+    write_label_map(files["label_map"], labels, prepared.source, names, header=header, overwrite=overwrite)
+    if probabilities:
+        probs = np.stack([prepared.to_source(p, order=1) for p in result.probabilities])  # type: ignore[union-attr]
+        write_probability_map(
+            files["probabilities"], probs, prepared.source, header=header, overwrite=overwrite
+        )
+    summary = case_summary(result, prepared, labels)
+    summary["outputs"] = {k: str(v) for k, v in files.items()}
+    summary.update(extra or {})
+    write_label_json(files["sidecar"], names, overwrite=overwrite, case=name, summary=summary)
+    return files, summary
