@@ -303,3 +303,58 @@ def test_torchrun_shards_cases_and_rank0_writes_the_summary(tmp_path: Path, tiny
     assert [c["case"] for c in summary["failed"]] == ["d"]
     for name in ("a", "b", "c"):
         assert nib.load(str(out / f"{name}.nii.gz")).shape == (24, 20, 3)
+
+
+def test_two_d_picture_case(tmp_path: Path, oracle_cli) -> None:
+    """A PNG is a W x H x 1 volume: the prompt needs no slice; the label map has the picture's grid."""
+    from tests.data.conftest import write_picture
+
+    pic = np.full((40, S), 20, np.uint8)  # rows x cols
+    pic[10:20, 30:50] = 230
+    src = write_picture(tmp_path / "photo.png", pic)
+    (tmp_path / "p.json").write_text(json.dumps({"prompts": [{"box": [25, 5, 55, 25], "class_id": 1}]}))
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "predict",
+            "--model",
+            "x",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--prompts",
+            str(tmp_path / "p.json"),
+            *QUIET,
+        ]
+    )
+    assert rc == 0
+    got = np.asanyarray(nib.load(str(out / "photo.nii.gz")).dataobj)
+    assert got.shape == (S, 40, 1)  # x = column, y = row
+    np.testing.assert_array_equal(got[..., 0].T, (pic > 100).astype(np.uint8))
+
+
+def test_resampling_record_still_writes_the_source_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With in-plane resampling (record.spacing) the label map is mapped back onto the input's own grid."""
+    record = Preprocessing(
+        intensity="minmax", input_scaling="medsam", image_size=S, classes={1: "organ"}, spacing=1.5
+    )
+    monkeypatch.setattr(
+        "salt_seg.inference.load_inference_model",
+        lambda *a, **k: LoadedModel(OracleModel(small=1), record, {1: "organ"}, {}),
+    )
+    shape = (70, 60, 5)
+    obj = cuboid(shape, (20, 10, 1), (50, 40, 4))
+    src = write_nifti(
+        tmp_path / "fine.nii.gz", np.where(obj, 0.9, 0.1).astype(np.float32), AFFINES["oblique"]
+    )
+    out = tmp_path / "out"
+    assert main(["predict", "--model", "x", "--input", str(src), "--output", str(out), *QUIET]) == 0
+    img = nib.load(str(out / "fine.nii.gz"))
+    assert img.shape == shape
+    np.testing.assert_allclose(img.affine, AFFINES["oblique"], atol=1e-5)
+    got = np.asanyarray(img.dataobj).astype(bool)
+    dice = 2 * (got & obj).sum() / (got.sum() + obj.sum())
+    assert dice > 0.95  # nearest-neighbour through a 1.5 mm grid and back

@@ -196,3 +196,27 @@ def test_builtin_base_propagates_one_middle_box_to_the_whole_object(seed: int) -
     span = np.nonzero(obj.any(axis=(0, 1)))[0]
     beyond = [k for k in range(obj.shape[2]) if k < span.min() or k > span.max()]
     assert not got[:, :, beyond].any()  # slices beyond the object stay empty
+
+
+def test_predictor_propagation_matches_the_batched_model() -> None:
+    """The viewer propagates through its Predictor (embedding cache); the result equals the batched backend's."""
+    import torch
+
+    from salt_seg.inference import PropagationSettings as PS
+    from salt_seg.model import build_model
+    from salt_seg.model.predictor import Predictor
+
+    torch.manual_seed(5)
+    model = build_model("tiny", image_size=64)
+    record = oracle_record()
+    img = np.where(ellipsoid((64, 48, 8), (32, 24, 4), (20, 14, 4)), 0.9, 0.1).astype(np.float32)
+    prepared = prepare_volume(Volume(img, AFFINES["las"]), record)
+    seed = prompt_to_prepared(Prompt(box=(14, 12, 50, 36), slice_index=4, axis=2), prepared)
+    loose = PS(min_area_ratio=0.0, stability_threshold=0.0, min_area_px=1, max_slices=2)
+    a = propagate(model, prepared, seed, settings=loose, batch_size=3)
+    predictor = Predictor(model, record)
+    b = propagate(predictor, prepared, seed, settings=loose)
+    assert a.slices == b.slices and a.stopped == b.stopped and a.slices
+    for i in a.slices:
+        np.testing.assert_allclose(a.probabilities[i], b.probabilities[i], atol=1e-4)
+    assert all(predictor.is_cached((prepared.name, prepared.axis, i)) for i in b.slices)
