@@ -109,15 +109,9 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         model, record, _, _ = load_inference_model(args.model, device=args.device)
         source = args.model
     else:
-        from salt_seg.model.builtin import resolve_checkpoint
-        from salt_seg.model.checkpoint import load_base_model
-        from salt_seg.training.pretrain import pretrain_record
+        from salt_seg.inference import load_base_for_prompts
 
-        record = pretrain_record()
-        model, _ = load_base_model(
-            args.variant, resolve_checkpoint(args.checkpoint), image_size=record.image_size
-        )
-        model = model.to(args.device)
+        model, record = load_base_for_prompts(args.checkpoint, args.variant, args.device)
         source = args.checkpoint
     seeds = VALIDATION_SEEDS[: args.volumes]
     t = time.perf_counter()
@@ -163,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate", action="store_true", help="calibrate propagation thresholds instead")
     p.add_argument("--model", help="calibrate a run directory / adapter file")
     p.add_argument("--checkpoint", default="builtin", help="calibrate a base checkpoint (default: builtin)")
-    p.add_argument("--variant", default="small", help="variant of --checkpoint")
+    p.add_argument("--variant", default=None, help="variant of --checkpoint (default: detected)")
     p.add_argument("--volumes", type=int, default=30, help="validation volumes for --calibrate")
     args = p.parse_args(argv)
     if args.threads:

@@ -45,7 +45,12 @@ from salt_seg.inference.export import (
     write_label_map,
     write_probability_map,
 )
-from salt_seg.inference.loading import LoadedModel, load_inference_model, resolve_base_checkpoint
+from salt_seg.inference.loading import (
+    LoadedModel,
+    load_base_for_prompts,
+    load_inference_model,
+    resolve_base_checkpoint,
+)
 from salt_seg.inference.outputs import case_outputs, export_case
 from salt_seg.inference.propagation import (
     PropagationResult,
@@ -92,6 +97,7 @@ __all__ = [
     "find_cases",
     "itksnap_labels",
     "label_json",
+    "load_base_for_prompts",
     "load_inference_model",
     "make_backend",
     "predict_case",

@@ -92,6 +92,26 @@ def resolve_base_checkpoint(adapter: Path, meta: dict[str, Any], checkpoint: str
     )
 
 
+def load_base_for_prompts(
+    checkpoint: str | Path = "builtin", variant: str | None = None, device: torch.device | str = "cpu"
+) -> tuple[SamModel, Preprocessing]:
+    """A base checkpoint alone (no adapter) for box/point prompts, with the built-in base's record.
+
+    The variant and input size are read from the checkpoint's tensors; the record is the one the built-in base
+    was pretrained with (``[0, 1]`` intensities from min-max, one class ``object``), so volumes go in after
+    ``prepare_volume(volume, record)``.
+    """
+    from salt_seg.model.builtin import resolve_checkpoint
+    from salt_seg.model.checkpoint import load_base_model, read_checkpoint
+    from salt_seg.training.pretrain import pretrain_record
+
+    path = resolve_checkpoint(str(checkpoint))
+    _, info = read_checkpoint(path, compute_hash=False)
+    size = int(info.image_size or 256)
+    model, _ = load_base_model(variant or info.variant, path, image_size=size)
+    return model.to(device).eval(), pretrain_record(size)
+
+
 def _class_names(meta: dict[str, Any], record: Preprocessing) -> dict[int, str]:
     names = dict(record.classes)
     raw = meta.get("class_names")

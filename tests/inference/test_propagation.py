@@ -175,13 +175,10 @@ ACCEPTANCE_SEEDS = (9001, 9002, 9003)
 
 @pytest.mark.parametrize("seed", ACCEPTANCE_SEEDS)
 def test_builtin_base_propagates_one_middle_box_to_the_whole_object(seed: int) -> None:
+    from salt_seg.inference import load_base_for_prompts
     from salt_seg.inference.calibration import middle_box_prompt, validation_volume
-    from salt_seg.model.checkpoint import load_base_model
-    from salt_seg.training.pretrain import pretrain_record
 
-    path = _builtin_or_skip()
-    record = pretrain_record()
-    model, _ = load_base_model("small", path, image_size=record.image_size)
+    model, record = load_base_for_prompts(_builtin_or_skip())
     image, obj = validation_volume(seed)
     prepared = prepare_volume(Volume(image, AFFINES["las"]), record)
     prompt = prompt_to_prepared(middle_box_prompt(obj, 2), prepared)
