@@ -1,0 +1,212 @@
+"""Volume-wide actions of a viewer session, each a thin use of the library.
+
+* :func:`auto_volume` -- :func:`salt_seg.inference.segment_volume` in ``auto`` mode (class tokens);
+* :func:`propagate` -- :func:`salt_seg.inference.propagation.propagate_many` seeded with the box of each label on
+  the viewed slice;
+* :func:`export` -- the label map back on the file's own grid (:meth:`~salt_seg.data.volume.Geometry.from_ras`),
+  written by :func:`salt_seg.inference.write_label_map` with the source NIfTI header
+  (:func:`salt_seg.inference.read_source_header`) and the JSON sidecar, as ``salt-seg predict`` writes them;
+* :func:`save_prompts` / :func:`load_prompts` -- the project's prompt file in source voxel coordinates
+  (:func:`salt_seg.inference.prompt_to_source` / :func:`~salt_seg.inference.prompt_to_prepared`);
+* :func:`load_label_map` -- :func:`salt_seg.data.load_label` checked against the open volume.
+
+All of them push per-slice undo snapshots through :meth:`ViewerSession.replace_labels`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from apps.viewer.session import Progress, ViewerSession
+from salt_seg.data.labels import load_label
+from salt_seg.data.volume import extract_slice, insert_slice
+from salt_seg.inference.coords import prompt_to_prepared, prompt_to_source, source_axis
+from salt_seg.inference.export import read_source_header, write_label_map
+from salt_seg.inference.propagation import box_from_mask, propagate_many
+from salt_seg.inference.segment import segment_volume
+from salt_seg.inference.sidecars import write_label_json
+from salt_seg.inference.summary import structure_stats
+from salt_seg.prompts import Prompt
+from salt_seg.prompts import load_prompts as read_prompt_file
+from salt_seg.prompts import save_prompts as write_prompt_file
+
+
+def _noop(fraction: float, desc: str) -> None:  # noqa: ARG001
+    return None
+
+
+def auto_volume(session: ViewerSession, progress: Progress = _noop) -> str:
+    """Segment every slice along the viewed axis with the model's class tokens; those classes are replaced."""
+    engine = session.require_engine()
+    classes = engine.token_classes
+    if not classes:
+        raise ValueError("this model has no trained class tokens; place points or a box instead")
+    prepared = engine.prepared(session.axis)
+    progress(0.0, "automatic segmentation")
+    with engine.lock:
+        result = segment_volume(
+            engine.predictor,
+            prepared.record,
+            prepared,
+            mode="auto",
+            settings=session.settings,
+            progress=True,  # tqdm, which the Gradio progress bar tracks
+            desc="automatic segmentation",
+        )
+    assert session.labels is not None
+    new = session.labels.copy()
+    new[np.isin(new, classes)] = 0
+    keep = (result.label_map > 0) & (new == 0)
+    new[keep] = result.label_map[keep]
+    n = session.replace_labels(new)
+    found = [session.label_set.names.get(c, str(c)) for c in classes if result.kept[c].any()]
+    progress(1.0, "done")
+    return f"automatic segmentation: {', '.join(found) or 'no structure'} ({n} slice(s) changed)"
+
+
+def propagate(session: ViewerSession, progress: Progress = _noop) -> str:
+    """Carry every label on the viewed slice through the volume (MedSAM box propagation, library stop rules).
+
+    Each label's seed is the bounding box of its mask on the viewed slice; the viewed slice itself is kept as it
+    is, the slices the propagation keeps get that label (replacing it there, never overwriting other labels).
+    """
+    engine = session.require_engine()
+    a, k = session.axis, session.slice_index
+    current = session.label_slice()
+    classes = [int(c) for c in np.unique(current) if c]
+    if not classes:
+        raise ValueError("nothing to propagate: segment a structure on this slice first")
+    seeds = [Prompt(box=box_from_mask(current == c), class_id=c, slice_index=k, axis=a) for c in classes]
+    total = max(1, session.n_slices * len(seeds))
+    done = [0]
+
+    def on_decoded(n: int) -> None:
+        done[0] += n
+        progress(min(done[0] / total, 0.99), f"propagating ({done[0]} slice decodes)")
+
+    progress(0.0, "propagating")
+    with engine.lock:
+        results = propagate_many(
+            engine.backend(a), seeds, session.settings.propagation, on_decoded=on_decoded
+        )
+    assert session.labels is not None
+    new = session.labels.copy()
+    parts = []
+    for res in results:
+        c = res.prompt.class_id
+        kept = [i for i in res.slices if i != k]
+        for i in kept:
+            lab = np.array(extract_slice(new, a, i))
+            lab[lab == c] = 0
+            lab[res.mask(i) & (lab == 0)] = c
+            insert_slice(new, a, i, lab)
+        span = f"{min(res.slices)}-{max(res.slices)}" if res.slices else "none"
+        stops = ", ".join(f"{d}: {r}" for d, r in sorted(res.stopped.items()))
+        parts.append(f"{session.label_set.names.get(c, str(c))} slices {span} ({stops})")
+    session.replace_labels(new)
+    progress(1.0, "done")
+    return "propagated " + "; ".join(parts)
+
+
+def export(session: ViewerSession, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the label map in the source geometry (NIfTI) and its JSON sidecar; returns both paths."""
+    session.require_volume()
+    assert session.volume is not None and session.labels is not None
+    out = Path(out_dir) if out_dir is not None else session.workdir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    geometry = session.volume.geometry
+    labels = geometry.from_ras(session.labels)
+    names = dict(session.label_set.names)
+    names.update({int(i): f"label {i}" for i in np.unique(labels) if i and int(i) not in names})
+    header = read_source_header(session.source_path) if session.source_path is not None else None
+    stem = f"{session.volume.name}_labels"
+    nii = write_label_map(out / f"{stem}.nii.gz", labels, geometry, names, header=header, overwrite=True)
+    side = write_label_json(
+        out / f"{stem}.json",
+        names,
+        overwrite=True,
+        case=session.volume.name,
+        summary={"structures": structure_stats(labels, geometry, names)},
+    )
+    return [nii, side]
+
+
+def load_label_map(session: ViewerSession, path: str | Path) -> str:
+    """Load a label map (ground truth or an earlier result) on the open volume's grid, replacing the current one."""
+    session.require_volume()
+    assert session.volume is not None and session.ras is not None
+    label = load_label(path, like=session.volume).to_ras()
+    if label.shape != session.ras.shape:
+        raise ValueError(
+            f"{Path(path).name}: label grid {label.shape} differs from the image {session.ras.shape}"
+        )
+    arr = np.asarray(label.array[0])
+    if arr.max(initial=0) > 65535:
+        raise ValueError(f"{Path(path).name}: label ids above 65535")
+    ids = [int(i) for i in np.unique(arr) if i]
+    session.label_set.ensure(ids)
+    n = session.replace_labels(arr.astype(np.uint16))
+    return f"loaded label map {Path(path).name}: labels {ids or 'none'} ({n} slice(s) changed)"
+
+
+def save_prompts(session: ViewerSession, path: str | Path | None = None) -> Path:
+    """Write every placed prompt as the project's prompt file (source voxel coordinates)."""
+    engine = session.require_engine()
+    assert session.volume is not None
+    prompts = session.prompts.all()
+    if not prompts:
+        raise ValueError("no prompts to save: place points or boxes first")
+    src = [
+        prompt_to_source(p, engine.prepared(int(p.axis)), where=f"prompt #{n}") for n, p in enumerate(prompts)
+    ]  # type: ignore[arg-type]
+    out = (
+        Path(path) if path is not None else session.workdir / "export" / f"{session.volume.name}_prompts.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels = {str(k): v for k, v in session.label_set.names.items()}
+    write_prompt_file(out, src, extra={"image": session.volume.name, "labels": labels})
+    return out
+
+
+def load_prompts(session: ViewerSession, path: str | Path) -> str:
+    """Read a prompt file (voxel or world coordinates), place its prompts and segment each prompted slice."""
+    engine = session.require_engine()
+    assert session.volume is not None
+    axis_of = {source_axis(engine.prepared(a)): a for a in ((2,) if session.volume.is_2d else (0, 1, 2))}
+    default = source_axis(engine.prepared(session.axis))
+    prompts, meta = read_prompt_file(path, affine=session.volume.affine, default_axis=default)
+    names = meta.get("labels")
+    if isinstance(names, dict):
+        for k, v in names.items():
+            if str(k).isdigit() and int(k) > 0:
+                session.label_set.names[int(k)] = str(v)
+        session.label_set.names = dict(sorted(session.label_set.names.items()))
+    placed: list[Prompt] = []
+    skipped = 0
+    for n, p in enumerate(prompts):
+        if p.is_automatic:
+            skipped += 1
+            continue
+        a = axis_of.get(int(p.axis if p.axis is not None else default))
+        if a is None:
+            raise ValueError(
+                f"{Path(path).name}: prompt #{n} is on source axis {p.axis}, which this volume lacks"
+            )
+        placed.append(prompt_to_prepared(p, engine.prepared(a), where=f"{Path(path).name}: prompt #{n}"))
+    session.label_set.ensure(p.class_id for p in placed)
+    for p in placed:  # one undoable edit per prompted slice and label; points add to what is there
+        have = session.prompts.get(int(p.axis), int(p.slice_index), p.class_id)  # type: ignore[arg-type]
+        session.apply_prompt(
+            Prompt(
+                [*have.points, *p.points],
+                [*have.point_labels, *p.point_labels],
+                p.box if p.box is not None else have.box,
+                p.class_id,
+                p.slice_index,
+                p.axis,
+            )
+        )
+    note = f"; {skipped} class-token prompt(s) skipped (use automatic segmentation)" if skipped else ""
+    return f"loaded {len(placed)} prompt(s) from {Path(path).name}{note}"

@@ -1,0 +1,462 @@
+"""The Gradio page of the viewer: layout, wiring, sessions and safe launch defaults.
+
+Safety defaults (see the README's Viewer section):
+
+* binds ``127.0.0.1`` unless told otherwise; no authentication, so exposing it is the operator's decision;
+* uploads are capped (``max_file_size`` for Gradio, and again in :mod:`apps.viewer.uploads` for the total of
+  several files and for what a zip expands to); only files Gradio received are read, plus the one path given on
+  the command line -- the page cannot name a server path, and no ``allowed_paths`` are granted;
+* each browser tab gets its own :class:`~apps.viewer.session.ViewerSession` (keyed by Gradio's session hash), with
+  its own folder; it is freed when the tab closes (``unload``), after ``idle_timeout_s`` without events, or when
+  more than ``max_sessions`` are open (least recently used first);
+* a bad upload or any failing action shows one readable line in the page and the app keeps working.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from apps.viewer import handlers as h
+from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
+from apps.viewer.session import PRESETS, TOOLS, ViewerSession
+from apps.viewer.uploads import UPLOAD_TYPES, Staged, UploadPolicy, load_staged, stage_upload
+
+log = logging.getLogger(__name__)
+
+#: sends the display pixel under the mouse to the server (throttled), for the value under the cursor.
+HOVER_SCRIPT = """
+<script>
+(() => {
+  let last = "", pending = null, timer = null;
+  const send = () => {
+    timer = null;
+    const box = document.querySelector("#viewer-hover textarea, #viewer-hover input");
+    const btn = document.querySelector("#viewer-hover-btn");
+    if (!box || !btn || pending === null) return;
+    box.value = pending;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    setTimeout(() => btn.click(), 20);
+  };
+  document.addEventListener("mousemove", (e) => {
+    const img = e.target && e.target.closest ? e.target.closest("#viewer-image img") : null;
+    if (!img || !img.naturalWidth) return;
+    const r = img.getBoundingClientRect();
+    const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight, 1);
+    const ox = (r.width - img.naturalWidth * s) / 2, oy = (r.height - img.naturalHeight * s) / 2;
+    const x = Math.round((e.clientX - r.left - ox) / s), y = Math.round((e.clientY - r.top - oy) / s);
+    if (x < 0 || y < 0 || x >= img.naturalWidth || y >= img.naturalHeight) return;
+    const v = x + "," + y;
+    if (v === last) return;
+    last = v;
+    pending = v;
+    if (!timer) timer = setTimeout(send, 120);
+  });
+})();
+</script>
+"""
+
+CSS = """
+#viewer-image img { image-rendering: pixelated; }
+#viewer-status p { font-weight: 600; }
+"""
+
+
+@dataclass
+class ViewerConfig:
+    """How the viewer runs.
+
+    Attributes:
+        path: a volume to open in every new tab (file, DICOM folder or zip), or ``None``.
+        model: a trained run directory or adapter file offered next to the built-in base, or ``None``.
+        host: interface to bind (``127.0.0.1``: this machine only).
+        port: TCP port (``None``: the first free one from 7860).
+        max_upload_mb: largest upload in MB.
+        device: torch device for the models.
+        display_size: longest side of the drawn slice in pixels.
+        cache_size: slice embeddings kept per session.
+        radius: neighbouring slices embedded in the background on each side.
+        idle_timeout_s: a session without events for this long is freed.
+        max_sessions: sessions kept at once (the least recently used is freed first).
+        builtin: offer the built-in base.
+    """
+
+    path: str | None = None
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    max_upload_mb: int = 1024
+    device: str = "cpu"
+    display_size: int = 512
+    cache_size: int = 48
+    radius: int = 3
+    idle_timeout_s: float = 4 * 3600.0
+    max_sessions: int = 8
+    builtin: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_upload_mb < 1:
+            raise ValueError(f"max_upload_mb must be >= 1, got {self.max_upload_mb}")
+        if self.port is not None and not 1 <= int(self.port) <= 65535:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if not self.builtin and self.model is None:
+            raise ValueError("no model to offer: keep the built-in base or give a trained model")
+
+
+def default_registry(config: ViewerConfig) -> ModelRegistry:
+    """The built-in base and, when given, the trained model (named by its folder or file)."""
+    loaders: dict[str, Callable[[], Any]] = {}
+    if config.model is not None:
+        path = str(config.model)
+        loaders[f"trained: {Path(path).name}"] = lambda: load_trained(path, config.device)
+    if config.builtin:
+        loaders[BUILTIN_MODEL] = lambda: load_builtin(config.device)
+    return ModelRegistry(loaders)
+
+
+class SessionRegistry:
+    """Per-tab sessions keyed by Gradio's session hash; freed on unload, when idle, or beyond capacity."""
+
+    def __init__(
+        self, factory: Callable[[Path], ViewerSession], root: Path, idle_timeout_s: float, max_sessions: int
+    ) -> None:
+        self.factory, self.root = factory, Path(root)
+        self.idle_timeout_s, self.max_sessions = float(idle_timeout_s), int(max_sessions)
+        self._sessions: OrderedDict[str, tuple[ViewerSession, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def get(self, session_id: str) -> ViewerSession:
+        """The tab's session, created on its first event."""
+        sid = re.sub(r"[^A-Za-z0-9_-]", "", str(session_id))[:64] or "anonymous"
+        stale: list[ViewerSession] = []
+        with self._lock:
+            now = time.monotonic()
+            for key, (_, used) in list(self._sessions.items()):
+                if key != sid and now - used > self.idle_timeout_s:
+                    stale.append(self._sessions.pop(key)[0])
+            if sid in self._sessions:
+                session = self._sessions.pop(sid)[0]
+            else:
+                session = self.factory(self.root / sid)
+            self._sessions[sid] = (session, now)
+            while len(self._sessions) > self.max_sessions:
+                stale.append(self._sessions.popitem(last=False)[1][0])
+        for s in stale:
+            s.close()
+        return session
+
+    def close(self, session_id: str) -> None:
+        sid = re.sub(r"[^A-Za-z0-9_-]", "", str(session_id))[:64]
+        with self._lock:
+            item = self._sessions.pop(sid, None)
+        if item is not None:
+            item[0].close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            items = list(self._sessions.values())
+            self._sessions.clear()
+        for s, _ in items:
+            s.close()
+
+
+class ViewerApp:
+    """The viewer: a Gradio ``Blocks`` page plus its sessions.
+
+    Args:
+        config: run settings.
+        registry: the models (default: :func:`default_registry`); tests inject small ones.
+    """
+
+    def __init__(self, config: ViewerConfig, registry: ModelRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or default_registry(config)
+        self.root = Path(tempfile.mkdtemp(prefix="salt-seg-viewer-"))
+        self.policy = UploadPolicy(max_bytes=config.max_upload_mb * 1024**2, roots=_upload_roots())
+        self.sessions = SessionRegistry(
+            self._new_session, self.root / "sessions", config.idle_timeout_s, config.max_sessions
+        )
+        self._initial: Staged | None = None
+        self._initial_volume: Any = None
+        self._initial_lock = threading.Lock()
+        if config.path is not None:
+            self._initial = self._stage_path(Path(config.path))
+        self.demo = self._build()
+
+    def _new_session(self, workdir: Path) -> ViewerSession:
+        return ViewerSession(
+            self.registry,
+            workdir,
+            display_size=self.config.display_size,
+            cache_size=self.config.cache_size,
+            radius=self.config.radius,
+        )
+
+    def _stage_path(self, path: Path) -> Staged:
+        """The command-line path, read once (a zip is extracted into the app's folder)."""
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if path.is_dir():
+            from salt_seg.data.dicom import list_dicom_series
+
+            return Staged(path, list_dicom_series(path), name=path.name)
+        local = UploadPolicy(max_bytes=1 << 62, max_voxels=self.policy.max_voxels)
+        return stage_upload([path], self.root / "cli", local)
+
+    def _open_initial(self, session: ViewerSession) -> h.Updates:
+        staged = self._initial
+        if staged is None or session.has_volume:
+            return h._full(session, "")
+        if staged.needs_choice:
+            return h.on_open_path(session, staged, self.policy)
+        with self._initial_lock:  # one copy of the command-line volume, shared read-only by the tabs
+            if self._initial_volume is None:
+                self._initial_volume = load_staged(staged, max_voxels=self.policy.max_voxels)
+        session.open(self._initial_volume, staged.source_path)
+        return h._full(session, h._opened(session))
+
+    # --- page -------------------------------------------------------------------------------------------------------
+    def _build(self) -> gr.Blocks:  # noqa: PLR0915 - one linear layout
+        names = self.registry.names
+        with gr.Blocks(title="salt-seg viewer") as demo:
+            gr.Markdown(
+                "### salt-seg viewer · SAM with SALT adapters on NIfTI / DICOM · research use only, not a "
+                "medical device"
+            )
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    upload = gr.File(
+                        label="Open a volume: NIfTI, DICOM zip, or several DICOM files",
+                        file_count="multiple",
+                        file_types=UPLOAD_TYPES,
+                        elem_id="viewer-upload",
+                    )
+                    series = gr.Dropdown(
+                        label="DICOM series", choices=[], visible=False, elem_id="viewer-series"
+                    )
+                    open_series = gr.Button("Open series", visible=False, elem_id="viewer-open-series")
+                    model = gr.Dropdown(label="Model", choices=names, value=names[0], elem_id="viewer-model")
+                    view_axis = gr.Radio(
+                        list(h.VIEW_NAMES), value="Axial", label="View", elem_id="viewer-view"
+                    )
+                    with gr.Accordion("Window / level", open=True):
+                        preset = gr.Dropdown(
+                            [(h.PRESET_NAMES[p], p) for p in PRESETS], value="auto", label="Preset"
+                        )
+                        level = gr.Slider(-1024, 3071, value=40, label="Level", elem_id="viewer-level")
+                        width = gr.Slider(1e-3, 4000, value=400, label="Width", elem_id="viewer-width")
+                    tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="Click tool", elem_id="viewer-tool")
+                    brush = gr.Slider(0, 30, value=3, step=1, label="Brush / eraser radius (pixels)")
+                    label = gr.Dropdown(
+                        label="Active label", choices=[("1: label 1", 1)], value=1, elem_id="viewer-label"
+                    )
+                    with gr.Row():
+                        new_label = gr.Textbox(label="New label name", placeholder="e.g. liver", scale=2)
+                        add_label = gr.Button("Add label", scale=1)
+                    opacity = gr.Slider(
+                        0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="viewer-opacity"
+                    )
+                    with gr.Row():
+                        undo = gr.Button("Undo (this slice)", elem_id="viewer-undo")
+                        clear = gr.Button("Clear slice", elem_id="viewer-clear")
+                    with gr.Row():
+                        auto_slice = gr.Button("Auto: this slice", elem_id="viewer-auto-slice")
+                        auto_volume = gr.Button("Auto: volume", elem_id="viewer-auto-volume")
+                    propagate = gr.Button("Propagate through the volume", elem_id="viewer-propagate")
+                    with gr.Accordion("Files", open=True):
+                        load_labels = gr.File(
+                            label="Load a label map",
+                            file_types=[".nii", ".gz", ".nrrd", ".mha"],
+                            elem_id="viewer-load-labels",
+                        )
+                        load_prompts = gr.File(
+                            label="Load prompts (JSON)", file_types=[".json"], elem_id="viewer-load-prompts"
+                        )
+                        with gr.Row():
+                            save_prompts = gr.Button("Save prompts", elem_id="viewer-save-prompts")
+                            export = gr.Button("Export NIfTI", variant="primary", elem_id="viewer-export")
+                        download = gr.File(
+                            label="Download",
+                            file_count="multiple",
+                            interactive=False,
+                            elem_id="viewer-download",
+                        )
+                with gr.Column(scale=2):
+                    status = gr.Markdown(elem_id="viewer-status")
+                    image = gr.Image(
+                        format="png",
+                        type="numpy",
+                        interactive=False,
+                        show_label=False,
+                        elem_id="viewer-image",
+                        buttons=["fullscreen"],
+                    )
+                    with gr.Row(equal_height=True):
+                        prev = gr.Button("◀ Prev", scale=0, min_width=90, elem_id="viewer-prev")
+                        slider = gr.Slider(
+                            0, 1, value=0, step=1, label="Slice", elem_id="viewer-slice", scale=4
+                        )
+                        nxt = gr.Button("Next ▶", scale=0, min_width=90, elem_id="viewer-next")
+                    cursor = gr.Markdown(elem_id="viewer-cursor")
+                    info = gr.Markdown(elem_id="viewer-info")
+                    volumes = gr.Markdown(elem_id="viewer-volumes")
+                    hover = gr.Textbox(visible="hidden", elem_id="viewer-hover")
+                    hover_btn = gr.Button("hover", visible="hidden", elem_id="viewer-hover-btn")
+                    click_x = gr.Number(visible=False)
+                    click_y = gr.Number(visible=False)
+                    click_btn = gr.Button("click", visible=False)
+
+            comps: dict[str, Any] = {
+                "image": image,
+                "slice": slider,
+                "info": info,
+                "cursor": cursor,
+                "volumes": volumes,
+                "status": status,
+                "series": series,
+                "labels": label,
+                "view_axis": view_axis,
+                "level": level,
+                "width": width,
+                "preset": preset,
+                "download": download,
+            }
+            outputs = [*comps.values(), open_series]
+
+            def to_gradio(updates: h.Updates) -> dict[Any, Any]:
+                out: dict[Any, Any] = {}
+                for key, value in updates.items():
+                    comp = comps[key]
+                    out[comp] = gr.update(**value) if isinstance(value, dict) else value
+                    if key == "series" and isinstance(value, dict) and "visible" in value:
+                        out[open_series] = gr.update(visible=value["visible"])
+                return out
+
+            def bind(handler: Callable[..., h.Updates], *extra: Any) -> Callable[..., dict[Any, Any]]:
+                def fn(*args: Any, request: gr.Request) -> dict[Any, Any]:
+                    session = self.sessions.get(request.session_hash)
+                    with session.lock:
+                        return to_gradio(handler(session, *args, *extra))
+
+                return fn
+
+            def bind_progress(handler: Callable[..., h.Updates]) -> Callable[..., dict[Any, Any]]:
+                def fn(
+                    request: gr.Request, progress: gr.Progress = gr.Progress(track_tqdm=True)
+                ) -> dict[Any, Any]:  # noqa: B008
+                    session = self.sessions.get(request.session_hash)
+                    with session.lock:
+                        return to_gradio(handler(session, lambda f, d: progress(f, desc=d)))
+
+                return fn
+
+            def on_select(request: gr.Request, evt: gr.SelectData) -> dict[Any, Any]:
+                session = self.sessions.get(request.session_hash)
+                with session.lock:
+                    return to_gradio(h.on_select(session, evt))
+
+            def on_hover(text: str, request: gr.Request) -> dict[Any, Any]:
+                return to_gradio(h.on_hover(self.sessions.get(request.session_hash), text))
+
+            def on_load(request: gr.Request) -> dict[Any, Any]:
+                session = self.sessions.get(request.session_hash)
+                with session.lock:
+                    return to_gradio(self._open_initial(session))
+
+            def on_unload(request: gr.Request) -> None:
+                self.sessions.close(request.session_hash)
+
+            quiet = {"show_progress": "hidden"}
+            demo.load(on_load, None, outputs, api_name="load")
+            demo.unload(on_unload)
+            upload.upload(bind(h.on_upload, self.policy), upload, outputs, api_name="upload")
+            open_series.click(bind(h.on_open_series, self.policy), series, outputs, api_name="open_series")
+            model.input(bind(h.on_model), model, outputs, api_name="model")
+            view_axis.input(bind(h.on_axis), view_axis, outputs, api_name="view", **quiet)
+            preset.input(bind(h.on_preset), preset, outputs, api_name="preset", **quiet)
+            level.release(bind(h.on_window), [level, width], outputs, api_name="window", **quiet)
+            width.release(bind(h.on_window), [level, width], outputs, api_name=False, **quiet)
+            tool.input(bind(h.on_tool), tool, outputs, api_name="tool", **quiet)
+            brush.release(bind(h.on_brush), brush, outputs, api_name="brush", **quiet)
+            label.input(bind(h.on_label), label, outputs, api_name="label", **quiet)
+            add_label.click(bind(h.on_add_label), new_label, outputs, api_name="add_label")
+            opacity.release(bind(h.on_opacity), opacity, outputs, api_name="opacity", **quiet)
+            slider.input(
+                bind(h.on_slice), slider, outputs, api_name="slice", trigger_mode="always_last", **quiet
+            )
+            prev.click(bind(h.on_step, -1), None, outputs, api_name="prev", **quiet)
+            nxt.click(bind(h.on_step, 1), None, outputs, api_name="next", **quiet)
+            image.select(on_select, None, outputs, api_name=False, **quiet)
+            click_btn.click(bind(h.on_click_xy), [click_x, click_y], outputs, api_name="click")
+            hover_btn.click(
+                on_hover, hover, [cursor], api_name=False, queue=False, trigger_mode="always_last", **quiet
+            )
+            undo.click(bind(h.on_undo), None, outputs, api_name="undo", **quiet)
+            clear.click(bind(h.on_clear), None, outputs, api_name="clear", **quiet)
+            auto_slice.click(bind(h.on_auto_slice), None, outputs, api_name="auto_slice")
+            auto_volume.click(bind_progress(h.on_auto_volume), None, outputs, api_name="auto_volume")
+            propagate.click(bind_progress(h.on_propagate), None, outputs, api_name="propagate")
+            export.click(bind(h.on_export), None, outputs, api_name="export")
+            save_prompts.click(bind(h.on_save_prompts), None, outputs, api_name="save_prompts")
+            load_prompts.upload(
+                bind(h.on_load_prompts, self.policy), load_prompts, outputs, api_name="load_prompts"
+            )
+            load_labels.upload(
+                bind(h.on_load_labels, self.policy), load_labels, outputs, api_name="load_labels"
+            )
+        demo.queue(default_concurrency_limit=8)
+        return demo
+
+    # --- running ------------------------------------------------------------------------------------------------------
+    def launch_kwargs(self) -> dict[str, Any]:
+        """What :meth:`launch` passes to ``Blocks.launch`` (tests reuse it with ``prevent_thread_lock``)."""
+        return {
+            "server_name": self.config.host,
+            "server_port": self.config.port,
+            "max_file_size": f"{self.config.max_upload_mb}mb",
+            "head": HOVER_SCRIPT,
+            "css": CSS,
+            "footer_links": [],
+            "quiet": True,
+            "share": False,
+        }
+
+    def launch(self, *, prevent_thread_lock: bool = False, **overrides: Any) -> str:
+        """Start the server; returns its local URL (blocks unless ``prevent_thread_lock``)."""
+        kwargs = {**self.launch_kwargs(), **overrides}
+        _, url, _ = self.demo.launch(prevent_thread_lock=prevent_thread_lock, **kwargs)
+        return url
+
+    def close(self) -> None:
+        """Stop the server and free every session and the app's folder."""
+        try:
+            self.demo.close()
+        finally:
+            self.sessions.close_all()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _upload_roots() -> list[Path]:
+    """Where Gradio keeps uploads (the only folders handlers read files from)."""
+    from gradio.utils import get_upload_folder
+
+    return [Path(get_upload_folder())]

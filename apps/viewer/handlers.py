@@ -1,0 +1,363 @@
+"""Event handlers: functions of a :class:`~apps.viewer.session.ViewerSession` and one UI event.
+
+Each handler returns a dict of named updates (``image``, ``slice``, ``info``, ``cursor``, ``volumes``, ``status``,
+``series``, ``labels``, ``window``, ...); :mod:`apps.viewer.app` maps the names onto components. They never
+raise for user mistakes: :func:`guarded` turns an error into a readable ``status`` line and the page keeps
+working. Tests call them directly (``gr.SelectData(None, {"index": [x, y], "value": None})`` for clicks).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apps.viewer import actions
+from apps.viewer.session import AXIS_NAMES, PRESETS, TOOLS, Progress, ViewerSession
+from apps.viewer.uploads import Staged, UploadPolicy, check_uploaded, load_staged, stage_upload
+from salt_seg.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Updates = dict[str, Any]
+VIEW_NAMES = {"Axial": 2, "Coronal": 1, "Sagittal": 0}
+PRESET_NAMES = {
+    "auto": "Automatic (0.5-99.5 %)",
+    "soft_tissue": "CT soft tissue",
+    "lung": "CT lung",
+    "bone": "CT bone",
+    "brain": "CT brain",
+}
+USER_ERRORS = (DataError, ValueError, FileNotFoundError, RuntimeError, IndexError)
+
+
+def error_text(exc: BaseException) -> str:
+    """One readable line; a :class:`DataError` names the file, never the server folder it sits in."""
+    if isinstance(exc, DataError):
+        return f"{exc.path.name}: {exc.problem}" if exc.path is not None else exc.problem
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+def guarded(fn: Callable[..., Updates]) -> Callable[..., Updates]:
+    """Run a handler; a user error becomes ``status`` (plus a fresh view), anything else is logged too."""
+
+    @functools.wraps(fn)
+    def run(session: ViewerSession, *args: Any, **kwargs: Any) -> Updates:
+        try:
+            return fn(session, *args, **kwargs)
+        except USER_ERRORS as exc:
+            out = view(session)
+            out["status"] = f"⚠️ {error_text(exc)}"
+            return out
+        except Exception as exc:  # noqa: BLE001 - the page must survive a bug; the log keeps the traceback
+            log.exception("viewer handler %s failed", fn.__name__)
+            out = view(session)
+            out["status"] = (
+                f"⚠️ internal error ({type(exc).__name__}: {error_text(exc)}); the viewer is still usable"
+            )
+            return out
+
+    return run
+
+
+# --- what the page shows ---------------------------------------------------------------------------------------
+def info_text(session: ViewerSession) -> str:
+    """Volume and view facts: name, modality, grid, spacing, slice, window, model."""
+    if session.volume is None or session.ras is None:
+        return "No volume open. Upload a NIfTI file, a DICOM zip or several DICOM files."
+    v, r = session.volume, session.ras
+    sp = " × ".join(f"{s:.3g}" for s in v.spacing)
+    dx, dy = session.spacing_xy
+    unit = " HU" if session.modality == "CT" else ""
+    model = session.model_name if session.engine is not None else f"none ({session.engine_error})"
+    return (
+        f"**{v.name}** · {session.modality} · stored {v.axcodes}, shown RAS (radiological: patient right on the "
+        f"left) · {' × '.join(str(s) for s in v.shape)} voxels · spacing {sp} mm  \n"
+        f"**{AXIS_NAMES[session.axis]}** slice **{session.slice_index}** of 0–{session.n_slices - 1} · pixel "
+        f"{dx:.3g} × {dy:.3g} mm · window L {session.level:.4g} / W {session.width:.4g}{unit} "
+        f"({PRESET_NAMES.get(session.preset, session.preset)})  \n"
+        f"model: {model} · label map {r.shape[0]}×{r.shape[1]}×{r.shape[2]}"
+    )
+
+
+def volumes_table(session: ViewerSession) -> str:
+    """Markdown table of label volumes in mL."""
+    stats = session.volumes()
+    if not stats:
+        return ""
+    rows = [f"| {cid} | {s['name']} | {s['voxels']} | {s['volume_ml']:.3f} |" for cid, s in stats.items()]
+    return "| id | label | voxels | volume (mL) |\n|---:|---|---:|---:|\n" + "\n".join(rows)
+
+
+def view(session: ViewerSession) -> Updates:
+    """The image and the text around it."""
+    out: Updates = {
+        "image": session.render(),
+        "info": info_text(session),
+        "cursor": session.cursor,
+        "volumes": volumes_table(session),
+    }
+    if session.has_volume:
+        out["slice"] = {"maximum": session.n_slices - 1, "value": session.slice_index}
+    return out
+
+
+def controls(session: ViewerSession) -> Updates:
+    """Control values that follow the session (after opening a volume or loading files)."""
+    out: Updates = {
+        "labels": {"choices": session.label_set.choices(), "value": session.label_set.active},
+        "view_axis": next(k for k, a in VIEW_NAMES.items() if a == session.axis),
+    }
+    if session.has_volume:
+        lo, hi = session.value_range()
+        out["level"] = {"minimum": lo, "maximum": hi, "value": session.level}
+        out["width"] = {"minimum": 1e-3, "maximum": max(hi - lo, 1.0) * 2, "value": session.width}
+        out["preset"] = session.preset if session.preset in PRESETS else None
+    return out
+
+
+def _full(session: ViewerSession, status: str) -> Updates:
+    return {**view(session), **controls(session), "status": status}
+
+
+# --- opening -------------------------------------------------------------------------------------------------------
+@guarded
+def on_upload(session: ViewerSession, files: list[str] | str | None, policy: UploadPolicy) -> Updates:
+    """Stage the uploaded files; open the volume, or ask for a series when there are several."""
+    if not files:
+        return {"status": "no file"}
+    staged = stage_upload([files] if isinstance(files, str) else list(files), session.workdir, policy)
+    return _open_staged(session, staged, policy)
+
+
+def _open_staged(session: ViewerSession, staged: Staged, policy: UploadPolicy) -> Updates:
+    if staged.needs_choice:
+        session.staged = staged
+        return {
+            "series": {"choices": staged.series_choices(), "value": 0, "visible": True},
+            "status": f"{staged.name} holds {len(staged.series)} series: choose one and press “Open series”",
+        }
+    vol = load_staged(staged, max_voxels=policy.max_voxels)
+    session.open(vol, staged.source_path)
+    session.staged = None
+    return {**_full(session, _opened(session)), "series": {"choices": [], "value": None, "visible": False}}
+
+
+def _opened(session: ViewerSession) -> str:
+    assert session.volume is not None
+    note = f" · model unavailable: {session.engine_error}" if session.engine_error else ""
+    return f"opened {session.volume.name}{note}"
+
+
+@guarded
+def on_open_series(session: ViewerSession, index: int | None, policy: UploadPolicy) -> Updates:
+    staged = getattr(session, "staged", None)
+    if staged is None:
+        raise RuntimeError("no series to choose from: upload a DICOM zip or files first")
+    if index is None:
+        raise ValueError("choose a series first")
+    vol = load_staged(staged, int(index), max_voxels=policy.max_voxels)
+    session.open(vol, staged.source_path)
+    session.staged = None
+    return {**_full(session, _opened(session)), "series": {"choices": [], "value": None, "visible": False}}
+
+
+@guarded
+def on_open_path(session: ViewerSession, staged: Staged | None, policy: UploadPolicy) -> Updates:
+    """Open the volume given on the command line (already staged by the app)."""
+    if staged is None or session.has_volume:
+        return _full(session, "")
+    return _open_staged(session, staged, policy)
+
+
+# --- navigation and display ------------------------------------------------------------------------------------------
+@guarded
+def on_slice(session: ViewerSession, index: float) -> Updates:
+    session.set_slice(int(index))
+    return {**view(session), "status": ""}
+
+
+@guarded
+def on_step(session: ViewerSession, delta: int) -> Updates:
+    session.step(delta)
+    return {**view(session), "status": ""}
+
+
+@guarded
+def on_axis(session: ViewerSession, name: str) -> Updates:
+    if name not in VIEW_NAMES:
+        raise ValueError(f"unknown view {name!r}; views: {list(VIEW_NAMES)}")
+    session.set_axis(VIEW_NAMES[name])
+    return {**view(session), "status": ""}
+
+
+@guarded
+def on_preset(session: ViewerSession, name: str) -> Updates:
+    session.set_preset(name)
+    return _full(session, "")
+
+
+@guarded
+def on_window(session: ViewerSession, level: float, width: float) -> Updates:
+    session.set_window(level, width)
+    return {**view(session), "status": ""}
+
+
+@guarded
+def on_opacity(session: ViewerSession, opacity: float) -> Updates:
+    session.opacity = float(np.clip(opacity, 0.0, 1.0))
+    return {**view(session), "status": ""}
+
+
+@guarded
+def on_tool(session: ViewerSession, tool: str) -> Updates:
+    if tool not in TOOLS:
+        raise ValueError(f"unknown tool {tool!r}; tools: {list(TOOLS)}")
+    session.tool = tool
+    session.prompts.corner = None
+    return {**view(session), "status": f"tool: {tool}"}
+
+
+@guarded
+def on_brush(session: ViewerSession, radius: float) -> Updates:
+    session.brush_radius = max(0, int(radius))
+    return {"status": f"brush radius {session.brush_radius} px"}
+
+
+@guarded
+def on_label(session: ViewerSession, label_id: int) -> Updates:
+    session.label_set.select(int(label_id))
+    session.prompts.corner = None
+    return {**view(session), "status": f"active label: {session.label_set.names[int(label_id)]}"}
+
+
+@guarded
+def on_add_label(session: ViewerSession, name: str) -> Updates:
+    new = session.add_label(name)
+    return _full(session, f"added label {new}: {session.label_set.names[new]}")
+
+
+@guarded
+def on_model(session: ViewerSession, name: str) -> Updates:
+    session.set_model(name)
+    status = (
+        f"model: {name}"
+        if session.engine is not None or not session.has_volume
+        else str(session.engine_error)
+    )
+    return _full(session, status)
+
+
+# --- clicks ------------------------------------------------------------------------------------------------------------
+def display_to_slice(session: ViewerSession, index: Any) -> tuple[int, int] | None:
+    """Slice pixel under a display pixel ``[X, Y]`` (a click's ``SelectData.index``)."""
+    if not session.has_volume or index is None or len(index) != 2:
+        return None
+    return session.geometry().to_slice(float(index[0]), float(index[1]))
+
+
+def _click(session: ViewerSession, index: Any) -> Updates:
+    session.require_volume()
+    xy = display_to_slice(session, index)
+    if xy is None:
+        return {"status": "click inside the image"}
+    status = session.click(*xy)
+    return {**view(session), "status": status}
+
+
+@guarded
+def on_select(session: ViewerSession, evt: Any) -> Updates:
+    """A click on the image (``evt`` is a ``gr.SelectData``; ``evt.index == [X, Y]`` in display pixels)."""
+    return _click(session, getattr(evt, "index", None))
+
+
+@guarded
+def on_click_xy(session: ViewerSession, px: float, py: float) -> Updates:
+    """The same as a click, from display coordinates (the API endpoint and the benchmark use it)."""
+    return _click(session, [px, py])
+
+
+def on_hover(session: ViewerSession, text: str) -> Updates:
+    """Value under the mouse: ``text`` is ``"X,Y"`` in display pixels (sent by the page's script)."""
+    try:
+        px, py = (float(t) for t in str(text).split(","))
+        xy = display_to_slice(session, [px, py])
+        if xy is not None:
+            session.inspect(*xy)
+    except (ValueError, RuntimeError, IndexError):
+        pass
+    return {"cursor": session.cursor}
+
+
+# --- editing and model actions ---------------------------------------------------------------------------------------
+@guarded
+def on_undo(session: ViewerSession) -> Updates:
+    return {**view(session), "status": session.undo()} if session.has_volume else {"status": session.undo()}
+
+
+@guarded
+def on_clear(session: ViewerSession) -> Updates:
+    msg = session.clear_slice()
+    return {**view(session), "status": msg}
+
+
+@guarded
+def on_auto_slice(session: ViewerSession) -> Updates:
+    msg = session.auto_slice()
+    return {**view(session), "status": msg}
+
+
+@guarded
+def on_auto_volume(session: ViewerSession, progress: Progress) -> Updates:
+    msg = actions.auto_volume(session, progress)
+    return {**view(session), "status": msg}
+
+
+@guarded
+def on_propagate(session: ViewerSession, progress: Progress) -> Updates:
+    msg = actions.propagate(session, progress)
+    return {**view(session), "status": msg}
+
+
+@guarded
+def on_export(session: ViewerSession) -> Updates:
+    files = actions.export(session)
+    return {
+        "download": [str(f) for f in files],
+        "status": f"exported {files[0].name} (source geometry) and {files[1].name}",
+    }
+
+
+@guarded
+def on_save_prompts(session: ViewerSession) -> Updates:
+    path = actions.save_prompts(session)
+    return {"download": [str(path)], "status": f"saved {len(session.prompts)} prompt(s) to {path.name}"}
+
+
+@guarded
+def on_load_prompts(session: ViewerSession, file: str | None, policy: UploadPolicy) -> Updates:
+    if not file:
+        return {"status": ""}
+    path = _uploaded_file(file, policy)
+    msg = actions.load_prompts(session, path)
+    return _full(session, msg)
+
+
+@guarded
+def on_load_labels(session: ViewerSession, file: str | None, policy: UploadPolicy) -> Updates:
+    if not file:
+        return {"status": ""}
+    path = _uploaded_file(file, policy)
+    msg = actions.load_label_map(session, path)
+    return _full(session, msg)
+
+
+def _uploaded_file(file: str, policy: UploadPolicy) -> Path:
+    path = Path(file)
+    check_uploaded([path], policy)
+    return path
