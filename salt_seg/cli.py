@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "salt_seg.commands.pretrain",
     "predict": "salt_seg.commands.predict",
     "params": "salt_seg.commands.params",
+    "app": "salt_seg.commands.app",
 }
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

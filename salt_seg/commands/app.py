@@ -1,0 +1,112 @@
+"""``salt-seg app``: the interactive viewer (Gradio) for NIfTI and DICOM volumes.
+
+Thin on purpose: parse and validate, then start :class:`apps.viewer.app.ViewerApp`. Gradio and torch are imported
+inside :func:`run` (the ``apps`` package is never imported by ``salt_seg`` at module level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from pathlib import Path
+
+from salt_seg.commands.common import add_runtime_flags, add_trained_model_flag
+
+log = logging.getLogger(__name__)
+
+HELP = "interactive viewer: open NIfTI/DICOM, segment with clicks, propagate, export NIfTI"
+DESCRIPTION = (
+    "Start the clinician-facing viewer in the browser: open a NIfTI file or a DICOM series (upload or PATH), view "
+    "axial/coronal/sagittal slices in radiological convention with window/level presets, segment with positive/"
+    "negative points, boxes or class tokens, correct with brush and eraser, propagate a slice's result through the "
+    "volume, and export the label map as NIfTI in the source geometry. Binds 127.0.0.1 by default; uploads are "
+    "size-limited and the page cannot read server paths."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        metavar="PATH",
+        help="a volume to open: NIfTI/NRRD/MHA file, DICOM folder or zip",
+    )
+    add_trained_model_flag(parser)
+    parser.add_argument(
+        "--port", type=int, default=None, help="TCP port (default: the first free one from 7860)"
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1: this machine only; the viewer has no login)",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=int, default=1024, metavar="N", help="largest upload in MB (default 1024)"
+    )
+    parser.add_argument(
+        "--no-builtin", action="store_true", help="offer only the --model, not the built-in base"
+    )
+    add_runtime_flags(parser)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check the arguments before anything heavy is imported.
+
+    Raises:
+        ValueError: a bad port, size or host, or ``--no-builtin`` without ``--model``.
+        FileNotFoundError: ``PATH`` or ``--model`` does not exist.
+    """
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_upload_mb < 1:
+        raise ValueError(f"--max-upload-mb must be >= 1, got {args.max_upload_mb}")
+    if args.path is not None and not Path(args.path).exists():
+        raise FileNotFoundError(f"{args.path}: no such file or folder")
+    if args.model is not None and not Path(args.model).exists():
+        raise FileNotFoundError(f"{args.model}: no such run directory or adapter file")
+    if args.no_builtin and args.model is None:
+        raise ValueError("--no-builtin needs --model RUN_OR_ADAPTER")
+    if not args.host or any(c.isspace() for c in args.host):
+        raise ValueError(f"--host: {args.host!r} is not a host name or address")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    validate(args)
+    from apps.viewer.app import ViewerApp, ViewerConfig
+    from salt_seg.commands.common import resolve_device
+
+    device = resolve_device(args.device, args.threads)
+    if not is_loopback(args.host):
+        log.warning(
+            "binding %s: anyone who can reach this machine can use the viewer and read what is uploaded to it "
+            "(there is no login)",
+            args.host,
+        )
+    config = ViewerConfig(
+        path=args.path,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        device=str(device),
+        builtin=not args.no_builtin,
+    )
+    app = ViewerApp(config)
+    try:
+        url = app.launch(prevent_thread_lock=True)
+        print(f"salt-seg viewer on {url} (Ctrl+C to stop)")
+        app.demo.block_thread()
+    finally:
+        app.close()
+    return 0
