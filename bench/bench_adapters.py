@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_adapters.py [--part layers|encoder|all] [--repeats 5] [--tokens 1024 4096]
-                                   [--encoder-repeats 3] [--image-size 256] [--batch 2] [--json]
+                                   [--encoder-repeats 3] [--image-size 256] [--batch 2] [--threads N] [--json]
 
 Per layer (ViT-B shapes 768→2304, 768→768, 768→3072, 3072→768; r ∈ {8, 64, released}): forward + backward of
 ``N`` tokens (input gradient included, as inside a network) for SALT's default (``auto``), factored and dense-delta
@@ -192,9 +192,12 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     _VERBOSE = args.verbose
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "r_lora": R_LORA}
     if args.part in ("layers", "all"):
         rows = bench_layers(args.tokens, args.repeats, args.ranks)

@@ -199,6 +199,8 @@ def load_adapter(
 ) -> dict[str, Any]:
     """Load an adapter file into a model, injecting the adapter first if the model has none.
 
+    A model without adapters also gets the file's number of learned class prompt tokens.
+
     Args:
         path: the adapter file.
         model: the base model (fresh, or already injected with the same config, e.g. to resume).
@@ -243,6 +245,16 @@ def load_adapter(
             )
         logger.warning("%s; loading anyway (allow_base_mismatch)", msg)
     record = get_record(model)
+    tokens = meta["tensors"].get("class_tokens.weight")
+    current = getattr(model, "num_classes", None)
+    if tokens is not None and current is not None and current != tokens[0]:
+        if record is not None or not hasattr(model, "set_num_classes"):
+            raise ValueError(
+                f"{path}: the adapter has learned prompt tokens for {tokens[0]} classes, the model {current}; "
+                f"build the model with num_classes={tokens[0]}"
+            )
+        logger.info("creating %d learned class prompt tokens to receive the adapter's", tokens[0])
+        model.set_num_classes(int(tokens[0]))
     if record is None:
         inject_adapters(model, config, base_hash=actual, svd_cache=svd_cache, progress=progress)
         record = get_record(model)

@@ -141,3 +141,15 @@ def test_save_refuses_a_different_config_and_bad_metadata(tmp_path) -> None:
     assert (
         json.loads(json.dumps(read_adapter_metadata(tmp_path / "a.safetensors")["config"]))["name"] == "salt"
     )
+
+
+def test_class_tokens_are_created_to_fit_the_file(tmp_path) -> None:
+    trained, path, base_hash = _saved(tmp_path)
+    bare = make_tiny(num_classes=0)
+    load_adapter(path, bare, expected_base_hash=base_hash, progress=False)
+    assert bare.num_classes == 2
+    assert torch.equal(bare.class_tokens.weight, trained.class_tokens.weight)
+    injected = make_tiny(num_classes=3)
+    inject_adapters(injected, AdapterConfig(name="salt"), progress=False)
+    with pytest.raises(ValueError, match="prompt tokens for 2 classes, the model 3"):
+        load_adapter(path, injected, expected_base_hash=base_hash, progress=False)
