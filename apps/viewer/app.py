@@ -31,7 +31,7 @@ import gradio as gr
 from apps.viewer import handlers as h
 from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
 from apps.viewer.session import PRESETS, TOOLS, ViewerSession
-from apps.viewer.uploads import UPLOAD_TYPES, Staged, UploadPolicy, load_staged, stage_upload
+from apps.viewer.uploads import Staged, UploadPolicy, load_staged, stage_upload
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,7 @@ class ViewerApp:
                 with gr.Column(scale=1, min_width=320):
                     upload = gr.File(
                         label="Open a volume: NIfTI, DICOM zip, or several DICOM files",
-                        file_count="multiple",
-                        file_types=UPLOAD_TYPES,
+                        file_count="multiple",  # no file_types: DICOM files often have no extension
                         elem_id="viewer-upload",
                     )
                     series = gr.Dropdown(
@@ -351,13 +350,34 @@ class ViewerApp:
                         out[open_series] = gr.update(visible=value["visible"])
                 return out
 
-            def bind(handler: Callable[..., h.Updates], *extra: Any) -> Callable[..., dict[Any, Any]]:
-                def fn(*args: Any, request: gr.Request) -> dict[Any, Any]:
+            def bind(
+                handler: Callable[..., h.Updates], *extra: Any, n: int = 1
+            ) -> Callable[..., dict[Any, Any]]:
+                """An event function with ``n`` component inputs (Gradio needs fixed signatures to inject the
+                request), running ``handler(session, *inputs, *extra)`` under the tab's lock."""
+
+                def call(request: gr.Request, args: tuple[Any, ...]) -> dict[Any, Any]:
                     session = self.sessions.get(request.session_hash)
                     with session.lock:
                         return to_gradio(handler(session, *args, *extra))
 
-                return fn
+                if n == 0:
+
+                    def fn0(request: gr.Request) -> dict[Any, Any]:
+                        return call(request, ())
+
+                    return fn0
+                if n == 1:
+
+                    def fn1(a: Any, request: gr.Request) -> dict[Any, Any]:
+                        return call(request, (a,))
+
+                    return fn1
+
+                def fn2(a: Any, b: Any, request: gr.Request) -> dict[Any, Any]:
+                    return call(request, (a, b))
+
+                return fn2
 
             def bind_progress(handler: Callable[..., h.Updates]) -> Callable[..., dict[Any, Any]]:
                 def fn(
@@ -393,8 +413,8 @@ class ViewerApp:
             model.input(bind(h.on_model), model, outputs, api_name="model")
             view_axis.input(bind(h.on_axis), view_axis, outputs, api_name="view", **quiet)
             preset.input(bind(h.on_preset), preset, outputs, api_name="preset", **quiet)
-            level.release(bind(h.on_window), [level, width], outputs, api_name="window", **quiet)
-            width.release(bind(h.on_window), [level, width], outputs, api_name=False, **quiet)
+            level.release(bind(h.on_window, n=2), [level, width], outputs, api_name="window", **quiet)
+            width.release(bind(h.on_window, n=2), [level, width], outputs, api_name=False, **quiet)
             tool.input(bind(h.on_tool), tool, outputs, api_name="tool", **quiet)
             brush.release(bind(h.on_brush), brush, outputs, api_name="brush", **quiet)
             label.input(bind(h.on_label), label, outputs, api_name="label", **quiet)
@@ -403,20 +423,20 @@ class ViewerApp:
             slider.input(
                 bind(h.on_slice), slider, outputs, api_name="slice", trigger_mode="always_last", **quiet
             )
-            prev.click(bind(h.on_step, -1), None, outputs, api_name="prev", **quiet)
-            nxt.click(bind(h.on_step, 1), None, outputs, api_name="next", **quiet)
+            prev.click(bind(h.on_step, -1, n=0), None, outputs, api_name="prev", **quiet)
+            nxt.click(bind(h.on_step, 1, n=0), None, outputs, api_name="next", **quiet)
             image.select(on_select, None, outputs, api_name=False, **quiet)
-            click_btn.click(bind(h.on_click_xy), [click_x, click_y], outputs, api_name="click")
+            click_btn.click(bind(h.on_click_xy, n=2), [click_x, click_y], outputs, api_name="click")
             hover_btn.click(
                 on_hover, hover, [cursor], api_name=False, queue=False, trigger_mode="always_last", **quiet
             )
-            undo.click(bind(h.on_undo), None, outputs, api_name="undo", **quiet)
-            clear.click(bind(h.on_clear), None, outputs, api_name="clear", **quiet)
-            auto_slice.click(bind(h.on_auto_slice), None, outputs, api_name="auto_slice")
+            undo.click(bind(h.on_undo, n=0), None, outputs, api_name="undo", **quiet)
+            clear.click(bind(h.on_clear, n=0), None, outputs, api_name="clear", **quiet)
+            auto_slice.click(bind(h.on_auto_slice, n=0), None, outputs, api_name="auto_slice")
             auto_volume.click(bind_progress(h.on_auto_volume), None, outputs, api_name="auto_volume")
             propagate.click(bind_progress(h.on_propagate), None, outputs, api_name="propagate")
-            export.click(bind(h.on_export), None, outputs, api_name="export")
-            save_prompts.click(bind(h.on_save_prompts), None, outputs, api_name="save_prompts")
+            export.click(bind(h.on_export, n=0), None, outputs, api_name="export")
+            save_prompts.click(bind(h.on_save_prompts, n=0), None, outputs, api_name="save_prompts")
             load_prompts.upload(
                 bind(h.on_load_prompts, self.policy), load_prompts, outputs, api_name="load_prompts"
             )

@@ -29,9 +29,6 @@ from salt_seg.data.readers import (
 )
 from salt_seg.data.volume import Volume
 
-#: what the file picker offers.
-UPLOAD_TYPES = [".nii", ".nii.gz", ".gz", ".dcm", ".zip", ".nrrd", ".mha", ".mhd", ".raw", ".ima", ".dicom"]
-
 
 @dataclass
 class UploadPolicy:

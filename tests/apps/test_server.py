@@ -1,0 +1,139 @@
+"""Server-level test (acceptance 2): the running Gradio app driven through ``gradio_client``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from apps.viewer.app import ViewerApp, ViewerConfig
+from apps.viewer.engine import ModelRegistry
+from salt_seg.data.volume import extract_slice
+from salt_seg.inference.sidecars import label_color
+from tests.apps.conftest import ct_volume, las_affine, oracle_loaded, write_nifti
+
+# output positions of every event (see ViewerApp._build: image, slice, info, cursor, volumes, status, ...)
+IMAGE, STATUS, DOWNLOAD = 0, 5, 12
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ViewerApp]:
+    app = ViewerApp(ViewerConfig(max_upload_mb=2), ModelRegistry({"oracle": oracle_loaded}))
+    app.launch(prevent_thread_lock=True)
+    yield app
+    app.close()
+
+
+def png(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_upload_click_export_through_the_client(server: ViewerApp, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    arr, blob = ct_volume()
+    src = write_nifti(tmp_path / "ct.nii.gz", arr, las_affine())
+    url = server.demo.local_url
+    client = Client(url, verbose=False)
+    out = client.predict([handle_file(str(src))], api_name="/upload")
+    assert out[STATUS] == "opened ct"
+    (session,) = [s for s, _ in server.sessions._sessions.values()]
+    before = png(out[IMAGE])
+    assert np.array_equal(before, session.render())  # PNG: the page gets exactly the rendered pixels
+    # click the blob's centre on the viewed (axial, middle) slice
+    k = session.slice_index
+    ras_blob = extract_slice(blob[::-1], 2, k)
+    ys, xs = np.nonzero(ras_blob)
+    px, py = session.geometry().to_display(int(xs.mean()), int(ys.mean()))
+    out = client.predict(int(px), int(py), api_name="/click")
+    n = int(ras_blob.sum())
+    assert out[STATUS] == f"blob: {n} px, predicted IoU 0.95"
+    after = png(out[IMAGE])
+    changed = np.any(after != before, axis=2)
+    geo = session.geometry()
+    drawn = ras_blob[geo.row_index()][:, geo.column_index()]
+    assert changed[drawn].mean() > 0.95 and changed[~drawn].mean() < 0.05  # only the structure changed
+    tint = after[drawn].astype(float).mean(axis=0) - before[drawn].astype(float).mean(axis=0)
+    colour = np.asarray(label_color(1), float) - before[drawn].astype(float).mean(axis=0)
+    assert np.dot(tint, colour) > 0  # towards the label's colour
+    out = client.predict(api_name="/export")
+    assert out[STATUS] == "exported ct_labels.nii.gz (source geometry) and ct_labels.json"
+    nii = next(p for p in out[DOWNLOAD] if p.endswith(".nii.gz"))
+    img = nib.load(nii)
+    source = nib.load(str(src))
+    assert img.shape == source.shape and np.allclose(img.affine, source.affine)
+    data = np.asarray(img.dataobj)
+    expected = np.zeros(blob.shape, bool)
+    expected[:, :, k] = blob[:, :, k]  # LAS file: RAS slice k is file slice k
+    assert np.array_equal(data == 1, expected)
+
+
+def test_sessions_are_isolated_and_paths_are_not_served(server: ViewerApp, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    arr, _ = ct_volume()
+    src = write_nifti(tmp_path / "ct.nii.gz", arr, las_affine())
+    url = server.demo.local_url
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    assert a.predict([handle_file(str(src))], api_name="/upload")[STATUS] == "opened ct"
+    out = b.predict(api_name="/export")
+    assert out[STATUS] == "⚠️ open a volume first (upload a NIfTI file or a DICOM series)"
+    assert len(server.sessions) == 2
+    # the page cannot read server files: not through Gradio's file route...
+    assert requests.get(f"{url}gradio_api/file={src}", timeout=10).status_code == 403
+    assert requests.get(f"{url}gradio_api/file=/etc/hostname", timeout=10).status_code == 403
+    # ...nor by handing a server path to an event (raw HTTP: gradio_client would upload the file itself)
+    body = {"data": [[{"path": str(src), "meta": {"_type": "gradio.FileData"}}]]}
+    event = requests.post(f"{url}gradio_api/call/upload", json=body, timeout=10).json()["event_id"]
+    answer = requests.get(f"{url}gradio_api/call/upload/{event}", timeout=60).text
+    assert "event: error" in answer and "event: complete" not in answer
+    assert b.predict(api_name="/export")[STATUS].startswith("⚠️ open a volume first")
+    # uploads above the limit are refused by the server itself
+    big = b"\0" * (3 * 1024**2)
+    r = requests.post(f"{url}gradio_api/upload", files={"files": ("big.nii", big)}, timeout=30)
+    assert r.status_code == 413
+
+
+def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(server: ViewerApp, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    arr, _ = ct_volume()
+    good = write_nifti(tmp_path / "ct.nii.gz", arr, las_affine())
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(good.read_bytes()[:500])
+    client = Client(server.demo.local_url, verbose=False)
+    out = client.predict([handle_file(str(bad))], api_name="/upload")
+    assert out[STATUS].startswith("⚠️ broken.nii.gz: ")
+    out = client.predict([handle_file(str(good))], api_name="/upload")
+    assert out[STATUS] == "opened ct"
+
+
+def test_tab_close_frees_the_session(server: ViewerApp) -> None:
+    s = server.sessions.get("abc")
+    folder = s.workdir
+    assert folder.is_dir() and "abc" in server.sessions
+    server.sessions.close("abc")
+    assert "abc" not in server.sessions and not folder.exists() and s.labels is None
+
+
+def test_idle_and_surplus_sessions_are_freed(tmp_path: Path) -> None:
+    from apps.viewer.app import SessionRegistry
+    from apps.viewer.session import ViewerSession
+
+    reg = ModelRegistry({"oracle": oracle_loaded})
+    sessions = SessionRegistry(lambda d: ViewerSession(reg, d), tmp_path, idle_timeout_s=3600, max_sessions=2)
+    one = sessions.get("one")
+    assert sessions.get("one") is one
+    sessions.get("two")
+    sessions.get("three")  # capacity 2: "one" (least recently used) is freed
+    assert "one" not in sessions and len(sessions) == 2 and not one.workdir.exists()
+    sessions.idle_timeout_s = 0.0
+    sessions.get("four")  # every other session is idle now
+    assert len(sessions) == 1 and "four" in sessions
+    sessions.close_all()
+    assert len(sessions) == 0
