@@ -6,7 +6,7 @@ import argparse
 
 from salt_seg.commands.common import add_base_model_flags, add_set_flag
 
-HELP = "count trainable parameters of an adapter on a SAM variant (per layer type, total, % of SAM)"
+HELP = "count trainable parameters of an adapter on a SAM variant (per layer type, total, share of SAM)"
 DESCRIPTION = (
     "Count what an adapter config trains on a SAM variant, per adapted layer type and declared part (LayerNorms, "
     "position embedding, ...), with the total as a share of the SAM model as built here. The SALT paper's "

@@ -93,3 +93,10 @@ def test_count_equals_what_injection_trains(case: str) -> None:
 
 def test_cli_choices_match_the_registry() -> None:
     assert set(ADAPTER_NAMES) == set(ADAPTERS)
+
+
+def test_top_level_help_lists_params(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "params" in capsys.readouterr().out
