@@ -104,14 +104,9 @@ def make_prompts(
             else:
                 if not mask.any():
                     continue
+                n_neg = int(rng.integers(2)) if m == "points" else 0  # with or without a negative click
                 prompt = simulate_prompt(
-                    mask,
-                    cid,
-                    m,
-                    rng,
-                    box_jitter=box_jitter,
-                    n_positive=n_points,
-                    n_negative=1 if m == "points" else 0,
+                    mask, cid, m, rng, box_jitter=box_jitter, n_positive=n_points, n_negative=n_neg
                 )
                 if prompt is None:
                     continue

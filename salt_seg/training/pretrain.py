@@ -153,9 +153,8 @@ def evaluate_objectness(
             ]
             logits, iou = model.decode_prompts(emb, prompts[:1], [0])
             box_pred = _upsample(logits[0, 0], m.shape)
-            logits_p, iou_p = model.decode_prompts(emb, prompts[1:], [0], multimask_output=True)
-            best = int(iou_p[0].argmax())
-            pt_pred = _upsample(logits_p[0, best], m.shape)
+            logits_p, _ = model.decode_prompts(emb, prompts[1:], [0])  # single-mask output, as trained
+            pt_pred = _upsample(logits_p[0, 0], m.shape)
             fill = np.zeros_like(m)
             fill[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
             box_d.append(_dice(box_pred, m))
@@ -219,6 +218,7 @@ def run_pretraining(
     heldout: int,
     overrides: list[str] | None = None,
     progress: bool = True,
+    init: Path | None = None,
 ) -> tuple[ObjectnessScores, Path]:
     """Pretrain, score on the held-out set, and optionally export; returns the scores and the run dir."""
     import json
@@ -230,7 +230,7 @@ def run_pretraining(
     record = pretrain_record(image_size)
     doc = {
         "description": f"salt-seg pretrain: {variant} from scratch on synthetic objects",
-        "model": {"variant": variant, "checkpoint": None, "image_size": record.image_size},
+        "model": {"variant": variant, "checkpoint": str(init) if init else None, "image_size": record.image_size},
         "adapter": {
             "name": "full",
             "train_mask_decoder": True,
@@ -269,7 +269,8 @@ def run_pretraining(
     result = train(cfg, run_dir, resume=resume, device=device, data=data, progress=progress)
     from salt_seg.model.checkpoint import load_base_model
 
-    model, _ = load_base_model(variant, run_dir / "base.safetensors", image_size=record.image_size)
+    base = init if init is not None else run_dir / "base.safetensors"
+    model, _ = load_base_model(variant, base, image_size=record.image_size)
     from salt_seg.adapters import load_adapter
 
     load_adapter(run_dir / "adapter.safetensors", model, progress=False)

@@ -1,0 +1,111 @@
+"""The few-shot benchmark: every adapter from the built-in base (plus full fine-tuning from a random base and a
+MONAI U-Net from scratch) on the prepared real datasets, at several shot counts and seeds.
+
+Each run goes through the public CLI - ``salt-seg train`` then ``salt-seg evaluate --model RUN`` (which predicts
+the split's test slices and scores them) - with a fixed step budget. The sweep resumes where it stopped: a run
+already in the results file is skipped; a half-finished run directory is removed and redone. One JSON line per
+run is appended to the results file.
+
+Usage:
+    python bench/fewshot.py --datasets mni152-tissue colin27-aal --shots 5 20 --seeds 0 1 2 --steps 150
+    python bench/fewshot_report.py      # tables, bootstrap intervals and the plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet")
+
+
+def run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{proc.stderr[-2000:]}")
+
+
+def one_run(method: str, dataset: Path, shots: int, seed: int, steps: int, out: Path, eval_prompt: str) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    if method == "unet":
+        run([sys.executable, str(ROOT / "bench" / "unet_baseline.py"), "--data", str(dataset), "--shots", str(shots),
+             "--seed", str(seed), "--steps", str(steps), "--out", str(out)])
+    else:
+        config = ROOT / "configs" / f"builtin_{'full' if method == 'full_random' else method}.yaml"
+        sets = [f"data.path={dataset}", f"data.shots={shots}", f"train.seed={seed}", f"train.steps={steps}",
+                f"train.val_every={max(1, steps // 3)}"]
+        if method == "full_random":
+            sets.append("model.checkpoint=null")
+        cmd = [sys.executable, "-m", "salt_seg", "train", "--config", str(config), "--out", str(out),
+               "--no-progress", "--threads", "1"]
+        for s in sets:
+            cmd += ["--set", s]
+        run(cmd)
+        run([sys.executable, "-m", "salt_seg", "evaluate", "--model", str(out), "--prompt", eval_prompt,
+             "--device", "cpu"])
+    seconds = time.perf_counter() - t0
+    ev = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "method": method, "dataset": dataset.name, "shots": shots, "seed": seed, "steps": steps,
+        "eval_prompt": "dense" if method == "unet" else eval_prompt,
+        "trainable_parameters": summary.get("trainable_parameters"),
+        "train_seconds": summary.get("seconds"), "total_seconds": seconds,
+        "summary": ev["summary"], "per_case": ev.get("per_case"),
+        "class_names": ev.get("class_names"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["mni152-tissue", "colin27-aal"])
+    ap.add_argument("--shots", type=int, nargs="+", default=[5, 20])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--eval-prompt", default="auto", choices=("auto", "box", "point"))
+    ap.add_argument("--data-root", default=str(ROOT / "data"))
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "fewshot"))
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "fewshot.jsonl"))
+    args = ap.parse_args()
+
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if results.exists():
+        for line in results.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["method"], r["dataset"], r["shots"], r["seed"], r["steps"], r["eval_prompt"]))
+    for name in args.datasets:
+        dataset = Path(args.data_root) / name
+        if not (dataset / "dataset.json").is_file():
+            run([sys.executable, "-m", "salt_seg", "data", "prepare", name, "--out", str(dataset)])
+        for shots in args.shots:
+            for seed in args.seeds:
+                for method in args.methods:
+                    key = (method, name, shots, seed, args.steps, "dense" if method == "unet" else args.eval_prompt)
+                    if key in done:
+                        continue
+                    out = Path(args.runs) / name / f"shots{shots}" / f"seed{seed}" / method
+                    print(f"{name} shots={shots} seed={seed} {method} ...", end=" ", flush=True)
+                    try:
+                        row = one_run(method, dataset, shots, seed, args.steps, out, args.eval_prompt)
+                    except RuntimeError as exc:
+                        print(f"FAILED\n{exc}", flush=True)
+                        continue
+                    with open(results, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    d = row["summary"]["slice"]["all"]["dice"]["mean"]
+                    print(f"Dice {d:.3f} ({row['total_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Tables, paired bootstrap intervals and a plot from ``bench/results/fewshot.jsonl`` (see ``bench/fewshot.py``).
+
+For each dataset and shot count: Dice and HD95 (mm) per method as mean ± std over seeds (each seed's value is the
+mean over its test slices), trainable parameters and training time; and for SALT minus each other method, a 95%
+bootstrap interval of the mean per-slice Dice difference, pairing the same (seed, test slice, class) - every
+method sees the same split at a given seed.
+
+Usage: python bench/fewshot_report.py [--results FILE] [--runs DIR] [--plot FILE] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet")
+
+
+def per_slice(run: Path) -> dict[tuple, float]:
+    f = run / "evaluation" / "per_slice.csv"
+    out = {}
+    if f.is_file():
+        for r in csv.DictReader(f.open()):
+            if r["dice"] not in ("", "nan"):
+                out[(r["case"], r["class_id"], r["slice_index"])] = float(r["dice"])
+    return out
+
+
+def bootstrap_ci(diffs: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    means = rng.choice(diffs, size=(n, len(diffs)), replace=True).mean(1)
+    return float(diffs.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "-"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.fmean(vals):.{digits}f} ± {sd:.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "fewshot.jsonl"))
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "fewshot"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "fewshot.png"))
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[(r["dataset"], r["shots"])][r["method"]].append(r)
+    total = sum(r["total_seconds"] for r in rows)
+    print(f"{len(rows)} runs, total compute {total / 60:.0f} min (2-core CPU, one torch thread per run)\n")
+    plot_data = defaultdict(dict)
+    for (dataset, shots), methods in sorted(groups.items()):
+        print(f"### {dataset}, {shots} shots\n")
+        print("| method | seeds | Dice (slices) | HD95 mm (slices) | trainable | train s |")
+        print("|---|---|---|---|---|---|")
+        for m in [m for m in ORDER if m in methods]:
+            rs = methods[m]
+            dice = [r["summary"]["slice"]["all"]["dice"]["mean"] for r in rs]
+            hd = [r["summary"]["slice"]["all"]["hd95_mm"]["mean"] for r in rs]
+            params = rs[0]["trainable_parameters"]
+            secs = statistics.fmean(r["train_seconds"] or 0 for r in rs)
+            print(f"| {m} | {len(rs)} | {fmt(dice)} | {fmt(hd, 1)} | {params:,} | {secs:.0f} |")
+            plot_data[(dataset, m)][shots] = (statistics.fmean(dice), statistics.stdev(dice) if len(dice) > 1 else 0)
+        if "salt" in methods:
+            print("\nSALT minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
+            for m in [m for m in ORDER if m in methods and m != "salt"]:
+                diffs = []
+                for r in methods["salt"]:
+                    other = next((o for o in methods[m] if o["seed"] == r["seed"]), None)
+                    if other is None:
+                        continue
+                    base = Path(args.runs) / dataset / f"shots{shots}" / f"seed{r['seed']}"
+                    a, b = per_slice(base / "salt"), per_slice(base / m)
+                    diffs += [a[k] - b[k] for k in a.keys() & b.keys()]
+                if diffs:
+                    mean, lo, hi = bootstrap_ci(np.array(diffs))
+                    print(f"- vs {m}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)} slice-class pairs)")
+        print()
+    if plot_data:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        datasets = sorted({d for d, _ in plot_data})
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+        for ax, d in zip(axes[0], datasets, strict=True):
+            for m in ORDER:
+                pts = plot_data.get((d, m))
+                if not pts:
+                    continue
+                xs = sorted(pts)
+                ax.errorbar(xs, [pts[x][0] for x in xs], yerr=[pts[x][1] for x in xs], marker="o", capsize=3,
+                            label=m, lw=2.5 if m == "salt" else 1)
+            ax.set_title(d)
+            ax.set_xlabel("training slices (shots)")
+            ax.set_ylabel("test Dice (mean ± std over seeds)")
+            ax.set_ylim(0, 1)
+            ax.legend(fontsize=7, ncol=2)
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=90, bbox_inches="tight")
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
