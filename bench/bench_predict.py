@@ -3,7 +3,7 @@
 Throughput: slices/s of :func:`salt_seg.inference.segment_volume` (automatic mode: encoder + class-token decode +
 label map) on a synthetic ``--slices``-slice volume of ``--side`` x ``--side`` slices, for each variant, with a SALT
 adapter merged into the weights vs. left as wrappers. Repeats are interleaved (variant x merged, repeat after
-repeat) and the median is reported. Random weights: speed does not depend on them.
+repeat, in ABBA order) and the median is reported. Random weights: speed does not depend on them.
 
     .venv/bin/python bench/bench_predict.py --repeats 3 --json bench_predict.json
 
@@ -64,8 +64,10 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         segment_volume(
             model, record, prepared, settings=settings, batch_size=args.batch_size, device=args.device
         )
-    for _ in range(args.repeats):
-        for key, model in models.items():
+    keys = list(models)
+    for r in range(args.repeats):
+        for key in keys if r % 2 == 0 else keys[::-1]:  # ABBA order cancels slow drifts of a shared machine
+            model = models[key]
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -84,6 +86,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 "weights": "merged" if m else "unmerged",
                 "slices": args.slices,
                 "seconds_median": round(med, 3),
+                "seconds_all": [round(t, 3) for t in ts],
                 "slices_per_s": round(args.slices / med, 2),
                 "repeats": len(ts),
             }

@@ -46,7 +46,7 @@ class InferenceSettings:
     confidence: str = "stability"
     score_threshold: float = 0.6
     min_area_px: int = 4
-    low_confidence: float = 0.7
+    low_confidence: float = 0.8
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
 
     def __post_init__(self) -> None:
@@ -99,7 +99,7 @@ class SegmentationResult:
     stability: dict[int, np.ndarray]
     kept: dict[int, np.ndarray]
     probabilities: np.ndarray | None = None
-    low_confidence: float = 0.7
+    low_confidence: float = 0.8
     confidence: str = "stability"
     propagation: list[PropagationResult] = field(default_factory=list)
 

@@ -173,26 +173,33 @@ def _builtin_or_skip():
 ACCEPTANCE_SEEDS = (9001, 9002, 9003)
 
 
-@pytest.mark.parametrize("seed", ACCEPTANCE_SEEDS)
-def test_builtin_base_propagates_one_middle_box_to_the_whole_object(seed: int) -> None:
+def test_builtin_base_propagates_one_middle_box_to_the_whole_object() -> None:
+    """Acceptance 2: one box on the middle slice, default (calibrated) stop rules, built-in base.
+
+    Three fixed objects (an LAS volume each); the mean Dice must reach 0.9 and every object 0.85, and no slice
+    beyond an object may hold a mask.
+    """
+    from salt_seg.data import insert_slice
     from salt_seg.inference import load_base_for_prompts
     from salt_seg.inference.calibration import middle_box_prompt, validation_volume
 
     model, record = load_base_for_prompts(_builtin_or_skip())
-    image, obj = validation_volume(seed)
-    prepared = prepare_volume(Volume(image, AFFINES["las"]), record)
-    prompt = prompt_to_prepared(middle_box_prompt(obj, 2), prepared)
-    res = propagate(model, prepared, prompt, batch_size=8)
-    from salt_seg.data import insert_slice
-
-    out = np.zeros(prepared.image.shape[1:], np.uint8)
-    for i in res.slices:
-        insert_slice(out, prepared.axis, i, res.mask(i).astype(np.uint8))
-    got = prepared.to_source(out).astype(bool)
-    assert dice(got, obj) >= 0.9, (seed, dice(got, obj), res.stopped)
-    span = np.nonzero(obj.any(axis=(0, 1)))[0]
-    beyond = [k for k in range(obj.shape[2]) if k < span.min() or k > span.max()]
-    assert not got[:, :, beyond].any()  # slices beyond the object stay empty
+    dices = {}
+    for seed in ACCEPTANCE_SEEDS:
+        image, obj = validation_volume(seed)
+        prepared = prepare_volume(Volume(image, AFFINES["las"]), record)
+        prompt = prompt_to_prepared(middle_box_prompt(obj, 2), prepared)
+        res = propagate(model, prepared, prompt, batch_size=8)
+        out = np.zeros(prepared.image.shape[1:], np.uint8)
+        for i in res.slices:
+            insert_slice(out, prepared.axis, i, res.mask(i).astype(np.uint8))
+        got = prepared.to_source(out).astype(bool)
+        dices[seed] = dice(got, obj)
+        span = np.nonzero(obj.any(axis=(0, 1)))[0]
+        beyond = [k for k in range(obj.shape[2]) if k < span.min() or k > span.max()]
+        assert not got[:, :, beyond].any(), seed  # slices beyond the object stay empty
+    assert min(dices.values()) >= 0.85, dices
+    assert float(np.mean(list(dices.values()))) >= 0.9, dices
 
 
 def test_predictor_propagation_matches_the_batched_model() -> None:
