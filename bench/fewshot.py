@@ -31,35 +31,85 @@ def run(cmd: list[str]) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{proc.stderr[-2000:]}")
 
 
-def one_run(method: str, dataset: Path, shots: int, seed: int, steps: int, out: Path, eval_prompt: str) -> dict:
+def one_run(
+    method: str, dataset: Path, shots: int, seed: int, steps: int, out: Path, eval_prompt: str
+) -> dict:
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
     if method == "unet":
-        run([sys.executable, str(ROOT / "bench" / "unet_baseline.py"), "--data", str(dataset), "--shots", str(shots),
-             "--seed", str(seed), "--steps", str(steps), "--out", str(out)])
+        run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "unet_baseline.py"),
+                "--data",
+                str(dataset),
+                "--shots",
+                str(shots),
+                "--seed",
+                str(seed),
+                "--steps",
+                str(steps),
+                "--out",
+                str(out),
+            ]
+        )
     else:
         config = ROOT / "configs" / f"builtin_{'full' if method == 'full_random' else method}.yaml"
-        sets = [f"data.path={dataset}", f"data.shots={shots}", f"train.seed={seed}", f"train.steps={steps}",
-                f"train.val_every={max(1, steps // 3)}"]
+        sets = [
+            f"data.path={dataset}",
+            f"data.shots={shots}",
+            f"train.seed={seed}",
+            f"train.steps={steps}",
+            f"train.val_every={max(1, steps // 3)}",
+        ]
         if method == "full_random":
             sets.append("model.checkpoint=null")
-        cmd = [sys.executable, "-m", "salt_seg", "train", "--config", str(config), "--out", str(out),
-               "--no-progress", "--threads", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "salt_seg",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
         for s in sets:
             cmd += ["--set", s]
         run(cmd)
-        run([sys.executable, "-m", "salt_seg", "evaluate", "--model", str(out), "--prompt", eval_prompt,
-             "--device", "cpu"])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "salt_seg",
+                "evaluate",
+                "--model",
+                str(out),
+                "--prompt",
+                eval_prompt,
+                "--device",
+                "cpu",
+            ]
+        )
     seconds = time.perf_counter() - t0
     ev = json.loads((out / "evaluation" / "evaluation.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     return {
-        "method": method, "dataset": dataset.name, "shots": shots, "seed": seed, "steps": steps,
+        "method": method,
+        "dataset": dataset.name,
+        "shots": shots,
+        "seed": seed,
+        "steps": steps,
         "eval_prompt": "dense" if method == "unet" else eval_prompt,
         "trainable_parameters": summary.get("trainable_parameters"),
-        "train_seconds": summary.get("seconds"), "total_seconds": seconds,
-        "summary": ev["summary"], "per_case": ev.get("per_case"),
+        "train_seconds": summary.get("seconds"),
+        "total_seconds": seconds,
+        "summary": ev["summary"],
+        "per_case": ev.get("per_case"),
         "class_names": ev.get("class_names"),
     }
 
@@ -91,7 +141,14 @@ def main() -> None:
         for shots in args.shots:
             for seed in args.seeds:
                 for method in args.methods:
-                    key = (method, name, shots, seed, args.steps, "dense" if method == "unet" else args.eval_prompt)
+                    key = (
+                        method,
+                        name,
+                        shots,
+                        seed,
+                        args.steps,
+                        "dense" if method == "unet" else args.eval_prompt,
+                    )
                     if key in done:
                         continue
                     out = Path(args.runs) / name / f"shots{shots}" / f"seed{seed}" / method

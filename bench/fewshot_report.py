@@ -72,7 +72,10 @@ def main() -> None:
             params = rs[0]["trainable_parameters"]
             secs = statistics.fmean(r["train_seconds"] or 0 for r in rs)
             print(f"| {m} | {len(rs)} | {fmt(dice)} | {fmt(hd, 1)} | {params:,} | {secs:.0f} |")
-            plot_data[(dataset, m)][shots] = (statistics.fmean(dice), statistics.stdev(dice) if len(dice) > 1 else 0)
+            plot_data[(dataset, m)][shots] = (
+                statistics.fmean(dice),
+                statistics.stdev(dice) if len(dice) > 1 else 0,
+            )
         if "salt" in methods:
             print("\nSALT minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
             for m in [m for m in ORDER if m in methods and m != "salt"]:
@@ -102,8 +105,15 @@ def main() -> None:
                 if not pts:
                     continue
                 xs = sorted(pts)
-                ax.errorbar(xs, [pts[x][0] for x in xs], yerr=[pts[x][1] for x in xs], marker="o", capsize=3,
-                            label=m, lw=2.5 if m == "salt" else 1)
+                ax.errorbar(
+                    xs,
+                    [pts[x][0] for x in xs],
+                    yerr=[pts[x][1] for x in xs],
+                    marker="o",
+                    capsize=3,
+                    label=m,
+                    lw=2.5 if m == "salt" else 1,
+                )
             ax.set_title(d)
             ax.set_xlabel("training slices (shots)")
             ax.set_ylabel("test Dice (mean ± std over seeds)")

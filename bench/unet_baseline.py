@@ -21,8 +21,14 @@ import torch
 def build_unet(n_classes: int) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=1, out_channels=n_classes + 1, channels=(16, 32, 64, 128),
-                strides=(2, 2, 2), num_res_units=1)
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=n_classes + 1,
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=1,
+    )
 
 
 def main() -> None:
@@ -53,8 +59,9 @@ def main() -> None:
     record = Preprocessing(intensity="mr", image_size=args.image_size, classes=dict(ds.classes))
     split = make_split(ds, shots=args.shots, seed=args.seed, level="slice", val=0.2, test=0.4, guard_mm=10.0)
     (out / "split.json").write_text(json.dumps(split.to_dict()))
-    train = SliceDataset.from_dataset(ds, record, split=split, part="train", augment=AugmentConfig(),
-                                      seed=args.seed, train=True)
+    train = SliceDataset.from_dataset(
+        ds, record, split=split, part="train", augment=AugmentConfig(), seed=args.seed, train=True
+    )
     torch.manual_seed(args.seed)
     net = build_unet(len(record.classes))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-2)
@@ -91,14 +98,18 @@ def main() -> None:
             for s in range(prepared.n_slices) if wanted is None else wanted:
                 x, tf = prepared.model_input(s)
                 logits = net(x[None, :1])[0]
-                probs = torch.stack([logits_to_original(logits[c][None], tf)[0] for c in range(logits.shape[0])])
+                probs = torch.stack(
+                    [logits_to_original(logits[c][None], tf)[0] for c in range(logits.shape[0])]
+                )
                 insert_slice(pred, prepared.axis, s, probs.argmax(0).numpy())
             spacing = np.linalg.norm(prepared.affine[:3, :3], axis=0).tolist()
             yield case_id, pred, prepared.label, spacing
 
     settings = EvaluationSettings(levels=("slice",), slice_axis=record.axis)
     scores, ids = evaluate_cases(cases(), class_ids=record.class_ids, settings=settings, slices=test)
-    result = EvaluationResult(scores, ids, settings, list(test), class_names=dict(record.classes), split_slices=test)
+    result = EvaluationResult(
+        scores, ids, settings, list(test), class_names=dict(record.classes), split_slices=test
+    )
     write_results(result, out / "evaluation")
     n_params = sum(p.numel() for p in net.parameters())
     (out / "summary.json").write_text(json.dumps({"seconds": seconds, "trainable_parameters": n_params}))

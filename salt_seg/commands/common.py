@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import argparse
 
-VARIANT_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", "small")  # kept in sync with salt_seg.model.variants (tested)
+VARIANT_NAMES = (
+    "vit_b",
+    "vit_l",
+    "vit_h",
+    "tiny",
+    "small",
+)  # kept in sync with salt_seg.model.variants (tested)
 
 
 def add_base_model_flags(parser: argparse.ArgumentParser, *, variant_default: str | None = None) -> None:

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted pretraining run"
     )
     parser.add_argument(
-        "--init", default=None, help="continue from an exported base (e.g. a second stage at a lower learning rate)"
+        "--init",
+        default=None,
+        help="continue from an exported base (e.g. a second stage at a lower learning rate)",
     )
     parser.add_argument("--export", default=None, help="write the float16 base checkpoint here when done")
     parser.add_argument("--heldout", type=int, default=100, help="held-out images to score (default 100)")
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         export=Path(args.export) if args.export else None,
         heldout=args.heldout,
         overrides=args.overrides,
-        progress=not args.no_progress, init=Path(args.init) if args.init else None,
+        progress=not args.no_progress,
+        init=Path(args.init) if args.init else None,
     )
     peak = None
     try:

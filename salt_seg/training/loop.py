@@ -28,7 +28,7 @@ from salt_seg.training.distributed import (
     barrier,
     init_distributed,
 )
-from salt_seg.training.losses import build_loss, soft_dice
+from salt_seg.training.losses import build_loss, mask_iou, soft_dice
 from salt_seg.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -356,11 +356,14 @@ def train(
             ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext()
             with ctx:
                 if pb.prompts:
-                    logits, _ = ddp_model(images.to(device), pb.prompts, pb.image_index)
+                    logits, iou_pred = ddp_model(images.to(device), pb.prompts, pb.image_index)
                     up = F.interpolate(
                         logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
                     )
-                    loss = loss_fn(up, pb.targets.to(device))
+                    targets = pb.targets.to(device)
+                    # SAM's IoU head learns the quality of its own mask (inference uses it to drop empty slices)
+                    iou_loss = F.mse_loss(iou_pred[:, 0].float(), mask_iou(up.detach(), targets))
+                    loss = loss_fn(up, targets) + iou_loss
                 else:  # nothing to prompt on this rank's share: keep DDP in step with a zero loss
                     loss = sum(p.sum() * 0.0 for p in params)
                 if reg_weight > 0:

@@ -46,3 +46,15 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     inter = (pred * tgt).sum(1)
     denom = pred.sum(1) + tgt.sum(1)
     return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-9), torch.ones_like(denom))
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU per prompt of thresholded logits vs binary target (``P``); both empty counts as 1.
+
+    The regression target of SAM's IoU-prediction head.
+    """
+    pred = (logits > 0).flatten(1).float()
+    tgt = target.flatten(1).float()
+    inter = (pred * tgt).sum(1)
+    union = pred.sum(1) + tgt.sum(1) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-9), torch.ones_like(union))

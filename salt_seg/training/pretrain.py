@@ -230,7 +230,11 @@ def run_pretraining(
     record = pretrain_record(image_size)
     doc = {
         "description": f"salt-seg pretrain: {variant} from scratch on synthetic objects",
-        "model": {"variant": variant, "checkpoint": str(init) if init else None, "image_size": record.image_size},
+        "model": {
+            "variant": variant,
+            "checkpoint": str(init) if init else None,
+            "image_size": record.image_size,
+        },
         "adapter": {
             "name": "full",
             "train_mask_decoder": True,
