@@ -25,7 +25,7 @@ from apps.viewer.render import DisplayGeometry, edge_letters, markers_for, rende
 from apps.viewer.state import LabelSet, PromptBook, SliceHistory, Snapshot
 from salt_seg.data.volume import Volume, extract_slice, insert_slice, slice_shape
 from salt_seg.inference.segment import InferenceSettings, LabelAccumulator
-from salt_seg.inference.summary import structure_stats
+from salt_seg.inference.summary import voxel_volume_mm3
 from salt_seg.preprocessing import Preprocessing, intensity_range, window_preset
 from salt_seg.prompts import Prompt, box_from_points
 
@@ -91,8 +91,7 @@ class ViewerSession:
         self.cursor = ""
         self.staged: Any = None  # an upload waiting for the user's series choice (handlers)
         self.lock = threading.RLock()  # the app serialises a tab's events with it
-        self._stats_cache: tuple[int, dict] | None = None
-        self._version = 0
+        self._counts = np.zeros(1, dtype=np.int64)  # voxels per label id, kept up to date on every write
 
     # --- volume ------------------------------------------------------------------------------------------------
     def open(self, volume: Volume, source_path: str | Path | None = None) -> None:
@@ -108,13 +107,13 @@ class ViewerSession:
         self.modality = guess_modality(volume)
         self.axcodes = self.ras.axcodes
         self.labels = np.zeros(self.ras.shape, dtype=np.uint16)
+        self._recount()
         self.axis = 2
         self.index = {a: n // 2 for a, n in enumerate(self.ras.shape)}
         self.history.clear()
         self.prompts.clear()
         self.label_set = LabelSet()
         self.cursor = ""
-        self._touch()
         self.set_preset("soft_tissue" if self.modality == "CT" else "auto")
         self._build_engine()
 
@@ -311,17 +310,26 @@ class ViewerSession:
 
     def _write_slice(self, new: np.ndarray, key: tuple[int, int] | None = None) -> None:
         assert self.labels is not None
-        insert_slice(self.labels, *self._key(key), new.astype(self.labels.dtype))
-        self._touch()
+        k = self._key(key)
+        new = np.asarray(new).astype(self.labels.dtype)
+        self._count(extract_slice(self.labels, *k), -1)
+        insert_slice(self.labels, *k, new)
+        self._count(new, +1)
 
-    def _touch(self) -> None:
-        self._version += 1
+    def _count(self, labels: np.ndarray, sign: int) -> None:
+        counts = np.bincount(np.asarray(labels).ravel(), minlength=len(self._counts))
+        if len(counts) > len(self._counts):
+            self._counts = np.pad(self._counts, (0, len(counts) - len(self._counts)))
+        self._counts[: len(counts)] += sign * counts
+
+    def _recount(self) -> None:
+        self._counts = np.zeros(1, dtype=np.int64)
+        if self.labels is not None:
+            self._count(self.labels, +1)
 
     def add_label(self, name: str | None = None) -> int:
         """Add a label (next free id) and make it active."""
-        new = self.label_set.add(name)
-        self._touch()
-        return new
+        return self.label_set.add(name)
 
     def click(self, x: int, y: int) -> str:
         """Apply the current tool at slice pixel ``(x, y)`` of the viewed slice; returns a one-line message."""
@@ -332,6 +340,7 @@ class ViewerSession:
         if tool in ("brush", "eraser"):
             self._snapshot()
             self._write_slice(self._stamp(x, y, cid if tool == "brush" else 0))
+            self.inspect(x, y)
             return f"{tool} at ({x}, {y})"
         self.require_engine()
         a, i = self.axis, self.slice_index
@@ -349,7 +358,9 @@ class ViewerSession:
             new = Prompt([*prompt.points, (x, y)], [*prompt.point_labels, label], prompt.box, cid, i, a)
         else:
             raise ValueError(f"unknown tool {tool!r}; tools: {list(TOOLS)}")
-        return self.apply_prompt(new)
+        message = self.apply_prompt(new)
+        self.inspect(x, y)  # the label under the cursor changed
+        return message
 
     def apply_prompt(self, prompt: Prompt) -> str:
         """Make ``prompt`` its slice's prompt for its label, segment, and write the mask (undoable on that slice).
@@ -439,20 +450,32 @@ class ViewerSession:
             key = (self.axis, int(i))
             self.history.push(key, Snapshot(np.array(extract_slice(old, *key)), self.prompts.on_slice(*key)))
         self.labels = np.asarray(new, dtype=np.uint16)
-        self._touch()
+        self._recount()
         return len(changed)
 
     # --- summary ------------------------------------------------------------------------------------------------
     def volumes(self) -> dict[str, dict]:
-        """Per label: name, voxels and volume in mL (:func:`salt_seg.inference.summary.structure_stats`)."""
+        """Per label: name, voxels and volume in mL (the fields of :func:`salt_seg.inference.summary.structure_stats`).
+
+        Counts are kept up to date on every slice write, so this costs nothing per click on large volumes.
+        """
         if self.labels is None or self.ras is None:
             return {}
-        if self._stats_cache is None or self._stats_cache[0] != self._version:
-            names = self.label_set.names
-            present = set(np.unique(self.labels).tolist()) - {0}
-            names = {**names, **{int(i): f"label {i}" for i in present if i not in names}}
-            self._stats_cache = (self._version, structure_stats(self.labels, self.ras.geometry, names))
-        return self._stats_cache[1]
+        mm3 = voxel_volume_mm3(self.ras.geometry)
+        present = {int(i) for i in np.nonzero(self._counts)[0] if i}
+        names = {
+            **self.label_set.names,
+            **{i: f"label {i}" for i in present if i not in self.label_set.names},
+        }
+        counts = self._counts
+        return {
+            str(cid): {
+                "name": name,
+                "voxels": int(counts[cid]) if cid < len(counts) else 0,
+                "volume_ml": round((int(counts[cid]) if cid < len(counts) else 0) * mm3 / 1000.0, 4),
+            }
+            for cid, name in sorted(names.items())
+        }
 
     def close(self) -> None:
         """Free everything: the engine's thread and cache, the arrays and the session folder."""

@@ -509,3 +509,24 @@ def test_voxel_to_display_round_trip_matches_the_library(make_session, ct_nifti)
             index, x, y = voxel_to_slice(s.ras.shape, axis, ijk)
             s.set_slice(index)
             assert s.voxel_at(*s.geometry().to_slice(*display_xy(s, x, y))) == ijk
+
+
+def test_volume_counts_stay_equal_to_the_library_summary(make_session, ct_nifti):
+    from salt_seg.inference.summary import structure_stats
+
+    s = opened(make_session, ct_nifti)
+    h.on_tool(s, "brush")
+    for k, r, label in [(10, 5, 1), (11, 3, 1), (10, 2, 2), (9, 8, 2)]:
+        s.set_slice(k)
+        if label not in s.label_set.names:
+            h.on_add_label(s, "other")
+        h.on_label(s, label)
+        h.on_brush(s, r)
+        h.on_select(s, select(*display_xy(s, 30, 20)))
+    h.on_tool(s, "eraser")
+    h.on_select(s, select(*display_xy(s, 31, 21)))
+    h.on_undo(s)
+    h.on_auto_slice(s)
+    expected = structure_stats(s.labels, s.ras.geometry, s.label_set.names)
+    assert s.volumes() == expected
+    assert expected["1"]["voxels"] > 0 and expected["2"]["voxels"] > 0

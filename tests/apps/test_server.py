@@ -137,3 +137,40 @@ def test_idle_and_surplus_sessions_are_freed(tmp_path: Path) -> None:
     assert len(sessions) == 1 and "four" in sessions
     sessions.close_all()
     assert len(sessions) == 0
+
+
+def test_the_command_line_path_opens_in_every_new_tab(tmp_path: Path) -> None:
+    arr, _ = ct_volume()
+    src = write_nifti(tmp_path / "ct.nii.gz", arr, las_affine())
+    app = ViewerApp(ViewerConfig(path=str(src)), ModelRegistry({"oracle": oracle_loaded}))
+    try:
+        a, b = app.sessions.get("a"), app.sessions.get("b")
+        assert app._open_initial(a)["status"] == "opened ct"
+        assert app._open_initial(b)["status"] == "opened ct"
+        assert a.volume is b.volume  # read once, shared read-only
+        a.replace_labels(np.ones(a.ras.shape, np.uint16))
+        assert not b.labels.any()  # label maps are per tab
+    finally:
+        app.close()
+
+
+def test_a_command_line_folder_with_two_series_offers_the_picker(tmp_path: Path) -> None:
+    from tests.apps.conftest import write_dicom_series
+
+    write_dicom_series(
+        tmp_path / "study" / "a", np.full((3, 8, 8), 10, np.int16), series_uid="1.2.9.1", series_number=1
+    )
+    write_dicom_series(
+        tmp_path / "study" / "b", np.full((4, 8, 8), 20, np.int16), series_uid="1.2.9.2", series_number=2
+    )
+    app = ViewerApp(ViewerConfig(path=str(tmp_path / "study")), ModelRegistry({"oracle": oracle_loaded}))
+    try:
+        s = app.sessions.get("a")
+        out = app._open_initial(s)
+        assert out["series"]["visible"] is True and len(out["series"]["choices"]) == 2
+        from apps.viewer import handlers as h
+
+        out = h.on_open_series(s, 0, app.policy)
+        assert out["status"].startswith("opened series-") and s.volume.shape[2] == 3
+    finally:
+        app.close()
