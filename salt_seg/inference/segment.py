@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.pipeline import PreparedVolume
-from salt_seg.data.volume import extract_slice, insert_slice
 from salt_seg.inference.backend import Backend, PredictorBackend, SliceOutput, make_backend
 from salt_seg.inference.propagation import PropagationResult, PropagationSettings, propagate_many
 from salt_seg.preprocessing import Preprocessing
@@ -116,14 +115,25 @@ class SegmentationResult:
         return out
 
 
+def slices_to_volume(stack: np.ndarray, axis: int) -> np.ndarray:
+    """``... x n x rows x cols`` display-oriented slices (:func:`~salt_seg.data.volume.extract_slice` of every
+    index along ``axis``) -> the ``... x I x J x K`` volume they came from (a view where numpy allows)."""
+    lead = stack.ndim - 3
+    vol = np.swapaxes(stack[..., ::-1, ::-1], -1, -2)  # ... x n x U x V
+    return np.moveaxis(vol, lead, lead + int(axis))
+
+
 class LabelAccumulator:
     """Builds the label map from per-slice, per-class probabilities by the module's overlap policy.
+
+    Slices are accumulated as contiguous ``n x rows x cols`` planes (display orientation) and turned into the
+    volume once, by :meth:`label_map` / :meth:`probability_maps`.
 
     Args:
         shape: prepared spatial shape ``(I, J, K)``.
         axis: slice axis.
         class_ids: every class that may be added.
-        keep_probabilities: also keep ``K x I x J x K`` per-class probabilities.
+        keep_probabilities: also keep per-class probabilities.
     """
 
     def __init__(
@@ -134,16 +144,19 @@ class LabelAccumulator:
         keep_probabilities: bool = False,
     ) -> None:
         self.axis = int(axis)
+        self.shape = tuple(int(v) for v in shape)
         self.class_ids = [int(c) for c in class_ids]
         dtype = np.uint8 if max(self.class_ids, default=0) <= 255 else np.uint16
-        self.label = np.zeros(shape, dtype=dtype)
-        self.best = np.zeros(shape, dtype=np.float32)
-        n = int(shape[self.axis])
+        u, v = (d for d in range(3) if d != self.axis)
+        n = self.shape[self.axis]
+        planes = (n, self.shape[v], self.shape[u])
+        self._label = np.zeros(planes, dtype=dtype)
+        self._best = np.zeros(planes, dtype=np.float32)
         self.scores = {c: np.full(n, np.nan, dtype=np.float32) for c in self.class_ids}
         self.stability = {c: np.full(n, np.nan, dtype=np.float32) for c in self.class_ids}
         self.kept = {c: np.zeros(n, dtype=bool) for c in self.class_ids}
-        self.probabilities = (
-            np.zeros((len(self.class_ids), *shape), dtype=np.float32) if keep_probabilities else None
+        self._probs = (
+            np.zeros((len(self.class_ids), *planes), dtype=np.float32) if keep_probabilities else None
         )
 
     def score(self, class_id: int, index: int, score: float, stability: float = float("nan")) -> None:
@@ -154,21 +167,24 @@ class LabelAccumulator:
                 table[class_id][index] = value
 
     def add(self, class_id: int, index: int, probabilities: np.ndarray) -> None:
-        """Merge a kept ``H x W`` probability map of ``class_id`` on slice ``index``."""
+        """Merge a kept ``rows x cols`` probability map of ``class_id`` on slice ``index``."""
         p = np.asarray(probabilities, dtype=np.float32)
         self.kept[class_id][index] = True
-        best = extract_slice(self.best, self.axis, index)
-        label = extract_slice(self.label, self.axis, index)
+        best, label = self._best[index], self._label[index]
         win = (p > 0.5) & ((p > best) | ((p == best) & ((label == 0) | (label > class_id))))
-        if win.any():
-            insert_slice(
-                self.label, self.axis, index, np.where(win, class_id, label).astype(self.label.dtype)
-            )
-            insert_slice(self.best, self.axis, index, np.where(win, p, best))
-        if self.probabilities is not None:
+        label[win] = class_id
+        best[win] = p[win]
+        if self._probs is not None:
             k = self.class_ids.index(class_id)
-            cur = extract_slice(self.probabilities[k], self.axis, index)
-            insert_slice(self.probabilities[k], self.axis, index, np.maximum(cur, p))
+            np.maximum(self._probs[k, index], p, out=self._probs[k, index])
+
+    def label_map(self) -> np.ndarray:
+        """``I x J x K`` class ids (contiguous)."""
+        return np.ascontiguousarray(slices_to_volume(self._label, self.axis))
+
+    def probability_maps(self) -> np.ndarray | None:
+        """``C x I x J x K`` per-class probabilities (class order of ``class_ids``), or ``None``."""
+        return None if self._probs is None else np.ascontiguousarray(slices_to_volume(self._probs, self.axis))
 
 
 def _class_names(record: Preprocessing, class_names: dict[int, str] | None) -> dict[int, str]:
@@ -287,14 +303,14 @@ def segment_volume(
     finally:
         bar.close()
     return SegmentationResult(
-        label_map=acc.label,
+        label_map=acc.label_map(),
         class_names=names,
         axis=prepared.axis,
         mode=mode,
         scores=acc.scores,
         stability=acc.stability,
         kept=acc.kept,
-        probabilities=acc.probabilities,
+        probabilities=acc.probability_maps(),
         low_confidence=s.low_confidence,
         confidence=s.confidence,
         propagation=result_prop,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from salt_seg.data import Volume, prepare_volume
+from salt_seg.data import Volume, extract_slice, prepare_volume
 from salt_seg.inference import InferenceSettings, LabelAccumulator, ModelBackend, segment_volume
 from salt_seg.prompts import Prompt
 from tests.inference.conftest import AFFINES, OracleModel, oracle_record
@@ -52,7 +52,6 @@ def test_low_confidence_slices_are_flagged(measure: str, threshold: float) -> No
 
 
 def test_overlap_policy_highest_probability_wins_ties_to_lower_id() -> None:
-    acc = LabelAccumulator((2, 2, 1), 2, [1, 2, 3], keep_probabilities=True)
     p1 = np.array([[0.7, 0.8], [0.4, 0.9]], np.float32)
     p2 = np.array([[0.9, 0.8], [0.45, 0.6]], np.float32)
     p3 = np.array([[0.2, 0.2], [0.51, 0.95]], np.float32)
@@ -60,16 +59,26 @@ def test_overlap_policy_highest_probability_wins_ties_to_lower_id() -> None:
         acc = LabelAccumulator((2, 2, 1), 2, [1, 2, 3], keep_probabilities=True)
         for c in order:
             acc.add(c, 0, {1: p1, 2: p2, 3: p3}[c])
-        from salt_seg.data import extract_slice
-
-        lab = extract_slice(acc.label, 2, 0)
+        lab = extract_slice(acc.label_map(), 2, 0)
         np.testing.assert_array_equal(lab, [[2, 1], [3, 3]])  # 0.9 > 0.7; tie 0.8 -> 1; 0.51; 0.95
-        assert acc.probabilities is not None
-        np.testing.assert_allclose(extract_slice(acc.probabilities[1], 2, 0), p2)
+        probs = acc.probability_maps()
+        assert probs is not None
+        np.testing.assert_allclose(extract_slice(probs[1], 2, 0), p2)
     same = LabelAccumulator((2, 2, 1), 2, [1])
     same.add(1, 0, np.array([[0.6, 0.0], [0.0, 0.0]], np.float32))
     same.add(1, 0, np.array([[0.0, 0.0], [0.0, 0.7]], np.float32))
-    assert int(same.label.sum()) == 2  # prompts of one class unite
+    assert int(same.label_map().sum()) == 2  # prompts of one class unite
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_to_volume_inverts_extract_slice(axis: int) -> None:
+    from salt_seg.inference.segment import slices_to_volume
+
+    vol = np.arange(3 * 4 * 5).reshape(3, 4, 5)
+    stack = np.stack([extract_slice(vol, axis, i) for i in range(vol.shape[axis])])
+    np.testing.assert_array_equal(slices_to_volume(stack, axis), vol)
+    two = np.stack([stack, stack + 1])
+    np.testing.assert_array_equal(slices_to_volume(two, axis)[1], vol + 1)
 
 
 def test_prompts_mode_and_batch_size_do_not_change_the_result() -> None:
