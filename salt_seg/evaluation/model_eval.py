@@ -57,6 +57,7 @@ def evaluate_run(
     device: Any = "cpu",
     batch_size: int = 8,
     progress: bool = True,
+    inference: Any = None,
 ) -> EvaluationResult:
     """Predict and score the test part of a run's split.
 
@@ -70,6 +71,7 @@ def evaluate_run(
         device: torch device.
         batch_size: slices per encoder call.
         progress: show progress bars.
+        inference: :class:`salt_seg.inference.InferenceSettings` (default: the calibrated ones).
 
     Raises:
         FileNotFoundError / ValueError: no split, no dataset, or an unknown prompt kind.
