@@ -17,8 +17,8 @@ DESCRIPTION = (
     "low-confidence slices, a 3D Slicer colour table and an ITK-SNAP label file. Modes: auto (the model's learned "
     "class tokens), prompts (boxes/points from a JSON prompt file, voxel or world RAS mm coordinates) and propagate "
     "(from a prompt on one slice through the neighbouring slices until the predicted IoU or the mask area drops). "
-    "A failing case is reported and skipped; the exit status is 1 when any case failed. Under torchrun the cases "
-    "are split across ranks."
+    "Without --model, a base --checkpoint (e.g. builtin) segments from prompts alone. A failing case is reported "
+    "and skipped; the exit status is 1 when any case failed. Under torchrun the cases are split across ranks."
 )
 
 
@@ -135,9 +135,15 @@ def run(args: argparse.Namespace) -> int:
     from salt_seg.inference import PredictOptions, find_cases, load_inference_model, predict_cases
     from salt_seg.inference.batch import attach_prompts
 
-    if args.model is None:
-        raise ValueError("--model is required: a trained run directory or adapter file")
+    if args.model is None and args.checkpoint is None:
+        raise ValueError(
+            "give --model (a trained run directory or adapter file) or a base --checkpoint (e.g. builtin)"
+        )
     mode = args.mode or ("prompts" if args.prompts else "auto")
+    if args.model is None and mode == "auto":
+        raise ValueError(
+            "a base checkpoint without --model has no class tokens: give --prompts (prompts/propagate)"
+        )
     if mode == "auto" and args.prompts:
         raise ValueError("--prompts is used by --mode prompts or propagate, not auto")
     if mode != "auto" and not args.prompts:
@@ -162,9 +168,15 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    loaded = load_inference_model(
-        args.model, args.variant, args.checkpoint, device, allow_base_mismatch=args.allow_base_mismatch
-    )
+    if args.model is not None:
+        loaded = load_inference_model(
+            args.model, args.variant, args.checkpoint, device, allow_base_mismatch=args.allow_base_mismatch
+        )
+    else:
+        from salt_seg.inference import LoadedModel, load_base_for_prompts
+
+        base, record = load_base_for_prompts(args.checkpoint, args.variant, device, intensity="minmax")
+        loaded = LoadedModel(base, record, dict(record.classes), {"base_checkpoint": args.checkpoint})
     if world > 1:
         from salt_seg.training.distributed import all_gather_objects, barrier, cleanup, init_distributed
 

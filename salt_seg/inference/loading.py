@@ -93,14 +93,26 @@ def resolve_base_checkpoint(adapter: Path, meta: dict[str, Any], checkpoint: str
 
 
 def load_base_for_prompts(
-    checkpoint: str | Path = "builtin", variant: str | None = None, device: torch.device | str = "cpu"
+    checkpoint: str | Path = "builtin",
+    variant: str | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    intensity: str = "none",
 ) -> tuple[SamModel, Preprocessing]:
-    """A base checkpoint alone (no adapter) for box/point prompts, with the built-in base's record.
+    """A base checkpoint alone (no adapter) for box/point prompts and propagation, with a matching record.
 
-    The variant and input size are read from the checkpoint's tensors; the record is the one the built-in base
-    was pretrained with (``[0, 1]`` intensities from min-max, one class ``object``), so volumes go in after
-    ``prepare_volume(volume, record)``.
+    The variant and input size are read from the checkpoint's tensors. The record is the built-in base's
+    pretraining record (SAM scaling, longest-side resize, one class ``object``) with ``intensity``: ``none``
+    (default: intensities already in ``[0, 1]``, exactly as the synthetic pretraining images; the propagation
+    thresholds were calibrated this way) or e.g. ``minmax`` to scale any other volume to ``[0, 1]`` once
+    (``salt-seg predict --checkpoint`` without ``--model`` does that).
+
+    Raises:
+        FileNotFoundError: no such checkpoint (or the built-in base is missing).
+        ValueError: not a SAM checkpoint.
     """
+    from dataclasses import replace
+
     from salt_seg.model.builtin import resolve_checkpoint
     from salt_seg.model.checkpoint import load_base_model, read_checkpoint
     from salt_seg.training.pretrain import pretrain_record
@@ -109,7 +121,8 @@ def load_base_for_prompts(
     _, info = read_checkpoint(path, compute_hash=False)
     size = int(info.image_size or 256)
     model, _ = load_base_model(variant or info.variant, path, image_size=size)
-    return model.to(device).eval(), pretrain_record(size)
+    record = replace(pretrain_record(size), intensity=intensity)
+    return model.to(device).eval(), Preprocessing.from_dict(record.to_dict())
 
 
 def _class_names(meta: dict[str, Any], record: Preprocessing) -> dict[int, str]:

@@ -358,3 +358,61 @@ def test_resampling_record_still_writes_the_source_grid(
     got = np.asanyarray(img.dataobj).astype(bool)
     dice = 2 * (got & obj).sum() / (got.sum() + obj.sum())
     assert dice > 0.95  # nearest-neighbour through a 1.5 mm grid and back
+
+
+def test_builtin_base_alone_propagates_from_a_world_prompt(tmp_path: Path) -> None:
+    """No adapter: `--checkpoint builtin` segments from prompts; end to end through NIfTI in LAS orientation."""
+    from salt_seg.inference.calibration import middle_box_prompt, validation_volume
+    from salt_seg.model.builtin import builtin_checkpoint
+
+    try:
+        builtin_checkpoint()
+    except FileNotFoundError:
+        pytest.skip("built-in base not yet shipped")
+    image, obj = validation_volume(9004)
+    src = write_nifti(tmp_path / "obj.nii.gz", image, AFFINES["las"])
+    save_prompts(tmp_path / "p.json", [middle_box_prompt(obj, 2)], coordinates="world", affine=AFFINES["las"])
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            "builtin",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--prompts",
+            str(tmp_path / "p.json"),
+            "--mode",
+            "propagate",
+            *QUIET,
+        ]
+    )
+    assert rc == 0
+    got = np.asanyarray(nib.load(str(out / "obj.nii.gz")).dataobj).astype(bool)
+    assert 2 * (got & obj).sum() / (got.sum() + obj.sum()) >= 0.85
+    doc = json.loads((out / "obj.json").read_text())
+    assert doc["labels"] == {"0": "background", "1": "object"}
+
+
+def test_base_without_model_needs_prompts(tmp_path: Path, capsys) -> None:
+    src = write_nifti(tmp_path / "a.nii.gz", np.zeros((8, 8, 2)), AFFINES["ras"])
+    assert main(["predict", "--input", str(src), "--output", str(tmp_path / "o"), *QUIET]) == 2
+    assert "give --model" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                "builtin",
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "o"),
+                *QUIET,
+            ]
+        )
+        == 2
+    )
+    assert "no class tokens" in capsys.readouterr().err
