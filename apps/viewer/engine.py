@@ -128,7 +128,8 @@ class SegmentationEngine:
         display_shape: spatial shape of the viewer's RAS grid (checked against the prepared grid).
         modality: ``CT``/``MR``/``image`` (chooses the base model's intensity record).
         cache_size: slice embeddings kept (LRU).
-        radius: slices on each side of the viewed one embedded in the background (0: no prefetching).
+        radius: slices on each side of the viewed one embedded in the background, after the viewed slice itself
+            (0: no background embedding at all).
 
     Raises:
         ValueError: the prepared grid differs from the display grid.
@@ -249,6 +250,8 @@ class Prefetcher:
         self._thread: threading.Thread | None = None
 
     def request(self, axis: int, index: int, n_slices: int) -> None:
+        if self.radius == 0:  # no background embedding at all
+            return
         order = [int(index)]
         for d in range(1, self.radius + 1):
             order += [i for i in (index + d, index - d) if 0 <= i < n_slices]
