@@ -274,10 +274,10 @@ def run_pretraining(
     from salt_seg.model.checkpoint import load_base_model
 
     base = init if init is not None else run_dir / "base.safetensors"
-    model, _ = load_base_model(variant, base, image_size=record.image_size)
+    model, info = load_base_model(variant, base, image_size=record.image_size)
     from salt_seg.adapters import load_adapter
 
-    load_adapter(run_dir / "adapter.safetensors", model, progress=False)
+    load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=info.content_hash, progress=False)
     model.eval()
     scores = evaluate_objectness(model, heldout, params=heldout_params)
     meta = {
