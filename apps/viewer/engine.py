@@ -273,6 +273,7 @@ class Prefetcher:
                     return
                 axis, index = self._wanted.pop(0)
                 if self.engine.is_cached(axis, index):
+                    self._cv.notify_all()  # wait_idle() may be waiting for the list to empty
                     continue
                 self._in_flight = (axis, index)
             try:

@@ -499,6 +499,12 @@ def test_neighbouring_slices_are_embedded_in_the_background(make_session, ct_nif
     h.on_select(s, select(*display_xy(s, int(xs.mean()), int(ys.mean()))))
     assert engine.prefetcher.wait_idle(30)
     assert engine.is_cached(2, 13) and engine.prefetcher.computed == computed + 1  # only slice 13 was new
+    import time
+
+    s.set_slice(12)  # every wanted slice is cached already: the prefetcher goes idle at once
+    t0 = time.monotonic()
+    assert engine.prefetcher.wait_idle(10) and time.monotonic() - t0 < 2.0
+    assert engine.prefetcher.computed == computed + 2  # slice 14
 
 
 def test_voxel_to_display_round_trip_matches_the_library(make_session, ct_nifti):
