@@ -1,5 +1,7 @@
 """Volume-wide actions of a viewer session, each a thin use of the library.
 
+* :func:`auto_slice` -- class tokens on the viewed slice, with the keep rule and overlap policy of
+  :mod:`salt_seg.inference.segment` (:class:`~salt_seg.inference.segment.LabelAccumulator`);
 * :func:`auto_volume` -- :func:`salt_seg.inference.segment_volume` in ``auto`` mode (class tokens);
 * :func:`propagate` -- :func:`salt_seg.inference.propagation.propagate_many` seeded with the box of each label on
   the viewed slice;
@@ -21,11 +23,11 @@ import numpy as np
 
 from apps.viewer.session import Progress, ViewerSession
 from salt_seg.data.labels import load_label
-from salt_seg.data.volume import extract_slice, insert_slice
+from salt_seg.data.volume import extract_slice, insert_slice, slice_shape
 from salt_seg.inference.coords import prompt_to_prepared, prompt_to_source, source_axis
 from salt_seg.inference.export import read_source_header, write_label_map
 from salt_seg.inference.propagation import box_from_mask, propagate_many
-from salt_seg.inference.segment import segment_volume
+from salt_seg.inference.segment import LabelAccumulator, segment_volume
 from salt_seg.inference.sidecars import write_label_json
 from salt_seg.inference.summary import structure_stats
 from salt_seg.prompts import Prompt
@@ -35,6 +37,37 @@ from salt_seg.prompts import save_prompts as write_prompt_file
 
 def _noop(fraction: float, desc: str) -> None:  # noqa: ARG001
     return None
+
+
+def auto_slice(session: ViewerSession) -> str:
+    """Automatic segmentation of the viewed slice with the model's class tokens (library keep rules)."""
+    engine = session.require_engine()
+    classes = engine.token_classes
+    if not classes:
+        raise ValueError("this model has no trained class tokens; place points or a box instead")
+    a, i = session.axis, session.slice_index
+    outs = engine.decode(a, [(i, Prompt(class_id=c, slice_index=i, axis=a)) for c in classes])
+    rows, cols = slice_shape(session.require_volume().shape, a)
+    shape = [0, 0, 0]
+    u, v = (d for d in range(3) if d != a)
+    shape[a], shape[u], shape[v] = 1, cols, rows
+    acc = LabelAccumulator(tuple(shape), a, classes)  # type: ignore[arg-type]
+    s = session.settings
+    found = []
+    for c, out in zip(classes, outs, strict=True):
+        area = int(out.mask.sum())
+        # the keep rule of salt_seg.inference.segment for class tokens: confidence and area must both pass
+        confidence = out.stability if s.confidence == "stability" else out.score
+        if area and confidence >= s.score_threshold and area >= s.min_area_px:
+            acc.add(c, 0, out.probabilities)
+            found.append(session.label_set.names.get(c, str(c)))
+    result = extract_slice(acc.label, a, 0)
+    lab = session.label_slice()
+    lab[np.isin(lab, classes)] = 0
+    keep = (result > 0) & (lab == 0)
+    lab[keep] = result[keep]
+    session.edit_slice(lab)
+    return f"automatic: {', '.join(found) if found else 'no structure'} on this slice"
 
 
 def auto_volume(session: ViewerSession, progress: Progress = _noop) -> str:

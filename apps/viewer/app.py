@@ -15,12 +15,9 @@ Safety defaults (see the README's Viewer section):
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,47 +27,12 @@ import gradio as gr
 
 from apps.viewer import handlers as h
 from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
+from apps.viewer.page import CSS, HOVER_SCRIPT
 from apps.viewer.session import PRESETS, TOOLS, ViewerSession
+from apps.viewer.sessions import SessionRegistry
 from apps.viewer.uploads import Staged, UploadPolicy, load_staged, stage_upload
 
 log = logging.getLogger(__name__)
-
-#: sends the display pixel under the mouse to the server (throttled), for the value under the cursor.
-HOVER_SCRIPT = """
-<script>
-(() => {
-  let last = "", pending = null, timer = null;
-  const send = () => {
-    timer = null;
-    const box = document.querySelector("#viewer-hover textarea, #viewer-hover input");
-    const btn = document.querySelector("#viewer-hover-btn");
-    if (!box || !btn || pending === null) return;
-    box.value = pending;
-    box.dispatchEvent(new Event("input", { bubbles: true }));
-    setTimeout(() => btn.click(), 20);
-  };
-  document.addEventListener("mousemove", (e) => {
-    const img = e.target && e.target.closest ? e.target.closest("#viewer-image img") : null;
-    if (!img || !img.naturalWidth) return;
-    const r = img.getBoundingClientRect();
-    const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight, 1);
-    const ox = (r.width - img.naturalWidth * s) / 2, oy = (r.height - img.naturalHeight * s) / 2;
-    const x = Math.round((e.clientX - r.left - ox) / s), y = Math.round((e.clientY - r.top - oy) / s);
-    if (x < 0 || y < 0 || x >= img.naturalWidth || y >= img.naturalHeight) return;
-    const v = x + "," + y;
-    if (v === last) return;
-    last = v;
-    pending = v;
-    if (!timer) timer = setTimeout(send, 120);
-  });
-})();
-</script>
-"""
-
-CSS = """
-#viewer-image img { image-rendering: pixelated; }
-#viewer-status p { font-weight: 600; }
-"""
 
 
 @dataclass
@@ -125,58 +87,6 @@ def default_registry(config: ViewerConfig) -> ModelRegistry:
     if config.builtin:
         loaders[BUILTIN_MODEL] = lambda: load_builtin(config.device)
     return ModelRegistry(loaders)
-
-
-class SessionRegistry:
-    """Per-tab sessions keyed by Gradio's session hash; freed on unload, when idle, or beyond capacity."""
-
-    def __init__(
-        self, factory: Callable[[Path], ViewerSession], root: Path, idle_timeout_s: float, max_sessions: int
-    ) -> None:
-        self.factory, self.root = factory, Path(root)
-        self.idle_timeout_s, self.max_sessions = float(idle_timeout_s), int(max_sessions)
-        self._sessions: OrderedDict[str, tuple[ViewerSession, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def __contains__(self, session_id: str) -> bool:
-        return session_id in self._sessions
-
-    def get(self, session_id: str) -> ViewerSession:
-        """The tab's session, created on its first event."""
-        sid = re.sub(r"[^A-Za-z0-9_-]", "", str(session_id))[:64] or "anonymous"
-        stale: list[ViewerSession] = []
-        with self._lock:
-            now = time.monotonic()
-            for key, (_, used) in list(self._sessions.items()):
-                if key != sid and now - used > self.idle_timeout_s:
-                    stale.append(self._sessions.pop(key)[0])
-            if sid in self._sessions:
-                session = self._sessions.pop(sid)[0]
-            else:
-                session = self.factory(self.root / sid)
-            self._sessions[sid] = (session, now)
-            while len(self._sessions) > self.max_sessions:
-                stale.append(self._sessions.popitem(last=False)[1][0])
-        for s in stale:
-            s.close()
-        return session
-
-    def close(self, session_id: str) -> None:
-        sid = re.sub(r"[^A-Za-z0-9_-]", "", str(session_id))[:64]
-        with self._lock:
-            item = self._sessions.pop(sid, None)
-        if item is not None:
-            item[0].close()
-
-    def close_all(self) -> None:
-        with self._lock:
-            items = list(self._sessions.values())
-            self._sessions.clear()
-        for s, _ in items:
-            s.close()
 
 
 class ViewerApp:

@@ -308,7 +308,7 @@ def on_clear(session: ViewerSession) -> Updates:
 
 @guarded
 def on_auto_slice(session: ViewerSession) -> Updates:
-    msg = session.auto_slice()
+    msg = actions.auto_slice(session)
     return {**view(session), "status": msg}
 
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from apps.viewer.engine import ModelRegistry, SegmentationEngine, guess_modality
 from apps.viewer.render import DisplayGeometry, edge_letters, markers_for, render_slice, window_to_uint8
-from apps.viewer.state import LabelSet, PromptBook, SliceHistory, Snapshot
+from apps.viewer.state import LabelSet, PromptBook, SliceHistory, Snapshot, VoxelCounts
 from salt_seg.data.volume import Volume, extract_slice, insert_slice, slice_shape
-from salt_seg.inference.segment import InferenceSettings, LabelAccumulator
+from salt_seg.inference.segment import InferenceSettings
 from salt_seg.inference.summary import voxel_volume_mm3
 from salt_seg.preprocessing import Preprocessing, intensity_range, window_preset
 from salt_seg.prompts import Prompt, box_from_points
@@ -91,7 +91,7 @@ class ViewerSession:
         self.cursor = ""
         self.staged: Any = None  # an upload waiting for the user's series choice (handlers)
         self.lock = threading.RLock()  # the app serialises a tab's events with it
-        self._counts = np.zeros(1, dtype=np.int64)  # voxels per label id, kept up to date on every write
+        self.counts = VoxelCounts()  # voxels per label id, kept up to date on every write
 
     # --- volume ------------------------------------------------------------------------------------------------
     def open(self, volume: Volume, source_path: str | Path | None = None) -> None:
@@ -107,7 +107,7 @@ class ViewerSession:
         self.modality = guess_modality(volume)
         self.axcodes = self.ras.axcodes
         self.labels = np.zeros(self.ras.shape, dtype=np.uint16)
-        self._recount()
+        self.counts = VoxelCounts(self.labels)
         self.axis = 2
         self.index = {a: n // 2 for a, n in enumerate(self.ras.shape)}
         self.history.clear()
@@ -312,20 +312,14 @@ class ViewerSession:
         assert self.labels is not None
         k = self._key(key)
         new = np.asarray(new).astype(self.labels.dtype)
-        self._count(extract_slice(self.labels, *k), -1)
+        self.counts.add(extract_slice(self.labels, *k), -1)
         insert_slice(self.labels, *k, new)
-        self._count(new, +1)
+        self.counts.add(new, +1)
 
-    def _count(self, labels: np.ndarray, sign: int) -> None:
-        counts = np.bincount(np.asarray(labels).ravel(), minlength=len(self._counts))
-        if len(counts) > len(self._counts):
-            self._counts = np.pad(self._counts, (0, len(counts) - len(self._counts)))
-        self._counts[: len(counts)] += sign * counts
-
-    def _recount(self) -> None:
-        self._counts = np.zeros(1, dtype=np.int64)
-        if self.labels is not None:
-            self._count(self.labels, +1)
+    def edit_slice(self, new: np.ndarray, key: tuple[int, int] | None = None) -> None:
+        """Replace a slice's labels (default: the viewed slice) as one undoable edit."""
+        self._snapshot(key)
+        self._write_slice(new, key)
 
     def add_label(self, name: str | None = None) -> int:
         """Add a label (next free id) and make it active."""
@@ -338,8 +332,7 @@ class ViewerSession:
         if tool == "inspect":
             return self.cursor
         if tool in ("brush", "eraser"):
-            self._snapshot()
-            self._write_slice(self._stamp(x, y, cid if tool == "brush" else 0))
+            self.edit_slice(self._stamp(x, y, cid if tool == "brush" else 0))
             self.inspect(x, y)
             return f"{tool} at ({x}, {y})"
         self.require_engine()
@@ -409,37 +402,6 @@ class ViewerSession:
         self.prompts.corner = None
         return f"cleared {AXIS_NAMES[self.axis]} slice {self.slice_index}"
 
-    def auto_slice(self) -> str:
-        """Automatic segmentation of the viewed slice with the model's class tokens (library keep rules)."""
-        engine = self.require_engine()
-        classes = engine.token_classes
-        if not classes:
-            raise ValueError("this model has no trained class tokens; place points or a box instead")
-        a, i = self.axis, self.slice_index
-        outs = engine.decode(a, [(i, Prompt(class_id=c, slice_index=i, axis=a)) for c in classes])
-        rows, cols = slice_shape(self.require_volume().shape, a)
-        shape = [0, 0, 0]
-        u, v = (d for d in range(3) if d != a)
-        shape[a], shape[u], shape[v] = 1, cols, rows
-        acc = LabelAccumulator(tuple(shape), a, classes)  # type: ignore[arg-type]
-        s = self.settings
-        found = []
-        for c, out in zip(classes, outs, strict=True):
-            area = int(out.mask.sum())
-            # the keep rule of salt_seg.inference.segment for class tokens: confidence and area must both pass
-            confidence = out.stability if s.confidence == "stability" else out.score
-            if area and confidence >= s.score_threshold and area >= s.min_area_px:
-                acc.add(c, 0, out.probabilities)
-                found.append(self.label_set.names.get(c, str(c)))
-        result = extract_slice(acc.label, a, 0)
-        self._snapshot()
-        lab = self.label_slice()
-        lab[np.isin(lab, classes)] = 0
-        keep = (result > 0) & (lab == 0)
-        lab[keep] = result[keep]
-        self._write_slice(lab)
-        return f"automatic: {', '.join(found) if found else 'no structure'} on this slice"
-
     def replace_labels(self, new: np.ndarray) -> int:
         """Replace the whole label map, pushing an undo snapshot for every changed slice of the viewed axis."""
         assert self.labels is not None
@@ -450,7 +412,7 @@ class ViewerSession:
             key = (self.axis, int(i))
             self.history.push(key, Snapshot(np.array(extract_slice(old, *key)), self.prompts.on_slice(*key)))
         self.labels = np.asarray(new, dtype=np.uint16)
-        self._recount()
+        self.counts = VoxelCounts(self.labels)
         return len(changed)
 
     # --- summary ------------------------------------------------------------------------------------------------
@@ -462,17 +424,13 @@ class ViewerSession:
         if self.labels is None or self.ras is None:
             return {}
         mm3 = voxel_volume_mm3(self.ras.geometry)
-        present = {int(i) for i in np.nonzero(self._counts)[0] if i}
-        names = {
-            **self.label_set.names,
-            **{i: f"label {i}" for i in present if i not in self.label_set.names},
-        }
-        counts = self._counts
+        extra = {i: f"label {i}" for i in self.counts.present() if i not in self.label_set.names}
+        names = {**self.label_set.names, **extra}
         return {
             str(cid): {
                 "name": name,
-                "voxels": int(counts[cid]) if cid < len(counts) else 0,
-                "volume_ml": round((int(counts[cid]) if cid < len(counts) else 0) * mm3 / 1000.0, 4),
+                "voxels": self.counts[cid],
+                "volume_ml": round(self.counts[cid] * mm3 / 1000.0, 4),
             }
             for cid, name in sorted(names.items())
         }

@@ -176,3 +176,26 @@ class PromptBook:
     def clear(self) -> None:
         self._prompts.clear()
         self.corner = None
+
+
+class VoxelCounts:
+    """Voxels per label id of a label map, updated slice by slice (no pass over the volume per edit)."""
+
+    def __init__(self, labels: np.ndarray | None = None) -> None:
+        self.counts = np.zeros(1, dtype=np.int64)
+        if labels is not None:
+            self.add(labels, +1)
+
+    def add(self, labels: np.ndarray, sign: int) -> None:
+        """Count (``sign = +1``) or uncount (``-1``) the ids in ``labels``."""
+        counts = np.bincount(np.asarray(labels).ravel(), minlength=len(self.counts))
+        if len(counts) > len(self.counts):
+            self.counts = np.pad(self.counts, (0, len(counts) - len(self.counts)))
+        self.counts[: len(counts)] += sign * counts
+
+    def __getitem__(self, label_id: int) -> int:
+        return int(self.counts[label_id]) if 0 <= label_id < len(self.counts) else 0
+
+    def present(self) -> set[int]:
+        """Label ids (not 0) with at least one voxel."""
+        return {int(i) for i in np.nonzero(self.counts)[0] if i}

@@ -122,8 +122,8 @@ def test_tab_close_frees_the_session(server: ViewerApp) -> None:
 
 
 def test_idle_and_surplus_sessions_are_freed(tmp_path: Path) -> None:
-    from apps.viewer.app import SessionRegistry
     from apps.viewer.session import ViewerSession
+    from apps.viewer.sessions import SessionRegistry
 
     reg = ModelRegistry({"oracle": oracle_loaded})
     sessions = SessionRegistry(lambda d: ViewerSession(reg, d), tmp_path, idle_timeout_s=3600, max_sessions=2)
