@@ -139,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = _stage(3, "evaluate on the held-out test slices (prompt-free, learned class tokens)")
     result = evaluate_run(run_dir, prompt="auto", progress=False)
     write_results(result, run_dir / "evaluation")
-    table = format_table(result.summary, result.class_names)
+    per_class = evaluate_run(run_dir, prompt="auto", progress=False, overlap="independent")
+    write_results(per_class, run_dir / "evaluation_per_class")
     _done(t0)
-    print(table)
+    print("Exported label map (each voxel takes its most probable class):")
+    print(format_table(result.summary, result.class_names))
+    print("\nEach class's own mask (the SALT paper's one-prompt-one-mask protocol):")
+    print(format_table(per_class.summary, per_class.class_names))
 
     # 4. segment the whole volume -----------------------------------------------------------------------------
     from salt_seg.inference import PredictOptions, load_inference_model, predict_cases
@@ -175,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         png, np.rot90(img[:, :, k]), np.rot90(pred[:, :, k]), names, f"salt_seg prediction, slice {k}"
     )
     _done(t0)
-    dice = result.summary.get("slice", {})
-    print("\nDice on held-out test slices (mean ± std):")
+    print("\nDice on held-out test slices (mean ± std): label map | own mask")
     for cid, name in names.items():
-        d = dice.get(str(cid), {}).get("dice", {})
-        if d:
-            print(f"  {name:14s} {d['mean']:.3f} ± {d['std']:.3f}  (n={d['n']})")
+        a = result.summary.get("slice", {}).get(str(cid), {}).get("dice", {})
+        b = per_class.summary.get("slice", {}).get(str(cid), {}).get("dice", {})
+        if a and b:
+            print(
+                f"  {name:14s} {a['mean']:.3f} ± {a['std']:.3f} | {b['mean']:.3f} ± {b['std']:.3f}  (n={a['n']})"
+            )
     print("\nStructure volumes in the whole-volume prediction:")
     for st in summary.get("structures", {}).values():
         print(f"  {st['name']:14s} {st['volume_ml']:8.1f} mL  ({st['voxels']:,} voxels)")

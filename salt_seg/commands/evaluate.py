@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: auto when the model has class tokens, else box)",
     )
     parser.add_argument("--data", metavar="DIR", help="with --model: the dataset (default: the run config's)")
+    parser.add_argument(
+        "--overlap",
+        choices=("label_map", "independent"),
+        default="label_map",
+        help="with --model: score the exported multi-class label map (default) or each class's own mask "
+        "against that class alone (the SALT paper's per-prompt protocol)",
+    )
     parser.add_argument("--device", default="auto", help="with --model: cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--split",
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             settings=settings,
             device=resolve_device(args.device),
+            overlap=args.overlap,
         )
         out = Path(args.out) if args.out else Path(args.model) / "evaluation"
         written = write_results(result, out)

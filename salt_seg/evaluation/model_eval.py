@@ -3,7 +3,9 @@
 Prompts for prompted models are simulated from the ground truth on every test slice where a structure is present
 (a tight box, or the interior point farthest from the boundary) - the standard protocol for box/point-prompted
 SAM models; models with learned class tokens are evaluated prompt-free (``auto``), which needs no ground truth.
-Scores are computed on the prepared grid (RAS-reoriented, resampled only if the record resamples), with its
+Multi-class overlap: ``label_map`` scores the exported label map (each voxel takes its most probable class, as
+``salt-seg predict`` writes it); ``independent`` scores each class's own mask against that class alone (the SALT
+paper's protocol: one text prompt, one binary mask per class). Scores are computed on the prepared grid (RAS-reoriented, resampled only if the record resamples), with its
 spacing in mm.
 """
 
@@ -58,6 +60,7 @@ def evaluate_run(
     batch_size: int = 8,
     progress: bool = True,
     inference: Any = None,
+    overlap: str = "label_map",
 ) -> EvaluationResult:
     """Predict and score the test part of a run's split.
 
@@ -72,6 +75,7 @@ def evaluate_run(
         batch_size: slices per encoder call.
         progress: show progress bars.
         inference: :class:`salt_seg.inference.InferenceSettings` (default: the calibrated ones).
+        overlap: ``label_map`` (score the exported multi-class map) or ``independent`` (each class's own mask).
 
     Raises:
         FileNotFoundError / ValueError: no split, no dataset, or an unknown prompt kind.
@@ -105,6 +109,8 @@ def evaluate_run(
     model, record = loaded.model, loaded.record
     if prompt is None:
         prompt = "auto" if model.num_classes else "box"
+    if overlap not in ("label_map", "independent"):
+        raise ValueError(f"overlap must be 'label_map' or 'independent', got {overlap!r}")
     if prompt not in PROMPTS:
         raise ValueError(f"unknown prompt kind {prompt!r}; valid: {list(PROMPTS)}")
     if prompt == "auto" and not model.num_classes:
@@ -119,7 +125,7 @@ def evaluate_run(
         settings = dataclasses.replace(settings, levels=("slice",))
     load = loading_transforms(record)
 
-    def cases() -> Iterator[tuple[str, np.ndarray, np.ndarray, list[float]]]:
+    def cases() -> Iterator[tuple[int | None, str, np.ndarray, np.ndarray, list[float]]]:
         for case_id, wanted in test.items():
             prepared = prepared_from_item(load(case_item(dataset, case_id)), record)
             slices = list(range(prepared.n_slices)) if wanted is None else list(wanted)
@@ -132,6 +138,8 @@ def evaluate_run(
                     batch_size=batch_size,
                     progress=progress,
                     desc=case_id,
+                    settings=inference,
+                    probabilities=overlap == "independent",
                 )
             else:
                 prompts = gt_prompts(prepared.label, class_ids, slices, prepared.axis, prompt)
@@ -144,11 +152,26 @@ def evaluate_run(
                     batch_size=batch_size,
                     progress=progress,
                     desc=case_id,
+                    settings=inference,
+                    probabilities=overlap == "independent",
                 )
             spacing = np.linalg.norm(prepared.affine[:3, :3], axis=0).tolist()
-            yield case_id, np.asarray(res.label_map), prepared.label, spacing
+            if overlap == "independent":
+                for k, cid in enumerate(res.class_names):
+                    pred = np.where(res.probabilities[k] > 0.5, cid, 0).astype(np.int64)
+                    yield cid, case_id, pred, np.where(prepared.label == cid, cid, 0), spacing
+            else:
+                yield None, case_id, np.asarray(res.label_map), prepared.label, spacing
 
-    scores, ids = evaluate_cases(cases(), class_ids=class_ids, settings=settings, slices=test)
+    scores, ids = [], list(class_ids)
+    for cid, case_id, pred, gt, spacing in cases():
+        part, _ = evaluate_cases(
+            [(case_id, pred, gt, spacing)],
+            class_ids=class_ids if cid is None else [cid],
+            settings=settings,
+            slices={case_id: test[case_id]},
+        )
+        scores.extend(part)
     return EvaluationResult(
         scores, ids, settings, list(test), class_names=dict(loaded.class_names), split_slices=test
     )
