@@ -292,10 +292,11 @@ class ViewerSession:
         src = np.round(self.volume.world_to_voxel(world)[0]).astype(int)
         unit = " HU" if self.modality == "CT" else ""
         lab = int(self.labels[ijk]) if self.labels is not None else 0
-        name = self.label_set.names.get(lab, "") if lab else "none"
+        name = self.label_set.names.get(lab, "")
+        named = f" ({name})" if lab and name and name != f"label {lab}" else ""
         self.cursor = (
             f"voxel [{', '.join(str(int(v)) for v in src)}] · RAS ({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm"
-            f" · value {value:.6g}{unit} · label {lab}{f' ({name})' if lab else ''}"
+            f" · value {value:.6g}{unit} · label {lab}{named}"
         )
         return self.cursor
 
