@@ -91,6 +91,8 @@ def one_run(
                 str(out),
                 "--prompt",
                 eval_prompt,
+                "--overlap",
+                "independent",
                 "--device",
                 "cpu",
             ]
