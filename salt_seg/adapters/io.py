@@ -30,21 +30,8 @@ NON_BASE_PREFIXES = ("class_tokens.",)
 
 
 def _state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
-    try:
-        from salt_seg.model.checkpoint import state_dict_hash
-    except (
-        ImportError
-    ):  # pragma: no cover - the model core provides it; same definition kept here as a fallback
-        import hashlib
+    from salt_seg.model.checkpoint import state_dict_hash  # lazy: checkpoint imports the model stack
 
-        h = hashlib.sha256()
-        for key in sorted(state_dict):
-            t = state_dict[key].detach().cpu().contiguous()
-            h.update(key.encode())
-            h.update(str(t.dtype).encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
     return state_dict_hash(state_dict)
 
 
