@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     open_s = time.perf_counter() - t0
     fresh.open(volume)
     geo = cached.geometry()
-    px, py = int(geo.width * 0.6), int(geo.height * 0.5)  # on the organ
+    px, py = int(geo.width * 0.4), int(geo.height * 0.5)  # on the organ (patient left is screen right)
     usable = [i for i in range(args.slices) if abs(i - args.slices // 2) < args.slices * 0.3]
     times: dict[str, list[float]] = {"cached": [], "uncached": []}
     cpu: dict[str, list[float]] = {"cached": [], "uncached": []}

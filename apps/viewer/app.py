@@ -135,14 +135,14 @@ class ViewerApp:
     def _open_initial(self, session: ViewerSession) -> h.Updates:
         staged = self._initial
         if staged is None or session.has_volume:
-            return h._full(session, "")
+            return h.full_view(session, "")
         if staged.needs_choice:
             return h.on_open_path(session, staged, self.policy)
         with self._initial_lock:  # one copy of the command-line volume, shared read-only by the tabs
             if self._initial_volume is None:
                 self._initial_volume = load_staged(staged, max_voxels=self.policy.max_voxels)
         session.open(self._initial_volume, staged.source_path)
-        return h._full(session, h._opened(session))
+        return h.full_view(session, h.opened_message(session))
 
     # --- page -------------------------------------------------------------------------------------------------------
     def _build(self) -> gr.Blocks:  # noqa: PLR0915 - one linear layout

@@ -121,7 +121,8 @@ def controls(session: ViewerSession) -> Updates:
     return out
 
 
-def _full(session: ViewerSession, status: str) -> Updates:
+def full_view(session: ViewerSession, status: str) -> Updates:
+    """The view, every control that follows the session, and a status line."""
     return {**view(session), **controls(session), "status": status}
 
 
@@ -145,10 +146,14 @@ def _open_staged(session: ViewerSession, staged: Staged, policy: UploadPolicy) -
     vol = load_staged(staged, max_voxels=policy.max_voxels)
     session.open(vol, staged.source_path)
     session.staged = None
-    return {**_full(session, _opened(session)), "series": {"choices": [], "value": None, "visible": False}}
+    return {
+        **full_view(session, opened_message(session)),
+        "series": {"choices": [], "value": None, "visible": False},
+    }
 
 
-def _opened(session: ViewerSession) -> str:
+def opened_message(session: ViewerSession) -> str:
+    """``opened NAME`` (and why the model is unavailable, if it is)."""
     assert session.volume is not None
     note = f" · model unavailable: {session.engine_error}" if session.engine_error else ""
     return f"opened {session.volume.name}{note}"
@@ -164,14 +169,17 @@ def on_open_series(session: ViewerSession, index: int | None, policy: UploadPoli
     vol = load_staged(staged, int(index), max_voxels=policy.max_voxels)
     session.open(vol, staged.source_path)
     session.staged = None
-    return {**_full(session, _opened(session)), "series": {"choices": [], "value": None, "visible": False}}
+    return {
+        **full_view(session, opened_message(session)),
+        "series": {"choices": [], "value": None, "visible": False},
+    }
 
 
 @guarded
 def on_open_path(session: ViewerSession, staged: Staged | None, policy: UploadPolicy) -> Updates:
     """Open the volume given on the command line (already staged by the app)."""
     if staged is None or session.has_volume:
-        return _full(session, "")
+        return full_view(session, "")
     return _open_staged(session, staged, policy)
 
 
@@ -199,7 +207,7 @@ def on_axis(session: ViewerSession, name: str) -> Updates:
 @guarded
 def on_preset(session: ViewerSession, name: str) -> Updates:
     session.set_preset(name)
-    return _full(session, "")
+    return full_view(session, "")
 
 
 @guarded
@@ -239,7 +247,7 @@ def on_label(session: ViewerSession, label_id: int) -> Updates:
 @guarded
 def on_add_label(session: ViewerSession, name: str) -> Updates:
     new = session.add_label(name)
-    return _full(session, f"added label {new}: {session.label_set.names[new]}")
+    return full_view(session, f"added label {new}: {session.label_set.names[new]}")
 
 
 @guarded
@@ -250,7 +258,7 @@ def on_model(session: ViewerSession, name: str) -> Updates:
         if session.engine is not None or not session.has_volume
         else str(session.engine_error)
     )
-    return _full(session, status)
+    return full_view(session, status)
 
 
 # --- clicks ------------------------------------------------------------------------------------------------------------
@@ -345,7 +353,7 @@ def on_load_prompts(session: ViewerSession, file: str | None, policy: UploadPoli
         return {"status": ""}
     path = _uploaded_file(file, policy)
     msg = actions.load_prompts(session, path)
-    return _full(session, msg)
+    return full_view(session, msg)
 
 
 @guarded
@@ -354,7 +362,7 @@ def on_load_labels(session: ViewerSession, file: str | None, policy: UploadPolic
         return {"status": ""}
     path = _uploaded_file(file, policy)
     msg = actions.load_label_map(session, path)
-    return _full(session, msg)
+    return full_view(session, msg)
 
 
 def _uploaded_file(file: str, policy: UploadPolicy) -> Path:
