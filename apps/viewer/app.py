@@ -147,7 +147,7 @@ class ViewerApp:
     # --- page -------------------------------------------------------------------------------------------------------
     def _build(self) -> gr.Blocks:  # noqa: PLR0915 - one linear layout
         names = self.registry.names
-        with gr.Blocks(title="salt-seg viewer") as demo:
+        with gr.Blocks(title="salt-seg viewer", analytics_enabled=False) as demo:  # no calls home
             gr.Markdown(
                 "### salt-seg viewer · SAM with SALT adapters on NIfTI / DICOM · research use only, not a "
                 "medical device"

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from salt_seg.commands.common import resolve_device
 
     device = resolve_device(args.device, args.threads)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     if not is_loopback(args.host):
         log.warning(
             "binding %s: anyone who can reach this machine can use the viewer and read what is uploaded to it "

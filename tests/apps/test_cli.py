@@ -82,7 +82,7 @@ def test_launch_defaults_bind_loopback_cap_uploads_and_grant_no_paths() -> None:
     try:
         kw = app.launch_kwargs()
         assert kw["server_name"] == "127.0.0.1" and kw["max_file_size"] == "7mb" and kw["share"] is False
-        assert "allowed_paths" not in kw
+        assert "allowed_paths" not in kw and app.demo.analytics_enabled is False
         assert app.policy.max_bytes == 7 * 1024**2 and app.policy.roots
     finally:
         app.close()
