@@ -57,6 +57,8 @@ def test_box_and_point_prompts_beat_baselines_on_heldout_objects(heldout_scores)
     assert scores.one_point >= 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="issue 6 target not reached yet: held-out box Dice 0.843 < 0.9 (128 px base)")
+@pytest.mark.xfail(
+    strict=True, reason="issue 6 target not reached yet: held-out box Dice 0.843 < 0.9 (128 px base)"
+)
 def test_box_dice_reaches_the_issue_target(heldout_scores) -> None:
     assert heldout_scores.box >= 0.9
