@@ -27,7 +27,7 @@ from salt_seg.data.volume import extract_slice, insert_slice, slice_shape
 from salt_seg.inference.coords import prompt_to_prepared, prompt_to_source, source_axis
 from salt_seg.inference.export import read_source_header, write_label_map
 from salt_seg.inference.propagation import box_from_mask, propagate_many
-from salt_seg.inference.segment import LabelAccumulator, segment_volume
+from salt_seg.inference.segment import LabelAccumulator, keep_class_token_mask, segment_volume
 from salt_seg.inference.sidecars import write_label_json
 from salt_seg.inference.summary import structure_stats
 from salt_seg.prompts import Prompt
@@ -55,10 +55,7 @@ def auto_slice(session: ViewerSession) -> str:
     s = session.settings
     found = []
     for c, out in zip(classes, outs, strict=True):
-        area = int(out.mask.sum())
-        # the keep rule of salt_seg.inference.segment for class tokens: confidence and area must both pass
-        confidence = out.stability if s.confidence == "stability" else out.score
-        if area and confidence >= s.score_threshold and area >= s.min_area_px:
+        if keep_class_token_mask(out, s):  # the library's rule, as salt-seg predict applies it
             acc.add(c, 0, out.probabilities)
             found.append(session.label_set.names.get(c, str(c)))
     result = extract_slice(acc.label, a, 0)

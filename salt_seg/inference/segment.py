@@ -330,16 +330,18 @@ def segment_volume(
     )
 
 
-def _keep(out: SliceOutput, prompt: Prompt, s: InferenceSettings) -> bool:
+def keep_class_token_mask(out: SliceOutput, s: InferenceSettings) -> bool:
+    """The keep rule for a class token's mask on one slice: not empty, ``min_area_px`` pixels, confident enough."""
     area = int(out.mask.sum())
-    if area == 0:
-        return False
-    if (
-        prompt.is_automatic
-    ):  # a class token must earn its slice; explicit prompts are kept (flagged if unsure)
-        value = out.stability if s.confidence == "stability" else out.score
-        return value >= s.score_threshold and area >= s.min_area_px
-    return True
+    value = out.stability if s.confidence == "stability" else out.score
+    return area > 0 and area >= s.min_area_px and value >= s.score_threshold
+
+
+def _keep(out: SliceOutput, prompt: Prompt, s: InferenceSettings) -> bool:
+    # a class token must earn its slice; explicit prompts are kept when not empty (flagged if unsure)
+    if prompt.is_automatic:
+        return keep_class_token_mask(out, s)
+    return bool(out.mask.any())
 
 
 def _slice_work(
