@@ -46,11 +46,11 @@ def main() -> None:
 
     from monai.losses import DiceCELoss
 
-    from salt_seg.data import AugmentConfig, SliceDataset, load_dataset, make_split
+    from salt_seg.data import AugmentConfig, SliceDataset, insert_slice, load_dataset, make_split
     from salt_seg.data.pipeline import case_item, loading_transforms, prepared_from_item
     from salt_seg.evaluation import EvaluationSettings, write_results
     from salt_seg.evaluation.runner import EvaluationResult, evaluate_cases
-    from salt_seg.preprocessing import Preprocessing
+    from salt_seg.preprocessing import Preprocessing, logits_to_original
     from salt_seg.training.batching import batch_indices, derive_seed
 
     out = Path(args.out)
@@ -92,8 +92,6 @@ def main() -> None:
         for case_id, wanted in test.items():
             prepared = prepared_from_item(load(case_item(ds, case_id)), record)
             pred = np.zeros(prepared.label.shape, dtype=np.int64)
-            from salt_seg.data import insert_slice
-            from salt_seg.preprocessing import logits_to_original
 
             for s in range(prepared.n_slices) if wanted is None else wanted:
                 x, tf = prepared.model_input(s)

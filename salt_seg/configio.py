@@ -71,14 +71,13 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _check(value, a, key)
-            except (TypeError, ValueError) as exc:
-                errors.append(str(exc))
+            except (TypeError, ValueError):
+                continue
         raise TypeError(f"{key}: {value!r} does not match {tp}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

@@ -99,8 +99,8 @@ def evaluate_run(
         cfg_file = run_dir / "config.yaml"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{run_dir}: no config.yaml to find the dataset (pass --data)")
-        data_path = (yaml.safe_load(cfg_file.read_text()).get("data") or {}).get("path")
-        fmt = (yaml.safe_load(cfg_file.read_text()).get("data") or {}).get("format", "auto")
+        data_cfg = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
+        data_path, fmt = data_cfg.get("path"), data_cfg.get("format", "auto")
     else:
         fmt = "auto"
     if not data_path:

@@ -273,7 +273,8 @@ def train(
         )
         bad, init_dice = int(state["bad_validations"]), float(state["initial_val_dice"])
         torch.set_rng_state(state["torch_rng"])
-        rd.truncate_metrics(run_dir, start_step) if dist.is_main else None
+        if dist.is_main:
+            rd.truncate_metrics(run_dir, start_step)
     elif dist.is_main:
         rd.write_config(run_dir, cfg.to_dict())
         rd.atomic_write_json(
