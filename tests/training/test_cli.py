@@ -160,3 +160,33 @@ def test_torchrun_two_cpu_processes(tmp_path, shapes_dataset) -> None:
     load_adapter(run / "checkpoints" / "last" / "adapter.safetensors", model, progress=False)
     dice, _, _ = validate(model, data, c, "cpu", DistInfo())
     assert dice == pytest.approx(rows[-1]["val_dice"], abs=1e-6)
+
+
+def test_evaluate_model_scores_the_runs_test_slices(tmp_path, shapes_dataset, capsys) -> None:
+    cfg = write_config(tmp_path / "c.yaml", shapes_dataset)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    for overlap in ("label_map", "independent"):
+        out = tmp_path / f"eval_{overlap}"
+        rc = main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "run"),
+                "--prompt",
+                "box",
+                "--overlap",
+                overlap,
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        assert rc == 0, capsys.readouterr().err
+        doc = json.loads((out / "evaluation.json").read_text())
+        split = json.loads((tmp_path / "run" / "split.json").read_text())
+        assert sorted(doc["cases"]) == sorted(e["case"] for e in split["test"])
+        dice = doc["summary"]["volume"]["all"]["dice"]
+        assert dice["n"] > 0 and 0.0 <= dice["mean"] <= 1.0
+    rc = main(["evaluate", "--model", str(tmp_path / "run"), "--prompt", "auto", "--device", "cpu"])
+    assert rc == 2 and "no class tokens" in capsys.readouterr().err
