@@ -87,6 +87,27 @@ def wait_text(page, selector: str, text: str, timeout_ms: int = 30000) -> str:  
     return page.locator(selector).inner_text()
 
 
+def settled_shot(page, image, old_src: str | None, name: str, timeout_s: float = 30.0) -> np.ndarray:  # noqa: ANN001
+    """Screenshot of ``image`` once its picture has been swapped (new ``src``, decoded) and the page has stopped
+    repainting it: two consecutive screenshots agree. Gradio swaps the picture and clears its loading veil after
+    the status text, at a time that depends on machine load, so a fixed sleep is not enough."""
+    page.wait_for_function(
+        "(old) => { const i = document.querySelector('#viewer-image img');"
+        " return i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
+        arg=old_src,
+        timeout=int(timeout_s * 1000),
+    )
+    deadline = time.monotonic() + timeout_s
+    last = shot(image, name)
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        current = shot(image, name)
+        if current.shape == last.shape and np.array_equal(current, last):
+            return current
+        last = current
+    raise AssertionError(f"the viewer image kept changing for {timeout_s:.0f} s")
+
+
 def test_upload_click_overlay_export_in_chromium(server: ViewerApp, page, tmp_path: Path) -> None:  # noqa: ANN001
     arr, blob = ct_volume()
     src = write_nifti(tmp_path / "ct.nii.gz", arr, las_affine())
@@ -103,7 +124,7 @@ def test_upload_click_overlay_export_in_chromium(server: ViewerApp, page, tmp_pa
         geo.height,
     ]
     image = page.locator("#viewer-image img")
-    before = shot(image, "01_opened.png")
+    before = settled_shot(page, image, None, "01_opened.png")
 
     # value under the cursor: hover the blob's centre
     k = session.slice_index
@@ -115,11 +136,11 @@ def test_upload_click_overlay_export_in_chromium(server: ViewerApp, page, tmp_pa
     assert "value 300 HU" in wait_text(page, "#viewer-cursor", "value 300 HU")
 
     # a positive point on the blob: the overlay appears on the structure and only there
+    old_src = image.get_attribute("src")
     page.mouse.click(x, y)
     status = wait_text(page, "#viewer-status", "px, predicted IoU")
     assert status.strip() == f"blob: {int(ras_blob.sum())} px, predicted IoU 0.95"
-    page.wait_for_timeout(300)  # the new picture is swapped in after the status
-    after = shot(image, "02_point.png")
+    after = settled_shot(page, image, old_src, "02_point.png")
     assert after.shape == before.shape
     changed = np.abs(after - before).sum(axis=2) > 30
     drawn = np.zeros(changed.shape, bool)
