@@ -318,11 +318,24 @@ class AdapterConfig:
         return AdapterConfig.from_dict(apply_overrides(self.to_dict(), overrides))
 
 
+def promote_rank(d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a raw adapter dict whose ``rank`` is a per-layer-type mapping, so ``rank.attn=...`` can be set.
+
+    A scalar rank (``8``) or a bare rule (``{fraction: 0.1}``) becomes ``{"default": ...}``.
+    """
+    out = dict(d)
+    rank = out.get("rank")
+    if not isinstance(rank, dict) or set(rank) <= {"fraction", "energy"}:
+        out["rank"] = {} if rank is None else {"default": rank}
+    return out
+
+
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides to a raw adapter-config dict (values parsed as YAML).
 
     Dotted keys reach into ``rank`` (``rank.attn=760``); an ``adapter.`` prefix is accepted, so an experiment's
-    ``--set adapter.r_lora=8`` can be passed through unchanged.
+    ``--set adapter.r_lora=8`` can be passed through unchanged. The setting itself is
+    :func:`salt_seg.configio.apply_overrides`, as for experiment configs; this adds the key check.
 
     Args:
         d: a raw config dict (not modified).
@@ -334,31 +347,20 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     Raises:
         ValueError: malformed item or unknown key.
     """
-    import yaml
+    from salt_seg.configio import apply_overrides as set_keys
 
     known = {f.name for f in fields(AdapterConfig)}
-    out = copy.deepcopy(d)
+    items = []
     for item in overrides:
         key, sep, text = item.partition("=")
-        key = key.strip()
-        if key.startswith("adapter."):
-            key = key[len("adapter.") :]
+        key = key.strip().removeprefix("adapter.")
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-        head, dot, sub = key.partition(".")
+        head, dot, _ = key.partition(".")
         if head not in known:
             raise ValueError(f"--set {item!r}: unknown adapter config key {head!r}; valid: {sorted(known)}")
-        if dot:
-            if head != "rank":
-                raise ValueError(f"--set {item!r}: only 'rank' takes a sub-key (rank.attn=...)")
-            rank = out.get("rank")
-            if not isinstance(rank, dict) or set(rank) <= {"fraction", "energy"}:
-                rank = {} if rank is None else {"default": rank}
-            out["rank"] = {**rank, sub: value}
-        else:
-            out[head] = value
-    return out
+        if dot and head != "rank":
+            raise ValueError(f"--set {item!r}: only 'rank' takes a sub-key (rank.attn=...)")
+        items.append(f"{key}={text}")
+    rank_keys = any(i.startswith("rank.") for i in items)
+    return set_keys(promote_rank(d) if rank_keys else d, items)

@@ -181,5 +181,9 @@ class ExperimentConfig:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config (or start from defaults when ``path`` is None) and apply overrides."""
     doc = load_yaml(path) if path is not None else {}
+    if any(o.strip().startswith("adapter.rank.") for o in overrides or []):
+        from salt_seg.adapters.config import promote_rank
+
+        doc = {**doc, "adapter": promote_rank(doc.get("adapter") or {})}
     doc = apply_overrides(doc, overrides or [])
     return from_dict(ExperimentConfig, doc)
