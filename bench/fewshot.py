@@ -6,8 +6,13 @@ the split's test slices and scores them) - with a fixed step budget. The sweep r
 already in the results file is skipped; a half-finished run directory is removed and redone. One JSON line per
 run is appended to the results file.
 
+A second sweep with another ``--eval-prompt`` (e.g. ``box``: the clinician draws a box per structure) reuses the
+finished training runs and only evaluates them again, into ``RUN/evaluation_box``; ``auto`` (learned class tokens,
+no user input) writes ``RUN/evaluation``.
+
 Usage:
     python bench/fewshot.py --datasets mni152-tissue colin27-aal --shots 5 20 --seeds 0 1 2 --steps 150
+    python bench/fewshot.py --datasets mni152-tissue colin27-aal --shots 5 20 --seeds 0 1 2 --steps 150 --eval-prompt box
     python bench/fewshot_report.py      # tables, bootstrap intervals and the plot
 """
 
@@ -31,10 +36,27 @@ def run(cmd: list[str]) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{proc.stderr[-2000:]}")
 
 
+def evaluation_dir(run_dir: Path, eval_prompt: str) -> Path:
+    """Where a run's evaluation with this prompt mode lives (``auto``: the CLI's default ``evaluation``)."""
+    return run_dir / ("evaluation" if eval_prompt in ("auto", "dense") else f"evaluation_{eval_prompt}")
+
+
+def trained(out: Path, steps: int) -> bool:
+    """A finished training run of this step budget (its summary is written last)."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        summary.get("steps_done", summary.get("steps")) == steps and (out / "adapter.safetensors").is_file()
+    )
+
+
 def one_run(
     method: str, dataset: Path, shots: int, seed: int, steps: int, out: Path, eval_prompt: str
 ) -> dict:
-    if out.exists():
+    reuse = method != "unet" and trained(out, steps)
+    if out.exists() and not reuse:
         shutil.rmtree(out)
     t0 = time.perf_counter()
     if method == "unet":
@@ -65,7 +87,7 @@ def one_run(
         ]
         if method == "full_random":
             sets.append("model.checkpoint=null")
-        cmd = [
+        train_cmd = [
             sys.executable,
             "-m",
             "salt_seg",
@@ -79,8 +101,9 @@ def one_run(
             "1",
         ]
         for s in sets:
-            cmd += ["--set", s]
-        run(cmd)
+            train_cmd += ["--set", s]
+        if not reuse:  # else only evaluate the finished run again, with this prompt mode
+            run(train_cmd)
         run(
             [
                 sys.executable,
@@ -95,10 +118,12 @@ def one_run(
                 "independent",
                 "--device",
                 "cpu",
+                "--out",
+                str(evaluation_dir(out, eval_prompt)),
             ]
         )
     seconds = time.perf_counter() - t0
-    ev = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    ev = json.loads((evaluation_dir(out, eval_prompt) / "evaluation.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     return {
         "method": method,
@@ -110,6 +135,7 @@ def one_run(
         "trainable_parameters": summary.get("trainable_parameters"),
         "train_seconds": summary.get("seconds"),
         "total_seconds": seconds,
+        "reused_training": reuse,
         "summary": ev["summary"],
         "per_case": ev.get("per_case"),
         "class_names": ev.get("class_names"),

@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet")
 
 
-def per_slice(run: Path) -> dict[tuple, float]:
-    f = run / "evaluation" / "per_slice.csv"
+PROMPTS = {"auto": "class tokens, no user input", "box": "one box per structure from the ground truth"}
+
+
+def per_slice(run: Path, prompt: str) -> dict[tuple, float]:
+    folder = "evaluation" if prompt in ("auto", "dense") or run.name == "unet" else f"evaluation_{prompt}"
+    f = run / folder / "per_slice.csv"
     out = {}
     if f.is_file():
         for r in csv.DictReader(f.open()):
@@ -56,13 +60,21 @@ def main() -> None:
     args = ap.parse_args()
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        groups[(r["dataset"], r["shots"])][r["method"]].append(r)
+    prompts = sorted({r["eval_prompt"] for r in rows} - {"dense"}) or ["auto"]
+    for r in rows:  # the U-Net (dense output, no prompt) is the same baseline beside every prompt mode
+        for p in prompts if r["eval_prompt"] == "dense" else [r["eval_prompt"]]:
+            groups[(r["dataset"], p, r["shots"])][r["method"]].append(r)
     total = sum(r["total_seconds"] for r in rows)
-    print(f"{len(rows)} runs, total compute {total / 60:.0f} min (2-core CPU, one torch thread per run)\n")
+    reeval = sum(bool(r.get("reused_training")) for r in rows)
+    print(
+        f"{len(rows)} result rows ({reeval} of them re-evaluations of a finished training run with another prompt "
+        f"mode), total compute {total / 60:.0f} min (2-core CPU, one torch thread per run)\n"
+    )
     plot_data = defaultdict(dict)
-    for (dataset, shots), methods in sorted(groups.items()):
-        print(f"### {dataset}, {shots} shots\n")
+    for (dataset, prompt, shots), methods in sorted(groups.items()):
+        print(
+            f"### {dataset}, {shots} shots, prompt {prompt} ({PROMPTS.get(prompt, prompt)}; U-Net: dense)\n"
+        )
         print("| method | seeds | Dice (slices) | HD95 mm (slices) | trainable | train s |")
         print("|---|---|---|---|---|---|")
         for m in [m for m in ORDER if m in methods]:
@@ -72,7 +84,7 @@ def main() -> None:
             params = rs[0]["trainable_parameters"]
             secs = statistics.fmean(r["train_seconds"] or 0 for r in rs)
             print(f"| {m} | {len(rs)} | {fmt(dice)} | {fmt(hd, 1)} | {params:,} | {secs:.0f} |")
-            plot_data[(dataset, m)][shots] = (
+            plot_data[(dataset, prompt, m)][shots] = (
                 statistics.fmean(dice),
                 statistics.stdev(dice) if len(dice) > 1 else 0,
             )
@@ -85,7 +97,7 @@ def main() -> None:
                     if other is None:
                         continue
                     base = Path(args.runs) / dataset / f"shots{shots}" / f"seed{r['seed']}"
-                    a, b = per_slice(base / "salt"), per_slice(base / m)
+                    a, b = per_slice(base / "salt", prompt), per_slice(base / m, prompt)
                     diffs += [a[k] - b[k] for k in a.keys() & b.keys()]
                 if diffs:
                     mean, lo, hi = bootstrap_ci(np.array(diffs))
@@ -97,11 +109,11 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        datasets = sorted({d for d, _ in plot_data})
-        fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
-        for ax, d in zip(axes[0], datasets, strict=True):
+        panels = sorted({(d, p) for d, p, _ in plot_data})
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, (d, p) in zip(axes[0], panels, strict=True):
             for m in ORDER:
-                pts = plot_data.get((d, m))
+                pts = plot_data.get((d, p, m))
                 if not pts:
                     continue
                 xs = sorted(pts)
@@ -114,7 +126,7 @@ def main() -> None:
                     label=m,
                     lw=2.5 if m == "salt" else 1,
                 )
-            ax.set_title(d)
+            ax.set_title(f"{d}, prompt {p}")
             ax.set_xlabel("training slices (shots)")
             ax.set_ylabel("test Dice (mean ± std over seeds)")
             ax.set_ylim(0, 1)
