@@ -66,7 +66,15 @@ class TrainResult:
 
 
 def _state_to_save(
-    optimizer, scheduler, scaler, step: int, best: float, best_step: int, bad: int, init_dice: float
+    optimizer,
+    scheduler,
+    scaler,
+    step: int,
+    best: float,
+    best_step: int,
+    bad: int,
+    init_dice: float,
+    seconds: float,
 ):
     return {
         "optimizer": optimizer.state_dict(),
@@ -78,6 +86,7 @@ def _state_to_save(
         "bad_validations": bad,
         "initial_val_dice": init_dice,
         "torch_rng": torch.get_rng_state(),
+        "seconds": seconds,  # training time so far, all segments of a resumed run together
     }
 
 
@@ -258,6 +267,11 @@ def train(
         enable_grad_checkpointing(model)
 
     start_step, best, best_step, bad, init_dice = 0, -math.inf, -1, 0, float("nan")
+    earlier_seconds = 0.0  # time spent by the segments before a resume (up to their last checkpoint)
+
+    def elapsed() -> float:
+        return earlier_seconds + time.perf_counter() - t_start
+
     if resume:
         last = run_dir / "checkpoints" / "last"
         load_adapter(last / "adapter.safetensors", model, expected_base_hash=base_hash)
@@ -273,6 +287,7 @@ def train(
         )
         bad, init_dice = int(state["bad_validations"]), float(state["initial_val_dice"])
         torch.set_rng_state(state["torch_rng"])
+        earlier_seconds = float(state.get("seconds", 0.0))
         if dist.is_main:
             rd.truncate_metrics(run_dir, start_step)
     elif dist.is_main:
@@ -316,7 +331,7 @@ def train(
             class_names=record.classes,
             extra={**meta, "step": step},
         )
-        buf = _state_to_save(optimizer, scheduler, scaler, step, best, best_step, bad, init_dice)
+        buf = _state_to_save(optimizer, scheduler, scaler, step, best, best_step, bad, init_dice, elapsed())
         tmp = folder / ".state.pt.tmp"
         torch.save(buf, tmp)
         tmp.replace(folder / "state.pt")
@@ -417,6 +432,7 @@ def train(
             break
     bar.close()
     finished = step >= tc.steps or stopped_early
+    seconds = elapsed()
     if dist.is_main and finished:
         import shutil
 
@@ -436,11 +452,9 @@ def train(
                 "steps": step,
                 "stopped_early": stopped_early,
                 "trainable_parameters": n_trainable,
-                "seconds": time.perf_counter() - t_start,
+                "seconds": seconds,
                 "adapter": adapter_cfg.name,
             },
         )
     barrier(dist)
-    return TrainResult(
-        run_dir, best, best_step, step, init_dice, n_trainable, time.perf_counter() - t_start, history
-    )
+    return TrainResult(run_dir, best, best_step, step, init_dice, n_trainable, seconds, history)

@@ -50,7 +50,12 @@ def test_resume_is_bit_identical(tmp_path, data) -> None:
     train(cfg, tmp_path / "full", data=data, progress=False)
     part = train(cfg, tmp_path / "part", data=data, progress=False, stop_after=4)
     assert part.steps_done == 4 and not (tmp_path / "part" / "adapter.safetensors").exists()
-    train(cfg, tmp_path / "part", data=data, progress=False, resume=True)
+    first = torch.load(tmp_path / "part/checkpoints/last/state.pt", weights_only=True)["seconds"]
+    assert 0 < first <= part.seconds
+    resumed = train(cfg, tmp_path / "part", data=data, progress=False, resume=True)
+    # the reported training time covers both segments, not only the resumed one
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert summary["seconds"] == pytest.approx(resumed.seconds) and resumed.seconds > first
     a = load_file(tmp_path / "full" / "adapter.safetensors")
     b = load_file(tmp_path / "part" / "adapter.safetensors")
     assert a.keys() == b.keys() and len(a) > 0
