@@ -29,6 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet")
 
+#: slice axis and split fractions per dataset (the guard stays 10 mm everywhere). colin27-aal is one volume whose
+#: 12 deep structures sit at different heights: along the axial axis a contiguous test block holds only
+#: hippocampus and amygdala (amygdala in no training slice) and 20 shots do not fit beside a 10 mm guard; the
+#: coronal axis puts every structure in the middle third, so training covers the test classes.
+SPLITS = {
+    "mni152-tissue": {"axis": 2, "val": 0.2, "test": 0.4},
+    "colin27-aal": {"axis": 1, "val": 0.15, "test": 0.35},
+}
+DEFAULT_SPLIT = {"axis": 2, "val": 0.2, "test": 0.4}
+
 
 def run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -55,6 +65,7 @@ def trained(out: Path, steps: int) -> bool:
 def one_run(
     method: str, dataset: Path, shots: int, seed: int, steps: int, out: Path, eval_prompt: str
 ) -> dict:
+    split = SPLITS.get(dataset.name, DEFAULT_SPLIT)
     reuse = method != "unet" and trained(out, steps)
     if out.exists() and not reuse:
         shutil.rmtree(out)
@@ -72,6 +83,12 @@ def one_run(
                 str(seed),
                 "--steps",
                 str(steps),
+                "--axis",
+                str(split["axis"]),
+                "--val",
+                str(split["val"]),
+                "--test",
+                str(split["test"]),
                 "--out",
                 str(out),
             ]
@@ -84,6 +101,9 @@ def one_run(
             f"train.seed={seed}",
             f"train.steps={steps}",
             f"train.val_every={max(1, steps // 3)}",
+            f"preprocessing.axis={split['axis']}",
+            f"data.val={split['val']}",
+            f"data.test={split['test']}",
         ]
         if method == "full_random":
             sets.append("model.checkpoint=null")
@@ -132,6 +152,7 @@ def one_run(
         "seed": seed,
         "steps": steps,
         "eval_prompt": "dense" if method == "unet" else eval_prompt,
+        "split": split | {"guard_mm": 10.0},
         "trainable_parameters": summary.get("trainable_parameters"),
         "train_seconds": summary.get("seconds"),
         "total_seconds": seconds,

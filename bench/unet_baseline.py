@@ -40,6 +40,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument(
+        "--axis", type=int, default=2, help="RAS axis of the slices and the split (as preprocessing.axis)"
+    )
+    ap.add_argument(
+        "--val", type=float, default=0.2, help="validation fraction of the labelled range (data.val)"
+    )
+    ap.add_argument("--test", type=float, default=0.4, help="test fraction of the labelled range (data.test)")
+    ap.add_argument(
+        "--guard-mm", type=float, default=10.0, help="distance between split parts (data.guard_mm)"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -56,8 +66,19 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=False)
     ds = load_dataset(args.data)
-    record = Preprocessing(intensity="mr", image_size=args.image_size, classes=dict(ds.classes))
-    split = make_split(ds, shots=args.shots, seed=args.seed, level="slice", val=0.2, test=0.4, guard_mm=10.0)
+    record = Preprocessing(
+        intensity="mr", image_size=args.image_size, axis=args.axis, classes=dict(ds.classes)
+    )
+    split = make_split(
+        ds,
+        shots=args.shots,
+        seed=args.seed,
+        level="slice",
+        val=args.val,
+        test=args.test,
+        guard_mm=args.guard_mm,
+        axis=args.axis,
+    )
     (out / "split.json").write_text(json.dumps(split.to_dict()))
     train = SliceDataset.from_dataset(
         ds, record, split=split, part="train", augment=AugmentConfig(), seed=args.seed, train=True
