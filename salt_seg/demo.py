@@ -23,6 +23,18 @@ from pathlib import Path
 STEPS = 300
 
 
+def _finished_with(run_dir: Path, cfg) -> bool:  # noqa: ANN001 - ExperimentConfig
+    """A finished training run made with exactly this config."""
+    import yaml
+
+    from salt_seg.training.rundir import load_yaml_config
+
+    try:
+        return (run_dir / "summary.json").is_file() and load_yaml_config(run_dir) == cfg.to_dict()
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+
+
 def _stage(n: int, text: str) -> float:
     print(f"\n[{n}/5] {text}", flush=True)
     return time.perf_counter()
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     run_dir = out / "run_salt"
     t0 = _stage(2, f"train SALT from the built-in base on {args.shots} slices ({args.steps} steps)")
-    if not (run_dir / "summary.json").is_file():
+    if not _finished_with(run_dir, cfg):  # a run of other settings (or an older base) is not reused
         if run_dir.exists():
             shutil.rmtree(run_dir)
         res = train(cfg, run_dir, progress=True)
