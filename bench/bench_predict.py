@@ -103,7 +103,13 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from salt_seg.inference.calibration import VALIDATION_SEEDS, slice_dice_by_confidence, sweep, trace_volume
+    from salt_seg.inference.calibration import (
+        GRID,
+        VALIDATION_SEEDS,
+        slice_dice_by_confidence,
+        sweep,
+        trace_volume,
+    )
     from salt_seg.inference.propagation import PropagationSettings
 
     if args.model:
@@ -140,6 +146,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t, 1),
         "chosen": best,
         "no_stop_rule": none,
+        "shipped_defaults": sweep(traces, {k: (getattr(PropagationSettings(), k),) for k in GRID})[0],
         "top": rows[:10],
         "by_stability": slice_dice_by_confidence(traces, chosen, "stability"),
         "by_predicted_iou": slice_dice_by_confidence(traces, chosen, "iou"),

@@ -8,7 +8,7 @@ the overlay, and Gradio's own postprocessing encodes it as PNG into its cache (w
   and its neighbours are precomputed while the user looks);
 * **uncached** -- a slice never seen before, embedded inside the click (background prefetching off).
 
-The model is the built-in base when it is installed, else a randomly initialised ``tiny`` at 128 px (latency does
+The model is the built-in base (256 px) when it is installed, else a randomly initialised ``tiny`` at 128 px (latency does
 not depend on the weights); the output says which. CPU, one torch thread unless ``--threads``.
 
     .venv/bin/python bench/bench_viewer.py --clicks 30 --json bench_viewer.json
@@ -36,7 +36,8 @@ def load_model() -> tuple[Any, str]:
     from salt_seg.model.variants import build_model
 
     try:
-        return load_builtin("cpu"), "built-in base (tiny, 128 px)"
+        loaded = load_builtin("cpu")
+        return loaded, f"built-in base ({loaded.model.variant}, {loaded.model.image_size} px)"
     except FileNotFoundError:
         torch.manual_seed(0)
         model = build_model("tiny", image_size=128).eval()

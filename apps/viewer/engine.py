@@ -26,6 +26,7 @@ from salt_seg.data.pipeline import PreparedVolume, prepare_volume
 from salt_seg.data.volume import Volume
 from salt_seg.inference.backend import PredictorBackend, SliceOutput, slice_array
 from salt_seg.inference.loading import LoadedModel
+from salt_seg.model.builtin import BUILTINS
 from salt_seg.model.predictor import Predictor
 from salt_seg.preprocessing import Preprocessing
 from salt_seg.prompts import Prompt
@@ -33,7 +34,7 @@ from salt_seg.prompts import Prompt
 log = logging.getLogger(__name__)
 
 #: name of the built-in base in the model menu.
-BUILTIN_MODEL = "built-in base (tiny, 128 px)"
+BUILTIN_MODEL = f"built-in base ({BUILTINS['builtin'].variant}, {BUILTINS['builtin'].image_size} px)"
 
 
 def guess_modality(volume: Volume) -> str:

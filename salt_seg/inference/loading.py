@@ -2,11 +2,10 @@
 
 The base is found from the adapter's metadata (``extra.base_checkpoint``, written by training):
 
-=========================  ===================================================================================
-``builtin``                the shipped small base (:func:`salt_seg.model.builtin.builtin_checkpoint`)
-``run:base.safetensors``   the randomly initialised base the run saved next to its adapter
-a path                     that file (relative paths are tried from the working directory, then the run dir)
-=========================  ===================================================================================
+* ``builtin`` or ``builtin128``: a shipped base (:mod:`salt_seg.model.builtin`); when the adapter's ``base_hash``
+  is another shipped base's, that one, so adapters trained on either keep loading;
+* ``run:base.safetensors``: the randomly initialised base the run saved next to its adapter;
+* a path: that file (relative paths are tried from the working directory, then the run dir).
 
 ``--checkpoint`` (and ``--variant``) override it. The adapter is checked against the base's content hash, then
 merged into the weights (zero overhead at inference).
@@ -61,7 +60,7 @@ def resolve_base_checkpoint(adapter: Path, meta: dict[str, Any], checkpoint: str
     Raises:
         FileNotFoundError: the base the metadata names cannot be found (the message says how to give it).
     """
-    from salt_seg.model.builtin import resolve_checkpoint
+    from salt_seg.model.builtin import builtin_with_hash, is_builtin, resolve_checkpoint
 
     if checkpoint is not None:
         return resolve_checkpoint(checkpoint)
@@ -71,8 +70,9 @@ def resolve_base_checkpoint(adapter: Path, meta: dict[str, Any], checkpoint: str
             f"{adapter}: the adapter does not say which base it was trained on; pass --checkpoint (and --variant)"
         )
     named = str(named)
-    if named == "builtin":
-        return resolve_checkpoint("builtin")
+    if is_builtin(named):
+        match = builtin_with_hash(str(meta.get("base_hash") or ""))
+        return resolve_checkpoint(match or named)
     run = run_dir_of(adapter)
     if named.startswith(RUN_BASE_PREFIX):
         name = named[len(RUN_BASE_PREFIX) :]

@@ -1,26 +1,58 @@
-"""The built-in base model: a ``tiny`` SAM-architecture model at 128 px input pretrained by ``salt-seg pretrain`` on synthetic
+"""The built-in base models: ``tiny`` SAM-architecture models pretrained by ``salt-seg pretrain`` on synthetic
 objects (box and point prompts), shipped inside the package because Meta's weights cannot be fetched here.
 
-See ``salt_seg/assets/BUILTIN_MODEL_CARD.md`` for how it was trained and what it scores.
+Two input sizes ship, selected by name wherever a checkpoint is accepted (``--checkpoint builtin``,
+``model.checkpoint: builtin128``):
+
+* ``builtin`` - 256 px input, the default base (prompted segmentation, predict, the viewer, the demo);
+* ``builtin128`` - 128 px input, the stage it was fine-tuned from: a quarter of the tokens, for few-shot training
+  on two CPU cores (the ``configs/builtin_*.yaml`` recipes and the few-shot benchmark).
+
+See ``salt_seg/assets/BUILTIN_MODEL_CARD.md`` for how they were trained and what they score.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-BUILTIN_NAME = "builtin_tiny128.safetensors"
-BUILTIN_VARIANT = "tiny"
-BUILTIN_IMAGE_SIZE = 128
+
+@dataclass(frozen=True)
+class BuiltinBase:
+    """One shipped base: the name that selects it, its file in ``salt_seg/assets``, variant and input size."""
+
+    name: str
+    file: str
+    variant: str
+    image_size: int
 
 
-def builtin_checkpoint() -> Path:
-    """Path of the shipped base checkpoint.
+BUILTINS: dict[str, BuiltinBase] = {
+    "builtin": BuiltinBase("builtin", "builtin_tiny256.safetensors", "tiny", 256),
+    "builtin128": BuiltinBase("builtin128", "builtin_tiny128.safetensors", "tiny", 128),
+}
+BUILTIN_NAME = BUILTINS["builtin"].file
+BUILTIN_VARIANT = BUILTINS["builtin"].variant
+BUILTIN_IMAGE_SIZE = BUILTINS["builtin"].image_size
+
+
+def is_builtin(name: object) -> bool:
+    """Whether ``name`` selects a shipped base (``builtin``, ``builtin128``)."""
+    return isinstance(name, str) and name in BUILTINS
+
+
+def builtin_checkpoint(name: str = "builtin") -> Path:
+    """Path of a shipped base checkpoint.
 
     Raises:
+        KeyError: not a built-in name.
         FileNotFoundError: the package was installed without its assets.
     """
-    path = Path(str(resources.files("salt_seg") / "assets" / BUILTIN_NAME))
+    if name not in BUILTINS:
+        raise KeyError(f"{name!r} is not a built-in base; choose one of {sorted(BUILTINS)}")
+    path = Path(str(resources.files("salt_seg") / "assets" / BUILTINS[name].file))
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: the built-in base model is missing from this installation; reinstall salt_seg or run "
@@ -30,5 +62,23 @@ def builtin_checkpoint() -> Path:
 
 
 def resolve_checkpoint(name: str | None) -> str | None:
-    """``builtin`` -> the shipped file; anything else is returned unchanged."""
-    return str(builtin_checkpoint()) if name == "builtin" else name
+    """A built-in name -> the shipped file; anything else is returned unchanged."""
+    return str(builtin_checkpoint(name)) if is_builtin(name) else name
+
+
+@functools.cache
+def _content_hash(name: str) -> str:
+    from salt_seg.model.checkpoint import read_checkpoint
+
+    return read_checkpoint(builtin_checkpoint(name))[1].content_hash
+
+
+def builtin_with_hash(content_hash: str) -> str | None:
+    """The built-in name whose weights have this canonical content hash (an adapter's ``base_hash``), if any."""
+    for name in BUILTINS:
+        try:
+            if _content_hash(name) == content_hash:
+                return name
+        except FileNotFoundError:
+            continue
+    return None

@@ -222,10 +222,9 @@ def train(
         ckpt = cfg.model.checkpoint
         if ckpt is None and resume:  # a randomly initialised base was saved with the run
             ckpt = str(run_dir / "base.safetensors")
-        if ckpt == "builtin":
-            from salt_seg.model.builtin import builtin_checkpoint
+        from salt_seg.model.builtin import resolve_checkpoint
 
-            ckpt = str(builtin_checkpoint())
+        ckpt = resolve_checkpoint(ckpt)
         model, info = load_base_model(
             cfg.model.variant,
             ckpt,

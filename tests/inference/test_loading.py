@@ -77,7 +77,8 @@ def test_base_checkpoint_names_resolve(
     adapter = tiny_run / "adapter.safetensors"
     fake = tmp_path / "builtin_small.safetensors"
     fake.write_bytes(b"x")
-    monkeypatch.setattr("salt_seg.model.builtin.builtin_checkpoint", lambda: fake)
+    monkeypatch.setattr("salt_seg.model.builtin.builtin_checkpoint", lambda name="builtin": fake)
+    monkeypatch.setattr("salt_seg.model.builtin.builtin_with_hash", lambda h: None)
     assert resolve_base_checkpoint(adapter, {"extra": {"base_checkpoint": "builtin"}}, None) == str(fake)
     assert resolve_base_checkpoint(adapter, {"extra": {"base_checkpoint": "base.safetensors"}}, None) == str(
         tiny_run / "base.safetensors"
@@ -97,3 +98,23 @@ def test_not_an_adapter(tmp_path: Path) -> None:
         load_inference_model(bad)
     with pytest.raises(FileNotFoundError, match="no such run directory or adapter file"):
         load_inference_model(tmp_path / "missing")
+
+
+def test_an_adapter_trained_on_the_other_builtin_finds_its_base_by_hash() -> None:
+    """Metadata naming ``builtin`` whose base_hash is the 128 px base's (an adapter trained before the 256 px
+    base became the default, or with ``builtin128``) resolves to the file that matches, not to the default."""
+    from salt_seg.model.builtin import BUILTINS, builtin_checkpoint, builtin_with_hash
+    from salt_seg.model.checkpoint import read_checkpoint
+
+    hashes = {n: read_checkpoint(builtin_checkpoint(n))[1].content_hash for n in BUILTINS}
+    assert len(set(hashes.values())) == len(BUILTINS)  # distinct weights
+    for name, h in hashes.items():
+        assert builtin_with_hash(h) == name
+    assert builtin_with_hash("0" * 64) is None
+    adapter = Path("runs/x/adapter.safetensors")
+    meta = {"extra": {"base_checkpoint": "builtin"}, "base_hash": hashes["builtin128"]}
+    assert resolve_base_checkpoint(adapter, meta, None) == str(builtin_checkpoint("builtin128"))
+    meta = {"extra": {"base_checkpoint": "builtin128"}, "base_hash": "unknown"}
+    assert resolve_base_checkpoint(adapter, meta, None) == str(builtin_checkpoint("builtin128"))
+    # an explicit --checkpoint always wins
+    assert resolve_base_checkpoint(adapter, meta, "builtin") == str(builtin_checkpoint("builtin"))

@@ -1,55 +1,65 @@
-"""The committed built-in base model: loads, and segments held-out synthetic objects from prompts."""
+"""The committed built-in bases: they load, and segment held-out synthetic objects from prompts.
+
+``builtin`` (256 px, the default base) carries issue 6's acceptance: box Dice >= 0.9 on the held-out set, at least
+0.1 above filling the box, one positive point clearly above chance. ``builtin128`` (the 128 px stage it was
+fine-tuned from, used by the CPU few-shot configs) is checked against its own model-card figures.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 
 import pytest
 from safetensors import safe_open
 
-from salt_seg.model.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_VARIANT, builtin_checkpoint
+from salt_seg.model.builtin import BUILTINS, builtin_checkpoint
 from salt_seg.model.checkpoint import load_base_model
 from salt_seg.training.pretrain import HELDOUT_PARAMS, HELDOUT_SEED, evaluate_objectness
 
-
-@pytest.fixture(scope="module")
-def base():
-    model, info = load_base_model(None, builtin_checkpoint())
-    return model, info
+NAMES = sorted(BUILTINS)
 
 
-def test_builtin_file_is_small_and_describes_itself(base) -> None:
-    path = builtin_checkpoint()
-    assert path.stat().st_size <= 25 * 1024 * 1024
-    model, info = base
-    assert info.variant == BUILTIN_VARIANT and info.image_size == BUILTIN_IMAGE_SIZE
-    assert model.image_size == BUILTIN_IMAGE_SIZE
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    heldout = json.loads(meta["heldout"])
+def _meta(name: str) -> dict[str, str]:
+    with safe_open(str(builtin_checkpoint(name)), framework="pt") as f:
+        return f.metadata()
+
+
+@functools.cache
+def _scored(name: str):
+    """(name, model, info, held-out scores at the model's own input size) - the model card's held-out set."""
+    model, info = load_base_model(None, builtin_checkpoint(name))
+    params = dataclasses.replace(HELDOUT_PARAMS, shape=(model.image_size, model.image_size))
+    return name, model, info, evaluate_objectness(model, 100, params=params)
+
+
+@pytest.fixture(params=NAMES)
+def scored(request):
+    return _scored(request.param)
+
+
+def test_builtin_files_are_small_and_describe_themselves(scored) -> None:
+    name, model, info, _ = scored
+    spec = BUILTINS[name]
+    assert builtin_checkpoint(name).stat().st_size <= 25 * 1024 * 1024
+    assert info.variant == spec.variant and info.image_size == spec.image_size == model.image_size
+    heldout = json.loads(_meta(name)["heldout"])
     assert heldout["seed"] == HELDOUT_SEED
     assert tuple(heldout["size"]) == tuple(HELDOUT_PARAMS.size)
+    assert tuple(heldout["shape"]) == (spec.image_size, spec.image_size)
 
 
-@pytest.fixture(scope="module")
-def heldout_scores(base):
-    import dataclasses
-
-    model, _ = base
-    params = dataclasses.replace(HELDOUT_PARAMS, shape=(model.image_size, model.image_size))
-    return evaluate_objectness(model, 100, params=params)  # the model card's held-out set
-
-
-def test_heldout_dice_matches_the_model_card(heldout_scores) -> None:
-    with safe_open(str(builtin_checkpoint()), framework="pt") as f:
-        meta = f.metadata()
-    assert heldout_scores.box == pytest.approx(float(meta["heldout_dice_box"]), abs=1e-3)
-    assert heldout_scores.fill_box == pytest.approx(float(meta["heldout_dice_fill_box"]), abs=1e-3)
-    assert heldout_scores.one_point == pytest.approx(float(meta["heldout_dice_one_point"]), abs=1e-3)
+def test_heldout_dice_matches_the_model_card(scored) -> None:
+    name, _, _, scores = scored
+    meta = _meta(name)
+    assert scores.box == pytest.approx(float(meta["heldout_dice_box"]), abs=1e-3)
+    assert scores.fill_box == pytest.approx(float(meta["heldout_dice_fill_box"]), abs=1e-3)
+    assert scores.one_point == pytest.approx(float(meta["heldout_dice_one_point"]), abs=1e-3)
 
 
-def test_box_and_point_prompts_beat_baselines_on_heldout_objects(heldout_scores) -> None:
-    scores = heldout_scores
+def test_box_and_point_prompts_beat_baselines_on_heldout_objects(scored) -> None:
+    _, _, _, scores = scored
     assert scores.n_objects >= 200
     assert scores.box >= 0.8  # box prompts
     assert scores.box >= scores.fill_box + 0.1  # clearly better than filling the box
@@ -57,8 +67,7 @@ def test_box_and_point_prompts_beat_baselines_on_heldout_objects(heldout_scores)
     assert scores.one_point >= 0.6
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 6 target not reached yet: held-out box Dice 0.843 < 0.9 (128 px base)"
-)
-def test_box_dice_reaches_the_issue_target(heldout_scores) -> None:
-    assert heldout_scores.box >= 0.9
+def test_default_base_reaches_the_issue_target() -> None:
+    _, _, _, scores = _scored("builtin")
+    assert scores.box >= 0.9
+    assert scores.box >= scores.fill_box + 0.1
