@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import statistics
@@ -109,9 +110,13 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = sorted({(d, p) for d, p, _ in plot_data})
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-        for ax, (d, p) in zip(axes[0], panels, strict=True):
+        datasets = sorted({d for d, _, _ in plot_data})
+        modes = sorted({p for _, p, _ in plot_data})
+        fig, axes = plt.subplots(
+            len(datasets), len(modes), figsize=(5.5 * len(modes), 3.8 * len(datasets)), squeeze=False
+        )
+        for (row, d), (col, p) in itertools.product(enumerate(datasets), enumerate(modes)):
+            ax = axes[row, col]
             for m in ORDER:
                 pts = plot_data.get((d, p, m))
                 if not pts:
@@ -126,11 +131,13 @@ def main() -> None:
                     label=m,
                     lw=2.5 if m == "salt" else 1,
                 )
+                ax.set_xticks(xs)
             ax.set_title(f"{d}, prompt {p}")
             ax.set_xlabel("training slices (shots)")
             ax.set_ylabel("test Dice (mean ± std over seeds)")
             ax.set_ylim(0, 1)
             ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=90, bbox_inches="tight")
         print(f"plot: {args.plot}")
