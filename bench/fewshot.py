@@ -60,9 +60,7 @@ def trained(out: Path, steps: int) -> bool:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return (
-        summary.get("steps_done", summary.get("steps")) == steps and (out / "adapter.safetensors").is_file()
-    )
+    return summary.get("steps") == steps and (out / "adapter.safetensors").is_file()
 
 
 def one_run(

@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="demo_output", help="working folder (default: ./demo_output)")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default {STEPS})")
     ap.add_argument("--shots", type=int, default=10, help="training slices (default 10)")
+    from salt_seg.model.builtin import BUILTINS
+
     ap.add_argument(
         "--base",
-        choices=("builtin", "builtin128"),
+        choices=sorted(BUILTINS),
         default="builtin",
         help="built-in base to adapt: builtin (256 px input, default) or builtin128 (128 px, about twice as fast)",
     )
@@ -117,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     from salt_seg.training.loop import train
 
     config_file = Path(__file__).resolve().parents[1] / "configs" / "builtin_salt.yaml"
-    from salt_seg.model.builtin import BUILTINS
-
     base = BUILTINS[args.base]
     overrides = [
         f"data.path={data_dir}",

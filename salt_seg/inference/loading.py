@@ -71,7 +71,7 @@ def resolve_base_checkpoint(adapter: Path, meta: dict[str, Any], checkpoint: str
         )
     named = str(named)
     if is_builtin(named):
-        match = builtin_with_hash(str(meta.get("base_hash") or ""))
+        match = builtin_with_hash(str(meta.get("base_hash") or ""), first=named)
         return resolve_checkpoint(match or named)
     run = run_dir_of(adapter)
     if named.startswith(RUN_BASE_PREFIX):

@@ -33,9 +33,6 @@ BUILTINS: dict[str, BuiltinBase] = {
     "builtin": BuiltinBase("builtin", "builtin_tiny256.safetensors", "tiny", 256),
     "builtin128": BuiltinBase("builtin128", "builtin_tiny128.safetensors", "tiny", 128),
 }
-BUILTIN_NAME = BUILTINS["builtin"].file
-BUILTIN_VARIANT = BUILTINS["builtin"].variant
-BUILTIN_IMAGE_SIZE = BUILTINS["builtin"].image_size
 
 
 def is_builtin(name: object) -> bool:
@@ -73,9 +70,12 @@ def _content_hash(name: str) -> str:
     return read_checkpoint(builtin_checkpoint(name))[1].content_hash
 
 
-def builtin_with_hash(content_hash: str) -> str | None:
-    """The built-in name whose weights have this canonical content hash (an adapter's ``base_hash``), if any."""
-    for name in BUILTINS:
+def builtin_with_hash(content_hash: str, first: str | None = None) -> str | None:
+    """The built-in name whose weights have this canonical content hash (an adapter's ``base_hash``), if any.
+
+    ``first`` is checked before the others (the name the adapter records), so the usual case hashes one file.
+    """
+    for name in sorted(BUILTINS, key=lambda n: n != first):
         try:
             if _content_hash(name) == content_hash:
                 return name
