@@ -48,6 +48,7 @@ EXTRA_FLAGS = (
     "train_mask_decoder",
     "train_prompt_encoder",
     "train_class_tokens",
+    "train_hires",
 )
 
 
@@ -151,6 +152,8 @@ class AdapterConfig:
             train_class_tokens: which other parts of SAM train (LayerNorms of the image encoder, its absolute
             position embedding, its relative-position tables, the mask decoder, the prompt encoder, the learned
             per-class prompt tokens).
+        train_hires: train the full-resolution mask branch (:mod:`salt_seg.model.hires`) where the model has
+            one (default: yes, for every adapter).
     """
 
     name: str = "salt"
@@ -170,6 +173,7 @@ class AdapterConfig:
     train_mask_decoder: bool | None = None
     train_prompt_encoder: bool | None = None
     train_class_tokens: bool | None = None
+    train_hires: bool | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:

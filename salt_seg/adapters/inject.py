@@ -140,7 +140,7 @@ def declared_parameters(model: nn.Module, config: AdapterConfig) -> dict[str, di
     """The parameters the config declares trainable besides adapter tensors, grouped by part.
 
     Groups: ``image_encoder`` (``full``), ``layernorm``, ``pos_embed``, ``rel_pos``, ``mask_decoder``,
-    ``prompt_encoder``, ``class_tokens``. A part the model lacks (e.g. class tokens when ``num_classes=0``) is
+    ``prompt_encoder``, ``class_tokens``, ``hires``. A part the model lacks (e.g. class tokens when ``num_classes=0``) is
     empty. Parameters of wrapped base layers are never included.
     """
     spec = get_adapter_spec(config.name)
@@ -178,6 +178,7 @@ def declared_parameters(model: nn.Module, config: AdapterConfig) -> dict[str, di
         ("train_mask_decoder", "mask_decoder"),
         ("train_prompt_encoder", "prompt_encoder"),
         ("train_class_tokens", "class_tokens"),
+        ("train_hires", "hires"),
     ):
         part = getattr(model, attr, None)
         if getattr(config, flag) and isinstance(part, nn.Module) and part is not model:

@@ -36,6 +36,8 @@ PAPER_EXTRAS: dict[str, bool] = {
     "train_mask_decoder": False,
     "train_prompt_encoder": False,
     "train_class_tokens": True,
+    # not in the paper: the full-resolution branch (where the model has one) trains with every adapter
+    "train_hires": True,
 }
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from salt_seg.data.pipeline import PreparedVolume
+from salt_seg.model.hires import ImageFeatures, stack_embeddings
 from salt_seg.model.predictor import Predictor
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import SliceTransform, logits_to_original
@@ -117,7 +118,7 @@ class ModelBackend:
         self.batch_size = int(batch_size)
         self.cache_slices = max(int(cache_slices or 4 * self.batch_size), 8, self.batch_size)
         self.multimask_output = bool(multimask_output)
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[int, torch.Tensor | ImageFeatures] = OrderedDict()
         self._transform: SliceTransform | None = None
         self.encoded = 0  # slices run through the image encoder (for tests and benchmarks)
 
@@ -158,7 +159,7 @@ class ModelBackend:
             members = [n for n, (i, _) in enumerate(items) if int(i) in group]
             self.prefetch(sorted(group))
             uniq = sorted(group)
-            emb = torch.stack([self._cache[i] for i in uniq])
+            emb = stack_embeddings([self._cache[i] for i in uniq])
             tf = self.transform
             prompts = [InputPrompt.from_prompt(items[n][1], tf) for n in members]
             index = [uniq.index(int(items[n][0])) for n in members]

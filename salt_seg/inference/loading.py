@@ -163,6 +163,7 @@ def load_inference_model(
     """
     from salt_seg.adapters import load_adapter, merge_adapters, read_adapter_metadata
     from salt_seg.model.checkpoint import load_base_model
+    from salt_seg.model.hires import HIRES_PREFIX
     from salt_seg.training.rundir import find_adapter
 
     adapter = find_adapter(model_path)
@@ -178,7 +179,11 @@ def load_inference_model(
     shape = meta.get("tensors", {}).get("class_tokens.weight")
     if shape:
         n_tokens = int(shape[0])
-    model, info = load_base_model(variant, base, image_size=record.image_size, num_classes=n_tokens)
+    # an adapter trained with the full-resolution branch carries its tensors (also when the base had none)
+    hires = True if any(k.startswith(HIRES_PREFIX) for k in meta.get("tensors", {})) else None
+    model, info = load_base_model(
+        variant, base, image_size=record.image_size, num_classes=n_tokens, hires=hires
+    )
     if n_tokens and model.num_classes != n_tokens:
         model.set_num_classes(n_tokens)
     expected = info.content_hash if info is not None else None

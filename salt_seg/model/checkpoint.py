@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from salt_seg.model.hires import HIRES_PREFIX
 from salt_seg.model.sam import SamModel
 from salt_seg.model.variants import VARIANTS, build_model, get_variant
 
@@ -253,11 +254,17 @@ def load_weights(model: SamModel, state_dict: dict[str, torch.Tensor], *, source
     model.load_state_dict(sd, strict=True)
 
 
+def has_hires(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict carries the full-resolution branch (:mod:`salt_seg.model.hires`)."""
+    return any(k.startswith(HIRES_PREFIX) for k in state_dict)
+
+
 def load_base_model(
     variant: str | None,
     checkpoint: str | Path | None,
     image_size: int | None = None,
     num_classes: int = 0,
+    hires: bool | None = None,
 ) -> tuple[SamModel, CheckpointInfo | None]:
     """Build a variant and load base weights into it.
 
@@ -267,6 +274,9 @@ def load_base_model(
         image_size: input size; defaults to the checkpoint's own size (from its position embedding), else the
             variant's native size.
         num_classes: learned class tokens to create when the checkpoint has none.
+        hires: the full-resolution branch: ``None`` = as the checkpoint has it (none without a checkpoint),
+            ``True`` = keep the checkpoint's or add a fresh one (zero residual: SAM's upsampled logits),
+            ``False`` = SAM's own quarter-resolution output (a branch in the file is ignored).
 
     Returns:
         The model (eval mode, on CPU) and the checkpoint description (``None`` without a checkpoint).
@@ -274,7 +284,7 @@ def load_base_model(
     if checkpoint is None:
         if variant is None:
             raise ValueError("give --variant (or a --checkpoint to detect it from)")
-        return build_model(variant, image_size=image_size, num_classes=num_classes), None
+        return build_model(variant, image_size=image_size, num_classes=num_classes, hires=bool(hires)), None
     sd, info = read_checkpoint(checkpoint)
     if variant is None:
         if info.variant is None:
@@ -283,7 +293,13 @@ def load_base_model(
     get_variant(variant)
     if image_size is None and variant == info.variant:
         image_size = info.image_size  # the size the checkpoint was trained at
-    model = build_model(variant, image_size=image_size, num_classes=num_classes)
+    in_file = has_hires(sd)
+    want = in_file if hires is None else bool(hires)
+    model = build_model(variant, image_size=image_size, num_classes=num_classes, hires=want)
+    if want and not in_file:  # a fresh branch on a base without one
+        sd = {**sd, **{HIRES_PREFIX + k: v for k, v in model.hires.state_dict().items()}}  # type: ignore[union-attr]
+    elif in_file and not want:
+        sd = {k: v for k, v in sd.items() if not k.startswith(HIRES_PREFIX)}
     load_weights(model, sd, source=str(checkpoint))
     log.info("loaded %s (%s, %d tensors)", checkpoint, variant, info.num_tensors)
     return model.eval(), info

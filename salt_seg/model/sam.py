@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder
 from torch import nn
 
+from salt_seg.model.hires import HighResBranch, ImageFeatures
 from salt_seg.preprocessing import SliceTransform
 from salt_seg.prompts import Prompt
 
@@ -68,6 +70,8 @@ class SamModel(nn.Module):
         mask_decoder: SAM's two-way-transformer mask decoder.
         num_classes: number of learned class prompt tokens (0 = none).
         variant: name of the variant it was built as (informational).
+        hires: the full-resolution mask branch (:mod:`salt_seg.model.hires`), or ``None`` for SAM's own
+            quarter-resolution output.
     """
 
     def __init__(
@@ -77,12 +81,14 @@ class SamModel(nn.Module):
         mask_decoder: MaskDecoder,
         num_classes: int = 0,
         variant: str = "",
+        hires: HighResBranch | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.variant = variant
+        self.hires = hires
         dim = prompt_encoder.embed_dim
         self.class_tokens: nn.Embedding | None = None
         if num_classes > 0:
@@ -107,9 +113,30 @@ class SamModel(nn.Module):
             self.class_tokens = nn.Embedding(num_classes, self.prompt_encoder.embed_dim).to(device)
             nn.init.normal_(self.class_tokens.weight, std=0.02)
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x S x S`` preprocessed images -> ``B x D x S/16 x S/16`` embeddings."""
-        return self.image_encoder(images)
+    @property
+    def output_size(self) -> int:
+        """Side of the mask logits: the input side with the full-resolution branch, else a quarter of it."""
+        return self.image_size if self.hires is not None else self.image_size // 4
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor | ImageFeatures:
+        """``B x 3 x S x S`` preprocessed images -> ``B x D x S/16 x S/16`` embeddings.
+
+        With the full-resolution branch the result is an :class:`~salt_seg.model.hires.ImageFeatures` holding
+        the embedding and the branch's per-image features.
+        """
+        if self.hires is None:
+            return self.image_encoder(images)
+        enc = self.image_encoder
+        x = enc.patch_embed(images)
+        if enc.pos_embed is not None:
+            x = x + enc.pos_embed
+        early = x
+        for i, blk in enumerate(enc.blocks):
+            x = blk(x)
+            if i == self.hires.early_block:
+                early = x
+        embedding = enc.neck(x.permute(0, 3, 1, 2))
+        return self.hires.image_features(images, early, embedding)
 
     def _encode_group(self, prompts: list[InputPrompt], device: torch.device) -> torch.Tensor:
         """Sparse tokens for prompts sharing one signature: ``P x T x D``."""
@@ -135,25 +162,35 @@ class SamModel(nn.Module):
         return sparse
 
     def decode(
-        self, embeddings: torch.Tensor, sparse: torch.Tensor, multimask_output: bool = False
+        self,
+        embeddings: torch.Tensor | ImageFeatures,
+        sparse: torch.Tensor,
+        multimask_output: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode P prompts against P image embeddings (one each; no repeat).
 
         Args:
-            embeddings: ``P x D x h x w`` image embeddings, row i belongs to prompt i.
+            embeddings: ``P x D x h x w`` image embeddings (or :class:`ImageFeatures`), row i belongs to prompt i.
             sparse: ``P x T x D`` sparse prompt tokens.
             multimask_output: return SAM's 3 ambiguity masks instead of the single-mask output.
 
         Returns:
-            ``P x M x 4h x 4w`` mask logits and ``P x M`` predicted IoU (M = 3 or 1).
+            ``P x M x s x s`` mask logits and ``P x M`` predicted IoU (M = 3 or 1), where ``s`` is
+            :attr:`output_size` (``4h``, or the input side with the full-resolution branch).
         """
         dec = self.mask_decoder
+        features = embeddings if isinstance(embeddings, ImageFeatures) else None
+        if self.hires is not None and features is None:
+            raise ValueError("this model has a full-resolution branch: decode the output of encode_images()")
+        emb = features.embedding if features is not None else embeddings
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         pe = self.prompt_encoder.get_dense_pe()
         n = sparse.shape[0]
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        if self.hires is not None:  # the HQ token rides along with SAM's output tokens
+            output_tokens = torch.cat([output_tokens, self.hires.hq_token.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
-        src = embeddings + dense
+        src = emb + dense
         pos_src = pe.expand(n, -1, -1, -1)
         b, c, h, w = src.shape
         hs, src = dec.transformer(src, pos_src, tokens)
@@ -167,7 +204,13 @@ class SamModel(nn.Module):
         masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
         iou_pred = dec.iou_prediction_head(iou_token_out)
         sel = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sel], iou_pred[:, sel]
+        masks = masks[:, sel]
+        if self.hires is not None and features is not None:
+            hq_out = hs[:, 1 + dec.num_mask_tokens, :]
+            residual = self.hires.residual(hq_out, upscaled, features)
+            size = residual.shape[-2:]
+            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False) + residual[:, None]
+        return masks, iou_pred[:, sel]
 
     def decode_prompts(
         self,
@@ -214,7 +257,7 @@ class SamModel(nn.Module):
             multimask_output: return 3 masks per prompt instead of 1.
 
         Returns:
-            Low-resolution mask logits ``P x M x S/4 x S/4`` and IoU predictions ``P x M``.
+            Mask logits ``P x M x s x s`` (``s`` = :attr:`output_size`) and IoU predictions ``P x M``.
         """
         embeddings = self.encode_images(images)
         return self.decode_prompts(embeddings, prompts, image_index, multimask_output)

@@ -13,6 +13,7 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
+from salt_seg.model.hires import HighResBranch
 from salt_seg.model.sam import SamModel
 
 
@@ -85,7 +86,9 @@ def get_variant(name: str) -> VariantSpec:
         raise ValueError(f"unknown SAM variant {name!r}; valid: {sorted(VARIANTS)}") from None
 
 
-def build_model(variant: str | VariantSpec, image_size: int | None = None, num_classes: int = 0) -> SamModel:
+def build_model(
+    variant: str | VariantSpec, image_size: int | None = None, num_classes: int = 0, hires: bool = False
+) -> SamModel:
     """Build an untrained model of a variant.
 
     Args:
@@ -94,6 +97,8 @@ def build_model(variant: str | VariantSpec, image_size: int | None = None, num_c
             position embeddings are sized for it (load weights with
             :func:`salt_seg.model.checkpoint.load_weights`, which interpolates them).
         num_classes: number of learned class prompt tokens (prompt-free mode); 0 for none.
+        hires: add the full-resolution mask branch (:class:`~salt_seg.model.hires.HighResBranch`), whose
+            logits come at the input resolution instead of a quarter of it.
 
     Returns:
         The model in eval mode.
@@ -135,5 +140,10 @@ def build_model(variant: str | VariantSpec, image_size: int | None = None, num_c
         iou_head_depth=3,
         iou_head_hidden_dim=spec.iou_head_hidden_dim,
     )
-    model = SamModel(encoder, prompt_encoder, decoder, num_classes=num_classes, variant=spec.name)
+    branch = (
+        HighResBranch(spec.encoder_embed_dim, spec.prompt_embed_dim, spec.global_attn_indexes[0])
+        if hires
+        else None
+    )
+    model = SamModel(encoder, prompt_encoder, decoder, num_classes=num_classes, variant=spec.name, hires=branch)
     return model.eval()

@@ -24,11 +24,15 @@ class ModelSection:
         variant: SAM variant name, or ``None`` to detect it from ``checkpoint``.
         checkpoint: base weights (path), ``builtin`` for the shipped small base, or ``null`` for random init.
         image_size: model input size; defaults to the preprocessing record's ``image_size``.
+        hires: the full-resolution mask branch (logits at the input resolution, :mod:`salt_seg.model.hires`):
+            ``null`` = as the checkpoint has it, ``true`` = add a fresh one when the checkpoint has none,
+            ``false`` = SAM's own quarter-resolution logits.
     """
 
     variant: str | None = "tiny"
     checkpoint: str | None = None
     image_size: int | None = None
+    hires: bool | None = None
 
 
 @dataclass

@@ -230,6 +230,7 @@ def train(
             ckpt,
             image_size=record.image_size,
             num_classes=len(data.class_ids) if needs_tokens else 0,
+            hires=cfg.model.hires,
         )
         if needs_tokens and model.num_classes != len(data.class_ids):
             model.set_num_classes(len(data.class_ids))

@@ -1,0 +1,181 @@
+"""A full-resolution mask branch for SAM, in the spirit of HQ-SAM (Ke et al., NeurIPS 2023).
+
+SAM's mask decoder answers on a grid a quarter of the input side (64 x 64 for a 256 px input): a structure a few
+pixels thick cannot be drawn there, whatever the training. :class:`HighResBranch` adds
+
+* an extra output token (the *HQ token*) that goes through SAM's two-way transformer with the other output
+  tokens, and its own hypernetwork MLP;
+* a fusion, at ``S/4``, of SAM's upscaled decoder features with early ViT features (the output of the first
+  global-attention block) and the final image embedding, as HQ-SAM does;
+* a shallow convolutional stem on the input slice at ``S`` and ``S/2``, added after a bilinear ``x4`` upsampling
+  of the fused features, so that fine intensity edges reach the output;
+
+and predicts ``S x S`` logits as ``upsample(SAM's own logits) + HQ residual``. The residual's hypernetwork ends
+in a zero-initialised layer, so a fresh branch starts from SAM's (upsampled) answer and only learns the detail.
+
+Everything that depends on the image alone (early features, embedding features, stem) is computed once per
+image by :meth:`HighResBranch.image_features` and travels with the embedding in :class:`ImageFeatures`, so an
+interactive click costs only the per-prompt part.
+
+A model without the branch (Meta's and MedSAM's checkpoints, the v1 built-in bases) behaves exactly as before:
+the branch is simply absent and :meth:`~salt_seg.model.sam.SamModel.encode_images` returns a plain tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.mask_decoder import MLP
+from torch import nn
+
+#: state-dict prefix of the branch inside a :class:`~salt_seg.model.sam.SamModel`
+HIRES_PREFIX = "hires."
+
+
+@dataclass
+class ImageFeatures:
+    """What the encoder computes once per image when the model has a full-resolution branch.
+
+    Behaves like the batch of embeddings it replaces where the rest of the code uses one: ``len``, indexing and
+    slicing along the batch, ``index_select``, iteration over images, ``.to``, ``shape``/``device`` of the
+    embedding, and :meth:`stack`.
+
+    Attributes:
+        embedding: ``B x D x h x w`` SAM image embedding (``h = S/16``).
+        early: ``B x c x S/4 x S/4`` compressed early-ViT plus embedding features (prompt independent).
+        stem: ``B x c x S x S`` convolutional stem features of the input slice.
+    """
+
+    embedding: torch.Tensor
+    early: torch.Tensor
+    stem: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.embedding.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.device
+
+    def __len__(self) -> int:
+        return int(self.embedding.shape[0])
+
+    def __getitem__(self, index: int | slice) -> ImageFeatures:
+        """An int drops the batch axis (as indexing a tensor does), a slice keeps it."""
+        return ImageFeatures(self.embedding[index], self.early[index], self.stem[index])
+
+    def __iter__(self) -> Iterator[ImageFeatures]:
+        return (self[i] for i in range(len(self)))
+
+    def index_select(self, dim: int, index: torch.Tensor) -> ImageFeatures:
+        if dim != 0:
+            raise ValueError("ImageFeatures are indexed along the batch axis only")
+        return ImageFeatures(
+            self.embedding.index_select(0, index), self.early.index_select(0, index), self.stem.index_select(0, index)
+        )
+
+    def to(self, *args, **kwargs) -> ImageFeatures:
+        return ImageFeatures(
+            self.embedding.to(*args, **kwargs), self.early.to(*args, **kwargs), self.stem.to(*args, **kwargs)
+        )
+
+    def cpu(self) -> ImageFeatures:
+        return self.to("cpu")
+
+    @staticmethod
+    def stack(items: Sequence[ImageFeatures]) -> ImageFeatures:
+        """Stack per-image features (each without a batch axis) into a batch."""
+        return ImageFeatures(
+            torch.stack([f.embedding for f in items]),
+            torch.stack([f.early for f in items]),
+            torch.stack([f.stem for f in items]),
+        )
+
+
+def stack_embeddings(items: Sequence[torch.Tensor | ImageFeatures]) -> torch.Tensor | ImageFeatures:
+    """``torch.stack`` for per-image embeddings, whether plain tensors or :class:`ImageFeatures`."""
+    if items and isinstance(items[0], ImageFeatures):
+        return ImageFeatures.stack(items)  # type: ignore[arg-type]
+    return torch.stack(list(items))  # type: ignore[arg-type]
+
+
+class HighResBranch(nn.Module):
+    """The full-resolution branch (see the module docstring).
+
+    Args:
+        encoder_dim: width of the ViT blocks (``D_enc``).
+        transformer_dim: width of the mask decoder (SAM's ``prompt_embed_dim``).
+        early_block: index of the ViT block whose output is fused (the first global-attention block).
+    """
+
+    def __init__(self, encoder_dim: int, transformer_dim: int, early_block: int) -> None:
+        super().__init__()
+        c = transformer_dim // 8  # the channel width of SAM's upscaled decoder features
+        self.early_block = int(early_block)
+        self.channels = c
+        self.hq_token = nn.Embedding(1, transformer_dim)
+        self.hq_mlp = MLP(transformer_dim, transformer_dim, c, 3)
+        self.compress_vit = nn.Sequential(
+            nn.ConvTranspose2d(encoder_dim, transformer_dim, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim, c, kernel_size=2, stride=2),
+        )
+        self.embedding_encoder = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, c, kernel_size=2, stride=2),
+        )
+        self.mask_feature = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1), LayerNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
+        )
+        self.stem_full = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1))
+        self.stem_half = nn.Sequential(
+            nn.Conv2d(c, c, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
+        )
+        self.fuse = nn.Conv2d(c, c, 1)
+        with torch.no_grad():  # a fresh branch answers exactly SAM's upsampled logits
+            nn.init.zeros_(self.hq_mlp.layers[-1].weight)
+            nn.init.zeros_(self.hq_mlp.layers[-1].bias)
+
+    def image_features(
+        self, images: torch.Tensor, early: torch.Tensor, embedding: torch.Tensor
+    ) -> ImageFeatures:
+        """Prompt-independent features.
+
+        Args:
+            images: ``B x 3 x S x S`` model input.
+            early: ``B x h x w x D_enc`` output of block :attr:`early_block`.
+            embedding: ``B x D x h x w`` final image embedding.
+        """
+        fused = self.compress_vit(early.permute(0, 3, 1, 2)) + self.embedding_encoder(embedding)
+        s1 = self.stem_full(images)
+        s2 = self.stem_half(s1)
+        stem = s1 + F.interpolate(s2, size=s1.shape[-2:], mode="bilinear", align_corners=False)
+        return ImageFeatures(embedding, fused, stem)
+
+    def residual(
+        self, token_out: torch.Tensor, upscaled: torch.Tensor, features: ImageFeatures
+    ) -> torch.Tensor:
+        """The HQ logits residual at full resolution.
+
+        Args:
+            token_out: ``P x D`` the HQ token after the two-way transformer.
+            upscaled: ``P x c x S/4 x S/4`` SAM's upscaled decoder features for each prompt.
+            features: the prompts' images' features (row ``i`` belongs to prompt ``i``).
+
+        Returns:
+            ``P x S x S`` logits residual.
+        """
+        hq = self.mask_feature(upscaled) + features.early
+        size = features.stem.shape[-2:]
+        feat = F.interpolate(hq, size=size, mode="bilinear", align_corners=False) + features.stem
+        feat = self.fuse(F.gelu(feat))
+        weights = self.hq_mlp(token_out)  # P x c
+        return torch.einsum("pc,pchw->phw", weights, feat)

@@ -1,0 +1,127 @@
+"""The full-resolution mask branch (salt_seg/model/hires.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from salt_seg.model import build_model
+from salt_seg.model.checkpoint import has_hires, load_base_model
+from salt_seg.model.hires import HIRES_PREFIX, ImageFeatures, stack_embeddings
+from salt_seg.model.sam import InputPrompt
+
+BOX = InputPrompt(box=torch.tensor([40.0, 50.0, 150.0, 170.0]))
+POINT = InputPrompt(points=torch.tensor([[90.0, 100.0]]), labels=torch.tensor([1]))
+
+
+@pytest.fixture(scope="module")
+def hires_model():
+    torch.manual_seed(7)
+    return build_model("tiny", num_classes=2, hires=True)
+
+
+def _meta_decoder_logits(model, image: torch.Tensor, prompt: InputPrompt) -> torch.Tensor:
+    """segment_anything's own MaskDecoder.forward on one image and one prompt (single-mask output)."""
+    emb = model.image_encoder(image)
+    sparse, dense = model.prompt_encoder(
+        points=(prompt.points[None], prompt.labels[None]) if prompt.points is not None else None,
+        boxes=prompt.box[None] if prompt.box is not None else None,
+        masks=None,
+    )
+    masks, _ = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense, False)
+    return masks
+
+
+@torch.no_grad()
+def test_without_branch_outputs_equal_segment_anythings_decoder_bit_for_bit(tiny_model) -> None:
+    image = torch.randn(1, 3, 256, 256)
+    for prompt in (BOX, POINT):
+        ours, _ = tiny_model(image, [prompt])
+        assert ours.shape == (1, 1, 64, 64)
+        assert torch.equal(ours, _meta_decoder_logits(tiny_model, image, prompt))
+    assert isinstance(tiny_model.encode_images(image), torch.Tensor)  # a plain embedding, as before
+
+
+@torch.no_grad()
+def test_a_branch_in_the_file_is_ignored_with_hires_false_and_the_output_is_unchanged(tmp_path) -> None:
+    torch.manual_seed(3)
+    with_branch = build_model("tiny", hires=True)
+    sd = {k: v.contiguous() for k, v in with_branch.state_dict().items() if not k.startswith("class_tokens.")}
+    plain_sd = {k: v for k, v in sd.items() if not k.startswith(HIRES_PREFIX)}
+    save_file(sd, str(tmp_path / "v2.safetensors"))
+    save_file(plain_sd, str(tmp_path / "v1.safetensors"))
+    assert has_hires(sd) and not has_hires(plain_sd)
+    v1, _ = load_base_model("tiny", tmp_path / "v1.safetensors")
+    v2_off, _ = load_base_model("tiny", tmp_path / "v2.safetensors", hires=False)
+    v2, _ = load_base_model("tiny", tmp_path / "v2.safetensors")
+    assert v1.hires is None and v2_off.hires is None and v2.hires is not None
+    image = torch.randn(1, 3, 256, 256)
+    a, ia = v1(image, [BOX])
+    b, ib = v2_off(image, [BOX])
+    assert torch.equal(a, b) and torch.equal(ia, ib)
+    c, _ = v2(image, [BOX])
+    assert c.shape == (1, 1, 256, 256)
+    for k, v in v2.hires.state_dict().items():  # the file's branch weights were loaded
+        assert torch.equal(v, sd[HIRES_PREFIX + k])
+
+
+@torch.no_grad()
+def test_fresh_branch_starts_from_sams_upsampled_logits(hires_model) -> None:
+    image = torch.randn(1, 3, 256, 256)
+    feats = hires_model.encode_images(image)
+    assert isinstance(feats, ImageFeatures)
+    assert feats.stem.shape == (1, 16, 256, 256) and feats.early.shape == (1, 16, 64, 64)
+    logits, _ = hires_model.decode_prompts(feats, [BOX], [0])
+    assert logits.shape == (1, 1, 256, 256)
+    # the residual's last layer is zero at init: the output is SAM's own mask (with the HQ token aboard) upsampled
+    hires = hires_model.hires
+    assert torch.count_nonzero(hires.hq_mlp(torch.randn(5, 128))) == 0  # zero hypernetwork -> zero residual
+    saved = hires.hq_mlp.layers[-1].weight.clone()
+    hires.hq_mlp.layers[-1].weight.normal_()
+    changed, _ = hires_model.decode_prompts(feats, [BOX], [0])
+    hires.hq_mlp.layers[-1].weight.copy_(saved)
+    assert not torch.allclose(changed, logits)
+    low = changed - logits  # = the residual alone
+    assert float(low.abs().max()) > 1e-3
+    encoder_embedding = hires_model.image_encoder(image)
+    assert torch.allclose(feats.embedding, encoder_embedding, atol=1e-6)  # same encoder pass as SAM's
+
+
+@torch.no_grad()
+def test_image_features_batch_like_a_tensor(hires_model) -> None:
+    images = torch.randn(3, 3, 256, 256)
+    feats = hires_model.encode_images(images)
+    assert len(feats) == 3 and feats.shape[0] == 3
+    per_image = list(feats)
+    assert per_image[1].embedding.shape == feats.embedding.shape[1:]
+    restacked = stack_embeddings([per_image[2], per_image[0]])
+    assert torch.equal(restacked.stem, feats.index_select(0, torch.tensor([2, 0])).stem)
+    batched, _ = hires_model.decode_prompts(feats, [BOX, POINT, BOX], [0, 1, 2])
+    for i, p in enumerate([BOX, POINT, BOX]):
+        single, _ = hires_model.decode_prompts(feats[i : i + 1], [p], [0])
+        torch.testing.assert_close(batched[i : i + 1], single, atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_the_branch_and_the_loss_is_at_full_resolution(hires_model) -> None:
+    hires_model.train()
+    for p in hires_model.parameters():
+        p.requires_grad_(True)
+    image = torch.randn(1, 3, 256, 256)
+    target = torch.zeros(1, 1, 256, 256)
+    target[..., 60:64, 40:200] = 1.0  # a 4 px ribbon: invisible on a 64 x 64 grid
+    logits, _ = hires_model(image, [BOX])
+    F.binary_cross_entropy_with_logits(logits, target).backward()
+    hires = hires_model.hires
+    assert float(hires.hq_mlp.layers[-1].weight.grad.abs().sum()) > 0
+    assert hires_model.hires.stem_full[0].weight.grad is not None
+    hires_model.zero_grad(set_to_none=True)
+    hires_model.eval()
+
+
+def test_decoding_a_plain_embedding_on_a_model_with_a_branch_is_a_clear_error(hires_model) -> None:
+    with torch.no_grad():
+        emb = hires_model.image_encoder(torch.randn(1, 3, 256, 256))
+        with pytest.raises(ValueError, match="full-resolution branch"):
+            hires_model.decode_prompts(emb, [BOX], [0])
