@@ -5,7 +5,12 @@
 * ``salt-seg data prepare NAME --out DIR``: build a dataset recipe (``mni152-tissue``, ``colin27-aal``,
   ``synthetic-shapes``) in nnU-Net v2 layout; built in a temporary folder and renamed when valid, so a failure
   writes nothing.
-* ``salt-seg data split DIR --shots N --out FILE``: draw a few-shot split JSON.
+* ``salt-seg data split DIR --shots N --out FILE [--protocol block|sparse]``: draw a few-shot split JSON.
+* ``salt-seg data ceiling DIR --image-size N [--grid G] [--split FILE --part test]``: the resolution ceiling, the
+  Dice a perfect prediction on the model's logit grid can reach, per class (at ``G``, default ``N // 4``, and at
+  full resolution ``N``).
+* ``salt-seg data floor DIR --split FILE [--kind nearest_mean|gaussian]``: the intensity floor, Dice of a
+  per-pixel intensity classifier fitted on the split's training slices, on its test slices.
 * ``salt-seg data list``: the dataset formats and recipes.
 """
 
@@ -15,7 +20,7 @@ import argparse
 import inspect
 from pathlib import Path
 
-HELP = "check, prepare and split datasets (formats: nnunet, msd, salt, dicom, pairs)"
+HELP = "check, prepare and split datasets, and measure their ceiling and floor (formats: nnunet, msd, ...)"
 DESCRIPTION = (
     "Validate a dataset folder, build a ready-to-train dataset from data that installs offline, or draw a "
     "few-shot split. Run 'salt-seg data SUBCOMMAND --help' for details."
@@ -57,13 +62,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--test", type=float, default=0.4, help="test fraction (default 0.4)")
     split.add_argument("--guard-mm", type=float, default=10.0, help="slice level: min distance between parts")
     split.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slice level: RAS axis")
+    split.add_argument(
+        "--protocol",
+        default="block",
+        choices=("block", "sparse"),
+        help="slice level: contiguous train/val/test blocks (block, default) or training slices spread evenly "
+        "with val/test in the gaps (sparse)",
+    )
     split.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    ceiling = sub.add_parser(
+        "ceiling", help="per-class Dice a perfect prediction reaches on the model's logit grid"
+    )
+    ceiling.add_argument("dir", type=Path, help="dataset folder")
+    ceiling.add_argument("--image-size", type=int, required=True, help="model input side in pixels")
+    ceiling.add_argument(
+        "--grid", type=int, default=None, help="logit grid side (default: image size // 4, SAM's decoder)"
+    )
+    ceiling.add_argument(
+        "--split", type=Path, default=None, help="split JSON: measure only one part's slices"
+    )
+    ceiling.add_argument("--part", default="test", choices=("train", "val", "test"), help="split part")
+    ceiling.add_argument(
+        "--axis", type=int, default=None, choices=(0, 1, 2), help="RAS axis (default: split's, or 2)"
+    )
+    ceiling.add_argument(
+        "--resize", default="longest", choices=("longest", "square"), help="input resize mode"
+    )
+    ceiling.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout (default: auto)")
+
+    floor = sub.add_parser(
+        "floor", help="per-class Dice of an intensity classifier fitted on a split's training slices"
+    )
+    floor.add_argument("dir", type=Path, help="dataset folder")
+    floor.add_argument("--split", type=Path, required=True, help="split JSON (fit on train, score --part)")
+    floor.add_argument(
+        "--kind", default="nearest_mean", choices=("nearest_mean", "gaussian"), help="classifier"
+    )
+    floor.add_argument(
+        "--part", default="test", choices=("train", "val", "test"), help="split part scored (default test)"
+    )
+    floor.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout (default: auto)")
 
     sub.add_parser("list", help="list dataset formats and recipes")
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"check": _check, "prepare": _prepare, "split": _split, "list": _list}[args.data_command](args)
+    commands = {
+        "check": _check,
+        "prepare": _prepare,
+        "split": _split,
+        "ceiling": _ceiling,
+        "floor": _floor,
+        "list": _list,
+    }
+    return commands[args.data_command](args)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -112,6 +165,7 @@ def _split(args: argparse.Namespace) -> int:
         test=args.test,
         guard_mm=args.guard_mm,
         axis=args.axis,
+        protocol=args.protocol,
     )
     save_split(split, args.out)
     sizes = ", ".join(
@@ -119,7 +173,80 @@ def _split(args: argparse.Namespace) -> int:
         for p in ("train", "val", "test")
     )
     unit = "slices" if args.level == "slice" else "cases"
-    print(f"wrote {args.out}: {sizes} {unit} (seed {args.seed})")
+    protocol = f", {args.protocol} protocol" if args.level == "slice" else ""
+    print(f"wrote {args.out}: {sizes} {unit} (seed {args.seed}{protocol})")
+    return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    """Plain-text columns: the first left-aligned, the rest right-aligned, a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _read_split(path: Path | None):  # -> Split | None
+    from salt_seg.data.split import load_split
+
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such split file")
+    return load_split(path)
+
+
+def _ceiling(args: argparse.Namespace) -> int:
+    from salt_seg.data.formats import load_dataset
+    from salt_seg.evaluation.ceiling import dataset_ceiling
+
+    grid = args.image_size // 4 if args.grid is None else args.grid
+    if args.image_size < 1:
+        raise ValueError(f"--image-size must be >= 1, got {args.image_size}")
+    if not 1 <= grid <= args.image_size:
+        raise ValueError(f"--grid must be in 1..--image-size ({args.image_size}), got {grid}")
+    split = _read_split(args.split)
+    axis = args.axis if args.axis is not None else (split.axis if split is not None else 2)
+    dataset = load_dataset(args.dir, args.format)
+    grids = list(dict.fromkeys([grid, args.image_size]))
+    summary, n = dataset_ceiling(
+        dataset, args.image_size, grids, axis=axis, split=split, part=args.part, resize=args.resize
+    )
+    where = f"{args.part} part of {args.split}" if split is not None else "every labelled slice"
+    print(
+        f"resolution ceiling of {dataset.name}: {n} slices ({where}), axis {axis}, input {args.image_size} px"
+    )
+    rows = [["class", *(f"Dice@{g}x{g}" for g in grids), "n slices"]]
+    for c, name in sorted(dataset.classes.items()):
+        stats = [summary[g][c] for g in grids]
+        cells = ["-" if s["n"] == 0 else f"{s['mean']:.3f}" for s in stats]
+        rows.append([f"{c} {name}", *cells, str(stats[0]["n"])])
+    print(_table(rows))
+    return 0
+
+
+def _floor(args: argparse.Namespace) -> int:
+    from salt_seg.data.formats import load_dataset
+    from salt_seg.evaluation.floors import intensity_floor
+
+    split = _read_split(args.split)
+    dataset = load_dataset(args.dir, args.format)
+    result = intensity_floor(dataset, split, args.kind, part=args.part)
+    print(
+        f"intensity floor ({args.kind}) of {dataset.name}: fitted on {result.n_train_slices} training "
+        f"slices, scored on {result.n_test_slices} {args.part} slices"
+    )
+    rows = [["class", "Dice", "n"]]
+    for c, name in sorted(dataset.classes.items()):
+        s = result.per_class[c]
+        dice = "-" if s["n"] == 0 else f"{s['mean']:.3f}" + ("" if s["n"] < 2 else f" ± {s['std']:.3f}")
+        rows.append([f"{c} {name}", dice, str(s["n"])])
+    print(_table(rows))
     return 0
 
 

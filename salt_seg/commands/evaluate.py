@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model: score the exported multi-class label map (default) or each class's own mask "
         "against that class alone (the SALT paper's per-prompt protocol)",
     )
+    parser.add_argument(
+        "--part",
+        choices=("test", "val", "train"),
+        default="test",
+        help="with --model: which part of the split to score (default test; train shows how well the model fits "
+        "its own training slices). Results go to RUN/evaluation[_part][_prompt][_overlap] unless --out is given",
+    )
     parser.add_argument("--device", default="auto", help="with --model: cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--split",
@@ -116,11 +123,19 @@ def run(args: argparse.Namespace) -> int:
             settings=settings,
             device=resolve_device(args.device),
             overlap=args.overlap,
+            part=args.part,
         )
-        out = Path(args.out) if args.out else Path(args.model) / "evaluation"
+        # each mode gets its own folder: a box or train-part evaluation never overwrites the default one
+        suffix = "".join(
+            f"_{v}"
+            for v, default in ((args.part, "test"), (args.prompt, None), (args.overlap, "label_map"))
+            if v != default
+        )
+        out = Path(args.out) if args.out else Path(args.model) / f"evaluation{suffix}"
         written = write_results(result, out)
         print(
-            f"{len(result.cases)} test case(s) of {args.model}, classes {', '.join(map(str, result.class_ids))}"
+            f"{len(result.cases)} {args.part} case(s) of {args.model}, classes "
+            f"{', '.join(map(str, result.class_ids))}"
         )
         print(format_table(result.summary, result.class_names, settings.nsd_tolerance_mm))
         print(f"results: {out} ({', '.join(p.name for p in written)})")

@@ -32,6 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="continue from an exported base (e.g. a second stage at a lower learning rate)",
     )
+    parser.add_argument(
+        "--task",
+        default="objects",
+        choices=("objects", "anatomy"),
+        help="objects: synthetic shapes (the v1 bases); anatomy: synthetic anatomy with objects mixed in (v2)",
+    )
+    parser.add_argument(
+        "--hires",
+        action="store_true",
+        help="add the full-resolution mask branch (logits at the input side); kept when --init has one",
+    )
     parser.add_argument("--export", default=None, help="write the float16 base checkpoint here when done")
     parser.add_argument("--heldout", type=int, default=100, help="held-out images to score (default 100)")
     parser.add_argument("--no-progress", action="store_true")
@@ -47,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from salt_seg.commands.common import resolve_device
+    from salt_seg.model.builtin import resolve_checkpoint
     from salt_seg.training.pretrain import run_pretraining
 
     device = resolve_device(args.device, args.threads)
@@ -67,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         heldout=args.heldout,
         overrides=args.overrides,
         progress=not args.no_progress,
-        init=Path(args.init) if args.init else None,
+        init=Path(resolve_checkpoint(args.init)) if args.init else None,  # type: ignore[arg-type]
+        task=args.task,
+        hires=True if args.hires else None,
     )
     peak = None
     try:

@@ -11,6 +11,24 @@ Two levels:
   ``guard_mm`` apart** (neighbouring 1 mm slices are nearly identical, so a test slice next to a training slice
   would measure memory, not generalisation). Training slices are ``shots`` labelled slices drawn from the
   training block, one per equal-width stratum so they cover it; val and test keep every slice of their blocks.
+  This is the ``block`` protocol (the default): it measures *extrapolation* to an unseen part of the anatomy.
+
+Slice-level splits follow one of two protocols (:data:`PROTOCOLS`):
+
+* ``block`` (above): contiguous train / val / test blocks.
+* ``sparse``: the user who labels every n-th slice and wants the rest (*interpolation*). The ``k`` training
+  slices of a case lie evenly spaced through its labelled range (``k`` equal strata of width ``L / k`` slices,
+  one slice per stratum at the same seeded offset, so neighbouring training slices are ``floor(L / k)`` or
+  ``ceil(L / k)`` slices apart). Val and test slices come from the *gaps between* consecutive training slices,
+  only where a slice is at least ``guard_mm`` from every training slice; slices beyond the first and last
+  training slice are extrapolation and are left out. The gaps of all cases (case order, then position) are
+  dealt to val or test whole: ``round(G * val / (val + test))`` of the ``G`` gaps with room go to val at evenly
+  spaced positions with a seeded offset, the rest to test, so val and test alternate and any val slice is a
+  training slice (and twice the guard) away from any test slice. Each part then keeps ``round(fraction * L)``
+  of its eligible slices (summed over cases), evenly spread; when the guard leaves fewer, it keeps all of them
+  (the counts are "as far as possible"). The default ``guard_mm`` of 10 mm applies here too; with ``k``
+  training slices over ``D`` mm the gaps are ``D / k`` mm wide, so the guard must stay below ``D / (2k)`` mm
+  (the error says so and names the fix).
 
 The split is a JSON file (:func:`save_split`/:func:`load_split`) whose parts list ``{"case": id, "slices":
 [...]}`` entries (``slices`` is ``null`` for whole volumes). Slice indices refer to the RAS-canonical volume
@@ -33,6 +51,8 @@ from salt_seg.data.errors import DataError
 SPLIT_VERSION = 1
 PARTS = ("train", "val", "test")
 LEVELS = ("volume", "slice")
+#: slice-level split protocols: contiguous blocks (extrapolation) or training slices spread evenly (interpolation).
+PROTOCOLS = ("block", "sparse")
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,8 @@ class Split:
         test: test entries.
         dataset: the dataset's name.
         meta: anything else worth recording (fractions, ...).
+        protocol: slice level: ``block`` or ``sparse`` (module docstring); ``block`` for volume-level splits
+            and for split files written before protocols existed.
     """
 
     level: str
@@ -85,6 +107,7 @@ class Split:
     test: list[SplitEntry] = field(default_factory=list)
     dataset: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "block"
 
     def part(self, name: str) -> list[SplitEntry]:
         if name not in PARTS:
@@ -129,6 +152,7 @@ class Split:
             "seed": self.seed,
             "axis": self.axis,
             "guard_mm": self.guard_mm,
+            "protocol": self.protocol,
             "train": entries(self.train),
             "val": entries(self.val),
             "test": entries(self.test),
@@ -145,6 +169,9 @@ class Split:
             )
         if d.get("level") not in LEVELS:
             raise DataError(path, f"split level must be one of {list(LEVELS)}, got {d.get('level')!r}")
+        protocol = d.get("protocol") or "block"  # files written before protocols existed are block splits
+        if protocol not in PROTOCOLS:
+            raise DataError(path, f"split protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
         parts = {}
         for name in PARTS:
             try:
@@ -164,6 +191,7 @@ class Split:
             guard_mm=d.get("guard_mm"),
             dataset=str(d.get("dataset", "")),
             meta=dict(d.get("meta", {})),
+            protocol=protocol,
             **parts,
         )
 
@@ -267,6 +295,118 @@ def _zones(
     return zones
 
 
+def _block_parts(
+    ids: list[str],
+    slice_info: Mapping[str, SliceInfo],
+    quota: Mapping[str, int],
+    val: float,
+    test: float,
+    guard_mm: float,
+    rng: np.random.Generator,
+) -> dict[str, list[SplitEntry]]:
+    """Contiguous train/val/test blocks per case in a seeded order; shots drawn one per training stratum."""
+    parts: dict[str, list[SplitEntry]] = {p: [] for p in PARTS}
+    for case_id in ids:
+        info = slice_info[case_id]
+        order = [PARTS[k] for k in rng.permutation(3)]
+        zones = _zones(info, case_id, order, val, test, guard_mm, quota[case_id])
+        fg = set(info.foreground)
+        labelled_train = [s for s in zones["train"] if s in fg]
+        if len(labelled_train) < quota[case_id]:
+            raise DataError(
+                None,
+                f"case {case_id}: only {len(labelled_train)} labelled slices in its training "
+                f"block for {quota[case_id]} shots",
+            )
+        chosen = []
+        for stratum in np.array_split(np.asarray(labelled_train), quota[case_id]) if quota[case_id] else []:
+            chosen.append(int(stratum[rng.integers(len(stratum))]))
+        if chosen:
+            parts["train"].append(SplitEntry(case_id, sorted(chosen)))
+        for p in ("val", "test"):
+            if zones[p]:
+                parts[p].append(SplitEntry(case_id, zones[p]))
+    return parts
+
+
+def _spread(n: int, pool_size: int) -> list[int]:
+    """``n`` evenly spread positions in ``range(pool_size)``: the centres of ``n`` equal strata (``n <= pool_size``)."""
+    return [int((i + 0.5) * pool_size / n) for i in range(n)]
+
+
+def _sparse_train(info: SliceInfo, case_id: str, k: int, rng: np.random.Generator) -> list[int]:
+    """``k`` labelled slices evenly spaced through the labelled range, at a seeded offset."""
+    if not info.foreground:
+        raise DataError(None, f"case {case_id}: no labelled slices along the split axis")
+    fg = np.asarray(info.foreground)
+    if k > fg.size:
+        raise DataError(None, f"case {case_id}: only {fg.size} labelled slices for {k} shots")
+    lo, length = int(fg.min()), int(fg.max() - fg.min() + 1)
+    width = length / k  # >= 1 slice, so the targets below are distinct
+    phase = float(rng.uniform(0.0, width))
+    chosen: list[int] = []
+    for i in range(k):
+        target = lo + math.floor(phase + i * width)
+        free = fg[~np.isin(fg, chosen)]  # snap to a labelled slice (label maps may skip slices)
+        chosen.append(int(free[np.argmin(np.abs(free - target))]))
+    return sorted(chosen)
+
+
+def _sparse_parts(
+    ids: list[str],
+    slice_info: Mapping[str, SliceInfo],
+    quota: Mapping[str, int],
+    val: float,
+    test: float,
+    guard_mm: float,
+    rng: np.random.Generator,
+) -> dict[str, list[SplitEntry]]:
+    """Train slices spread evenly per case; val and test dealt whole gaps between them (module docstring)."""
+    train: dict[str, list[int]] = {}
+    gaps: list[tuple[str, list[int]]] = []  # (case, slices of one gap far enough from training slices)
+    widths_mm: list[float] = []  # per gap: the largest guard it could leave room under
+    targets = {"val": 0, "test": 0}
+    for case_id in ids:
+        if quota[case_id] == 0:
+            continue
+        info = slice_info[case_id]
+        train[case_id] = _sparse_train(info, case_id, quota[case_id], rng)
+        length = max(info.foreground) - min(info.foreground) + 1
+        for name, frac in (("val", val), ("test", test)):
+            targets[name] += max(1, round(frac * length)) if frac > 0 else 0
+        step = max(1, math.ceil(guard_mm / info.spacing_mm - 1e-9))  # min index distance to a training slice
+        for a, b in zip(train[case_id], train[case_id][1:], strict=False):
+            gaps.append((case_id, list(range(a + step, b - step + 1))))
+            widths_mm.append((b - a) // 2 * info.spacing_mm)
+    room = [g for g in gaps if g[1]]
+    needed = int(val > 0) + int(test > 0)
+    if len(room) < needed:
+        fits = sorted(widths_mm, reverse=True)[needed - 1] if len(widths_mm) >= needed else 0.0
+        hint = f"lower guard_mm to {fits:g} or less, " if fits > 0 else ""
+        raise DataError(
+            None,
+            f"sparse split: {sum(quota.values())} training slice(s) leave {len(room)} gap(s) with a slice "
+            f"{guard_mm:g} mm from every training slice, and val and test need {needed}; {hint}"
+            "change shots, or use protocol='block'",
+        )
+    n_val_gaps = round(len(room) * val / (val + test)) if val + test > 0 else 0
+    n_val_gaps = min(max(n_val_gaps, int(val > 0)), len(room) - int(test > 0))
+    offset = float(rng.uniform())  # which gaps go to val: evenly spaced, at a seeded offset
+    val_gaps = {math.floor((m + offset) * len(room) / n_val_gaps) for m in range(n_val_gaps)}
+    pools: dict[str, list[tuple[str, int]]] = {"val": [], "test": []}
+    for g, (case_id, slices) in enumerate(room):
+        pools["val" if g in val_gaps else "test"].extend((case_id, s) for s in slices)
+    parts: dict[str, list[SplitEntry]] = {p: [] for p in PARTS}
+    parts["train"] = [SplitEntry(c, t) for c, t in train.items()]
+    for name, pool in pools.items():
+        keep = [pool[i] for i in _spread(min(targets[name], len(pool)), len(pool))]
+        for case_id in ids:
+            slices = sorted(s for c, s in keep if c == case_id)
+            if slices:
+                parts[name].append(SplitEntry(case_id, slices))
+    return parts
+
+
 def make_split(
     dataset: Any,
     *,
@@ -278,6 +418,7 @@ def make_split(
     guard_mm: float = 10.0,
     axis: int = 2,
     slice_info: Mapping[str, SliceInfo] | None = None,
+    protocol: str = "block",
 ) -> Split:
     """Draw a few-shot split (same arguments, same split).
 
@@ -289,9 +430,14 @@ def make_split(
         level: ``volume`` or ``slice``.
         val: validation cases (int) or fraction of cases / of the labelled slice range (float).
         test: test cases (int) or fraction, as ``val``.
-        guard_mm: slice level: minimum distance in mm between slices of different parts.
+        guard_mm: slice level: minimum distance in mm between slices of different parts. The default 10 mm is
+            because neighbouring 1 mm slices are nearly identical: a test slice next to a training slice would
+            measure memory, not generalisation.
         axis: slice level: the RAS axis slices are taken along.
         slice_info: slice level: per-case :class:`SliceInfo`; read from ``dataset`` when ``None``.
+        protocol: slice level: ``block`` (contiguous parts, extrapolation; the default) or ``sparse``
+            (training slices spread evenly, val and test in the gaps between them; interpolation). See the
+            module docstring.
 
     Raises:
         ValueError: bad arguments (named), or not enough cases/slices for the request.
@@ -305,6 +451,12 @@ def make_split(
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     if guard_mm < 0:
         raise ValueError(f"guard_mm must be >= 0, got {guard_mm}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if protocol != "block" and level != "slice":
+        raise ValueError(
+            f"protocol={protocol!r} applies to slice-level splits (level='slice'), got {level!r}"
+        )
     shots = int(shots)
     if isinstance(dataset, Sequence) and not hasattr(dataset, "cases"):
         ids, hints, name = sorted(str(i) for i in dataset), {}, ""
@@ -342,29 +494,20 @@ def make_split(
     # Shots go round-robin over the cases in a seeded order.
     order_ids = [ids[k] for k in rng.permutation(len(ids))]
     quota = {i: shots // len(ids) + (1 if r < shots % len(ids) else 0) for r, i in enumerate(order_ids)}
-    parts: dict[str, list[SplitEntry]] = {p: [] for p in PARTS}
-    for case_id in ids:
-        info = slice_info[case_id]
-        order = [PARTS[k] for k in rng.permutation(3)]
-        zones = _zones(info, case_id, order, val, test, guard_mm, quota[case_id])
-        fg = set(info.foreground)
-        labelled_train = [s for s in zones["train"] if s in fg]
-        if len(labelled_train) < quota[case_id]:
-            raise DataError(
-                None,
-                f"case {case_id}: only {len(labelled_train)} labelled slices in its training "
-                f"block for {quota[case_id]} shots",
-            )
-        chosen = []
-        for stratum in np.array_split(np.asarray(labelled_train), quota[case_id]) if quota[case_id] else []:
-            chosen.append(int(stratum[rng.integers(len(stratum))]))
-        if chosen:
-            parts["train"].append(SplitEntry(case_id, sorted(chosen)))
-        for p in ("val", "test"):
-            if zones[p]:
-                parts[p].append(SplitEntry(case_id, zones[p]))
+    protocol_parts = _sparse_parts if protocol == "sparse" else _block_parts
+    parts = protocol_parts(ids, slice_info, quota, val, test, guard_mm, rng)
     split = Split(
-        "slice", shots, seed, axis, float(guard_mm), parts["train"], parts["val"], parts["test"], name, meta
+        "slice",
+        shots,
+        seed,
+        axis,
+        float(guard_mm),
+        parts["train"],
+        parts["val"],
+        parts["test"],
+        name,
+        meta,
+        protocol,
     )
     spacing = {i: slice_info[i].spacing_mm for i in ids}
     assert split.min_distance_mm(spacing) >= guard_mm - 1e-6, "guard distance violated"

@@ -61,8 +61,9 @@ def evaluate_run(
     progress: bool = True,
     inference: Any = None,
     overlap: str = "label_map",
+    part: str = "test",
 ) -> EvaluationResult:
-    """Predict and score the test part of a run's split.
+    """Predict and score the test part of a run's split (or another part: ``train`` measures the fit).
 
     Args:
         model_path: a run directory (its ``split.json`` and ``config.yaml`` locate the data) or adapter file.
@@ -76,6 +77,8 @@ def evaluate_run(
         progress: show progress bars.
         inference: :class:`salt_seg.inference.InferenceSettings` (default: the calibrated ones).
         overlap: ``label_map`` (score the exported multi-class map) or ``independent`` (each class's own mask).
+        part: the split part to score: ``test`` (default), ``val`` or ``train`` (how well the model fits the
+            slices it was trained on).
 
     Raises:
         FileNotFoundError / ValueError: no split, no dataset, or an unknown prompt kind.
@@ -113,11 +116,13 @@ def evaluate_run(
         raise ValueError(f"overlap must be 'label_map' or 'independent', got {overlap!r}")
     if prompt not in PROMPTS:
         raise ValueError(f"unknown prompt kind {prompt!r}; valid: {list(PROMPTS)}")
+    if part not in ("train", "val", "test"):
+        raise ValueError(f"part must be 'train', 'val' or 'test', got {part!r}")
     if prompt == "auto" and not model.num_classes:
         raise ValueError(f"{adapter}: the model has no class tokens; evaluate it with --prompt box or point")
     dataset = load_dataset(data_path, fmt)
     class_ids = list(record.class_ids)
-    test = split.slices("test")
+    test = split.slices(part)
     settings = settings or EvaluationSettings()
     if settings.slice_axis is None:
         settings = dataclasses.replace(settings, slice_axis=record.axis)

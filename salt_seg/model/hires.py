@@ -76,7 +76,9 @@ class ImageFeatures:
         if dim != 0:
             raise ValueError("ImageFeatures are indexed along the batch axis only")
         return ImageFeatures(
-            self.embedding.index_select(0, index), self.early.index_select(0, index), self.stem.index_select(0, index)
+            self.embedding.index_select(0, index),
+            self.early.index_select(0, index),
+            self.stem.index_select(0, index),
         )
 
     def to(self, *args, **kwargs) -> ImageFeatures:
@@ -135,7 +137,9 @@ class HighResBranch(nn.Module):
         self.mask_feature = nn.Sequential(
             nn.Conv2d(c, c, 3, padding=1), LayerNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
         )
-        self.stem_full = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1))
+        self.stem_full = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
+        )
         self.stem_half = nn.Sequential(
             nn.Conv2d(c, c, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
         )

@@ -145,5 +145,7 @@ def build_model(
         if hires
         else None
     )
-    model = SamModel(encoder, prompt_encoder, decoder, num_classes=num_classes, variant=spec.name, hires=branch)
+    model = SamModel(
+        encoder, prompt_encoder, decoder, num_classes=num_classes, variant=spec.name, hires=branch
+    )
     return model.eval()

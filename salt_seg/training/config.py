@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from salt_seg.configio import apply_overrides, from_dict, load_yaml, to_dict
+from salt_seg.data.split import PROTOCOLS
 
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -49,6 +50,9 @@ class DataSection:
         split_seed: seed of the shot selection (``null`` = the training seed).
         guard_mm: minimum distance between slices of different parts of the split (slice-level splits).
         holdout: ``slices`` (slice-level split with guard distance) or ``volumes`` (whole volumes held out).
+        protocol: slice-level split protocol: ``block`` (contiguous train/val/test blocks: extrapolation) or
+            ``sparse`` (training slices spread evenly, val/test in the gaps: interpolation); see
+            :mod:`salt_seg.data.split`.
         augment: training augmentation (flip, small rotation/scale, intensity).
         cache: keep preprocessed slices in memory (MONAI CacheDataset).
     """
@@ -62,6 +66,7 @@ class DataSection:
     split_seed: int | None = None
     guard_mm: float = 10.0
     holdout: str = "slices"
+    protocol: str = "block"
     augment: bool = True
     cache: bool = True
 
@@ -76,6 +81,12 @@ class DataSection:
             raise ValueError(f"data.holdout must be 'slices' or 'volumes', got {self.holdout!r}")
         if self.guard_mm < 0:
             raise ValueError(f"data.guard_mm must be >= 0, got {self.guard_mm}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"data.protocol: {self.protocol!r} is not one of {list(PROTOCOLS)}")
+        if self.protocol != "block" and self.holdout != "slices":
+            raise ValueError(
+                f"data.protocol {self.protocol!r} needs data.holdout: slices, got {self.holdout!r}"
+            )
 
 
 @dataclass
@@ -87,6 +98,10 @@ class TrainSection:
         batch_size: slices per step (per process under torchrun: the global batch is split across ranks).
         grad_accum: micro-batches accumulated per optimizer step.
         lr / weight_decay / warmup_steps: AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``.
+        lr_decoder / lr_class_tokens / lr_hires: peak learning rate of the mask decoder, the learned class
+            tokens and the full-resolution branch (``null`` = ``lr``). Parts that start from scratch or far from
+            their task (class tokens, a fresh branch) need a larger step than the adapters that nudge a
+            pretrained encoder; the same schedule scales every group.
         loss: ``dice_focal`` or ``dice_ce`` (MONAI, on logits) plus ``adapter.reg_weight`` x the adapter's
             regulariser.
         prompt: prompt simulation for training: ``box``, ``points``, ``auto`` (learned class tokens), ``mixed``
@@ -106,6 +121,9 @@ class TrainSection:
     batch_size: int = 4
     grad_accum: int = 1
     lr: float = 1e-4
+    lr_decoder: float | None = None
+    lr_class_tokens: float | None = None
+    lr_hires: float | None = None
     weight_decay: float = 1e-2
     warmup_steps: int = 10
     min_lr_ratio: float = 0.05
@@ -129,6 +147,10 @@ class TrainSection:
             )
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("lr_decoder", "lr_class_tokens", "lr_hires"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"train.{name} must be > 0 or null, got {value}")
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss: {self.loss!r} is not one of {list(LOSSES)}")
         if self.amp not in AMP_MODES:

@@ -59,6 +59,7 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
             test=dc.test,
             guard_mm=dc.guard_mm,
             axis=record.axis,
+            protocol=dc.protocol,
         )
     train = SliceDataset.from_dataset(
         dataset,

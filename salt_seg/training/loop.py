@@ -90,6 +90,28 @@ def _state_to_save(
     }
 
 
+#: parameter-name prefix -> the TrainSection field holding its group's learning rate
+LR_GROUPS = (("mask_decoder.", "lr_decoder"), ("class_tokens.", "lr_class_tokens"), ("hires.", "lr_hires"))
+
+
+def param_groups(model: torch.nn.Module, tc) -> list[dict[str, Any]]:  # noqa: ANN001 - TrainSection
+    """AdamW parameter groups of the trainable tensors: one per part with its own learning rate.
+
+    Each group keeps its name (``group``) so that a resumed optimizer state matches by position.
+    """
+    from salt_seg.adapters import trainable_parameters
+
+    groups: dict[str, dict[str, Any]] = {}
+    for name, p in trainable_parameters(model, named=True):
+        key, lr = "rest", tc.lr
+        for prefix, field_name in LR_GROUPS:
+            if name.startswith(prefix):
+                key, lr = field_name, getattr(tc, field_name) or tc.lr
+                break
+        groups.setdefault(key, {"params": [], "lr": lr, "group": key})["params"].append(p)
+    return list(groups.values())
+
+
 def _fetch(
     ds: Any, indices: list[int], seed: int, step: int, augment: bool
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -254,7 +276,7 @@ def train(
         "base_checkpoint": cfg.model.checkpoint or "run:base.safetensors",
     }
 
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, tc), weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
     use_amp = tc.amp != "none" and device.type == "cuda"
     if tc.amp != "none" and not use_amp:

@@ -23,6 +23,8 @@ from salt_seg.preprocessing import Preprocessing, prepare_slice
 
 HELDOUT_SEED = 20260
 MAX_OBJECTS = 6
+#: what a pretraining run learns from: v1's synthetic objects, or v2's synthetic anatomy (objects mixed in)
+PRETRAIN_TASKS = ("objects", "anatomy")
 
 
 @dataclass(frozen=True)
@@ -122,15 +124,33 @@ def evaluate_objectness(
 
     The point is the interior point farthest from the background (deterministic).
     """
+    record = pretrain_record(model.image_size)
+    return evaluate_prompted(model, SyntheticObjects(n_images, seed, params, record), params.shape)
+
+
+def heldout_anatomy(image_size: int, n_images: int = 100):  # noqa: ANN201 - a SyntheticAnatomy
+    """The fixed held-out anatomy set (every structure of each slice, no objects mixed in)."""
+    from salt_seg.data.anatomy import AnatomyParams
+
+    from salt_seg.training.anatomy_stream import ANATOMY_HELDOUT_SEED, StreamParams, SyntheticAnatomy
+
+    params = StreamParams(
+        anatomy=AnatomyParams(shape=(image_size, image_size)), objects_fraction=0.0, max_prompted=16
+    )
+    return SyntheticAnatomy(n_images, ANATOMY_HELDOUT_SEED, params, pretrain_record(image_size))
+
+
+@torch.no_grad()
+def evaluate_prompted(model, ds, shape: tuple[int, int]) -> ObjectnessScores:
+    """Box, fill-the-box and one-point Dice over every labelled structure of every item of ``ds``."""
     from scipy import ndimage
 
     from salt_seg.model.sam import InputPrompt
     from salt_seg.preprocessing import SliceTransform
 
     model.eval()
-    record = pretrain_record(model.image_size)
-    ds = SyntheticObjects(n_images, seed, params, record)
-    tf = SliceTransform.create(params.shape, model.image_size, "longest")
+    n_images = len(ds)
+    tf = SliceTransform.create(shape, model.image_size, "longest")
     box_d, fill_d, pt_d = [], [], []
     for i in range(n_images):
         item = ds[i]
@@ -219,8 +239,16 @@ def run_pretraining(
     overrides: list[str] | None = None,
     progress: bool = True,
     init: Path | None = None,
+    task: str = "objects",
+    hires: bool | None = None,
 ) -> tuple[ObjectnessScores, Path]:
-    """Pretrain, score on the held-out set, and optionally export; returns the scores and the run dir."""
+    """Pretrain, score on the held-out set, and optionally export; returns the scores and the run dir.
+
+    ``task`` is ``objects`` (the v1 bases: synthetic shapes) or ``anatomy`` (base v2: synthetic anatomy with
+    objects mixed in, :mod:`salt_seg.training.anatomy_stream`); ``hires`` adds the full-resolution branch.
+    """
+    if task not in PRETRAIN_TASKS:
+        raise ValueError(f"unknown pretraining task {task!r}; valid: {list(PRETRAIN_TASKS)}")
     import json
 
     from salt_seg.configio import apply_overrides, from_dict
@@ -234,6 +262,7 @@ def run_pretraining(
             "variant": variant,
             "checkpoint": str(init) if init else None,
             "image_size": record.image_size,
+            "hires": hires,
         },
         "adapter": {
             "name": "full",
@@ -263,23 +292,38 @@ def run_pretraining(
     cfg = from_dict(ExperimentConfig, apply_overrides(doc, overrides or []))
     params = GeneratorParams(shape=(image_size, image_size))
     heldout_params = dataclasses.replace(HELDOUT_PARAMS, shape=(image_size, image_size))
-    data = TrainData(
-        train=SyntheticObjects(10**7, seed, params, record),
-        val=SyntheticObjects(32, HELDOUT_SEED + 1, heldout_params, record),
-        class_ids=list(range(1, MAX_OBJECTS + 1)),
-        split={"generator": params.to_dict(), "val_seed": HELDOUT_SEED + 1},
-        record=record,
-    )
+    if task == "objects":
+        data = TrainData(
+            train=SyntheticObjects(10**7, seed, params, record),
+            val=SyntheticObjects(32, HELDOUT_SEED + 1, heldout_params, record),
+            class_ids=list(range(1, MAX_OBJECTS + 1)),
+            split={"generator": params.to_dict(), "val_seed": HELDOUT_SEED + 1},
+            record=record,
+        )
+    else:
+        from salt_seg.data.anatomy import AnatomyParams
+
+        from salt_seg.training.anatomy_stream import MAX_PROMPTED, StreamParams, SyntheticAnatomy
+
+        stream = StreamParams(anatomy=AnatomyParams(shape=(image_size, image_size)))
+        data = TrainData(
+            train=SyntheticAnatomy(10**7, seed, stream, record),
+            val=SyntheticAnatomy(32, HELDOUT_SEED + 2, stream, record),
+            class_ids=list(range(1, MAX_PROMPTED + 1)),
+            split={"task": task, "objects_fraction": stream.objects_fraction, "val_seed": HELDOUT_SEED + 2},
+            record=record,
+        )
     result = train(cfg, run_dir, resume=resume, device=device, data=data, progress=progress)
     from salt_seg.model.checkpoint import load_base_model
 
     base = init if init is not None else run_dir / "base.safetensors"
-    model, info = load_base_model(variant, base, image_size=record.image_size)
+    model, info = load_base_model(variant, base, image_size=record.image_size, hires=hires)
     from salt_seg.adapters import load_adapter
 
     load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=info.content_hash, progress=False)
     model.eval()
     scores = evaluate_objectness(model, heldout, params=heldout_params)
+    anatomy = evaluate_prompted(model, heldout_anatomy(image_size, heldout), (image_size, image_size))
     meta = {
         "salt_seg_builtin": "1",
         "variant": variant,
@@ -290,6 +334,10 @@ def run_pretraining(
         "heldout_dice_box": f"{scores.box:.4f}",
         "heldout_dice_fill_box": f"{scores.fill_box:.4f}",
         "heldout_dice_one_point": f"{scores.one_point:.4f}",
+        "task": task,
+        "anatomy_heldout_dice_box": f"{anatomy.box:.4f}",
+        "anatomy_heldout_dice_fill_box": f"{anatomy.fill_box:.4f}",
+        "anatomy_heldout_dice_one_point": f"{anatomy.one_point:.4f}",
     }
     from salt_seg.training.rundir import atomic_write_json
 

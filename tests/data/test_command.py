@@ -131,3 +131,30 @@ def test_help_imports_nothing_heavy():
         cwd=Path(__file__).parents[2],
     )
     assert "monai" not in out.stdout and "nibabel" not in out.stdout and "pydicom" not in out.stdout
+
+
+def test_split_protocol_option(tmp_path, capsys):
+    out_dir = tmp_path / "shapes"
+    assert _run(["data", "prepare", "synthetic-shapes", "--out", str(out_dir), "--seed", "3"], capsys)[0] == 0
+    split_file = tmp_path / "sparse.json"
+    argv = ["data", "split", str(out_dir), "--level", "slice", "--shots", "4", "--guard-mm", "2"]
+    code, out, _ = _run([*argv, "--protocol", "sparse", "--out", str(split_file)], capsys)
+    assert code == 0 and "train 4" in out and "sparse protocol" in out
+    doc = json.loads(split_file.read_text())
+    assert doc["protocol"] == "sparse" and doc["level"] == "slice"
+    code, _, err = _run(
+        [
+            "data",
+            "split",
+            str(out_dir),
+            "--shots",
+            "1",
+            "--protocol",
+            "sparse",
+            "--out",
+            str(tmp_path / "v.json"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "protocol='sparse' applies to slice-level splits" in err
+    assert not (tmp_path / "v.json").exists()

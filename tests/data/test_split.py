@@ -102,3 +102,103 @@ def test_save_load_round_trip_and_bad_file(tmp_path):
     with pytest.raises(DataError, match="not a readable split file"):
         load_split(tmp_path / "broken.json")
     assert isinstance(Split.from_dict(split.to_dict()), Split)
+
+
+# --- the sparse protocol --------------------------------------------------------------------------------------------
+def _sparse(infos, shots, **kwargs):
+    args = {"seed": 0, "level": "slice", "protocol": "sparse", "slice_info": infos, **kwargs}
+    return make_split(sorted(infos), shots=shots, **args)
+
+
+@pytest.mark.parametrize(("guard", "spacing"), [(10.0, 1.0), (4.0, 1.0), (5.0, 2.0), (0.0, 1.0)])
+def test_sparse_split_keeps_the_guard_between_training_and_every_val_test_slice(guard, spacing):
+    infos = {"vol": _info(260, spacing, (20, 240))}
+    split = _sparse(infos, 8, guard_mm=guard)
+    train = np.asarray(split.train[0].slices)
+    for part in ("val", "test"):
+        held = np.asarray([s for e in split.part(part) for s in e.slices])
+        assert held.size and np.abs(held[:, None] - train[None, :]).min() * spacing >= guard
+        # between the first and last training slice only: interpolation, not extrapolation
+        assert held.min() > train.min() and held.max() < train.max()
+    val, test = np.asarray(split.val[0].slices), np.asarray(split.test[0].slices)
+    assert np.abs(val[:, None] - test[None, :]).min() * spacing >= guard  # a training slice between them
+    assert split.min_distance_mm({"vol": spacing}) >= guard
+    assert split.protocol == "sparse" and split.guard_mm == guard
+
+
+def test_sparse_training_slices_are_spread_evenly_and_the_seed_moves_them():
+    infos = {"vol": _info(200, 1.0, (10, 190))}  # 180 labelled slices
+    seen = set()
+    for seed in range(5):
+        split = _sparse(infos, 10, guard_mm=4.0, seed=seed)
+        train = split.train[0].slices
+        assert len(train) == 10 and set(train) <= set(infos["vol"].foreground)
+        gaps = np.diff(train)
+        assert gaps.max() - gaps.min() <= 1 and gaps.min() >= 17  # 180 / 10 = 18 slices apart
+        assert train[0] - 10 < 18 and 189 - train[-1] < 18  # one stratum of 18 slices each
+        seen.add(tuple(train))
+        assert _sparse(infos, 10, guard_mm=4.0, seed=seed).to_dict() == split.to_dict()  # deterministic
+    assert len(seen) > 1
+
+
+def test_sparse_split_counts_follow_the_fractions_as_far_as_the_guard_allows():
+    infos = {"vol": _info(200, 1.0, (10, 190))}
+    roomy = _sparse(infos, 10, guard_mm=0.0, val=0.2, test=0.4)
+    counts = {p: sum(len(e.slices) for e in roomy.part(p)) for p in ("train", "val", "test")}
+    assert counts == {"train": 10, "val": 36, "test": 72}  # 0.2 and 0.4 of 180 labelled slices
+    tight = _sparse(infos, 10, guard_mm=4.0, val=0.2, test=0.4)
+    # 18-slice gaps with 4 mm kept clear on both sides leave 11 slices in each of the 9 gaps: 3 val, 6 test
+    counts = {p: sum(len(e.slices) for e in tight.part(p)) for p in ("val", "test")}
+    assert counts == {"val": 33, "test": 66}
+    no_val = _sparse(infos, 10, guard_mm=4.0, val=0.0, test=0.4)
+    assert no_val.val == [] and sum(len(e.slices) for e in no_val.test) == 72
+
+
+def test_sparse_split_pools_the_gaps_of_several_cases():
+    infos = {"a": _info(120, 1.0, (0, 120)), "b": _info(90, 2.0, (0, 90))}
+    split = _sparse(infos, 6, guard_mm=6.0)
+    assert {e.case_id: len(e.slices) for e in split.train} == {"a": 3, "b": 3}
+    assert split.min_distance_mm({"a": 1.0, "b": 2.0}) >= 6.0
+    assert split.val and split.test
+
+
+def test_sparse_split_without_room_names_the_fix():
+    infos = {"vol": _info(200, 1.0, (10, 190))}
+    with pytest.raises(
+        DataError,
+        match="10 training slice.* lower guard_mm to 9 or less, change shots, or use protocol='block'",
+    ):
+        _sparse(infos, 10, guard_mm=10.0)
+    with pytest.raises(DataError, match="leave 0 gap"):
+        _sparse(infos, 1, guard_mm=1.0)  # one training slice has no gap beside it
+    with pytest.raises(ValueError, match="protocol='sparse' applies to slice-level splits"):
+        make_split(IDS, shots=1, protocol="sparse")
+    with pytest.raises(ValueError, match="protocol must be one of \\['block', 'sparse'\\]"):
+        make_split(["vol"], shots=1, level="slice", protocol="every-nth", slice_info=infos)
+
+
+def test_protocol_round_trips_and_old_files_are_block(tmp_path):
+    infos = {"vol": _info(200, 1.0, (10, 190))}
+    split = _sparse(infos, 5, guard_mm=4.0)
+    path = save_split(split, tmp_path / "sparse.json")
+    doc = json.loads(path.read_text())
+    assert doc["protocol"] == "sparse"
+    assert load_split(path).to_dict() == split.to_dict() and load_split(path).protocol == "sparse"
+    block = make_split(["vol"], shots=5, level="slice", slice_info=infos)
+    assert block.protocol == "block" and block.to_dict()["protocol"] == "block"
+    del doc["protocol"]  # a split written before protocols existed
+    assert Split.from_dict(doc).protocol == "block"
+    doc["protocol"] = "diagonal"
+    with pytest.raises(DataError, match="split protocol must be one of"):
+        Split.from_dict(doc, tmp_path / "x.json")
+
+
+def test_config_validates_the_protocol():
+    from salt_seg.training.config import DataSection
+
+    assert DataSection().protocol == "block"
+    assert DataSection(protocol="sparse").protocol == "sparse"
+    with pytest.raises(ValueError, match=r"data\.protocol: 'diagonal' is not one of \['block', 'sparse'\]"):
+        DataSection(protocol="diagonal")
+    with pytest.raises(ValueError, match=r"data\.protocol 'sparse' needs data\.holdout: slices"):
+        DataSection(protocol="sparse", holdout="volumes")
