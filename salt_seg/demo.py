@@ -27,10 +27,13 @@ def _finished_with(run_dir: Path, cfg) -> bool:  # noqa: ANN001 - ExperimentConf
     """A finished training run made with exactly this config."""
     import yaml
 
+    from salt_seg.configio import from_dict
     from salt_seg.training.rundir import load_yaml_config
 
     try:
-        return (run_dir / "summary.json").is_file() and load_yaml_config(run_dir) == cfg.to_dict()
+        if not (run_dir / "summary.json").is_file():
+            return False
+        return from_dict(type(cfg), load_yaml_config(run_dir)).to_dict() == cfg.to_dict()
     except (OSError, ValueError, yaml.YAMLError):
         return False
 

@@ -380,14 +380,21 @@ def _sparse_parts(
             widths_mm.append((b - a) // 2 * info.spacing_mm)
     room = [g for g in gaps if g[1]]
     needed = int(val > 0) + int(test > 0)
+    if len(gaps) < needed:
+        raise DataError(
+            None,
+            f"sparse split: {sum(quota.values())} training slice(s) over {len(ids)} case(s) leave "
+            f"{len(gaps)} gap(s) between training slices, and val and test need {needed} (shots are dealt "
+            "round-robin over the cases; a case needs 2 for a gap): raise shots, or use protocol='block'",
+        )
     if len(room) < needed:
-        fits = sorted(widths_mm, reverse=True)[needed - 1] if len(widths_mm) >= needed else 0.0
+        fits = sorted(widths_mm, reverse=True)[needed - 1]
         hint = f"lower guard_mm to {fits:g} or less, " if fits > 0 else ""
         raise DataError(
             None,
             f"sparse split: {sum(quota.values())} training slice(s) leave {len(room)} gap(s) with a slice "
             f"{guard_mm:g} mm from every training slice, and val and test need {needed}; {hint}"
-            "change shots, or use protocol='block'",
+            "lower shots, or use protocol='block'",
         )
     n_val_gaps = round(len(room) * val / (val + test)) if val + test > 0 else 0
     n_val_gaps = min(max(n_val_gaps, int(val > 0)), len(room) - int(test > 0))

@@ -217,7 +217,10 @@ def train(
         rd.prepare_run_dir(run_dir, resume=resume)
     barrier(dist)
     if resume:
-        saved = rd.load_yaml_config(run_dir)
+        from salt_seg.configio import from_dict
+
+        # compared through the typed config, so a key added since the run started takes its default
+        saved = from_dict(ExperimentConfig, rd.load_yaml_config(run_dir)).to_dict()
         if saved != cfg.to_dict():
             raise ValueError(
                 f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"

@@ -137,9 +137,11 @@ def test_split_protocol_option(tmp_path, capsys):
     out_dir = tmp_path / "shapes"
     assert _run(["data", "prepare", "synthetic-shapes", "--out", str(out_dir), "--seed", "3"], capsys)[0] == 0
     split_file = tmp_path / "sparse.json"
-    argv = ["data", "split", str(out_dir), "--level", "slice", "--shots", "4", "--guard-mm", "2"]
-    code, out, _ = _run([*argv, "--protocol", "sparse", "--out", str(split_file)], capsys)
-    assert code == 0 and "train 4" in out and "sparse protocol" in out
+    argv = ["data", "split", str(out_dir), "--level", "slice", "--guard-mm", "2", "--protocol", "sparse"]
+    code, _, err = _run([*argv, "--shots", "4", "--out", str(split_file)], capsys)
+    assert code == 2 and "over 12 case(s) leave 0 gap(s)" in err and not split_file.exists()
+    code, out, _ = _run([*argv, "--shots", "24", "--out", str(split_file)], capsys)  # 2 per case
+    assert code == 0 and "train 24" in out and "sparse protocol" in out
     doc = json.loads(split_file.read_text())
     assert doc["protocol"] == "sparse" and doc["level"] == "slice"
     code, _, err = _run(

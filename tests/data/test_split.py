@@ -166,11 +166,13 @@ def test_sparse_split_without_room_names_the_fix():
     infos = {"vol": _info(200, 1.0, (10, 190))}
     with pytest.raises(
         DataError,
-        match="10 training slice.* lower guard_mm to 9 or less, change shots, or use protocol='block'",
+        match="10 training slice.* lower guard_mm to 9 or less, lower shots, or use protocol='block'",
     ):
         _sparse(infos, 10, guard_mm=10.0)
-    with pytest.raises(DataError, match="leave 0 gap"):
+    with pytest.raises(DataError, match="leave 0 gap.* a case needs 2 for a gap\\): raise shots"):
         _sparse(infos, 1, guard_mm=1.0)  # one training slice has no gap beside it
+    with pytest.raises(DataError, match="2 training slice.* over 2 case.* leave 0 gap"):
+        _sparse({"a": infos["vol"], "b": infos["vol"]}, 2, guard_mm=1.0)
     with pytest.raises(ValueError, match="protocol='sparse' applies to slice-level splits"):
         make_split(IDS, shots=1, protocol="sparse")
     with pytest.raises(ValueError, match="protocol must be one of \\['block', 'sparse'\\]"):
