@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-classes", type=int, default=0, help="learned class prompt tokens to count (default 0)"
     )
+    parser.add_argument(
+        "--hires",
+        action="store_true",
+        help="count the full-resolution mask branch too (a checkpoint that carries one counts it anyway)",
+    )
     add_set_flag(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -83,13 +88,19 @@ def run(args: argparse.Namespace) -> int:
         from salt_seg.model.checkpoint import load_base_model
 
         model, info = load_base_model(
-            args.variant, args.checkpoint, image_size=args.image_size, num_classes=args.num_classes
+            args.variant,
+            args.checkpoint,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            hires=True if args.hires else None,
         )
         base_hash = getattr(info, "content_hash", None)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # energy ranks of an untrained model are only indicative; shapes are exact
-            model = build_model(args.variant, image_size=args.image_size, num_classes=args.num_classes)
+            model = build_model(
+                args.variant, image_size=args.image_size, num_classes=args.num_classes, hires=args.hires
+            )
     report = count_parameters(model, config, base_hash=base_hash, progress=not args.json)
     size = model.image_size
     if args.json:

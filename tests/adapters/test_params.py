@@ -100,3 +100,26 @@ def test_top_level_help_lists_params(capsys: pytest.CaptureFixture) -> None:
         main(["--help"])
     assert info.value.code == 0
     assert "params" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("adapter", ["salt", "lora", "none", "full"])
+def test_the_full_resolution_branch_is_counted_and_trained_with_every_adapter(adapter: str) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("tiny", hires=True)
+    branch = sum(p.numel() for p in model.hires.parameters())
+    on = count_parameters(model, AdapterConfig(name=adapter), progress=False)
+    off = count_parameters(model, AdapterConfig(name=adapter, train_hires=False), progress=False)
+    assert on.total - off.total == branch == 173_008
+    inject_adapters(model, AdapterConfig(name=adapter), progress=False)
+    trained = {id(p) for p in trainable_parameters(model)}
+    assert all(id(p) in trained for p in model.hires.parameters())
+    assert sum(p.numel() for p in trainable_parameters(model)) == on.total
+
+
+def test_params_cli_counts_the_branch_with_hires(capsys: pytest.CaptureFixture) -> None:
+    totals = []
+    for extra in ([], ["--hires"]):
+        assert main(["params", "--variant", "tiny", "--adapter", "salt", "--json", *extra]) == 0
+        totals.append(json.loads(capsys.readouterr().out)["total"])
+    assert totals[1] - totals[0] == 173_008
