@@ -293,13 +293,15 @@ def prepare_slice(
 
 
 def logits_to_original(logits: torch.Tensor, transform: SliceTransform) -> torch.Tensor:
-    """Map low-resolution mask logits (``... x h x w``) back to the slice's original ``H x W`` (bilinear)."""
+    """Map mask logits (``... x h x w``, low resolution or at the input size) back to the slice's original
+    ``H x W`` (bilinear)."""
     import torch.nn.functional as F
 
     lead = logits.shape[:-2]
     x = logits.reshape(-1, 1, *logits.shape[-2:]).float()
     s = transform.image_size
-    x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+    if tuple(x.shape[-2:]) != (s, s):  # full-resolution logits are already at the input size
+        x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
     x = x[..., : transform.resized_size[0], : transform.resized_size[1]]
     x = F.interpolate(x, size=transform.original_size, mode="bilinear", align_corners=False)
     return x.reshape(*lead, *transform.original_size)

@@ -47,12 +47,19 @@ class ImageFeatures:
     Attributes:
         embedding: ``B x D x h x w`` SAM image embedding (``h = S/16``).
         early: ``B x c x S/4 x S/4`` compressed early-ViT plus embedding features (prompt independent).
-        stem: ``B x c x S x S`` convolutional stem features of the input slice.
+        stem: ``N x c x S x S`` convolutional stem features of the input slices (full resolution).
+        half: ``N x c x S/2 x S/2`` the stem's strided (wider-context) features.
+        stem_rows: ``B`` row of :attr:`stem` / :attr:`half` for each batch row, or ``None`` when row ``i`` is
+            row ``i``.
+            :meth:`index_select` (one row per prompt) only records rows instead of copying the largest tensor
+            once per prompt.
     """
 
     embedding: torch.Tensor
     early: torch.Tensor
     stem: torch.Tensor
+    half: torch.Tensor
+    stem_rows: torch.Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
@@ -65,9 +72,17 @@ class ImageFeatures:
     def __len__(self) -> int:
         return int(self.embedding.shape[0])
 
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.stem_rows is None else t.index_select(0, self.stem_rows)
+
     def __getitem__(self, index: int | slice) -> ImageFeatures:
         """An int drops the batch axis (as indexing a tensor does), a slice keeps it."""
-        return ImageFeatures(self.embedding[index], self.early[index], self.stem[index])
+        return ImageFeatures(
+            self.embedding[index],
+            self.early[index],
+            self._rows(self.stem)[index],
+            self._rows(self.half)[index],
+        )
 
     def __iter__(self) -> Iterator[ImageFeatures]:
         return (self[i] for i in range(len(self)))
@@ -75,19 +90,35 @@ class ImageFeatures:
     def index_select(self, dim: int, index: torch.Tensor) -> ImageFeatures:
         if dim != 0:
             raise ValueError("ImageFeatures are indexed along the batch axis only")
+        rows = index if self.stem_rows is None else self.stem_rows.index_select(0, index)
         return ImageFeatures(
             self.embedding.index_select(0, index),
             self.early.index_select(0, index),
-            self.stem.index_select(0, index),
+            self.stem,
+            self.half,
+            rows,
         )
 
     def to(self, *args, **kwargs) -> ImageFeatures:
-        return ImageFeatures(
-            self.embedding.to(*args, **kwargs), self.early.to(*args, **kwargs), self.stem.to(*args, **kwargs)
-        )
+        moved = [t.to(*args, **kwargs) for t in (self.embedding, self.early, self.stem, self.half)]
+        rows = None if self.stem_rows is None else self.stem_rows.to(moved[2].device)
+        return ImageFeatures(*moved, stem_rows=rows)
 
     def cpu(self) -> ImageFeatures:
         return self.to("cpu")
+
+    def project(self, weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``P x c`` weights (row ``i`` for batch row ``i``) dotted with each row's :attr:`stem` or :attr:`half`
+        (``features``): ``P x H x W``. One matrix product per distinct slice, never a copy per row."""
+        c, h, w = features.shape[1:]
+        if self.stem_rows is None:
+            return torch.einsum("pc,pchw->phw", weights, features)
+        parts, order = [], []
+        for u in torch.unique(self.stem_rows).tolist():
+            sel = (self.stem_rows == u).nonzero(as_tuple=True)[0]
+            parts.append((weights.index_select(0, sel) @ features[u].reshape(c, h * w)).reshape(-1, h, w))
+            order.append(sel)
+        return torch.cat(parts).index_select(0, torch.argsort(torch.cat(order)))
 
     @staticmethod
     def stack(items: Sequence[ImageFeatures]) -> ImageFeatures:
@@ -96,6 +127,7 @@ class ImageFeatures:
             torch.stack([f.embedding for f in items]),
             torch.stack([f.early for f in items]),
             torch.stack([f.stem for f in items]),
+            torch.stack([f.half for f in items]),
         )
 
 
@@ -123,10 +155,10 @@ class HighResBranch(nn.Module):
         self.hq_token = nn.Embedding(1, transformer_dim)
         self.hq_mlp = MLP(transformer_dim, transformer_dim, c, 3)
         self.compress_vit = nn.Sequential(
-            nn.ConvTranspose2d(encoder_dim, transformer_dim, kernel_size=2, stride=2),
-            LayerNorm2d(transformer_dim),
+            nn.ConvTranspose2d(encoder_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
             nn.GELU(),
-            nn.ConvTranspose2d(transformer_dim, c, kernel_size=2, stride=2),
+            nn.ConvTranspose2d(transformer_dim // 4, c, kernel_size=2, stride=2),
         )
         self.embedding_encoder = nn.Sequential(
             nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
@@ -134,16 +166,12 @@ class HighResBranch(nn.Module):
             nn.GELU(),
             nn.ConvTranspose2d(transformer_dim // 4, c, kernel_size=2, stride=2),
         )
-        self.mask_feature = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1), LayerNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
-        )
-        self.stem_full = nn.Sequential(
-            nn.Conv2d(3, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
-        )
-        self.stem_half = nn.Sequential(
-            nn.Conv2d(c, c, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
-        )
-        self.fuse = nn.Conv2d(c, c, 1)
+        # per prompt, so pointwise: a 3x3 convolution here would cost more than the rest of a click
+        self.mask_feature = nn.Sequential(nn.Conv2d(c, c, 1), LayerNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 1))
+        # the stem: a narrow 3x3 convolution at full resolution (edges), a strided one for context
+        self.stem_full = nn.Sequential(nn.Conv2d(3, c // 2, 3, padding=1), nn.GELU())
+        self.stem_half = nn.Sequential(nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.GELU())
+        self.stem_proj = nn.Conv2d(c // 2, c, 1)
         with torch.no_grad():  # a fresh branch answers exactly SAM's upsampled logits
             nn.init.zeros_(self.hq_mlp.layers[-1].weight)
             nn.init.zeros_(self.hq_mlp.layers[-1].bias)
@@ -160,26 +188,33 @@ class HighResBranch(nn.Module):
         """
         fused = self.compress_vit(early.permute(0, 3, 1, 2)) + self.embedding_encoder(embedding)
         s1 = self.stem_full(images)
-        s2 = self.stem_half(s1)
-        stem = s1 + F.interpolate(s2, size=s1.shape[-2:], mode="bilinear", align_corners=False)
-        return ImageFeatures(embedding, fused, stem)
+        return ImageFeatures(embedding, fused, self.stem_proj(s1), self.stem_half(s1))
 
-    def residual(
-        self, token_out: torch.Tensor, upscaled: torch.Tensor, features: ImageFeatures
+    def logits(
+        self,
+        sam_logits: torch.Tensor,
+        token_out: torch.Tensor,
+        upscaled: torch.Tensor,
+        features: ImageFeatures,
     ) -> torch.Tensor:
-        """The HQ logits residual at full resolution.
+        """Full-resolution logits: SAM's own plus the HQ residual.
 
         Args:
+            sam_logits: ``P x M x S/4 x S/4`` SAM's mask logits.
             token_out: ``P x D`` the HQ token after the two-way transformer.
             upscaled: ``P x c x S/4 x S/4`` SAM's upscaled decoder features for each prompt.
             features: the prompts' images' features (row ``i`` belongs to prompt ``i``).
 
         Returns:
-            ``P x S x S`` logits residual.
+            ``P x M x S x S`` logits: ``up(SAM + w . hq) + up(w . half) + w . stem`` with ``w`` the HQ token's
+            hypernetwork output. The prompt's weights are applied before upsampling (``w . up(f) == up(w . f)``
+            for bilinear upsampling), so the per-prompt work at full resolution is single-channel.
         """
         hq = self.mask_feature(upscaled) + features.early
-        size = features.stem.shape[-2:]
-        feat = F.interpolate(hq, size=size, mode="bilinear", align_corners=False) + features.stem
-        feat = self.fuse(F.gelu(feat))
         weights = self.hq_mlp(token_out)  # P x c
-        return torch.einsum("pc,pchw->phw", weights, feat)
+        size = features.stem.shape[-2:]
+        coarse = sam_logits + torch.einsum("pc,pchw->phw", weights, hq)[:, None]
+        half = features.project(weights, features.half)[:, None]
+        up = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+        up = up + F.interpolate(half, size=size, mode="bilinear", align_corners=False)
+        return up + features.project(weights, features.stem)[:, None]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder
 from torch import nn
 
@@ -212,10 +211,7 @@ class SamModel(nn.Module):
         sel = slice(1, None) if multimask_output else slice(0, 1)
         masks = masks[:, sel]
         if self.hires is not None and features is not None:
-            hq_out = hs[:, 1 + dec.num_mask_tokens, :]
-            residual = self.hires.residual(hq_out, upscaled, features)
-            size = residual.shape[-2:]
-            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False) + residual[:, None]
+            masks = self.hires.logits(masks, hs[:, 1 + dec.num_mask_tokens, :], upscaled, features)
         return masks, iou_pred[:, sel]
 
     def decode_prompts(

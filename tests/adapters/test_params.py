@@ -14,6 +14,8 @@ from salt_seg.model import build_model
 from tests.adapters.conftest import ADAPTER_CASES, make_tiny
 
 RELEASED = {"attn": 760, "mlp": 50, "neck": 250}
+#: parameters of the full-resolution branch of `tiny` (transformer width 128: 16 channels)
+HIRES_TINY = 82_608
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_the_full_resolution_branch_is_counted_and_trained_with_every_adapter(ad
     branch = sum(p.numel() for p in model.hires.parameters())
     on = count_parameters(model, AdapterConfig(name=adapter), progress=False)
     off = count_parameters(model, AdapterConfig(name=adapter, train_hires=False), progress=False)
-    assert on.total - off.total == branch == 173_008
+    assert on.total - off.total == branch == HIRES_TINY
     inject_adapters(model, AdapterConfig(name=adapter), progress=False)
     trained = {id(p) for p in trainable_parameters(model)}
     assert all(id(p) in trained for p in model.hires.parameters())
@@ -122,4 +124,4 @@ def test_params_cli_counts_the_branch_with_hires(capsys: pytest.CaptureFixture) 
     for extra in ([], ["--hires"]):
         assert main(["params", "--variant", "tiny", "--adapter", "salt", "--json", *extra]) == 0
         totals.append(json.loads(capsys.readouterr().out)["total"])
-    assert totals[1] - totals[0] == 173_008
+    assert totals[1] - totals[0] == HIRES_TINY

@@ -73,6 +73,7 @@ def test_fresh_branch_starts_from_sams_upsampled_logits(hires_model) -> None:
     feats = hires_model.encode_images(image)
     assert isinstance(feats, ImageFeatures)
     assert feats.stem.shape == (1, 16, 256, 256) and feats.early.shape == (1, 16, 64, 64)
+    assert feats.half.shape == (1, 16, 128, 128)
     logits, _ = hires_model.decode_prompts(feats, [BOX], [0])
     assert logits.shape == (1, 1, 256, 256)
     # the residual's last layer is zero at init: the output is SAM's own mask (with the HQ token aboard) upsampled
@@ -97,7 +98,13 @@ def test_image_features_batch_like_a_tensor(hires_model) -> None:
     per_image = list(feats)
     assert per_image[1].embedding.shape == feats.embedding.shape[1:]
     restacked = stack_embeddings([per_image[2], per_image[0]])
-    assert torch.equal(restacked.stem, feats.index_select(0, torch.tensor([2, 0])).stem)
+    selected = feats.index_select(0, torch.tensor([2, 0]))
+    assert selected.stem is feats.stem  # rows recorded, the largest tensor not copied per prompt
+    assert torch.equal(restacked.stem, selected[0:2].stem) and torch.equal(restacked.half, selected[0:2].half)
+    weights = torch.randn(2, feats.stem.shape[1])
+    torch.testing.assert_close(
+        selected.project(weights, selected.stem), restacked.project(weights, restacked.stem)
+    )
     batched, _ = hires_model.decode_prompts(feats, [BOX, POINT, BOX], [0, 1, 2])
     for i, p in enumerate([BOX, POINT, BOX]):
         single, _ = hires_model.decode_prompts(feats[i : i + 1], [p], [0])
@@ -115,7 +122,15 @@ def test_gradients_reach_the_branch_and_the_loss_is_at_full_resolution(hires_mod
     F.binary_cross_entropy_with_logits(logits, target).backward()
     hires = hires_model.hires
     assert float(hires.hq_mlp.layers[-1].weight.grad.abs().sum()) > 0
-    assert hires_model.hires.stem_full[0].weight.grad is not None
+    assert hires.stem_full[0].weight.grad is None or hires.stem_full[0].weight.grad.abs().sum() == 0  # w = 0
+    with torch.no_grad():  # after a first step the hypernetwork is non-zero: the stem learns too
+        hires.hq_mlp.layers[-1].weight.normal_(0, 0.1)
+    hires_model.zero_grad(set_to_none=True)
+    logits, _ = hires_model(image, [BOX])
+    F.binary_cross_entropy_with_logits(logits, target).backward()
+    assert float(hires.stem_full[0].weight.grad.abs().sum()) > 0
+    with torch.no_grad():
+        hires.hq_mlp.layers[-1].weight.zero_()
     hires_model.zero_grad(set_to_none=True)
     hires_model.eval()
 
