@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet")
+METHODS = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "floor")
 
 #: slice axis and split fractions per dataset (the guard stays 10 mm everywhere). colin27-aal is one volume whose
 #: 12 deep structures sit at different heights: along the axial axis a contiguous test block holds only
@@ -38,9 +38,9 @@ SPLITS = {
     "colin27-aal": {"axis": 1, "val": 0.15, "test": 0.35},
 }
 DEFAULT_SPLIT = {"axis": 2, "val": 0.2, "test": 0.4}
-#: the base every SAM method starts from: the 128 px built-in base (a quarter of the 256 px default's tokens),
-#: so that 9 methods x 2 shot counts x 3 seeds x 2 datasets fit a CPU session
-BASE, IMAGE_SIZE = "builtin128", 128
+#: the base every SAM method starts from, and its input size (``--base``/``--image-size``); the issue-9 sweep ran
+#: the 128 px ``builtin128`` (a quarter of the 256 px default's tokens) without the full-resolution branch
+BASE, IMAGE_SIZE = "builtin", 256
 
 
 def run(cmd: list[str]) -> None:
@@ -64,9 +64,18 @@ def trained(out: Path, steps: int) -> bool:
 
 
 def one_run(
-    method: str, dataset: Path, shots: int, seed: int, steps: int, out: Path, eval_prompt: str
+    method: str,
+    dataset: Path,
+    shots: int,
+    seed: int,
+    steps: int,
+    out: Path,
+    eval_prompt: str,
+    opts: argparse.Namespace,
 ) -> dict:
-    split = SPLITS.get(dataset.name, DEFAULT_SPLIT)
+    split = SPLITS.get(dataset.name, DEFAULT_SPLIT) | {"protocol": opts.protocol, "guard_mm": opts.guard_mm}
+    if method == "floor":
+        return floor_row(dataset, shots, seed, steps, out, split, opts)
     reuse = method != "unet" and trained(out, steps)
     if out.exists() and not reuse:
         shutil.rmtree(out)
@@ -103,13 +112,17 @@ def one_run(
             f"data.shots={shots}",
             f"train.seed={seed}",
             f"train.steps={steps}",
-            f"train.val_every={max(1, steps // 3)}",
-            f"model.checkpoint={BASE}",
-            f"model.image_size={IMAGE_SIZE}",
-            f"preprocessing.image_size={IMAGE_SIZE}",
+            f"train.val_every={opts.val_every}",
+            f"train.early_stop={opts.patience}",
+            f"model.checkpoint={opts.base}",
+            f"model.image_size={opts.image_size}",
+            f"model.hires={'true' if opts.hires else 'false'}",
+            f"preprocessing.image_size={opts.image_size}",
             f"preprocessing.axis={split['axis']}",
             f"data.val={split['val']}",
             f"data.test={split['test']}",
+            f"data.protocol={opts.protocol}",
+            f"data.guard_mm={opts.guard_mm}",
         ]
         if method == "full_random":
             sets.append("model.checkpoint=null")
@@ -141,7 +154,7 @@ def one_run(
                 "--prompt",
                 eval_prompt,
                 "--overlap",
-                "independent",
+                opts.overlap,
                 "--device",
                 "cpu",
                 "--out",
@@ -158,7 +171,12 @@ def one_run(
         "seed": seed,
         "steps": steps,
         "eval_prompt": "dense" if method == "unet" else eval_prompt,
-        "split": split | {"guard_mm": 10.0},
+        "split": split,
+        "base": opts.base,
+        "hires": opts.hires,
+        "overlap": opts.overlap,
+        "steps_done": summary.get("steps"),
+        "best_step": summary.get("best_step"),
         "trainable_parameters": summary.get("trainable_parameters"),
         "train_seconds": summary.get("seconds"),
         "total_seconds": seconds,
@@ -169,17 +187,69 @@ def one_run(
     }
 
 
+def floor_row(
+    dataset: Path, shots: int, seed: int, steps: int, out: Path, split: dict, opts: argparse.Namespace
+) -> dict:
+    """The intensity floor (nearest class mean) fitted on exactly the training slices of the SAM runs' split."""
+    from salt_seg.data import load_dataset, make_split, save_split
+    from salt_seg.evaluation.floors import intensity_floor
+
+    t0 = time.perf_counter()
+    ds = load_dataset(dataset)
+    sp = make_split(
+        ds,
+        level="slice",
+        shots=shots,
+        val=split["val"],
+        test=split["test"],
+        seed=seed,
+        axis=split["axis"],
+        guard_mm=split["guard_mm"],
+        protocol=split["protocol"],
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(sp, out / "split.json")
+    res = intensity_floor(ds, sp, "nearest_mean")
+    per = {str(c): {"dice": v} for c, v in res.per_class.items()}
+    pooled = [(v["mean"], v["n"]) for v in res.per_class.values() if v.get("n")]  # as evaluate pools slices
+    return {
+        "method": "floor",
+        "dataset": dataset.name,
+        "shots": shots,
+        "seed": seed,
+        "steps": steps,
+        "eval_prompt": "dense",
+        "split": split,
+        "base": opts.base,
+        "total_seconds": time.perf_counter() - t0,
+        "summary": {
+            "slice": per
+            | {"all": {"dice": {"mean": sum(m * n for m, n in pooled) / sum(n for _, n in pooled)}}}
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["mni152-tissue", "colin27-aal"])
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 20])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=600, help="step cap (default 600)")
+    ap.add_argument(
+        "--patience", type=int, default=3, help="validations without improvement before stopping (default 3)"
+    )
+    ap.add_argument("--val-every", type=int, default=50, help="validate every N steps (default 50)")
+    ap.add_argument("--protocol", default="sparse", choices=("block", "sparse"))
+    ap.add_argument("--guard-mm", type=float, default=10.0)
+    ap.add_argument("--base", default=BASE, help=f"base checkpoint of every SAM method (default {BASE})")
+    ap.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    ap.add_argument("--no-hires", dest="hires", action="store_false", help="SAM's own 1/4-resolution output")
+    ap.add_argument("--overlap", default="label_map", choices=("label_map", "independent"))
     ap.add_argument("--eval-prompt", default="auto", choices=("auto", "box", "point"))
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "fewshot"))
-    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "fewshot.jsonl"))
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "fewshot_v2.jsonl"))
     args = ap.parse_args()
 
     results = Path(args.results)
@@ -188,7 +258,10 @@ def main() -> None:
     if results.exists():
         for line in results.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["method"], r["dataset"], r["shots"], r["seed"], r["steps"], r["eval_prompt"]))
+            done.add(
+                (r["method"], r["dataset"], r["shots"], r["seed"], r["steps"], r["eval_prompt"])
+                + (r["split"].get("protocol", "block"), r.get("base", "builtin128"))
+            )
     for name in args.datasets:
         dataset = Path(args.data_root) / name
         if not (dataset / "dataset.json").is_file():
@@ -202,14 +275,16 @@ def main() -> None:
                         shots,
                         seed,
                         args.steps,
-                        "dense" if method == "unet" else args.eval_prompt,
+                        "dense" if method in ("unet", "floor") else args.eval_prompt,
+                        args.protocol,
+                        args.base,
                     )
                     if key in done:
                         continue
-                    out = Path(args.runs) / name / f"shots{shots}" / f"seed{seed}" / method
+                    out = Path(args.runs) / name / args.protocol / f"shots{shots}" / f"seed{seed}" / method
                     print(f"{name} shots={shots} seed={seed} {method} ...", end=" ", flush=True)
                     try:
-                        row = one_run(method, dataset, shots, seed, args.steps, out, args.eval_prompt)
+                        row = one_run(method, dataset, shots, seed, args.steps, out, args.eval_prompt, args)
                     except RuntimeError as exc:
                         print(f"FAILED\n{exc}", flush=True)
                         continue

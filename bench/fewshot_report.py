@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet")
+ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "nnunet", "floor")
 
 
 PROMPTS = {"auto": "class tokens, no user input", "box": "one box per structure from the ground truth"}
@@ -64,28 +64,32 @@ def main() -> None:
     prompts = sorted({r["eval_prompt"] for r in rows} - {"dense"}) or ["auto"]
     for r in rows:  # the U-Net (dense output, no prompt) is the same baseline beside every prompt mode
         for p in prompts if r["eval_prompt"] == "dense" else [r["eval_prompt"]]:
-            groups[(r["dataset"], p, r["shots"])][r["method"]].append(r)
-    total = sum(r["total_seconds"] for r in rows)
+            protocol = r.get("split", {}).get("protocol", "block")
+            groups[(r["dataset"], protocol, p, r["shots"])][r["method"]].append(r)
+    total = sum(r.get("total_seconds") or 0 for r in rows)
     reeval = sum(bool(r.get("reused_training")) for r in rows)
     print(
         f"{len(rows)} result rows ({reeval} of them re-evaluations of a finished training run with another prompt "
         f"mode), total compute {total / 60:.0f} min (2-core CPU, one torch thread per run)\n"
     )
     plot_data = defaultdict(dict)
-    for (dataset, prompt, shots), methods in sorted(groups.items()):
+    for (dataset, protocol, prompt, shots), methods in sorted(groups.items()):
         print(
-            f"### {dataset}, {shots} shots, prompt {prompt} ({PROMPTS.get(prompt, prompt)}; U-Net: dense)\n"
+            f"### {dataset}, {protocol} split, {shots} shots, prompt {prompt} ({PROMPTS.get(prompt, prompt)}; "
+            "U-Net and floor: dense)\n"
         )
-        print("| method | seeds | Dice (slices) | HD95 mm (slices) | trainable | train s |")
-        print("|---|---|---|---|---|---|")
+        print("| method | seeds | Dice (slices) | HD95 mm (slices) | trainable | steps (best) | train s |")
+        print("|---|---|---|---|---|---|---|")
         for m in [m for m in ORDER if m in methods]:
             rs = methods[m]
             dice = [r["summary"]["slice"]["all"]["dice"]["mean"] for r in rs]
-            hd = [r["summary"]["slice"]["all"]["hd95_mm"]["mean"] for r in rs]
-            params = rs[0]["trainable_parameters"]
-            secs = statistics.fmean(r["train_seconds"] or 0 for r in rs)
-            print(f"| {m} | {len(rs)} | {fmt(dice)} | {fmt(hd, 1)} | {params:,} | {secs:.0f} |")
-            plot_data[(dataset, prompt, m)][shots] = (
+            hd = [r["summary"]["slice"]["all"].get("hd95_mm", {}).get("mean", math.nan) for r in rs]
+            params = rs[0].get("trainable_parameters")
+            secs = statistics.fmean(r.get("train_seconds") or 0 for r in rs)
+            steps = "/".join(f"{r.get('steps_done', '-')} ({r.get('best_step', '-')})" for r in rs)
+            shown = f"{params:,}" if params else "-"
+            print(f"| {m} | {len(rs)} | {fmt(dice)} | {fmt(hd, 1)} | {shown} | {steps} | {secs:.0f} |")
+            plot_data[(f"{dataset} {protocol}", prompt, m)][shots] = (
                 statistics.fmean(dice),
                 statistics.stdev(dice) if len(dice) > 1 else 0,
             )
@@ -97,7 +101,10 @@ def main() -> None:
                     other = next((o for o in methods[m] if o["seed"] == r["seed"]), None)
                     if other is None:
                         continue
-                    base = Path(args.runs) / dataset / f"shots{shots}" / f"seed{r['seed']}"
+                    base = Path(args.runs) / dataset
+                    if "protocol" in r.get("split", {}):  # the issue-12 sweep keeps protocols apart
+                        base = base / protocol
+                    base = base / f"shots{shots}" / f"seed{r['seed']}"
                     a, b = per_slice(base / "salt", prompt), per_slice(base / m, prompt)
                     diffs += [a[k] - b[k] for k in a.keys() & b.keys()]
                 if diffs:

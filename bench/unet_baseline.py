@@ -9,14 +9,14 @@ drawn with the same arguments as ``salt-seg data split``), the same slice pipeli
 Convergence: every ``--val-every`` steps (and at the last step) the network predicts the split's validation
 slices at their native resolution and is scored like the test slices; the criterion is the mean over classes of
 the per-class mean slice Dice (both-empty slices skipped). The best weights are kept; training stops when
-``--patience`` validations in a row (default 10, i.e. 500 steps at the default ``--val-every 50``) have not
+``--patience`` validations in a row (default 20, i.e. 1,000 steps at the default ``--val-every 50``) have not
 improved on the best (strictly, as ``salt-seg train``'s ``early_stop``), or at ``--steps`` (the cap, default
 5000), or after ``--max-minutes``. The test slices are then scored with the best weights (``salt-seg evaluate``'s
 convention: a class absent from both prediction and ground truth on a slice is skipped and counted, a miss or a
 false positive scores 0). ``--patience 0`` trains to the cap and still tests the best validated weights.
 
 Usage: python bench/unet_baseline.py --data DIR (--split FILE | --shots N --seed S) --out RUN_DIR
-       [--steps CAP] [--val-every 50] [--patience 10] [--max-minutes M] [--image-size 128]
+       [--steps CAP] [--val-every 50] [--patience 20] [--max-minutes M] [--image-size 128]
 
 Writes ``RUN_DIR/evaluation/`` (``salt-seg evaluate``'s files), ``summary.json`` (seconds, steps, best
 validation step and Dice, stop reason, test Dice per class, validation history) and ``unet_best.pt``.
@@ -63,7 +63,7 @@ class EarlyStopping:
         history: ``(step, score)`` of every validation.
     """
 
-    patience: int = 10
+    patience: int = 20
     min_delta: float = 0.0
     best: float = -math.inf
     best_step: int = -1
@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--steps", "--max-steps", dest="steps", type=int, default=5000, help="step cap")
     ap.add_argument("--val-every", type=int, default=50, help="validate every N steps")
     ap.add_argument(
-        "--patience", type=int, default=10, help="validations without improvement before stopping (0 = never)"
+        "--patience", type=int, default=20, help="validations without improvement before stopping (0 = never)"
     )
     ap.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock cap of training (0 = none)")
     ap.add_argument("--batch-size", type=int, default=4)

@@ -153,7 +153,8 @@ class HighResBranch(nn.Module):
         self.early_block = int(early_block)
         self.channels = c
         self.hq_token = nn.Embedding(1, transformer_dim)
-        self.hq_mlp = MLP(transformer_dim, transformer_dim, c, 3)
+        # two weight vectors per prompt: one for the fused half-resolution features, one for the full-res stem
+        self.hq_mlp = MLP(transformer_dim, transformer_dim, 2 * c, 3)
         self.compress_vit = nn.Sequential(
             nn.ConvTranspose2d(encoder_dim, transformer_dim // 4, kernel_size=2, stride=2),
             LayerNorm2d(transformer_dim // 4),
@@ -206,15 +207,21 @@ class HighResBranch(nn.Module):
             features: the prompts' images' features (row ``i`` belongs to prompt ``i``).
 
         Returns:
-            ``P x M x S x S`` logits: ``up(SAM + w . hq) + up(w . half) + w . stem`` with ``w`` the HQ token's
-            hypernetwork output. The prompt's weights are applied before upsampling (``w . up(f) == up(w . f)``
-            for bilinear upsampling), so the per-prompt work at full resolution is single-channel.
+            ``P x M x S x S`` logits: ``up(SAM) + up(w1 . GELU(up(hq) + half)) + w2 . stem`` with ``w1, w2`` the
+            HQ token's hypernetwork output. The non-linear fusion runs at half resolution; at full resolution the
+            per-prompt work is a single-channel dot product with the cached stem.
         """
-        hq = self.mask_feature(upscaled) + features.early
-        weights = self.hq_mlp(token_out)  # P x c
+        c = self.channels
+        hq = self.mask_feature(upscaled) + features.early  # P x c x S/4 x S/4
+        weights = self.hq_mlp(token_out)  # P x 2c
+        half_size = features.half.shape[-2:]
+        rows = features.stem_rows
+        half = features.half if rows is None else features.half.index_select(0, rows)
+        # the one non-linear fusion of prompt context and local image features, at half resolution
+        fused = F.gelu(F.interpolate(hq, size=half_size, mode="bilinear", align_corners=False) + half)
+        mid = torch.einsum("pc,pchw->phw", weights[:, :c], fused)[:, None]
         size = features.stem.shape[-2:]
-        coarse = sam_logits + torch.einsum("pc,pchw->phw", weights, hq)[:, None]
-        half = features.project(weights, features.half)[:, None]
-        up = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-        up = up + F.interpolate(half, size=size, mode="bilinear", align_corners=False)
-        return up + features.project(weights, features.stem)[:, None]
+        up = F.interpolate(sam_logits, size=size, mode="bilinear", align_corners=False)
+        up = up + F.interpolate(mid, size=size, mode="bilinear", align_corners=False)
+        # full resolution: the prompt's weights on the cached stem, single-channel work per prompt
+        return up + features.project(weights[:, c:], features.stem)[:, None]
