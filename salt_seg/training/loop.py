@@ -177,6 +177,24 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
     return float(means[0]), per_class, examples
 
 
+def output_ceiling(data: TrainData, image_size: int, output_size: int) -> dict[str, dict[str, float]]:
+    """The resolution ceiling on the validation slices (as the model sees them) at the model's logit grid and at
+    SAM's quarter grid, logged so that a user choosing an image size sees what the output grid allows."""
+    from salt_seg.evaluation.ceiling import mean_ceiling
+
+    if len(data.val) == 0:
+        return {}
+    labels = [np.asarray(data.val[i]["label"]) for i in range(len(data.val))]
+    grids = sorted({int(output_size), image_size // 4})
+    summary = mean_ceiling(labels, data.class_ids, image_size, grids)
+    out = {str(g): {str(c): float(v["mean"]) for c, v in per.items() if v["n"]} for g, per in summary.items()}
+    for g, per in out.items():
+        text = ", ".join(f"class {c} {d:.3f}" for c, d in per.items())
+        mark = " (the model's output grid)" if int(g) == output_size else ""
+        log.info("resolution ceiling of the validation slices at %sx%s logits%s: %s", g, g, mark, text)
+    return out
+
+
 def train(
     cfg: ExperimentConfig,
     run_dir: str | Path,
@@ -271,6 +289,7 @@ def train(
             tmp.replace(run_dir / "base.safetensors")
         inject_adapters(model, adapter_cfg, base_hash=base_hash, progress=progress and dist.is_main)
     model.to(device)
+    ceiling = output_ceiling(data, record.image_size, model.output_size) if dist.is_main else {}
     params = trainable_parameters(model)
     n_trainable = sum(p.numel() for p in params)
     meta = {
@@ -479,6 +498,7 @@ def train(
                 "trainable_parameters": n_trainable,
                 "seconds": seconds,
                 "adapter": adapter_cfg.name,
+                "resolution_ceiling": ceiling,
             },
         )
     barrier(dist)
