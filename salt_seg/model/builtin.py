@@ -1,12 +1,15 @@
 """The built-in base models: ``tiny`` SAM-architecture models pretrained by ``salt-seg pretrain`` on synthetic
 objects (box and point prompts), shipped inside the package because Meta's weights cannot be fetched here.
 
-Two input sizes ship, selected by name wherever a checkpoint is accepted (``--checkpoint builtin``,
-``model.checkpoint: builtin128``):
+Three ship, selected by name wherever a checkpoint is accepted (``--checkpoint builtin``,
+``model.checkpoint: builtin_v1``):
 
-* ``builtin`` - 256 px input, the default base (prompted segmentation, predict, the viewer, the demo);
-* ``builtin128`` - 128 px input, the stage it was fine-tuned from: a quarter of the tokens, for few-shot training
-  on two CPU cores (the ``configs/builtin_*.yaml`` recipes and the few-shot benchmark).
+* ``builtin`` - base v2: 256 px input with the full-resolution mask branch, pretrained on synthetic anatomy
+  (:mod:`salt_seg.training.anatomy_stream`) from ``builtin_v1``; the default (predict, the viewer, the demo,
+  ``configs/builtin_*.yaml``);
+* ``builtin_v1`` - the first 256 px base (synthetic shapes only, SAM's quarter-resolution output); kept loadable
+  by name for one release, and adapters trained on it still find it by its hash;
+* ``builtin128`` - 128 px input, the stage ``builtin_v1`` was fine-tuned from.
 
 See ``salt_seg/assets/BUILTIN_MODEL_CARD.md`` for how they were trained and what they score.
 """
@@ -30,7 +33,8 @@ class BuiltinBase:
 
 
 BUILTINS: dict[str, BuiltinBase] = {
-    "builtin": BuiltinBase("builtin", "builtin_tiny256.safetensors", "tiny", 256),
+    "builtin": BuiltinBase("builtin", "builtin_tiny256_v2.safetensors", "tiny", 256),
+    "builtin_v1": BuiltinBase("builtin_v1", "builtin_tiny256.safetensors", "tiny", 256),
     "builtin128": BuiltinBase("builtin128", "builtin_tiny128.safetensors", "tiny", 128),
 }
 

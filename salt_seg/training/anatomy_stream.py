@@ -49,14 +49,35 @@ class StreamParams:
             raise ValueError(f"StreamParams.max_prompted must be in 1..16, got {self.max_prompted}")
 
 
-def choose_structures(label: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Relabel up to ``k`` structures of ``label`` as ``1..k`` (others 0), drawn evenly over size ranks.
+#: a structure is prompted only when a box or a click can name it: its largest connected piece holds this share
+#: of it, and it fills this share of its bounding box. Shells, folded ribbons and body-wide tissues fail: their
+#: boxes all cover the body, so box targets would contradict each other (the ambiguity that stalled few-shot
+#: training on tissue classes). They stay in the image as context.
+MIN_MAIN_PIECE = 0.8
+MIN_BOX_FILL = 0.3
 
-    Sorting the present structures by area and sampling over the ranks keeps small ones (nuclei, ribbons) as
-    likely as large ones (whole tissues) whatever their count.
+
+def promptable(mask: np.ndarray) -> bool:
+    """Whether a box or a click on ``mask`` names it unambiguously (see :data:`MIN_BOX_FILL`)."""
+    from scipy import ndimage
+
+    ys, xs = np.nonzero(mask)
+    area = ys.size
+    if area < MIN_PIXELS:
+        return False
+    if area / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)) < MIN_BOX_FILL:
+        return False
+    lab, n = ndimage.label(mask)
+    return n == 1 or np.bincount(lab.ravel())[1:].max() >= MIN_MAIN_PIECE * area
+
+
+def choose_structures(label: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Relabel up to ``k`` promptable structures of ``label`` as ``1..k`` (others 0), drawn at random.
+
+    Only structures that a box or a click names unambiguously are prompted (:func:`promptable`).
     """
-    ids, counts = np.unique(label[label > 0], return_counts=True)
-    keep = ids[counts >= MIN_PIXELS]
+    ids = np.unique(label[label > 0])
+    keep = np.array([i for i in ids if promptable(label == i)], dtype=np.int64)
     out = np.zeros(label.shape, dtype=np.int64)
     if keep.size == 0:
         return out
