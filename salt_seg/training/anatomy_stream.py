@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from salt_seg.data.anatomy import AnatomyParams, synthetic_anatomy_2d
 
+from salt_seg.data.anatomy import AnatomyParams, synthetic_anatomy_2d
 from salt_seg.preprocessing import Preprocessing, prepare_slice
 
 #: structures prompted per sample (the prompt ids are 1..MAX_PROMPTED)
