@@ -47,7 +47,8 @@ class ImageFeatures:
     Attributes:
         embedding: ``B x D x h x w`` SAM image embedding (``h = S/16``).
         early: ``B x c x S/4 x S/4`` compressed early-ViT plus embedding features (prompt independent).
-        stem: ``N x c x S x S`` convolutional stem features of the input slices (full resolution).
+        stem: ``N x c/2 x S x S`` convolutional stem features of the input slices (full resolution, before the
+            branch's 1x1 projection, which is folded into each prompt's weights).
         half: ``N x c x S/2 x S/2`` the stem's strided (wider-context) features.
         stem_rows: ``B`` row of :attr:`stem` / :attr:`half` for each batch row, or ``None`` when row ``i`` is
             row ``i``.
@@ -189,7 +190,8 @@ class HighResBranch(nn.Module):
         """
         fused = self.compress_vit(early.permute(0, 3, 1, 2)) + self.embedding_encoder(embedding)
         s1 = self.stem_full(images)
-        return ImageFeatures(embedding, fused, self.stem_proj(s1), self.stem_half(s1))
+        # the stem is cached before its 1x1 projection: the projection is folded into each prompt's weights
+        return ImageFeatures(embedding, fused, s1, self.stem_half(s1))
 
     def logits(
         self,
@@ -224,4 +226,8 @@ class HighResBranch(nn.Module):
         up = F.interpolate(sam_logits, size=size, mode="bilinear", align_corners=False)
         up = up + F.interpolate(mid, size=size, mode="bilinear", align_corners=False)
         # full resolution: the prompt's weights on the cached stem, single-channel work per prompt
-        return up + features.project(weights[:, c:], features.stem)[:, None]
+        # w2 . (A s1 + b) == (A^T w2) . s1 + w2 . b: the stem's 1x1 projection folded into the weights
+        proj = self.stem_proj.weight[:, :, 0, 0]  # c x c/2
+        w_full = weights[:, c:] @ proj
+        bias = (weights[:, c:] @ self.stem_proj.bias)[:, None, None, None]
+        return up + features.project(w_full, features.stem)[:, None] + bias

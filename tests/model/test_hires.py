@@ -72,7 +72,7 @@ def test_fresh_branch_starts_from_sams_upsampled_logits(hires_model) -> None:
     image = torch.randn(1, 3, 256, 256)
     feats = hires_model.encode_images(image)
     assert isinstance(feats, ImageFeatures)
-    assert feats.stem.shape == (1, 16, 256, 256) and feats.early.shape == (1, 16, 64, 64)
+    assert feats.stem.shape == (1, 8, 256, 256) and feats.early.shape == (1, 16, 64, 64)
     assert feats.half.shape == (1, 16, 128, 128)
     logits, _ = hires_model.decode_prompts(feats, [BOX], [0])
     assert logits.shape == (1, 1, 256, 256)
@@ -140,3 +140,18 @@ def test_decoding_a_plain_embedding_on_a_model_with_a_branch_is_a_clear_error(hi
         emb = hires_model.image_encoder(torch.randn(1, 3, 256, 256))
         with pytest.raises(ValueError, match="full-resolution branch"):
             hires_model.decode_prompts(emb, [BOX], [0])
+
+
+@torch.no_grad()
+def test_the_stem_projection_folded_into_the_weights_is_exact(hires_model) -> None:
+    images = torch.randn(2, 3, 256, 256)
+    feats = hires_model.encode_images(images)
+    hires = hires_model.hires
+    w2 = torch.randn(2, hires.channels)
+    projected = hires.stem_proj(feats.stem)  # the unfolded form: project the cached stem, then weigh it
+    direct = torch.einsum("pc,pchw->phw", w2, projected)
+    folded = (
+        feats.project(w2 @ hires.stem_proj.weight[:, :, 0, 0], feats.stem)
+        + (w2 @ hires.stem_proj.bias)[:, None, None]
+    )
+    torch.testing.assert_close(folded, direct, atol=1e-4, rtol=1e-5)
