@@ -103,21 +103,9 @@ class SyntheticAnatomy(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, i, 7])
         p = self.params
         if rng.random() < p.objects_fraction:
-            from salt_seg.data import synthetic_2d
-            from salt_seg.training.pretrain import GeneratorParams, instance_map
+            from salt_seg.training.pretrain import GeneratorParams, draw_objects
 
-            g = GeneratorParams(shape=p.anatomy.shape)
-            img, lab = synthetic_2d(
-                g.shape,
-                n_objects=g.n_objects,
-                kinds=g.kinds,
-                size=g.size,
-                contrast=g.contrast,
-                noise=g.noise,
-                texture=g.texture,
-                seed=rng,
-            )
-            return img, instance_map(lab, max_objects=p.max_prompted)
+            return draw_objects(GeneratorParams(shape=p.anatomy.shape), rng, p.max_prompted)
         img, lab = synthetic_anatomy_2d(p.anatomy, rng)
         return img, choose_structures(lab, p.max_prompted, rng)
 

@@ -65,6 +65,26 @@ def instance_map(label: np.ndarray, max_objects: int = MAX_OBJECTS, min_pixels: 
     return out
 
 
+def draw_objects(
+    params: GeneratorParams, rng: np.random.Generator, max_objects: int = MAX_OBJECTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic-objects image and its instance map ``1..K`` (:func:`instance_map`)."""
+    from salt_seg.data import synthetic_2d
+
+    p = params
+    img, lab = synthetic_2d(
+        p.shape,
+        n_objects=p.n_objects,
+        kinds=p.kinds,
+        size=p.size,
+        contrast=p.contrast,
+        noise=p.noise,
+        texture=p.texture,
+        seed=rng,
+    )
+    return img, instance_map(lab, max_objects=max_objects)
+
+
 class SyntheticObjects(torch.utils.data.Dataset):
     """An indexable, deterministic stream of synthetic images with instance labels (sample i uses seed (seed, i)).
 
@@ -78,20 +98,7 @@ class SyntheticObjects(torch.utils.data.Dataset):
         return self.n
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        from salt_seg.data import synthetic_2d
-
-        p = self.params
-        img, lab = synthetic_2d(
-            p.shape,
-            n_objects=p.n_objects,
-            kinds=p.kinds,
-            size=p.size,
-            contrast=p.contrast,
-            noise=p.noise,
-            texture=p.texture,
-            seed=np.random.default_rng([self.seed, i]),
-        )
-        return img, instance_map(lab)
+        return draw_objects(self.params, np.random.default_rng([self.seed, i]))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         img, inst = self.sample(i)
@@ -131,7 +138,6 @@ def evaluate_objectness(
 def heldout_anatomy(image_size: int, n_images: int = 100):  # noqa: ANN201 - a SyntheticAnatomy
     """The fixed held-out anatomy set (every structure of each slice, no objects mixed in)."""
     from salt_seg.data.anatomy import AnatomyParams
-
     from salt_seg.training.anatomy_stream import ANATOMY_HELDOUT_SEED, StreamParams, SyntheticAnatomy
 
     params = StreamParams(
@@ -302,7 +308,6 @@ def run_pretraining(
         )
     else:
         from salt_seg.data.anatomy import AnatomyParams
-
         from salt_seg.training.anatomy_stream import MAX_PROMPTED, StreamParams, SyntheticAnatomy
 
         stream = StreamParams(anatomy=AnatomyParams(shape=(image_size, image_size)))
