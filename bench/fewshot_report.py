@@ -58,8 +58,11 @@ def main() -> None:
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "fewshot.jsonl"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "fewshot"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "fewshot.png"))
+    ap.add_argument("--base", default=None, help="only the rows of this base (e.g. builtin_v1, builtin)")
     args = ap.parse_args()
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    if args.base:  # one base per report (the runs folder is per sweep)
+        rows = [r for r in rows if r["method"] == "floor" or r.get("base", "builtin128") == args.base]
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     prompts = sorted({r["eval_prompt"] for r in rows} - {"dense"}) or ["auto"]
     for r in rows:  # the U-Net (dense output, no prompt) is the same baseline beside every prompt mode
