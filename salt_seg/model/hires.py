@@ -7,10 +7,11 @@ pixels thick cannot be drawn there, whatever the training. :class:`HighResBranch
   tokens, and its own hypernetwork MLP;
 * a fusion, at ``S/4``, of SAM's upscaled decoder features with early ViT features (the output of the first
   global-attention block) and the final image embedding, as HQ-SAM does;
-* a shallow convolutional stem on the input slice at ``S`` and ``S/2``, added after a bilinear ``x4`` upsampling
-  of the fused features, so that fine intensity edges reach the output;
+* a shallow convolutional stem on the input slice, at ``S`` (edges) and ``S/2`` (context); the fused features
+  meet the ``S/2`` stem through one non-linearity at half resolution, and the ``S`` stem enters linearly through
+  the prompt's weights, so that the per-prompt work at full resolution is a single-channel dot product;
 
-and predicts ``S x S`` logits as ``upsample(SAM's own logits) + HQ residual``. The residual's hypernetwork ends
+and predicts ``S x S`` logits as ``upsample(SAM's own logits) + HQ residual`` (:meth:`HighResBranch.logits`). The residual's hypernetwork ends
 in a zero-initialised layer, so a fresh branch starts from SAM's (upsampled) answer and only learns the detail.
 
 Everything that depends on the image alone (early features, embedding features, stem) is computed once per

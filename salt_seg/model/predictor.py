@@ -26,7 +26,8 @@ class Prediction:
     Attributes:
         mask: ``H x W`` bool mask at the slice's original size.
         score: predicted IoU of the returned mask.
-        low_res_logits: ``1 x h x w`` logits in model-input space (``h = w = S/4``).
+        low_res_logits: ``1 x h x w`` logits in model-input space (``h = w = S/4``, or ``S`` when the model has
+            the full-resolution branch).
         probabilities: ``H x W`` float32 sigmoid probabilities at the original size.
     """
 
