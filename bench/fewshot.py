@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "floor")
+#: the paper's setting (issue 12, item 6): the mask decoder frozen, so that only the encoder adapter, the class
+#: tokens and the full-resolution branch train; ``none_fd`` (tokens and branch only) isolates the encoder adapters
+FROZEN_DECODER = ("salt_fd", "lora_fd", "ssam_fd", "none_fd")
 
 #: slice axis and split fractions per dataset (the guard stays 10 mm everywhere). colin27-aal is one volume whose
 #: 12 deep structures sit at different heights: along the axial axis a contiguous test block holds only
@@ -112,7 +115,8 @@ def one_run(
             ]
         )
     else:
-        config = ROOT / "configs" / f"builtin_{'full' if method == 'full_random' else method}.yaml"
+        adapter = {"full_random": "full"}.get(method, method.removesuffix("_fd"))
+        config = ROOT / "configs" / f"builtin_{adapter}.yaml"
         sets = [
             f"data.path={dataset}",
             f"data.shots={shots}",
@@ -132,6 +136,8 @@ def one_run(
         ]
         if method == "full_random":
             sets.append("model.checkpoint=null")
+        if method in FROZEN_DECODER:
+            sets.append("adapter.train_mask_decoder=false")
         train_cmd = [
             sys.executable,
             "-m",
@@ -240,7 +246,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["mni152-tissue", "colin27-aal"])
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 20])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + FROZEN_DECODER)
     ap.add_argument("--steps", type=int, default=600, help="step cap (default 600)")
     ap.add_argument(
         "--patience", type=int, default=3, help="validations without improvement before stopping (default 3)"

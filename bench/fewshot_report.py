@@ -23,6 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "nnunet", "floor")
+#: the frozen-decoder sweep (the paper's setting): compared with each other, ``salt_fd`` as the reference
+FROZEN = ("salt_fd", "lora_fd", "ssam_fd", "none_fd")
+ORDER = ORDER[:7] + FROZEN + ORDER[7:]
 
 
 PROMPTS = {"auto": "class tokens, no user input", "box": "one box per structure from the ground truth"}
@@ -96,11 +99,16 @@ def main() -> None:
                 statistics.fmean(dice),
                 statistics.stdev(dice) if len(dice) > 1 else 0,
             )
-        if "salt" in methods:
-            print("\nSALT minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
-            for m in [m for m in ORDER if m in methods and m != "salt"]:
+        for ref, label in (("salt", "SALT"), ("salt_fd", "SALT with the decoder frozen")):
+            if ref not in methods:
+                continue
+            others = [m for m in ORDER if m in methods and m != ref and (m in FROZEN) == (ref in FROZEN)]
+            if ref in FROZEN and "salt" in methods:
+                others.append("salt")  # the same adapter with the decoder training
+            print(f"\n{label} minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
+            for m in others:
                 diffs = []
-                for r in methods["salt"]:
+                for r in methods[ref]:
                     other = next((o for o in methods[m] if o["seed"] == r["seed"]), None)
                     if other is None:
                         continue
@@ -108,7 +116,7 @@ def main() -> None:
                     if "protocol" in r.get("split", {}):  # the issue-12 sweep keeps protocols apart
                         base = base / protocol
                     base = base / f"shots{shots}" / f"seed{r['seed']}"
-                    a, b = per_slice(base / "salt", prompt), per_slice(base / m, prompt)
+                    a, b = per_slice(base / ref, prompt), per_slice(base / m, prompt)
                     diffs += [a[k] - b[k] for k in a.keys() & b.keys()]
                 if diffs:
                     mean, lo, hi = bootstrap_ci(np.array(diffs))
