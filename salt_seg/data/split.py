@@ -30,6 +30,12 @@ Slice-level splits follow one of two protocols (:data:`PROTOCOLS`):
   training slices over ``D`` mm the gaps are ``D / k`` mm wide, so the guard must stay below ``D / (2k)`` mm
   (the error says so and names the fix).
 
+Every slice-level split checks that its training slices hold each class its val and test slices hold (the per-slice
+classes come from :mod:`salt_seg.data.slice_info`); when not (an atlas label confined to one height or one hemisphere,
+split along the wrong axis) it warns, names the axis whose split would train on every class, and records the classes
+in ``meta["classes_missing_from_train"]``. Errors and warnings name settings in the caller's words
+(:class:`SplitTerms`: ``--guard-mm`` for ``salt-seg data split``, ``data.guard_mm`` for ``train``).
+
 The split is a JSON file (:func:`save_split`/:func:`load_split`) whose parts list ``{"case": id, "slices":
 [...]}`` entries (``slices`` is ``null`` for whole volumes). Slice indices refer to the RAS-canonical volume
 (:meth:`salt_seg.data.volume.Volume.to_ras`), as everywhere in the pipeline.
@@ -48,6 +54,13 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
+from salt_seg.data.slice_info import (
+    SliceInfo,
+    classes_missing_from_train,
+    part_classes,
+    read_slice_infos,
+)
+from salt_seg.data.slice_info import slice_info_from_dataset as slice_info_from_dataset
 
 log = logging.getLogger(__name__)
 
@@ -86,24 +99,6 @@ class SplitTerms:
 
 
 PYTHON_TERMS = SplitTerms()
-
-
-@dataclass(frozen=True)
-class SliceInfo:
-    """What a slice-level split needs to know about one case.
-
-    Attributes:
-        n_slices: slices along the split axis.
-        spacing_mm: distance between neighbouring slices in mm.
-        foreground: indices of slices holding any labelled structure.
-        classes: per slice, the label values (non-zero) it holds; ``None`` when unknown (then the split cannot
-            check that its training slices hold every class).
-    """
-
-    n_slices: int
-    spacing_mm: float
-    foreground: tuple[int, ...]
-    classes: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass
@@ -257,72 +252,6 @@ def load_split(path: str | Path) -> Split:
     if not isinstance(doc, dict):
         raise DataError(path, "not a split file (expected a JSON object)")
     return Split.from_dict(doc, path)
-
-
-def _slice_classes(data: np.ndarray, axis: int) -> tuple[tuple[int, ...], ...]:
-    """Per slice along ``axis``, the non-zero label values it holds."""
-    codes = np.asarray(data)
-    if codes.size == 0:
-        return tuple(() for _ in range(codes.shape[axis]))
-    values = None
-    if codes.dtype.kind not in "iub" or codes.min() < 0 or codes.max() > 65535:
-        values, codes = np.unique(codes, return_inverse=True)  # compact codes for bincount
-        codes = codes.reshape(data.shape)
-    rows = np.moveaxis(codes.astype(np.int64, copy=False), axis, 0).reshape(codes.shape[axis], -1)
-    k = int(rows.max()) + 1
-    out = []
-    for row in rows:
-        present = np.flatnonzero(np.bincount(row, minlength=k))
-        labels = present if values is None else values[present]
-        out.append(tuple(int(v) for v in labels if v != 0))
-    return tuple(out)
-
-
-def read_slice_infos(
-    dataset: Any, axes: Sequence[int] = (0, 1, 2), case_ids: Sequence[str] | None = None
-) -> dict[int, dict[str, SliceInfo]]:
-    """Read each labelled case's label (RAS) once and note, along each of ``axes``, its slice count, spacing,
-    labelled slices and the classes of every slice: ``axis -> case id -> SliceInfo``."""
-    out: dict[int, dict[str, SliceInfo]] = {a: {} for a in axes}
-    for case in dataset.labelled:
-        if case_ids is not None and case.case_id not in case_ids:
-            continue
-        image = dataset.load_image(case)
-        label = dataset.load_label(case, image).to_ras()
-        data = label.data
-        for axis in axes:
-            classes = _slice_classes(data, axis)
-            fg = tuple(i for i, c in enumerate(classes) if c)
-            out[axis][case.case_id] = SliceInfo(data.shape[axis], float(label.spacing[axis]), fg, classes)
-    return out
-
-
-def slice_info_from_dataset(
-    dataset: Any, axis: int = 2, case_ids: Sequence[str] | None = None
-) -> dict[str, SliceInfo]:
-    """Read each labelled case's label (RAS) and note its slice count, spacing and labelled slices."""
-    return read_slice_infos(dataset, (axis,), case_ids)[axis]
-
-
-def part_classes(split: Split, part: str, slice_info: Mapping[str, SliceInfo]) -> set[int] | None:
-    """The label values held by a part's slices (``None`` when ``slice_info`` does not know them)."""
-    found: set[int] = set()
-    for e in split.part(part):
-        info = slice_info.get(e.case_id)
-        if info is None or info.classes is None:
-            return None
-        for s in range(info.n_slices) if e.slices is None else e.slices:
-            found.update(info.classes[s])
-    return found
-
-
-def classes_missing_from_train(split: Split, slice_info: Mapping[str, SliceInfo]) -> list[int]:
-    """Classes that val or test slices hold but no training slice does (sorted; empty when unknown)."""
-    train = part_classes(split, "train", slice_info)
-    held = [part_classes(split, p, slice_info) for p in ("val", "test")]
-    if train is None or any(h is None for h in held):
-        return []
-    return sorted(set().union(*held) - train)  # type: ignore[arg-type]
 
 
 def _count(value: int | float, n: int, name: str, t: SplitTerms = PYTHON_TERMS) -> int:

@@ -251,19 +251,3 @@ def test_split_class_check_with_given_slice_info_warns_without_guessing_other_ax
         ["v"], shots=4, seed=0, level="slice", guard_mm=2.0, slice_info={"v": _info(60, 1.0, (5, 55))}
     )
     assert "classes_missing_from_train" not in plain.meta and not caplog.records  # classes unknown: no check
-
-
-def test_slice_infos_note_each_slices_classes_along_every_axis(tmp_path):
-    from salt_seg.data import load_dataset
-    from salt_seg.data.split import read_slice_infos, slice_info_from_dataset
-
-    from .conftest import write_atlas
-
-    dataset = load_dataset(write_atlas(tmp_path / "atlas"))
-    infos = read_slice_infos(dataset)
-    z = infos[2]["atlas"]
-    assert (z.n_slices, z.spacing_mm, z.foreground) == (60, 1.0, tuple(range(5, 55)))
-    assert z.classes[4] == () and z.classes[44] == (1,) and z.classes[45] == (2,)
-    x = infos[0]["atlas"]
-    assert x.foreground == tuple(range(5, 35)) and x.classes[5] == (1, 2) and x.classes[35] == ()
-    assert slice_info_from_dataset(dataset, 2) == infos[2]
