@@ -5,7 +5,8 @@
 * ``salt-seg data prepare NAME --out DIR``: build a dataset recipe (``mni152-tissue``, ``colin27-aal``,
   ``synthetic-shapes``) in nnU-Net v2 layout; built in a temporary folder and renamed when valid, so a failure
   writes nothing.
-* ``salt-seg data split DIR --shots N --out FILE [--protocol block|sparse]``: draw a few-shot split JSON.
+* ``salt-seg data split DIR --shots N --out FILE [--level slice|volume] [--protocol block|sparse]``: draw a
+  few-shot split JSON; slices by default, as ``train`` (``data.holdout: slices``).
 * ``salt-seg data ceiling DIR --image-size N [--grid G] [--split FILE --part test]``: the resolution ceiling, the
   Dice a perfect prediction on the model's logit grid can reach, per class (at ``G``, default ``N // 4``, and at
   full resolution ``N``).
@@ -57,7 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout (default: auto)")
     split.add_argument("--shots", type=int, required=True, help="training volumes (volume) or slices (slice)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    split.add_argument("--level", default="volume", choices=("volume", "slice"), help="split unit")
+    split.add_argument(
+        "--level",
+        default="slice",
+        choices=("slice", "volume"),
+        help="split unit: slices of each volume (default, as train's data.holdout: slices) or whole volumes",
+    )
     split.add_argument("--val", type=float, default=0.2, help="validation fraction (default 0.2)")
     split.add_argument("--test", type=float, default=0.4, help="test fraction (default 0.4)")
     split.add_argument("--guard-mm", type=float, default=10.0, help="slice level: min distance between parts")
@@ -147,9 +153,22 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: make_split's arguments as ``data split`` spells them, so that its errors and warnings name the flags
+SPLIT_FLAGS = {
+    "shots": "--shots",
+    "seed": "--seed",
+    "level": "--level",
+    "val": "--val",
+    "test": "--test",
+    "guard_mm": "--guard-mm",
+    "axis": "--axis",
+    "protocol": "--protocol",
+}
+
+
 def _split(args: argparse.Namespace) -> int:
     from salt_seg.data.formats import load_dataset
-    from salt_seg.data.split import make_split, save_split
+    from salt_seg.data.split import SplitTerms, make_split, save_split
 
     if args.out.exists() and not args.force:
         raise FileExistsError(f"{args.out}: already exists; pass --force to replace it")
@@ -166,6 +185,7 @@ def _split(args: argparse.Namespace) -> int:
         guard_mm=args.guard_mm,
         axis=args.axis,
         protocol=args.protocol,
+        terms=SplitTerms(SPLIT_FLAGS, "{name} {value}"),
     )
     save_split(split, args.out)
     sizes = ", ".join(

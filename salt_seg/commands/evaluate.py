@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from salt_seg.commands.common import add_runtime_flags
+
 HELP = "score predicted masks against ground truth: Dice, HD95 (mm), NSD per class, per volume and per slice"
 DESCRIPTION = (
     "Compare a folder of predicted NIfTI label maps with a folder of ground truth, matched by file name "
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model: which part of the split to score (default test; train shows how well the model fits "
         "its own training slices). Results go to RUN/evaluation[_part][_prompt][_overlap] unless --out is given",
     )
-    parser.add_argument("--device", default="auto", help="with --model: cpu, cuda, cuda:N or auto")
+    add_runtime_flags(parser)  # --device, --threads: used with --model
     parser.add_argument(
         "--split",
         metavar="FILE",
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             data_path=args.data,
             prompt=args.prompt,
             settings=settings,
-            device=resolve_device(args.device),
+            device=resolve_device(args.device, args.threads),
             overlap=args.overlap,
             part=args.part,
         )

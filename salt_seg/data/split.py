@@ -30,6 +30,12 @@ Slice-level splits follow one of two protocols (:data:`PROTOCOLS`):
   training slices over ``D`` mm the gaps are ``D / k`` mm wide, so the guard must stay below ``D / (2k)`` mm
   (the error says so and names the fix).
 
+Every slice-level split checks that its training slices hold each class its val and test slices hold (the per-slice
+classes come from :mod:`salt_seg.data.slice_info`); when not (an atlas label confined to one height or one hemisphere,
+split along the wrong axis) it warns, names the axis whose split would train on every class, and records the classes
+in ``meta["classes_missing_from_train"]``. Errors and warnings name settings in the caller's words
+(:class:`SplitTerms`: ``--guard-mm`` for ``salt-seg data split``, ``data.guard_mm`` for ``train``).
+
 The split is a JSON file (:func:`save_split`/:func:`load_split`) whose parts list ``{"case": id, "slices":
 [...]}`` entries (``slices`` is ``null`` for whole volumes). Slice indices refer to the RAS-canonical volume
 (:meth:`salt_seg.data.volume.Volume.to_ras`), as everywhere in the pipeline.
@@ -38,6 +44,7 @@ The split is a JSON file (:func:`save_split`/:func:`load_split`) whose parts lis
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,27 +54,51 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
+from salt_seg.data.slice_info import (
+    SliceInfo,
+    classes_missing_from_train,
+    part_classes,
+    read_slice_infos,
+)
+from salt_seg.data.slice_info import slice_info_from_dataset as slice_info_from_dataset
+
+log = logging.getLogger(__name__)
 
 SPLIT_VERSION = 1
 PARTS = ("train", "val", "test")
 LEVELS = ("volume", "slice")
 #: slice-level split protocols: contiguous blocks (extrapolation) or training slices spread evenly (interpolation).
 PROTOCOLS = ("block", "sparse")
+#: what slices along each RAS axis are called (in warnings)
+AXIS_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
 
 
 @dataclass(frozen=True)
-class SliceInfo:
-    """What a slice-level split needs to know about one case.
+class SplitTerms:
+    """How the caller's user spells :func:`make_split`'s settings, so that errors and warnings name what they typed.
+
+    The library's own argument names are the default (a Python caller); ``salt-seg data split`` passes its flags
+    (``--guard-mm 4``) and ``salt-seg train`` its config keys (``data.guard_mm: 4``).
 
     Attributes:
-        n_slices: slices along the split axis.
-        spacing_mm: distance between neighbouring slices in mm.
-        foreground: indices of slices holding any labelled structure.
+        names: argument name -> the user's word for it (``guard_mm`` -> ``--guard-mm``); others keep their name.
+        form: how a setting is written, with ``{name}`` and ``{value}``.
+        values: per argument, value -> the user's spelling of it (``level``: ``volume`` -> ``volumes``).
     """
 
-    n_slices: int
-    spacing_mm: float
-    foreground: tuple[int, ...]
+    names: Mapping[str, str] = field(default_factory=dict)
+    form: str = "{name}={value!r}"
+    values: Mapping[str, Mapping[Any, Any]] = field(default_factory=dict)
+
+    def name(self, arg: str) -> str:
+        return self.names.get(arg, arg)
+
+    def setting(self, arg: str, value: Any) -> str:
+        value = self.values.get(arg, {}).get(value, value)
+        return self.form.format(name=self.name(arg), value=value)
+
+
+PYTHON_TERMS = SplitTerms()
 
 
 @dataclass
@@ -223,35 +254,24 @@ def load_split(path: str | Path) -> Split:
     return Split.from_dict(doc, path)
 
 
-def slice_info_from_dataset(
-    dataset: Any, axis: int = 2, case_ids: Sequence[str] | None = None
-) -> dict[str, SliceInfo]:
-    """Read each labelled case's label (RAS) and note its slice count, spacing and labelled slices."""
-    out = {}
-    for case in dataset.labelled:
-        if case_ids is not None and case.case_id not in case_ids:
-            continue
-        image = dataset.load_image(case)
-        label = dataset.load_label(case, image).to_ras()
-        data = label.data
-        other = tuple(d for d in range(3) if d != axis)
-        fg = np.flatnonzero(data.any(axis=other))
-        out[case.case_id] = SliceInfo(data.shape[axis], float(label.spacing[axis]), tuple(int(i) for i in fg))
-    return out
-
-
-def _count(value: int | float, n: int, name: str) -> int:
+def _count(value: int | float, n: int, name: str, t: SplitTerms = PYTHON_TERMS) -> int:
     if isinstance(value, float) and not isinstance(value, bool):
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} fraction must be in [0, 1), got {value}")
+            raise ValueError(f"{t.name(name)} fraction must be in [0, 1), got {value}")
         return 0 if value == 0 else max(1, round(value * n))
     if int(value) < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        raise ValueError(f"{t.name(name)} must be >= 0, got {value}")
     return int(value)
 
 
 def _volume_split(
-    ids: list[str], hints: dict[str, str | None], shots: int, seed: int, val: int | float, test: int | float
+    ids: list[str],
+    hints: dict[str, str | None],
+    shots: int,
+    seed: int,
+    val: int | float,
+    test: int | float,
+    t: SplitTerms = PYTHON_TERMS,
 ) -> tuple[list[str], list[str], list[str]]:
     rng = np.random.default_rng(seed)
     if ids and all(hints.get(i) for i in ids):
@@ -261,15 +281,27 @@ def _volume_split(
         pool = [pool[k] for k in rng.permutation(len(pool))]
     else:
         perm = [ids[k] for k in rng.permutation(len(ids))]
-        n_test, n_val = _count(test, len(ids), "test"), _count(val, len(ids), "val")
+        n_test, n_val = _count(test, len(ids), "test", t), _count(val, len(ids), "val", t)
         test_ids, val_ids, pool = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
     if shots > len(pool):
-        raise ValueError(f"shots={shots} but only {len(pool)} case(s) are left for training")
+        # a one-atlas dataset ends here: its single volume cannot be train, val and test at once
+        raise ValueError(
+            f"cannot draw {shots} training case(s) ({t.setting('shots', shots)}): only {len(pool)} of "
+            f"{len(ids)} labelled case(s) are left after val and test; lower {t.name('shots')}, {t.name('val')} "
+            f"or {t.name('test')}, or hold out slices instead of whole volumes ({t.setting('level', 'slice')})"
+        )
     return sorted(pool[:shots]), sorted(val_ids), sorted(test_ids)
 
 
 def _zones(
-    info: SliceInfo, case_id: str, order: list[str], val: float, test: float, guard_mm: float, need_train: int
+    info: SliceInfo,
+    case_id: str,
+    order: list[str],
+    val: float,
+    test: float,
+    guard_mm: float,
+    need_train: int,
+    t: SplitTerms = PYTHON_TERMS,
 ) -> dict[str, list[int]]:
     """Contiguous blocks per part inside the labelled range, ``guard_mm`` apart."""
     if not info.foreground:
@@ -285,7 +317,8 @@ def _zones(
             None,
             f"case {case_id}: {hi - lo + 1} labelled slices at {info.spacing_mm:g} mm cannot "
             f"hold train ({need_train} shots), val and test blocks {guard_mm:g} mm apart; lower "
-            "guard_mm, val or test, or split whole volumes (level='volume')",
+            f"{t.name('guard_mm')}, {t.name('val')} or {t.name('test')}, or split whole volumes "
+            f"({t.setting('level', 'volume')})",
         )
     zones, start = {}, lo
     for p in parts:
@@ -303,20 +336,21 @@ def _block_parts(
     test: float,
     guard_mm: float,
     rng: np.random.Generator,
+    terms: SplitTerms = PYTHON_TERMS,
 ) -> dict[str, list[SplitEntry]]:
     """Contiguous train/val/test blocks per case in a seeded order; shots drawn one per training stratum."""
     parts: dict[str, list[SplitEntry]] = {p: [] for p in PARTS}
     for case_id in ids:
         info = slice_info[case_id]
         order = [PARTS[k] for k in rng.permutation(3)]
-        zones = _zones(info, case_id, order, val, test, guard_mm, quota[case_id])
+        zones = _zones(info, case_id, order, val, test, guard_mm, quota[case_id], terms)
         fg = set(info.foreground)
         labelled_train = [s for s in zones["train"] if s in fg]
         if len(labelled_train) < quota[case_id]:
             raise DataError(
                 None,
                 f"case {case_id}: only {len(labelled_train)} labelled slices in its training "
-                f"block for {quota[case_id]} shots",
+                f"block for {quota[case_id]} shots; lower {terms.name('shots')}",
             )
         chosen = []
         for stratum in np.array_split(np.asarray(labelled_train), quota[case_id]) if quota[case_id] else []:
@@ -334,13 +368,17 @@ def _spread(n: int, pool_size: int) -> list[int]:
     return [int((i + 0.5) * pool_size / n) for i in range(n)]
 
 
-def _sparse_train(info: SliceInfo, case_id: str, k: int, rng: np.random.Generator) -> list[int]:
+def _sparse_train(
+    info: SliceInfo, case_id: str, k: int, rng: np.random.Generator, terms: SplitTerms = PYTHON_TERMS
+) -> list[int]:
     """``k`` labelled slices evenly spaced through the labelled range, at a seeded offset."""
     if not info.foreground:
         raise DataError(None, f"case {case_id}: no labelled slices along the split axis")
     fg = np.asarray(info.foreground)
     if k > fg.size:
-        raise DataError(None, f"case {case_id}: only {fg.size} labelled slices for {k} shots")
+        raise DataError(
+            None, f"case {case_id}: only {fg.size} labelled slices for {k} shots; lower {terms.name('shots')}"
+        )
     lo, length = int(fg.min()), int(fg.max() - fg.min() + 1)
     width = length / k  # >= 1 slice, so the targets below are distinct
     phase = float(rng.uniform(0.0, width))
@@ -360,6 +398,7 @@ def _sparse_parts(
     test: float,
     guard_mm: float,
     rng: np.random.Generator,
+    terms: SplitTerms = PYTHON_TERMS,
 ) -> dict[str, list[SplitEntry]]:
     """Train slices spread evenly per case; val and test dealt whole gaps between them (module docstring)."""
     train: dict[str, list[int]] = {}
@@ -370,7 +409,7 @@ def _sparse_parts(
         if quota[case_id] == 0:
             continue
         info = slice_info[case_id]
-        train[case_id] = _sparse_train(info, case_id, quota[case_id], rng)
+        train[case_id] = _sparse_train(info, case_id, quota[case_id], rng, terms)
         length = max(info.foreground) - min(info.foreground) + 1
         for name, frac in (("val", val), ("test", test)):
             targets[name] += max(1, round(frac * length)) if frac > 0 else 0
@@ -385,16 +424,17 @@ def _sparse_parts(
             None,
             f"sparse split: {sum(quota.values())} training slice(s) over {len(ids)} case(s) leave "
             f"{len(gaps)} gap(s) between training slices, and val and test need {needed} (shots are dealt "
-            "round-robin over the cases; a case needs 2 for a gap): raise shots, or use protocol='block'",
+            f"round-robin over the cases; a case needs 2 for a gap): raise {terms.name('shots')}, or use "
+            f"{terms.setting('protocol', 'block')}",
         )
     if len(room) < needed:
         fits = sorted(widths_mm, reverse=True)[needed - 1]
-        hint = f"lower guard_mm to {fits:g} or less, " if fits > 0 else ""
+        hint = f"lower {terms.name('guard_mm')} to {fits:g} or less, " if fits > 0 else ""
         raise DataError(
             None,
             f"sparse split: {sum(quota.values())} training slice(s) leave {len(room)} gap(s) with a slice "
             f"{guard_mm:g} mm from every training slice, and val and test need {needed}; {hint}"
-            "lower shots, or use protocol='block'",
+            f"lower {terms.name('shots')}, or use {terms.setting('protocol', 'block')}",
         )
     n_val_gaps = round(len(room) * val / (val + test)) if val + test > 0 else 0
     n_val_gaps = min(max(n_val_gaps, int(val > 0)), len(room) - int(test > 0))
@@ -426,8 +466,14 @@ def make_split(
     axis: int = 2,
     slice_info: Mapping[str, SliceInfo] | None = None,
     protocol: str = "block",
+    terms: SplitTerms = PYTHON_TERMS,
 ) -> Split:
     """Draw a few-shot split (same arguments, same split).
+
+    A slice-level split whose val or test slices hold a class that no training slice holds (an atlas label
+    confined to one height or one hemisphere, split along the wrong axis) logs a warning naming those classes
+    and the slice axis whose split would train on every class, and records them in ``meta``
+    (``classes_missing_from_train``).
 
     Args:
         dataset: a :class:`~salt_seg.data.dataset.Dataset` (its labelled cases and split hints are used) or a
@@ -441,41 +487,45 @@ def make_split(
             because neighbouring 1 mm slices are nearly identical: a test slice next to a training slice would
             measure memory, not generalisation.
         axis: slice level: the RAS axis slices are taken along.
-        slice_info: slice level: per-case :class:`SliceInfo`; read from ``dataset`` when ``None``.
+        slice_info: slice level: per-case :class:`SliceInfo` along ``axis``; read from ``dataset`` (along every
+            axis, for the class check) when ``None``.
         protocol: slice level: ``block`` (contiguous parts, extrapolation; the default) or ``sparse``
             (training slices spread evenly, val and test in the gaps between them; interpolation). See the
             module docstring.
+        terms: how the user spells these settings (CLI flags, config keys), for errors and warnings.
 
     Raises:
         ValueError: bad arguments (named), or not enough cases/slices for the request.
         DataError: a case has no labelled slices or is too short for the guard distance.
     """
+    t = terms
     if level not in LEVELS:
-        raise ValueError(f"level must be one of {list(LEVELS)}, got {level!r}")
+        raise ValueError(f"{t.name('level')} must be one of {list(LEVELS)}, got {level!r}")
     if int(shots) < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise ValueError(f"{t.name('shots')} must be >= 1, got {shots}")
     if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+        raise ValueError(f"{t.name('axis')} must be 0, 1 or 2, got {axis}")
     if guard_mm < 0:
-        raise ValueError(f"guard_mm must be >= 0, got {guard_mm}")
+        raise ValueError(f"{t.name('guard_mm')} must be >= 0, got {guard_mm}")
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+        raise ValueError(f"{t.name('protocol')} must be one of {list(PROTOCOLS)}, got {protocol!r}")
     if protocol != "block" and level != "slice":
         raise ValueError(
-            f"protocol={protocol!r} applies to slice-level splits (level='slice'), got {level!r}"
+            f"{t.setting('protocol', protocol)} applies to slice-level splits ({t.setting('level', 'slice')}), "
+            f"got {t.setting('level', level)}"
         )
     shots = int(shots)
     if isinstance(dataset, Sequence) and not hasattr(dataset, "cases"):
-        ids, hints, name = sorted(str(i) for i in dataset), {}, ""
+        ids, hints, name, class_names = sorted(str(i) for i in dataset), {}, "", {}
     else:
         ids = [c.case_id for c in dataset.labelled]
         hints = {c.case_id: c.split for c in dataset.labelled}
-        name = dataset.name
+        name, class_names = dataset.name, dict(getattr(dataset, "classes", None) or {})
     if not ids:
         raise ValueError("make_split: no labelled cases")
-    meta = {"val": val, "test": test}
+    meta: dict[str, Any] = {"val": val, "test": test}
     if level == "volume":
-        train, val_ids, test_ids = _volume_split(ids, hints, shots, seed, val, test)
+        train, val_ids, test_ids = _volume_split(ids, hints, shots, seed, val, test, t)
         return Split(
             "volume",
             shots,
@@ -490,32 +540,83 @@ def make_split(
         )
     for frac, nm in ((val, "val"), (test, "test")):
         if not isinstance(frac, float) or not 0.0 <= frac < 1.0:
-            raise ValueError(f"slice-level splits take {nm} as a fraction in [0, 1), got {frac!r}")
+            raise ValueError(
+                f"slice-level splits ({t.setting('level', 'slice')}) take {t.name(nm)} as a fraction in "
+                f"[0, 1), got {frac!r}"
+            )
     if val + test >= 1.0:
-        raise ValueError(f"val + test must leave room for training, got {val} + {test}")
+        raise ValueError(
+            f"{t.name('val')} + {t.name('test')} must leave room for training, got {val} + {test}"
+        )
+    infos: dict[int, Mapping[str, SliceInfo]]
     if slice_info is None:
         if not hasattr(dataset, "cases"):
             raise ValueError("slice-level splits of bare case ids need slice_info")
-        slice_info = slice_info_from_dataset(dataset, axis)
-    rng = np.random.default_rng(seed)
-    # Shots go round-robin over the cases in a seeded order.
-    order_ids = [ids[k] for k in rng.permutation(len(ids))]
-    quota = {i: shots // len(ids) + (1 if r < shots % len(ids) else 0) for r, i in enumerate(order_ids)}
-    protocol_parts = _sparse_parts if protocol == "sparse" else _block_parts
-    parts = protocol_parts(ids, slice_info, quota, val, test, guard_mm, rng)
-    split = Split(
-        "slice",
-        shots,
-        seed,
-        axis,
-        float(guard_mm),
-        parts["train"],
-        parts["val"],
-        parts["test"],
-        name,
-        meta,
-        protocol,
-    )
-    spacing = {i: slice_info[i].spacing_mm for i in ids}
-    assert split.min_distance_mm(spacing) >= guard_mm - 1e-6, "guard distance violated"
+        infos = dict(read_slice_infos(dataset))  # every axis: the class check compares them
+    else:
+        infos = {axis: slice_info}
+
+    def draw(along: int) -> Split:
+        rng = np.random.default_rng(seed)
+        # Shots go round-robin over the cases in a seeded order.
+        order_ids = [ids[k] for k in rng.permutation(len(ids))]
+        quota = {i: shots // len(ids) + (1 if r < shots % len(ids) else 0) for r, i in enumerate(order_ids)}
+        protocol_parts = _sparse_parts if protocol == "sparse" else _block_parts
+        parts = protocol_parts(ids, infos[along], quota, val, test, guard_mm, rng, t)
+        drawn = Split(
+            "slice",
+            shots,
+            seed,
+            along,
+            float(guard_mm),
+            parts["train"],
+            parts["val"],
+            parts["test"],
+            name,
+            dict(meta),
+            protocol,
+        )
+        spacing = {i: infos[along][i].spacing_mm for i in ids}
+        assert drawn.min_distance_mm(spacing) >= guard_mm - 1e-6, "guard distance violated"
+        return drawn
+
+    split = draw(axis)
+    missing = classes_missing_from_train(split, infos[axis])
+    if missing:
+        split.meta["classes_missing_from_train"] = missing
+        log.warning(_coverage_warning(missing, class_names, axis, infos, draw, t))
     return split
+
+
+def _coverage_warning(
+    missing: list[int],
+    class_names: Mapping[int, str],
+    axis: int,
+    infos: Mapping[int, Mapping[str, SliceInfo]],
+    draw: Any,
+    t: SplitTerms,
+) -> str:
+    """The warning for val/test classes without a training slice, with the axes whose split trains on every class."""
+    named = ", ".join(f"{c} ({class_names[c]})" if c in class_names else str(c) for c in missing)
+    text = (
+        f"class(es) {named} appear in val or test slices but in no training slice of this split along axis "
+        f"{axis} ({AXIS_NAMES[axis]}): their scores measure nothing the model was shown"
+    )
+    every = set().union(*(c for info in infos[axis].values() for c in info.classes or ()))
+    covering = []
+    for other in sorted(set(infos) - {axis}):
+        try:
+            candidate = draw(other)
+        except (ValueError, DataError):
+            continue  # this axis cannot hold the split at all
+        if (part_classes(candidate, "train", infos[other]) or set()) >= every:
+            covering.append(other)
+    if covering:
+        axes = " or ".join(f"{a} ({AXIS_NAMES[a]}, {t.setting('axis', a)})" for a in covering)
+        return f"{text}; split along axis {axes}, whose training slices hold every class"
+    if len(infos) > 1:
+        return (
+            f"{text}; no slice axis gives training slices holding every class at these settings: raise "
+            f"{t.name('shots')}, or split whole volumes ({t.setting('level', 'volume')})"
+        )
+    return text

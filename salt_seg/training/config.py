@@ -10,11 +10,33 @@ from pathlib import Path
 from typing import Any
 
 from salt_seg.configio import apply_overrides, from_dict, load_yaml, to_dict
-from salt_seg.data.split import PROTOCOLS
+from salt_seg.data.split import PROTOCOLS, SplitTerms
 
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
 PROMPT_MIX = ("box", "points", "auto", "mixed", "geometric")
+#: the split's settings as a config spells them (``data.holdout: volumes`` is ``level='volume'``), so that split
+#: errors and warnings raised under ``train`` name the keys the user writes
+SPLIT_TERMS = SplitTerms(
+    names={
+        "shots": "data.shots",
+        "seed": "data.split_seed",
+        "level": "data.holdout",
+        "val": "data.val",
+        "test": "data.test",
+        "guard_mm": "data.guard_mm",
+        "axis": "preprocessing.axis",
+        "protocol": "data.protocol",
+    },
+    form="{name}: {value}",
+    values={"level": {"volume": "volumes", "slice": "slices"}},
+)
+
+
+def _config_words(section: str, class_name: str, exc: Exception) -> str:
+    """A delegated section's error in the config's words: ``AdapterConfig.r_lora`` becomes ``adapter.r_lora``."""
+    message = str(exc).replace(f"{class_name}.", f"{section}.")
+    return message if message.startswith(f"{section}.") else f"{section}: {message}"
 
 
 @dataclass
@@ -186,7 +208,7 @@ class ExperimentConfig:
         try:
             return AdapterConfig.from_dict(dict(self.adapter))
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"adapter: {exc}") from None
+            raise ValueError(_config_words("adapter", "AdapterConfig", exc)) from None
 
     def preprocessing_record(self):  # -> Preprocessing
         from salt_seg.preprocessing import Preprocessing
@@ -198,7 +220,7 @@ class ExperimentConfig:
         try:
             return Preprocessing.from_dict(d)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"preprocessing: {exc}") from None
+            raise ValueError(_config_words("preprocessing", "Preprocessing", exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from salt_seg.preprocessing import Preprocessing
-from salt_seg.training.config import ExperimentConfig
+from salt_seg.training.config import SPLIT_TERMS, ExperimentConfig
 from salt_seg.training.loop import TrainData
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
             guard_mm=dc.guard_mm,
             axis=record.axis,
             protocol=dc.protocol,
+            terms=SPLIT_TERMS,
         )
     train = SliceDataset.from_dataset(
         dataset,

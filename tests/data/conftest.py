@@ -32,6 +32,28 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None,
     return path
 
 
+def write_atlas(root: Path) -> Path:
+    """A one-volume nnU-Net dataset, 40 x 40 x 60 voxels of 1 mm in RAS: ``brain`` (1) fills a box over slices
+    5..34 (x, y) and 5..54 (z); ``top`` (2) replaces it in the top ten axial slices, z 45..54 only."""
+    import json
+
+    label = np.zeros((40, 40, 60), np.uint8)
+    label[5:35, 5:35, 5:55] = 1
+    label[5:35, 5:35, 45:55] = 2
+    image = np.random.default_rng(0).normal(size=label.shape)
+    write_nifti(root / "imagesTr" / "atlas_0000.nii.gz", image, None, np.float32)
+    write_nifti(root / "labelsTr" / "atlas.nii.gz", label)
+    doc = {
+        "channel_names": {"0": "MR"},
+        "labels": {"background": 0, "brain": 1, "top": 2},
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+        "name": "atlas",
+    }
+    (root / "dataset.json").write_text(json.dumps(doc))
+    return root
+
+
 def oblique_affine(
     spacing=(0.8, 0.9, 2.5), angle_deg: float = 20.0, origin=(-40.0, 12.5, 30.0)
 ) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from salt_seg.cli import main
 from salt_seg.commands import data as data_command
 
-from .conftest import tree, write_nifti
+from .conftest import tree, write_atlas, write_nifti
 from .test_formats import make_nnunet
 
 
@@ -104,8 +104,10 @@ def test_prepare_refuses_existing_out_and_inapplicable_flags(tmp_path, capsys):
 def test_split_failure_writes_nothing(tmp_path, capsys):
     root = make_nnunet(tmp_path / "toy")
     out = tmp_path / "split.json"
-    code, _, err = _run(["data", "split", str(root), "--shots", "5", "--out", str(out)], capsys)
-    assert code == 2 and "shots=5 but only" in err
+    code, _, err = _run(
+        ["data", "split", str(root), "--shots", "5", "--level", "volume", "--out", str(out)], capsys
+    )
+    assert code == 2 and "cannot draw 5 training case(s) (--shots 5): only 0 of 2 labelled case(s) are left" in err
     assert not out.exists()
 
 
@@ -153,10 +155,89 @@ def test_split_protocol_option(tmp_path, capsys):
             "1",
             "--protocol",
             "sparse",
+            "--level",
+            "volume",
             "--out",
             str(tmp_path / "v.json"),
         ],
         capsys,
     )
-    assert code == 2 and "protocol='sparse' applies to slice-level splits" in err
+    assert (
+        code == 2
+        and "--protocol sparse applies to slice-level splits (--level slice), got --level volume" in err
+    )
     assert not (tmp_path / "v.json").exists()
+
+
+# --- issue 14: data split agrees with train and speaks in flags -----------------------------------------------------
+def test_split_defaults_to_slices_as_train_does(tmp_path, capsys):
+    from salt_seg.cli import build_parser
+    from salt_seg.training.config import DataSection
+
+    parsed = build_parser().parse_args(["data", "split", "d", "--shots", "1", "--out", "s.json"])
+    assert (parsed.level, parsed.protocol, parsed.guard_mm, parsed.val, parsed.test) == (
+        "slice",
+        "block",
+        10.0,
+        0.2,
+        0.4,
+    )
+    cfg = DataSection()
+    assert (cfg.holdout, cfg.protocol, cfg.guard_mm, cfg.val, cfg.test) == ("slices", "block", 10.0, 0.2, 0.4)
+    root = write_atlas(tmp_path / "atlas")  # one volume: a volume-level split cannot be drawn from it
+    out = tmp_path / "s.json"
+    code, text, err = _run(
+        ["data", "split", str(root), "--shots", "4", "--guard-mm", "2", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    assert (doc["level"], doc["protocol"], doc["guard_mm"]) == ("slice", "block", 2.0)
+    assert sum(len(e["slices"]) for e in doc["train"]) == 4 and "train 4," in text and "slices" in text
+
+
+def test_volume_split_of_one_volume_suggests_level_slice(tmp_path, capsys):
+    root = write_atlas(tmp_path / "atlas")
+    out = tmp_path / "s.json"
+    code, _, err = _run(
+        ["data", "split", str(root), "--shots", "1", "--level", "volume", "--out", str(out)], capsys
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot draw 1 training case(s) (--shots 1): only 0 of 1 labelled case(s) are left after val and test" in err
+    assert (
+        "lower --shots, --val or --test, or hold out slices instead of whole volumes (--level slice)" in err
+    )
+    assert not out.exists()
+
+
+def test_split_warns_in_flags_when_a_held_out_class_is_in_no_training_slice(tmp_path, capsys, caplog):
+    root = write_atlas(tmp_path / "atlas")  # 'top' (2) only in the ten highest axial slices
+    out = tmp_path / "s.json"
+    argv = ["data", "split", str(root), "--shots", "4", "--guard-mm", "2", "--seed", "0"]
+    with caplog.at_level("WARNING", logger="salt_seg.data.split"):
+        code, _, err = _run([*argv, "--out", str(out)], capsys)
+    assert code == 0, err
+    [message] = [r.message for r in caplog.records if r.name == "salt_seg.data.split"]
+    assert message.startswith("class(es) 2 (top) appear in val or test slices but in no training slice")
+    assert "split along axis 0 (sagittal, --axis 0) or 1 (coronal, --axis 1)" in message
+    assert json.loads(out.read_text())["meta"]["classes_missing_from_train"] == [2]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="salt_seg.data.split"):
+        code, _, err = _run([*argv, "--axis", "0", "--out", str(tmp_path / "x.json")], capsys)
+    assert code == 0 and not caplog.records  # the suggested axis trains on both classes
+    assert "classes_missing_from_train" not in json.loads((tmp_path / "x.json").read_text())["meta"]
+
+
+def test_split_errors_name_the_flags_the_user_typed(tmp_path, capsys):
+    root = write_atlas(tmp_path / "atlas")  # 50 labelled axial slices of 1 mm
+    base = ["data", "split", str(root), "--shots", "4", "--out", str(tmp_path / "s.json")]
+    code, _, err = _run([*base, "--guard-mm", "30"], capsys)
+    assert code == 2
+    assert "lower --guard-mm, --val or --test, or split whole volumes (--level volume)" in err
+    code, _, err = _run([*base, "--guard-mm", "10", "--protocol", "sparse"], capsys)
+    assert code == 2
+    assert "lower --guard-mm to 6 or less, lower --shots, or use --protocol block" in err
+    code, _, err = _run([*base, "--val", "2"], capsys)
+    assert (
+        code == 2 and "slice-level splits (--level slice) take --val as a fraction in [0, 1), got 2.0" in err
+    )
+    assert "guard_mm" not in err and "level=" not in err

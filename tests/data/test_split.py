@@ -79,7 +79,7 @@ def test_slice_split_too_short_for_guard_is_an_error():
     ("kwargs", "message"),
     [
         ({"shots": 0}, "shots must be >= 1"),
-        ({"shots": 9}, "only 4 case"),
+        ({"shots": 9}, r"cannot draw 9 training case\(s\) \(shots=9\): only 4 of 10 labelled case"),
         ({"shots": 1, "level": "patch"}, "level must be one of"),
         ({"shots": 1, "val": 1.5}, "val fraction"),
         ({"shots": 1, "guard_mm": -1}, "guard_mm"),
@@ -204,3 +204,50 @@ def test_config_validates_the_protocol():
         DataSection(protocol="diagonal")
     with pytest.raises(ValueError, match=r"data\.protocol 'sparse' needs data\.holdout: slices"):
         DataSection(protocol="sparse", holdout="volumes")
+
+
+# --- classes the training slices miss (issue 14) --------------------------------------------------------------------
+def test_split_warns_when_a_held_out_class_is_in_no_training_slice_and_names_the_covering_axes(
+    tmp_path, caplog
+):
+    from salt_seg.data import load_dataset
+    from salt_seg.data.split import part_classes, read_slice_infos
+
+    from .conftest import write_atlas
+
+    dataset = load_dataset(write_atlas(tmp_path / "atlas"))
+    with caplog.at_level("WARNING", logger="salt_seg.data.split"):
+        axial = make_split(dataset, shots=4, seed=0, level="slice", guard_mm=2.0)
+    # seed 0 puts the training block below z 45: 'top' (2) is only in held-out slices
+    assert max(axial.train[0].slices) < 45
+    assert axial.meta["classes_missing_from_train"] == [2]
+    [record] = [r for r in caplog.records if r.name == "salt_seg.data.split"]
+    assert record.levelname == "WARNING"
+    assert "class(es) 2 (top) appear in val or test slices but in no training slice" in record.message
+    assert "along axis 2 (axial)" in record.message
+    assert "split along axis 0 (sagittal, axis=0) or 1 (coronal, axis=1)" in record.message
+    # the suggested axes do what the warning says: their training slices hold both classes, and they are quiet
+    infos = read_slice_infos(dataset)
+    caplog.clear()
+    for axis in (0, 1):
+        with caplog.at_level("WARNING", logger="salt_seg.data.split"):
+            other = make_split(dataset, shots=4, seed=0, level="slice", guard_mm=2.0, axis=axis)
+        assert part_classes(other, "train", infos[axis]) == {1, 2}
+        assert "classes_missing_from_train" not in other.meta
+    assert not caplog.records
+
+
+def test_split_class_check_with_given_slice_info_warns_without_guessing_other_axes(caplog):
+    # 60 slices, class 2 only in 45..54: known along this axis only, so no other axis is suggested
+    classes = tuple((1, 2) if 45 <= i < 55 else (1,) if 5 <= i < 45 else () for i in range(60))
+    info = SliceInfo(60, 1.0, tuple(range(5, 55)), classes)
+    with caplog.at_level("WARNING", logger="salt_seg.data.split"):
+        split = make_split(["v"], shots=4, seed=0, level="slice", guard_mm=2.0, slice_info={"v": info})
+    assert split.meta["classes_missing_from_train"] == [2]
+    [record] = caplog.records
+    assert record.message.endswith("their scores measure nothing the model was shown")
+    caplog.clear()
+    plain = make_split(
+        ["v"], shots=4, seed=0, level="slice", guard_mm=2.0, slice_info={"v": _info(60, 1.0, (5, 55))}
+    )
+    assert "classes_missing_from_train" not in plain.meta and not caplog.records  # classes unknown: no check

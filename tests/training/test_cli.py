@@ -190,3 +190,65 @@ def test_evaluate_model_scores_the_runs_test_slices(tmp_path, shapes_dataset, ca
         assert dice["n"] > 0 and 0.0 <= dice["mean"] <= 1.0
     rc = main(["evaluate", "--model", str(tmp_path / "run"), "--prompt", "auto", "--device", "cpu"])
     assert rc == 2 and "no class tokens" in capsys.readouterr().err
+
+
+# --- issue 14: split errors and warnings under train name the config keys -------------------------------------------
+def _atlas_config(tmp_path: Path, **data) -> Path:
+    from ..data.conftest import write_atlas
+
+    root = write_atlas(tmp_path / "atlas")  # one volume; 'top' (2) only in its ten highest axial slices
+    cfg = write_config(tmp_path / "c.yaml", root)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["data"].update({"holdout": "slices", "shots": 4, "val": 0.2, "test": 0.4, "guard_mm": 2.0, **data})
+    cfg.write_text(yaml.safe_dump(doc))
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.guard_mm=30",
+            "lower data.guard_mm, data.val or data.test, or split whole volumes (data.holdout: volumes)",
+        ),
+        (
+            "data.holdout=volumes",
+            "cannot draw 4 training case(s) (data.shots: 4): only 0 of 1 labelled case(s) are left after val and "
+            "test; lower data.shots, data.val or data.test, or hold out slices instead of whole volumes "
+            "(data.holdout: slices)",
+        ),
+        (
+            "data.val=2",
+            "slice-level splits (data.holdout: slices) take data.val as a fraction in [0, 1), got 2",
+        ),
+        ("preprocessing.axis=5", "error: preprocessing.axis must be 0, 1 or 2, got 5"),
+        ("adapter.r_lora=0", "error: adapter.r_lora must be an integer >= 1, got 0"),
+    ],
+)
+def test_train_errors_name_the_config_keys(tmp_path, capsys, override: str, message: str) -> None:
+    cfg = _atlas_config(tmp_path)
+    rc = main(
+        ["train", "--config", str(cfg), "--set", override, "--out", str(tmp_path / "run"), "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert message in err, err
+    for internal in ("guard_mm=", "level=", "holdout=", "AdapterConfig.", "Preprocessing."):
+        assert internal not in err
+
+
+def test_train_split_warns_in_config_keys_when_a_class_is_in_no_training_slice(tmp_path, caplog) -> None:
+    from salt_seg.training.config import load_config
+    from salt_seg.training.data import build_train_data
+
+    cfg = load_config(_atlas_config(tmp_path, cache=False), ["train.seed=0"])
+    with caplog.at_level("WARNING", logger="salt_seg.data.split"):
+        data = build_train_data(cfg, cfg.preprocessing_record())
+    [message] = [r.message for r in caplog.records if r.name == "salt_seg.data.split"]
+    assert message.startswith("class(es) 2 (top) appear in val or test slices but in no training slice")
+    assert (
+        "split along axis 0 (sagittal, preprocessing.axis: 0) or 1 (coronal, preprocessing.axis: 1)"
+        in message
+    )
+    assert data.split["meta"]["classes_missing_from_train"] == [2]
+    assert all(max(e["slices"]) < 45 for e in data.split["train"])
