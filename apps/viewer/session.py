@@ -90,6 +90,7 @@ class ViewerSession:
         self.engine_error: str | None = None
         self.cursor = ""
         self.staged: Any = None  # an upload waiting for the user's series choice (handlers)
+        self.upload_name = ""  # the user's name for the latest upload (messages never show server paths)
         self.lock = threading.RLock()  # the app serialises a tab's events with it
         self.counts = VoxelCounts()  # voxels per label id, kept up to date on every write
 
@@ -435,6 +436,34 @@ class ViewerSession:
             }
             for cid, name in sorted(names.items())
         }
+
+    def nbytes(self) -> int:
+        """Memory this session holds, in bytes: the volume (as loaded and on the RAS grid, counted once when they
+        share memory), the label map, the undo snapshots, and the engine's prepared slices and cached embeddings.
+
+        An estimate for the app's memory budget (Python objects and the shared model are not counted).
+        """
+        arrays: list[Any] = [self.labels]
+        arrays += [v.array for v in (self.volume, self.ras) if v is not None]
+        arrays += [snap.labels for snap in self.history.snapshots()]
+        engine = self.engine
+        if engine is not None:
+            arrays += engine.held_arrays()
+        total, seen = 0, set()
+        for a in arrays:
+            if a is None:
+                continue
+            base = a
+            while getattr(base, "base", None) is not None and isinstance(base.base, type(a)):
+                base = base.base  # views share their base's memory: count the base once
+            if id(base) in seen:
+                continue
+            seen.add(id(base))
+            nbytes = getattr(base, "nbytes", None)
+            if nbytes is None and hasattr(base, "element_size"):  # a torch tensor
+                nbytes = base.element_size() * base.nelement()
+            total += int(nbytes or 0)
+        return total
 
     def close(self) -> None:
         """Free everything: the engine's thread and cache, the arrays and the session folder."""
