@@ -121,6 +121,8 @@ class ViewerApp:
         self.root = Path(tempfile.mkdtemp(prefix="salt-seg-viewer-"))
         atexit.register(self._remove_folder)
         self._previous_sigterm: Any = None
+        self._stop_sweeping = threading.Event()
+        self._sweeper: threading.Thread | None = None
         self.policy = UploadPolicy(max_bytes=config.max_upload_mb * 1024**2, roots=_upload_roots())
         self.guard = SessionGuard(owner_ttl_s=max(config.idle_timeout_s, 24 * 3600.0))
         self.sessions = SessionRegistry(
@@ -166,7 +168,7 @@ class ViewerApp:
         with self._initial_lock:  # one copy of the command-line volume, shared read-only by the tabs
             if self._initial_volume is None:
                 self._initial_volume = load_staged(staged, max_voxels=self.policy.max_voxels)
-        session.open(self._initial_volume, staged.source_path)
+        session.open(self._initial_volume, staged.source_path, shared=True)
         return h.full_view(session, h.opened_message(session))
 
     # --- sessions ---------------------------------------------------------------------------------------------------
@@ -442,8 +444,17 @@ class ViewerApp:
         kwargs = {**self.launch_kwargs(), **overrides}
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep, name="viewer-session-sweeper", daemon=True)
+            self._sweeper.start()
         _, url, _ = self.demo.launch(prevent_thread_lock=prevent_thread_lock, **kwargs)
         return url
+
+    def _sweep(self) -> None:
+        """Free idle sessions even when no tab sends events (at most a minute, or a quarter timeout, late)."""
+        interval = min(60.0, max(0.1, self.config.idle_timeout_s / 4))
+        while not self._stop_sweeping.wait(interval):
+            self.sessions.sweep()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - the signal handler signature
         """Remove the folder at once, then exit like Ctrl+C does (``close`` still runs in ``finally`` blocks)."""
@@ -456,6 +467,9 @@ class ViewerApp:
 
     def close(self) -> None:
         """Stop the server and free every session and the app's folder."""
+        self._stop_sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         try:
             self.demo.close()
         finally:

@@ -91,18 +91,21 @@ class ViewerSession:
         self.cursor = ""
         self.staged: Any = None  # an upload waiting for the user's series choice (handlers)
         self.upload_name = ""  # the user's name for the latest upload (messages never show server paths)
+        self.shared_volume = False  # the volume is the app's, shared by several sessions (see open)
         self.lock = threading.RLock()  # the app serialises a tab's events with it
         self.counts = VoxelCounts()  # voxels per label id, kept up to date on every write
 
     # --- volume ------------------------------------------------------------------------------------------------
-    def open(self, volume: Volume, source_path: str | Path | None = None) -> None:
+    def open(self, volume: Volume, source_path: str | Path | None = None, *, shared: bool = False) -> None:
         """Show a freshly loaded volume: RAS grid, empty label map, middle slices, a window for its modality.
 
         The model engine is (re)built for it; a model that fails to load leaves the viewer usable without one
-        (:attr:`engine_error` says why).
+        (:attr:`engine_error` says why). ``shared``: the volume is the app's, read by several sessions (the
+        command-line ``PATH``); :meth:`nbytes` leaves it out.
         """
         self._drop_engine()
         self.volume = volume
+        self.shared_volume = bool(shared)
         self.ras = volume.to_ras()
         self.source_path = Path(source_path) if source_path is not None else None
         self.modality = guess_modality(volume)
@@ -441,7 +444,8 @@ class ViewerSession:
         """Memory this session holds, in bytes: the volume (as loaded and on the RAS grid, counted once when they
         share memory), the label map, the undo snapshots, and the engine's prepared slices and cached embeddings.
 
-        An estimate for the app's memory budget (Python objects and the shared model are not counted).
+        An estimate for the app's memory budget (Python objects, the shared model and a shared volume are not
+        counted).
         """
         arrays: list[Any] = [self.labels]
         arrays += [v.array for v in (self.volume, self.ras) if v is not None]
@@ -449,13 +453,19 @@ class ViewerSession:
         engine = self.engine
         if engine is not None:
             arrays += engine.held_arrays()
+
+        def base_of(a: Any) -> Any:
+            while getattr(a, "base", None) is not None and isinstance(a.base, type(a)):
+                a = a.base  # views share their base's memory: count the base once
+            return a
+
         total, seen = 0, set()
+        if self.shared_volume and self.volume is not None:
+            seen.add(id(base_of(self.volume.array)))  # nor views of it (a RAS grid that is one)
         for a in arrays:
             if a is None:
                 continue
-            base = a
-            while getattr(base, "base", None) is not None and isinstance(base.base, type(a)):
-                base = base.base  # views share their base's memory: count the base once
+            base = base_of(a)
             if id(base) in seen:
                 continue
             seen.add(id(base))

@@ -124,12 +124,16 @@ def test_tab_close_frees_the_session(server: ViewerApp) -> None:
 def test_the_command_line_path_opens_in_every_new_tab(tmp_path: Path) -> None:
     arr, _ = ct_volume()
     src = write_nifti(tmp_path / "ct.nii.gz", arr, las_affine())
-    app = ViewerApp(ViewerConfig(path=str(src)), ModelRegistry({"oracle": oracle_loaded}))
+    app = ViewerApp(ViewerConfig(path=str(src), radius=0), ModelRegistry({"oracle": oracle_loaded}))
     try:
         a, b = app.sessions.get("a"), app.sessions.get("b")
         assert app._open_initial(a)["status"] == "opened ct"
         assert app._open_initial(b)["status"] == "opened ct"
         assert a.volume is b.volume  # read once, shared read-only
+        # ...and so left out of each session's memory (the label map, the prepared volume and the RAS grid count)
+        own = a.labels.nbytes + sum(x.nbytes for x in a.engine.held_arrays())
+        own += 0 if np.shares_memory(a.ras.array, a.volume.array) else a.ras.array.nbytes
+        assert a.nbytes() == b.nbytes() == own
         a.replace_labels(np.ones(a.ras.shape, np.uint16))
         assert not b.labels.any()  # label maps are per tab
     finally:

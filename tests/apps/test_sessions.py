@@ -246,3 +246,29 @@ def session_voxel(app: ViewerApp, i: int) -> tuple[float, float]:
     )
     v = slice_to_voxel(session.ras.shape, 2, session.ras.shape[2] // 2, 6 + i, 6 + i)
     return float(v[0]), float(v[1])
+
+
+def test_idle_sessions_are_freed_without_any_traffic(tmp_path: Path) -> None:
+    import time
+
+    from gradio_client import Client, handle_file
+
+    app = ViewerApp(
+        ViewerConfig(max_upload_mb=2, radius=0, idle_timeout_s=0.5), ModelRegistry({"oracle": oracle_loaded})
+    )
+    app.launch(prevent_thread_lock=True)
+    try:
+        client = Client(app.demo.local_url, verbose=False)
+        path, _ = own_volume(tmp_path, 0)
+        assert client.predict([handle_file(str(path))], api_name="/upload")[STATUS] == "opened vol00"
+        (session,) = app.sessions.sessions()
+        deadline = (
+            time.monotonic() + 60
+        )  # the sweeper runs every 0.125 s here; the deadline only stops a hang
+        while len(app.sessions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(app.sessions) == 0 and session.volume is None and not session.workdir.exists()
+        out = client.predict(api_name="/export")
+        assert out[STATUS] == "⚠️ your session was closed after 0 min without activity; open the volume again"
+    finally:
+        app.close()
