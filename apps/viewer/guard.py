@@ -41,7 +41,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: the request header (set by the middleware only) that carries the checked secret to the event handlers.
 SECRET_HEADER = "x-salt-seg-viewer-secret"
 API_PREFIX = "/gradio_api"
-#: largest JSON body inspected for a session hash (Gradio's event bodies hold file references, not files).
+#: largest request body (other than a file upload) accepted: Gradio's event bodies hold file references, not files.
 MAX_JSON_BODY = 4 * 1024**2
 
 
@@ -173,7 +173,10 @@ class GuardMiddleware:
         refusal = self._file_refusal(scope)
         hashes = _path_hashes(scope.get("path", ""))
         hashes += parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [])
-        if refusal is None and scope.get("method") == "POST" and "json" in _header(scope, b"content-type"):
+        # every POST body but a file upload's is read: FastAPI parses JSON from any content type that is not a
+        # form (even a missing or upper-case one), so checking only ``application/json`` would be a way round
+        content_type = _header(scope, b"content-type").lower()
+        if refusal is None and scope.get("method") == "POST" and not content_type.startswith("multipart/"):
             body, receive = await _read_body(receive)
             if body is None:
                 refusal = (413, b"request body too large")
@@ -197,12 +200,17 @@ class GuardMiddleware:
         await self.app(scope, receive, send_with_cookie)
 
     def _file_refusal(self, scope: Scope) -> tuple[int, bytes] | None:
+        """403 for Gradio's file routes (``/file=PATH`` and the older ``/file/PATH``) naming an uploaded file."""
         path = scope.get("path", "")
-        marker = f"{API_PREFIX}/file="
-        if not path.startswith(marker):
+        for marker in (f"{API_PREFIX}/file=", f"{API_PREFIX}/file/"):
+            if path.startswith(marker):
+                target = path[len(marker) :]
+                break
+        else:
             return None
-        target = path[len(marker) :]
-        candidates = {os.path.normpath(os.path.abspath(target)), os.path.realpath(target)}
+        candidates = set()
+        for t in (target, "/" + target.lstrip("/")):
+            candidates |= {os.path.normpath(os.path.abspath(t)), os.path.realpath(t)}
         if any(self.is_upload(c) for c in candidates):
             return _forbidden("uploaded files are not served")
         return None

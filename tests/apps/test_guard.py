@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,10 @@ def test_a_forged_session_hash_gets_nothing(server: ViewerApp, tmp_path: Path) -
     assert stream.status_code == 403 and stream.text == "this session belongs to another client"
     body = {"data": [], "fn_index": 0, "session_hash": owner.session_hash}
     assert requests.post(f"{url}gradio_api/queue/join", json=body, timeout=10).status_code == 403
+    for content_type in (None, "APPLICATION/JSON", "text/plain"):  # FastAPI reads JSON from all of them
+        headers = {"content-type": content_type} if content_type else {}
+        r = requests.post(f"{url}gradio_api/queue/join", data=json.dumps(body), headers=headers, timeout=10)
+        assert r.status_code == 403, content_type
     assert requests.get(f"{url}gradio_api/heartbeat/{owner.session_hash}", timeout=10).status_code == 403
     # a secret the server did not issue is replaced by one it did
     r = requests.get(url, cookies={next(iter(owner.cookies)): "chosen.by-the-client"}, timeout=10)
@@ -111,6 +116,16 @@ def test_uploaded_files_are_never_served_and_are_deleted_once_read(server: Viewe
     (read,) = set(server.demo.upload_file_set) - before
     assert not Path(read).exists()
     assert requests.get(f"{url}gradio_api/file={read}", timeout=10).status_code == 403
+    folder, name = str(Path(pending).parent), Path(pending).name
+    for route in (
+        f"file={pending}",
+        f"file/{pending}",
+        f"file/{pending.lstrip('/')}",
+        f"file={folder}/./{name}",
+    ):
+        r = requests.get(f"{url}gradio_api/{route}", timeout=10)
+        assert (r.status_code, r.text) == (403, "uploaded files are not served"), route
+        assert requests.head(f"{url}gradio_api/{route}", timeout=10).status_code == 403, route
     (session,) = server.sessions.sessions()
     assert session.source_path.read_bytes() == src.read_bytes() and session.source_path.is_relative_to(
         session.workdir
