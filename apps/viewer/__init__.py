@@ -10,7 +10,8 @@ Layers, each importable without the next:
 :mod:`.actions`           volume-wide actions through the library (auto, propagate, export, prompt files)
 :mod:`.uploads`           uploaded files -> a volume, with size and path checks and a DICOM series picker
 :mod:`.handlers`          UI events -> session calls -> named updates (unit-tested directly)
-:mod:`.sessions`          per-tab sessions and their freeing
+:mod:`.sessions`          per-tab sessions, freed by memory budget and idle time, least recently used first
+:mod:`.guard`             server-issued session secrets, session hashes bound to them, uploads never served
 :mod:`.page`              the page's hover script and CSS
 :mod:`.app`               the Gradio page, its wiring, safe launch defaults
 ========================  ==================================================================================

@@ -6,16 +6,25 @@ Safety defaults (see the README's Viewer section):
 * uploads are capped (``max_file_size`` for Gradio, and again in :mod:`apps.viewer.uploads` for the total of
   several files and for what a zip expands to); only files Gradio received are read, plus the one path given on
   the command line -- the page cannot name a server path, and no ``allowed_paths`` are granted;
-* each browser tab gets its own :class:`~apps.viewer.session.ViewerSession` (keyed by Gradio's session hash), with
-  its own folder; it is freed when the tab closes (``unload``), after ``idle_timeout_s`` without events, or when
-  more than ``max_sessions`` are open (least recently used first);
+* each browser tab gets its own :class:`~apps.viewer.session.ViewerSession`, with its own folder, keyed by a
+  server-issued secret (an ``HttpOnly`` cookie) together with the tab's session hash, and each session hash is bound
+  to the secret that first used it (:mod:`apps.viewer.guard`): a client that sends another tab's hash gets nothing;
+* a session is freed when the tab closes (``unload``), after ``idle_timeout_s`` without events, or, least recently
+  used first, when the sessions together hold more than ``memory_budget_mb`` (:mod:`apps.viewer.sessions`); its
+  tab's next event says so;
+* uploads are moved out of Gradio's upload folder into the session's folder before they are read (a label map or
+  prompt file is deleted once read), and files that came through the upload route are never served back;
+* messages name the user's files, never a server path;
+* the app's temporary folder is removed on ``close``, at interpreter exit and on SIGTERM;
 * a bad upload or any failing action shows one readable line in the page and the app keeps working.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Callable
@@ -24,12 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from apps.viewer import handlers as h
 from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
+from apps.viewer.guard import SECRET_HEADER, GuardMiddleware, SessionGuard, upload_checker
 from apps.viewer.page import CSS, HOVER_SCRIPT
 from apps.viewer.session import PRESETS, TOOLS, ViewerSession
-from apps.viewer.sessions import SessionRegistry
+from apps.viewer.sessions import SessionRegistry, freed_message
 from apps.viewer.uploads import Staged, UploadPolicy, load_staged, stage_upload
 
 log = logging.getLogger(__name__)
@@ -50,7 +61,9 @@ class ViewerConfig:
         cache_size: slice embeddings kept per session.
         radius: neighbouring slices embedded in the background on each side.
         idle_timeout_s: a session without events for this long is freed.
-        max_sessions: sessions kept at once (the least recently used is freed first).
+        memory_budget_mb: what all sessions together may hold (volumes, label maps, undo, embeddings); beyond it
+            the least recently used sessions are freed.
+        max_sessions: sessions kept at once (a guard against floods of empty sessions; empty ones are freed first).
         builtin: offer the built-in base.
     """
 
@@ -64,7 +77,8 @@ class ViewerConfig:
     cache_size: int = 48
     radius: int = 3
     idle_timeout_s: float = 4 * 3600.0
-    max_sessions: int = 8
+    memory_budget_mb: int = 8192
+    max_sessions: int = 256
     builtin: bool = True
 
     def __post_init__(self) -> None:
@@ -74,6 +88,10 @@ class ViewerConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.memory_budget_mb < 1:
+            raise ValueError(f"memory_budget_mb must be >= 1, got {self.memory_budget_mb}")
+        if not self.idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
         if not self.builtin and self.model is None:
             raise ValueError("no model to offer: keep the built-in base or give a trained model")
 
@@ -101,9 +119,18 @@ class ViewerApp:
         self.config = config
         self.registry = registry or default_registry(config)
         self.root = Path(tempfile.mkdtemp(prefix="salt-seg-viewer-"))
+        atexit.register(self._remove_folder)
+        self._previous_sigterm: Any = None
+        self._stop_sweeping = threading.Event()
+        self._sweeper: threading.Thread | None = None
         self.policy = UploadPolicy(max_bytes=config.max_upload_mb * 1024**2, roots=_upload_roots())
+        self.guard = SessionGuard(owner_ttl_s=max(config.idle_timeout_s, 24 * 3600.0))
         self.sessions = SessionRegistry(
-            self._new_session, self.root / "sessions", config.idle_timeout_s, config.max_sessions
+            self._new_session,
+            self.root / "sessions",
+            idle_timeout_s=config.idle_timeout_s,
+            memory_budget_bytes=config.memory_budget_mb * 1024**2,
+            max_sessions=config.max_sessions,
         )
         self._initial: Staged | None = None
         self._initial_volume: Any = None
@@ -141,8 +168,47 @@ class ViewerApp:
         with self._initial_lock:  # one copy of the command-line volume, shared read-only by the tabs
             if self._initial_volume is None:
                 self._initial_volume = load_staged(staged, max_voxels=self.policy.max_voxels)
-        session.open(self._initial_volume, staged.source_path)
+        session.open(self._initial_volume, staged.source_path, shared=True)
         return h.full_view(session, h.opened_message(session))
+
+    # --- sessions ---------------------------------------------------------------------------------------------------
+    def session_key(self, request: gr.Request) -> str:
+        """The key of the request's session: its server-issued secret (checked) and its tab's session hash.
+
+        Raises:
+            PermissionError: no valid secret (the request did not pass through :class:`GuardMiddleware`).
+        """
+        secret = dict(getattr(request, "headers", {}) or {}).get(SECRET_HEADER, "")
+        return self.guard.session_key(secret, str(request.session_hash or ""))
+
+    def run_event(
+        self,
+        request: gr.Request,
+        handler: Callable[[ViewerSession], h.Updates],
+        *,
+        note: bool = True,
+        lock: bool = True,
+    ) -> h.Updates:
+        """Run ``handler`` on the request's session, under the session's lock unless ``lock=False`` (the hover
+        readout, which only reads and must not queue up behind a long propagation).
+
+        The first event after the registry freed the tab's session gets a fresh session and, unless the event
+        opened a volume, the reason as its status (``note=False``: leave the reason for a later event, for events
+        whose output has no status line).
+        """
+        try:
+            key = self.session_key(request)
+        except PermissionError as exc:
+            return {"status": f"⚠️ {exc}"}
+        with self.sessions.use(key, take_note=note) as (session, freed):
+            if lock:
+                with session.lock:
+                    out = handler(session)
+            else:
+                out = handler(session)
+            if freed is not None and not session.has_volume:
+                out = {**out, "status": freed_message(freed)}
+        return out
 
     # --- page -------------------------------------------------------------------------------------------------------
     def _build(self) -> gr.Blocks:  # noqa: PLR0915 - one linear layout
@@ -267,9 +333,7 @@ class ViewerApp:
                 request), running ``handler(session, *inputs, *extra)`` under the tab's lock."""
 
                 def call(request: gr.Request, args: tuple[Any, ...]) -> dict[Any, Any]:
-                    session = self.sessions.get(request.session_hash)
-                    with session.lock:
-                        return to_gradio(handler(session, *args, *extra))
+                    return to_gradio(self.run_event(request, lambda s: handler(s, *args, *extra)))
 
                 if n == 0:
 
@@ -293,27 +357,27 @@ class ViewerApp:
                 def fn(
                     request: gr.Request, progress: gr.Progress = gr.Progress(track_tqdm=True)
                 ) -> dict[Any, Any]:  # noqa: B008
-                    session = self.sessions.get(request.session_hash)
-                    with session.lock:
-                        return to_gradio(handler(session, lambda f, d: progress(f, desc=d)))
+                    return to_gradio(
+                        self.run_event(request, lambda s: handler(s, lambda f, d: progress(f, desc=d)))
+                    )
 
                 return fn
 
             def on_select(request: gr.Request, evt: gr.SelectData) -> dict[Any, Any]:
-                session = self.sessions.get(request.session_hash)
-                with session.lock:
-                    return to_gradio(h.on_select(session, evt))
+                return to_gradio(self.run_event(request, lambda s: h.on_select(s, evt)))
 
             def on_hover(text: str, request: gr.Request) -> dict[Any, Any]:
-                return to_gradio(h.on_hover(self.sessions.get(request.session_hash), text))
+                out = self.run_event(request, lambda s: h.on_hover(s, text), note=False, lock=False)
+                return to_gradio({"cursor": out.get("cursor", "")})
 
             def on_load(request: gr.Request) -> dict[Any, Any]:
-                session = self.sessions.get(request.session_hash)
-                with session.lock:
-                    return to_gradio(self._open_initial(session))
+                return to_gradio(self.run_event(request, self._open_initial))
 
             def on_unload(request: gr.Request) -> None:
-                self.sessions.close(request.session_hash)
+                try:
+                    self.sessions.close(self.session_key(request))
+                except PermissionError:
+                    pass
 
             quiet = {"show_progress": "hidden"}
             demo.load(on_load, None, outputs, api_name="load")
@@ -359,7 +423,12 @@ class ViewerApp:
     # --- running ------------------------------------------------------------------------------------------------------
     def launch_kwargs(self) -> dict[str, Any]:
         """What :meth:`launch` passes to ``Blocks.launch`` (tests reuse it with ``prevent_thread_lock``)."""
+        # Gradio's own record of what came through its upload route
+        guard = Middleware(
+            GuardMiddleware, guard=self.guard, is_upload=upload_checker(self.demo.upload_file_set)
+        )
         return {
+            "app_kwargs": {"middleware": [guard]},
             "server_name": self.config.host,
             "server_port": self.config.port,
             "max_file_size": f"{self.config.max_upload_mb}mb",
@@ -373,16 +442,43 @@ class ViewerApp:
     def launch(self, *, prevent_thread_lock: bool = False, **overrides: Any) -> str:
         """Start the server; returns its local URL (blocks unless ``prevent_thread_lock``)."""
         kwargs = {**self.launch_kwargs(), **overrides}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep, name="viewer-session-sweeper", daemon=True)
+            self._sweeper.start()
         _, url, _ = self.demo.launch(prevent_thread_lock=prevent_thread_lock, **kwargs)
         return url
 
+    def _sweep(self) -> None:
+        """Free idle sessions even when no tab sends events (at most a minute, or a quarter timeout, late)."""
+        interval = min(60.0, max(0.1, self.config.idle_timeout_s / 4))
+        while not self._stop_sweeping.wait(interval):
+            self.sessions.sweep()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - the signal handler signature
+        """Remove the folder at once, then exit like Ctrl+C does (``close`` still runs in ``finally`` blocks)."""
+        log.info("SIGTERM: removing %s and stopping", self.root)
+        self._remove_folder()
+        raise SystemExit(128 + signum)
+
+    def _remove_folder(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def close(self) -> None:
         """Stop the server and free every session and the app's folder."""
+        self._stop_sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         try:
             self.demo.close()
         finally:
             self.sessions.close_all()
-            shutil.rmtree(self.root, ignore_errors=True)
+            self._remove_folder()
+            atexit.unregister(self._remove_folder)
+            if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
 
 
 def _upload_roots() -> list[Path]:

@@ -225,6 +225,15 @@ class SegmentationEngine:
         """A library backend on this engine's predictor (hold :attr:`lock` while it runs)."""
         return PredictorBackend(self.predictor, self.prepared(axis))
 
+    def held_arrays(self) -> list[Any]:
+        """The large arrays this engine holds: the prepared volume and the cached slice embeddings (memory budget)."""
+        with self.lock:
+            prepared = [p.image for p in self._prepared.values()]
+            cached = [
+                emb for emb, _ in self.predictor._cache.values()
+            ]  # the predictor has no public view of it
+        return prepared + cached
+
     def close(self) -> None:
         """Stop prefetching and drop the cached embeddings."""
         self.prefetcher.close()

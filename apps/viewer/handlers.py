@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,15 @@ import numpy as np
 
 from apps.viewer import actions
 from apps.viewer.session import AXIS_NAMES, PRESETS, TOOLS, Progress, ViewerSession
-from apps.viewer.uploads import Staged, UploadPolicy, check_uploaded, load_staged, stage_upload
+from apps.viewer.uploads import (
+    Staged,
+    UploadPolicy,
+    check_uploaded,
+    discard_upload,
+    load_staged,
+    stage_upload,
+    take_uploads,
+)
 from salt_seg.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -35,12 +45,27 @@ PRESET_NAMES = {
 USER_ERRORS = (DataError, ValueError, FileNotFoundError, RuntimeError, IndexError)
 
 
-def error_text(exc: BaseException) -> str:
+#: an absolute path of two or more parts inside a message (a server path: only its last part is shown).
+_SERVER_PATH = re.compile(r"(?<![\w.~])(?:/[^\s'\"`,;()\[\]<>]+){2,}")
+#: the folders an upload is staged in (``upload-3``, ``incoming-2``) and the index prefix of several files.
+_STAGING = re.compile(r"\b(?:upload|incoming)-\d+\b")
+_INDEX_PREFIX = re.compile(r"^\d{5}_")
+
+
+def user_facing(text: str, upload_name: str = "") -> str:
+    """``text`` without server paths: a path becomes its file name, a staging folder the upload's name."""
+    text = _SERVER_PATH.sub(lambda m: _INDEX_PREFIX.sub("", Path(m.group(0)).name), text)
+    return _STAGING.sub(upload_name or "the upload", text)
+
+
+def error_text(exc: BaseException, upload_name: str = "") -> str:
     """One readable line; a :class:`DataError` names the file, never the server folder it sits in."""
     if isinstance(exc, DataError):
-        return f"{exc.path.name}: {exc.problem}" if exc.path is not None else exc.problem
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
+        name = _INDEX_PREFIX.sub("", exc.path.name) if exc.path is not None else ""
+        text = f"{name}: {exc.problem}" if name else exc.problem
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return user_facing(text, upload_name)
 
 
 def guarded(fn: Callable[..., Updates]) -> Callable[..., Updates]:
@@ -52,13 +77,14 @@ def guarded(fn: Callable[..., Updates]) -> Callable[..., Updates]:
             return fn(session, *args, **kwargs)
         except USER_ERRORS as exc:
             out = view(session)
-            out["status"] = f"⚠️ {error_text(exc)}"
+            out["status"] = f"⚠️ {error_text(exc, session.upload_name)}"
             return out
         except Exception as exc:  # noqa: BLE001 - the page must survive a bug; the log keeps the traceback
             log.exception("viewer handler %s failed", fn.__name__)
             out = view(session)
             out["status"] = (
-                f"⚠️ internal error ({type(exc).__name__}: {error_text(exc)}); the viewer is still usable"
+                f"⚠️ internal error ({type(exc).__name__}: {error_text(exc, session.upload_name)}); "
+                "the viewer is still usable"
             )
             return out
 
@@ -132,7 +158,11 @@ def on_upload(session: ViewerSession, files: list[str] | str | None, policy: Upl
     """Stage the uploaded files; open the volume, or ask for a series when there are several."""
     if not files:
         return {"status": "no file"}
-    staged = stage_upload([files] if isinstance(files, str) else list(files), session.workdir, policy)
+    paths = [Path(f) for f in ([files] if isinstance(files, str) else list(files)) if f]
+    session.upload_name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
+    # out of Gradio's upload folder (which it serves) into the session's own, before anything is read
+    local = take_uploads(paths, session.workdir, policy)
+    staged = stage_upload(local, session.workdir, replace(policy, roots=[session.workdir]))
     return _open_staged(session, staged, policy)
 
 
@@ -351,21 +381,30 @@ def on_save_prompts(session: ViewerSession) -> Updates:
 def on_load_prompts(session: ViewerSession, file: str | None, policy: UploadPolicy) -> Updates:
     if not file:
         return {"status": ""}
-    path = _uploaded_file(file, policy)
-    msg = actions.load_prompts(session, path)
-    return full_view(session, msg)
+    return _read_upload(session, file, policy, lambda p: actions.load_prompts(session, p))
 
 
 @guarded
 def on_load_labels(session: ViewerSession, file: str | None, policy: UploadPolicy) -> Updates:
     if not file:
         return {"status": ""}
-    path = _uploaded_file(file, policy)
-    msg = actions.load_label_map(session, path)
-    return full_view(session, msg)
+    return _read_upload(session, file, policy, lambda p: actions.load_label_map(session, p))
 
 
 def _uploaded_file(file: str, policy: UploadPolicy) -> Path:
     path = Path(file)
     check_uploaded([path], policy)
     return path
+
+
+def _read_upload(
+    session: ViewerSession, file: str, policy: UploadPolicy, read: Callable[[Path], str]
+) -> Updates:
+    """Check an uploaded file, read it with ``read`` and delete it from Gradio's upload folder (read or not)."""
+    session.upload_name = Path(file).name
+    path = _uploaded_file(file, policy)
+    try:
+        msg = read(path)
+    finally:
+        discard_upload(path, policy)
+    return full_view(session, msg)

@@ -90,18 +90,22 @@ class ViewerSession:
         self.engine_error: str | None = None
         self.cursor = ""
         self.staged: Any = None  # an upload waiting for the user's series choice (handlers)
+        self.upload_name = ""  # the user's name for the latest upload (messages never show server paths)
+        self.shared_volume = False  # the volume is the app's, shared by several sessions (see open)
         self.lock = threading.RLock()  # the app serialises a tab's events with it
         self.counts = VoxelCounts()  # voxels per label id, kept up to date on every write
 
     # --- volume ------------------------------------------------------------------------------------------------
-    def open(self, volume: Volume, source_path: str | Path | None = None) -> None:
+    def open(self, volume: Volume, source_path: str | Path | None = None, *, shared: bool = False) -> None:
         """Show a freshly loaded volume: RAS grid, empty label map, middle slices, a window for its modality.
 
         The model engine is (re)built for it; a model that fails to load leaves the viewer usable without one
-        (:attr:`engine_error` says why).
+        (:attr:`engine_error` says why). ``shared``: the volume is the app's, read by several sessions (the
+        command-line ``PATH``); :meth:`nbytes` leaves it out.
         """
         self._drop_engine()
         self.volume = volume
+        self.shared_volume = bool(shared)
         self.ras = volume.to_ras()
         self.source_path = Path(source_path) if source_path is not None else None
         self.modality = guess_modality(volume)
@@ -435,6 +439,41 @@ class ViewerSession:
             }
             for cid, name in sorted(names.items())
         }
+
+    def nbytes(self) -> int:
+        """Memory this session holds, in bytes: the volume (as loaded and on the RAS grid, counted once when they
+        share memory), the label map, the undo snapshots, and the engine's prepared slices and cached embeddings.
+
+        An estimate for the app's memory budget (Python objects, the shared model and a shared volume are not
+        counted).
+        """
+        arrays: list[Any] = [self.labels]
+        arrays += [v.array for v in (self.volume, self.ras) if v is not None]
+        arrays += [snap.labels for snap in self.history.snapshots()]
+        engine = self.engine
+        if engine is not None:
+            arrays += engine.held_arrays()
+
+        def base_of(a: Any) -> Any:
+            while getattr(a, "base", None) is not None and isinstance(a.base, type(a)):
+                a = a.base  # views share their base's memory: count the base once
+            return a
+
+        total, seen = 0, set()
+        if self.shared_volume and self.volume is not None:
+            seen.add(id(base_of(self.volume.array)))  # nor views of it (a RAS grid that is one)
+        for a in arrays:
+            if a is None:
+                continue
+            base = base_of(a)
+            if id(base) in seen:
+                continue
+            seen.add(id(base))
+            nbytes = getattr(base, "nbytes", None)
+            if nbytes is None and hasattr(base, "element_size"):  # a torch tensor
+                nbytes = base.element_size() * base.nelement()
+            total += int(nbytes or 0)
+        return total
 
     def close(self) -> None:
         """Free everything: the engine's thread and cache, the arrays and the session folder."""

@@ -123,6 +123,10 @@ class SliceHistory:
     def depth(self, key: SliceKey) -> int:
         return len(self._stacks.get(key, ()))
 
+    def snapshots(self) -> list[Snapshot]:
+        """Every snapshot held, all slices (for memory accounting)."""
+        return [snap for stack in list(self._stacks.values()) for snap in stack]
+
     def clear(self) -> None:
         self._stacks.clear()
 

@@ -92,6 +92,65 @@ def check_uploaded(paths: Sequence[Path], policy: UploadPolicy) -> None:
         )
 
 
+def take_uploads(files: Sequence[str | Path], workdir: str | Path, policy: UploadPolicy) -> list[Path]:
+    """Check uploaded files and move them out of Gradio's upload folder into ``workdir/incoming-N/<i>/<name>``.
+
+    Gradio serves its upload folder, so an upload is taken out of it before it is read; file names are kept (the
+    page shows them). Afterwards the upload exists only in the session's folder, and goes with the session.
+
+    Raises:
+        ValueError: no file, a path outside the upload folder, too large, or gone (taken by an identical upload
+            from another tab at the same moment: Gradio stores uploads by content).
+    """
+    paths = [Path(f) for f in files if f]
+    if not paths:
+        raise ValueError("no file uploaded")
+    check_uploaded(paths, policy)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    dest = work / f"incoming-{sum(1 for _ in work.glob('incoming-*'))}"
+    dest.mkdir()
+    taken = []
+    for i, p in enumerate(paths):
+        target = dest / str(i) / p.name
+        target.parent.mkdir()
+        try:
+            if _in_roots(p, policy):
+                shutil.move(p, target)  # a rename on one file system
+            else:  # no upload folder to take it out of (a policy without roots: tests, the command line)
+                shutil.copyfile(p, target)
+        except FileNotFoundError:
+            raise ValueError(f"{p.name}: the upload is no longer on the server; upload it again") from None
+        _remove_empty_folder(p.parent, policy)
+        taken.append(target)
+    return taken
+
+
+def discard_upload(path: str | Path, policy: UploadPolicy) -> None:
+    """Delete an uploaded file from Gradio's upload folder (and its folder when empty); other paths are left."""
+    p = Path(path)
+    if not _in_roots(p, policy):
+        return
+    p.unlink(missing_ok=True)
+    _remove_empty_folder(p.parent, policy)
+
+
+def _in_roots(path: Path, policy: UploadPolicy) -> bool:
+    real = path.resolve()
+    return any(real.is_relative_to(r) for r in policy.roots)
+
+
+def _remove_empty_folder(folder: Path, policy: UploadPolicy) -> None:
+    """Remove Gradio's per-upload folder once empty (never an upload root itself)."""
+    real = folder.resolve()
+    if real in policy.roots or not _in_roots(real, policy):
+        return
+    try:
+        real.rmdir()
+    except OSError:  # not empty (another upload of the same content) or already gone
+        pass
+
+
 def stage_upload(files: Sequence[str | Path], workdir: str | Path, policy: UploadPolicy) -> Staged:
     """Check uploaded files and lay them out in ``workdir`` (a fresh sub-folder per upload).
 

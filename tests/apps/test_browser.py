@@ -117,7 +117,7 @@ def test_upload_click_overlay_export_in_chromium(server: ViewerApp, page, tmp_pa
     page.wait_for_function(
         "() => { const i = document.querySelector('#viewer-image img'); return i && i.naturalWidth > 0; }"
     )
-    (session,) = [s for s, _ in server.sessions._sessions.values()]
+    (session,) = server.sessions.sessions()
     geo = session.geometry()
     assert page.locator("#viewer-image img").evaluate("i => [i.naturalWidth, i.naturalHeight]") == [
         geo.width,

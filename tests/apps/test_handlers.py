@@ -536,3 +536,32 @@ def test_volume_counts_stay_equal_to_the_library_summary(make_session, ct_nifti)
     expected = structure_stats(s.labels, s.ras.geometry, s.label_set.names)
     assert s.volumes() == expected
     assert expected["1"]["voxels"] > 0 and expected["2"]["voxels"] > 0
+
+
+def test_messages_name_the_users_files_never_server_paths(make_session, tmp_path):
+    import zipfile
+
+    s = make_session()
+    notes = tmp_path / "notes.zip"
+    with zipfile.ZipFile(notes, "w") as zf:
+        zf.writestr("a.txt", "x")
+        zf.writestr("b.txt", "y")
+    assert (
+        h.on_upload(s, [str(notes)], POLICY)["status"] == "⚠️ notes.zip: no DICOM files found in this folder"
+    )
+    (tmp_path / "a.dcm").write_bytes(b"junk")
+    (tmp_path / "b.dcm").write_bytes(b"junk")
+    out = h.on_upload(s, [str(tmp_path / "a.dcm"), str(tmp_path / "b.dcm")], POLICY)
+    assert out["status"] == "⚠️ 2 files: no DICOM files found in this folder"
+    gradio_path = "/tmp/gradio/3bd74287/ct scan.nii.gz"
+    assert h.user_facing(f"cannot read {gradio_path}: bad header", "ct scan.nii.gz") == (
+        "cannot read ct scan.nii.gz: bad header"
+    )
+    assert (
+        h.user_facing(f"'{s.workdir}/upload-9' holds no image", "study.zip") == "'study.zip' holds no image"
+    )
+    assert h.user_facing("spacing 0.9/1.1 mm, W/L 400/40", "x") == "spacing 0.9/1.1 mm, W/L 400/40"
+    assert (
+        h.error_text(ValueError(f"{s.workdir}/incoming-0/0/00003_slice.dcm: bad"), "3 files")
+        == "slice.dcm: bad"
+    )

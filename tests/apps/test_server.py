@@ -42,7 +42,7 @@ def test_upload_click_export_through_the_client(server: ViewerApp, tmp_path: Pat
     client = Client(url, verbose=False)
     out = client.predict([handle_file(str(src))], api_name="/upload")
     assert out[STATUS] == "opened ct"
-    (session,) = [s for s, _ in server.sessions._sessions.values()]
+    (session,) = server.sessions.sessions()
     before = png(out[IMAGE])
     assert np.array_equal(before, session.render())  # PNG: the page gets exactly the rendered pixels
     # click the blob's centre on the viewed (axial, middle) slice
@@ -121,33 +121,19 @@ def test_tab_close_frees_the_session(server: ViewerApp) -> None:
     assert "abc" not in server.sessions and not folder.exists() and s.labels is None
 
 
-def test_idle_and_surplus_sessions_are_freed(tmp_path: Path) -> None:
-    from apps.viewer.session import ViewerSession
-    from apps.viewer.sessions import SessionRegistry
-
-    reg = ModelRegistry({"oracle": oracle_loaded})
-    sessions = SessionRegistry(lambda d: ViewerSession(reg, d), tmp_path, idle_timeout_s=3600, max_sessions=2)
-    one = sessions.get("one")
-    assert sessions.get("one") is one
-    sessions.get("two")
-    sessions.get("three")  # capacity 2: "one" (least recently used) is freed
-    assert "one" not in sessions and len(sessions) == 2 and not one.workdir.exists()
-    sessions.idle_timeout_s = 0.0
-    sessions.get("four")  # every other session is idle now
-    assert len(sessions) == 1 and "four" in sessions
-    sessions.close_all()
-    assert len(sessions) == 0
-
-
 def test_the_command_line_path_opens_in_every_new_tab(tmp_path: Path) -> None:
     arr, _ = ct_volume()
     src = write_nifti(tmp_path / "ct.nii.gz", arr, las_affine())
-    app = ViewerApp(ViewerConfig(path=str(src)), ModelRegistry({"oracle": oracle_loaded}))
+    app = ViewerApp(ViewerConfig(path=str(src), radius=0), ModelRegistry({"oracle": oracle_loaded}))
     try:
         a, b = app.sessions.get("a"), app.sessions.get("b")
         assert app._open_initial(a)["status"] == "opened ct"
         assert app._open_initial(b)["status"] == "opened ct"
         assert a.volume is b.volume  # read once, shared read-only
+        # ...and so left out of each session's memory (the label map, the prepared volume and the RAS grid count)
+        own = a.labels.nbytes + sum(x.nbytes for x in a.engine.held_arrays())
+        own += 0 if np.shares_memory(a.ras.array, a.volume.array) else a.ras.array.nbytes
+        assert a.nbytes() == b.nbytes() == own
         a.replace_labels(np.ones(a.ras.shape, np.uint16))
         assert not b.labels.any()  # label maps are per tab
     finally:
@@ -174,3 +160,56 @@ def test_a_command_line_folder_with_two_series_offers_the_picker(tmp_path: Path)
         assert out["status"].startswith("opened series-") and s.volume.shape[2] == 3
     finally:
         app.close()
+
+
+def test_the_sigterm_handler_removes_the_folder_and_exits() -> None:
+    import signal
+
+    app = ViewerApp(ViewerConfig(), ModelRegistry({"oracle": oracle_loaded}))
+    try:
+        assert app.sessions.get("tab").workdir.is_dir() and app.root.is_dir()
+        with pytest.raises(SystemExit) as exc:
+            app._on_sigterm(signal.SIGTERM, None)
+        assert exc.value.code == 128 + signal.SIGTERM and not app.root.exists()
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_apps_folder(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "from apps.viewer.app import ViewerApp, ViewerConfig\n"
+        "from apps.viewer.engine import ModelRegistry\n"
+        "from tests.apps.conftest import oracle_loaded\n"
+        "app = ViewerApp(ViewerConfig(), ModelRegistry({'oracle': oracle_loaded}))\n"
+        "app.launch(prevent_thread_lock=True)\n"
+        "(app.sessions.get('tab').workdir / 'work.bin').write_bytes(b'x')\n"
+        "print(app.root, flush=True)\n"
+        "app.demo.block_thread()\n"  # no try/finally: the signal handler alone must clean up
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        root = Path(proc.stdout.readline().strip())
+        assert root.name.startswith("salt-seg-viewer-") and any(root.rglob("work.bin"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not root.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
