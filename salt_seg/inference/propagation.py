@@ -5,8 +5,8 @@ widened by ``box_margin_px``). A direction stops at the first slice whose predic
 is *not* kept:
 
 * ``min_area``: the mask has fewer than ``min_area_px`` pixels (or is empty: the structure ended);
-* ``iou``: the model's predicted IoU is below ``iou_threshold`` (0 disables the check: salt_seg's own training
-  does not train SAM's IoU head, so its models' predicted IoU carries no signal; Meta's SAM's does);
+* ``iou``: the model's predicted IoU is below ``iou_threshold`` (0 disables the check; the built-in bases train
+  SAM's IoU head, and on base v2 it is the rule that stops leaks, see the README);
 * ``stability``: SAM's stability score of the mask (``|logit > 1| / |logit > -1|``, no trained head needed) is
   below ``stability_threshold`` (0 disables);
 * ``area_ratio``: the mask is smaller than ``min_area_ratio`` x the previous kept mask (the structure ended and the
@@ -53,8 +53,8 @@ class PropagationSettings:
         max_slices: keep at most this many slices per direction (``None``: no limit).
     """
 
-    iou_threshold: float = 0.0
-    stability_threshold: float = 0.6
+    iou_threshold: float = 0.7
+    stability_threshold: float = 0.4
     min_area_ratio: float = 0.5
     max_area_ratio: float = math.inf
     min_area_px: int = 1
