@@ -4,8 +4,8 @@ Each subcommand lives in ``salt_seg/commands/<name>.py`` and exposes ``HELP`` (o
 and ``run(args) -> int``. Command modules import nothing heavy at module level, so ``salt-seg --help`` and
 ``--version`` are instant; torch & co. are imported inside ``run``.
 
-User mistakes (``ValueError``, ``FileNotFoundError``, ...) become one ``salt-seg: error: ...`` line and exit
-status 2; a traceback is shown only for genuine bugs, or for everything with ``SALT_SEG_DEBUG=1``.
+User mistakes (``ValueError``, ``FileNotFoundError``, ...) and a run directory that cannot be written (disk full,
+read-only: ``RunDirWriteError``) become one ``salt-seg: error: ...`` line and exit status 2; a traceback is shown only for genuine bugs, or for everything with ``SALT_SEG_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -71,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    from salt_seg.training.rundir import RunDirWriteError  # light: a full disk or read-only run directory
+
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("salt-seg: interrupted", file=sys.stderr)
         return 130
-    except (UserError, *USER_ERRORS) as exc:
+    except (UserError, RunDirWriteError, *USER_ERRORS) as exc:
         if os.environ.get("SALT_SEG_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

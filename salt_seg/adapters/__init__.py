@@ -37,6 +37,7 @@ from salt_seg.adapters.inject import (
 from salt_seg.adapters.io import (
     FORMAT_VERSION,
     adapter_state_dict,
+    encode_adapter,
     load_adapter,
     model_base_hash,
     read_adapter_metadata,
@@ -77,6 +78,7 @@ __all__ = [
     "declared_parameters",
     "decompose_layers",
     "default_cache_dir",
+    "encode_adapter",
     "format_report",
     "get_adapter_spec",
     "get_record",

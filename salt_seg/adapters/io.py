@@ -56,8 +56,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: params[n].detach().to("cpu").contiguous() for n in record.trainable}
 
 
-def save_adapter(
-    path: str | Path,
+def encode_adapter(
     model: nn.Module,
     config: AdapterConfig | None = None,
     *,
@@ -66,11 +65,12 @@ def save_adapter(
     preprocessing: Any = None,
     class_names: list[str] | dict[int, str] | None = None,
     extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write the model's trainable tensors and metadata to a safetensors file (atomically).
+) -> bytes:
+    """The bytes of an adapter file: the model's trainable tensors and metadata, safetensors-encoded.
+
+    Callers that write the bytes themselves (the training checkpoints) get the same file as :func:`save_adapter`.
 
     Args:
-        path: output file (``.safetensors``).
         model: a model after :func:`~salt_seg.adapters.inject.inject_adapters`.
         config: the adapter config (must equal the injected one; defaults to it).
         base_variant: SAM variant name of the base model.
@@ -79,14 +79,11 @@ def save_adapter(
         class_names: label names (list, or ``{id: name}``).
         extra: any other JSON-serialisable metadata (step, dataset hash, ...).
 
-    Returns:
-        The path written.
-
     Raises:
         ValueError: ``config`` differs from the injected one, or metadata is not JSON-serialisable.
         RuntimeError: no adapter injected.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from salt_seg import __version__
 
@@ -115,10 +112,46 @@ def save_adapter(
         }
     except TypeError as exc:
         raise ValueError(f"save_adapter: metadata is not JSON-serialisable ({exc})") from None
+    return save(adapter_state_dict(model), metadata=metadata)
+
+
+def save_adapter(
+    path: str | Path,
+    model: nn.Module,
+    config: AdapterConfig | None = None,
+    *,
+    base_variant: str,
+    base_hash: str,
+    preprocessing: Any = None,
+    class_names: list[str] | dict[int, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model's trainable tensors and metadata to a safetensors file (atomically).
+
+    Args:
+        path: output file (``.safetensors``).
+        model, config, base_variant, base_hash, preprocessing, class_names, extra: as :func:`encode_adapter`.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``config`` differs from the injected one, or metadata is not JSON-serialisable.
+        RuntimeError: no adapter injected.
+    """
+    data = encode_adapter(
+        model,
+        config,
+        base_variant=base_variant,
+        base_hash=base_hash,
+        preprocessing=preprocessing,
+        class_names=class_names,
+        extra=extra,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(adapter_state_dict(model), str(tmp), metadata=metadata)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
 

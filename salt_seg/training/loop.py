@@ -1,7 +1,11 @@
 """``salt-seg train``: the few-shot training loop, readable top to bottom.
 
-set up (run dir, device, ranks) -> base model -> adapter -> data -> optimiser -> for each step: batch, prompts,
-loss, step; every ``val_every`` steps: validate, checkpoint, plot -> final adapter + summary.
+set up (run dir, device, ranks) -> base model -> adapter -> data -> optimiser -> validate the untrained adapter
+(step 0, the first candidate for best) and checkpoint it -> for each step: batch, prompts, loss, step; every
+``val_every`` steps: validate, plot, checkpoint -> final adapter (the best checkpoint's) + summary.
+
+Checkpoints are whole units published by one rename (:mod:`salt_seg.training.checkpoints`), so a run killed at any
+moment resumes (``resume=True``) to the very result of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
 from salt_seg.training.batching import batch_indices, derive_seed, make_prompts, shard
 from salt_seg.training.config import ExperimentConfig
@@ -75,8 +80,10 @@ def _state_to_save(
     bad: int,
     init_dice: float,
     seconds: float,
+    metrics_bytes: int,
 ):
     return {
+        "format": ck.STATE_FORMAT,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -87,7 +94,14 @@ def _state_to_save(
         "initial_val_dice": init_dice,
         "torch_rng": torch.get_rng_state(),
         "seconds": seconds,  # training time so far, all segments of a resumed run together
+        "metrics_bytes": metrics_bytes,  # metrics.jsonl's length at this step: a resumed run cuts it back to this
     }
+
+
+def _improves(val: float, best: float) -> bool:
+    """Whether a validation Dice beats the best so far. Without validation slices (Dice NaN) there is nothing to
+    compare, and the newest checkpoint stands for the run, as the last one did before step 0 took part."""
+    return math.isnan(best) or val > best
 
 
 #: parameter-name prefix -> the TrainSection field holding its group's learning rate
@@ -210,29 +224,50 @@ def train(
     Args:
         cfg: the resolved experiment config.
         run_dir: the run directory (see :mod:`salt_seg.training.rundir`).
-        resume: continue ``run_dir`` from ``checkpoints/last``.
+        resume: continue ``run_dir`` from its last checkpoint (from step 0 when it has none).
         device: torch device.
         data: prepared datasets (built from ``cfg.data`` when ``None``).
         progress: show a progress bar (rank 0).
         stop_after: stop (as if interrupted) after this many steps in total; used to test resume.
+
+    Raises:
+        RunDirWriteError: the run directory cannot be written (disk full, read-only); what was checkpointed stays
+            resumable.
+        ValueError: bad config or data, ``resume`` with another config, a damaged checkpoint.
     """
-    from tqdm.auto import tqdm
-
-    from salt_seg.adapters import (
-        adapter_regularization,
-        inject_adapters,
-        load_adapter,
-        save_adapter,
-        trainable_parameters,
-    )
-    from salt_seg.model.checkpoint import load_base_model, state_dict_hash
-
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     device = torch.device(device)
     dist = init_distributed(device)
+    with rd.writing(run_dir):
+        return _train(cfg, run_dir, resume, device, dist, data, progress, stop_after, t_start)
+
+
+def _train(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    resume: bool,
+    device: torch.device,
+    dist: DistInfo,
+    data: TrainData | None,
+    progress: bool,
+    stop_after: int | None,
+    t_start: float,
+) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    from salt_seg.adapters import (
+        adapter_regularization,
+        encode_adapter,
+        inject_adapters,
+        load_adapter,
+        trainable_parameters,
+    )
+    from salt_seg.model.checkpoint import load_base_model, state_dict_hash
+
     if dist.is_main:
-        rd.prepare_run_dir(run_dir, resume=resume)
+        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.to_dict())
+        ck.fault("configured")
     barrier(dist)
     if resume:
         from salt_seg.configio import from_dict
@@ -243,6 +278,11 @@ def train(
             raise ValueError(
                 f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
             )
+    # the last checkpoint unit, checked whole; a run killed before its first one starts again from step 0
+    unit = ck.load_last(run_dir) if resume else None
+    fresh = unit is None
+    if resume and fresh:
+        log.info("%s: no checkpoint yet; starting again from step 0", run_dir)
     record = cfg.preprocessing_record()
     adapter_cfg = cfg.adapter_config()
     tc = cfg.train
@@ -263,7 +303,7 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         ckpt = cfg.model.checkpoint
-        if ckpt is None and resume:  # a randomly initialised base was saved with the run
+        if ckpt is None and not fresh:  # a randomly initialised base was saved with the run
             ckpt = str(run_dir / "base.safetensors")
         from salt_seg.model.builtin import resolve_checkpoint
 
@@ -279,14 +319,12 @@ def train(
             model.set_num_classes(len(data.class_ids))
         base_sd = {k: v for k, v in model.state_dict().items() if not k.startswith("class_tokens.")}
         base_hash = info.content_hash if info is not None else state_dict_hash(base_sd)
-        if cfg.model.checkpoint is None and dist.is_main and not resume:
-            from safetensors.torch import save_file
+        if cfg.model.checkpoint is None and dist.is_main and fresh:
+            from safetensors.torch import save
 
-            tmp = run_dir / ".base.safetensors.tmp"
-            save_file(
-                {k: v.contiguous() for k, v in base_sd.items()}, str(tmp), metadata={"base_hash": base_hash}
-            )
-            tmp.replace(run_dir / "base.safetensors")
+            blob = save({k: v.contiguous() for k, v in base_sd.items()}, metadata={"base_hash": base_hash})
+            rd.atomic_write_bytes(run_dir / "base.safetensors", blob)
+            ck.fault("base-written")
         inject_adapters(model, adapter_cfg, base_hash=base_hash, progress=progress and dist.is_main)
     model.to(device)
     ceiling = output_ceiling(data, record.image_size, model.output_size) if dist.is_main else {}
@@ -310,16 +348,15 @@ def train(
 
         enable_grad_checkpointing(model)
 
-    start_step, best, best_step, bad, init_dice = 0, -math.inf, -1, 0, float("nan")
+    start_step, best, best_step, bad, init_dice = 0, math.nan, 0, 0, math.nan
     earlier_seconds = 0.0  # time spent by the segments before a resume (up to their last checkpoint)
 
     def elapsed() -> float:
         return earlier_seconds + time.perf_counter() - t_start
 
-    if resume:
-        last = run_dir / "checkpoints" / "last"
-        load_adapter(last / "adapter.safetensors", model, expected_base_hash=base_hash)
-        state = torch.load(last / "state.pt", map_location="cpu", weights_only=True)
+    if unit is not None:
+        load_adapter(unit.adapter, model, expected_base_hash=base_hash)
+        state = unit.state
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"]:
@@ -333,9 +370,13 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         earlier_seconds = float(state.get("seconds", 0.0))
         if dist.is_main:
-            rd.truncate_metrics(run_dir, start_step)
-    elif dist.is_main:
-        rd.write_config(run_dir, cfg.to_dict())
+            rd.truncate_metrics(run_dir, int(state["metrics_bytes"]))
+            ck.prune(run_dir, keep={start_step, best_step})
+    if dist.is_main and resume:  # temporary files of writes the interruption cut short
+        rd.remove_leftovers(run_dir)
+        rd.remove_leftovers(run_dir / "plots")
+    if fresh and dist.is_main:
+        rd.truncate_metrics(run_dir, 0)  # rows of a run killed before its first checkpoint
         rd.atomic_write_json(
             run_dir / "provenance.json",
             rd.provenance(
@@ -360,30 +401,40 @@ def train(
     loss_fn = build_loss(tc.loss)
     reg_weight = float(adapter_cfg.reg_weight or 0.0)
 
-    def save_checkpoint(kind: str, step: int) -> None:
+    def save_checkpoint(step: int, metrics_bytes: int) -> None:
+        """One unit: the adapter, the training state and the metrics offset, published by one rename."""
         if not dist.is_main:
             return
-        folder = run_dir / "checkpoints" / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        save_adapter(
-            folder / "adapter.safetensors",
+        blob = encode_adapter(
             model,
             adapter_cfg,
             base_variant=model.variant,
             base_hash=base_hash,
             preprocessing=record,
             class_names=record.classes,
-            extra={**meta, "step": step},
+            extra={**meta, "step": step, "best_step": best_step},
         )
-        buf = _state_to_save(optimizer, scheduler, scaler, step, best, best_step, bad, init_dice, elapsed())
-        tmp = folder / ".state.pt.tmp"
-        torch.save(buf, tmp)
-        tmp.replace(folder / "state.pt")
+        state = _state_to_save(
+            optimizer, scheduler, scaler, step, best, best_step, bad, init_dice, elapsed(), metrics_bytes
+        )
+        ck.write_unit(run_dir, step, blob, state)
 
-    if not resume:
-        init_dice, _, _ = validate(model, data, cfg, device, dist)
-        if dist.is_main:
-            rd.append_metrics(run_dir, {"step": 0, "val_dice": init_dice})
+    def plot_best(examples: list) -> None:
+        if dist.is_main and examples:
+            from salt_seg.training.plots import plot_overlays
+
+            plot_overlays(run_dir / "plots" / "val_overlays.png", examples, record)
+
+    if fresh:
+        # step 0: the untrained adapter is the first candidate for best, and the first checkpoint
+        init_dice, _, examples = validate(
+            model, data, cfg, device, dist, keep=tc.overlays if dist.is_main else 0
+        )
+        best, best_step = init_dice, 0
+        ck.fault("initial-validation")
+        plot_best(examples)
+        offset = rd.append_metrics(run_dir, {"step": 0, "val_dice": init_dice}) if dist.is_main else 0
+        save_checkpoint(0, offset)
     history = rd.read_metrics(run_dir) if dist.is_main else []
     n_train = len(data.train)
     bar = tqdm(
@@ -394,12 +445,14 @@ def train(
         unit="step",
         dynamic_ncols=True,
     )
-    last_val = best if best > -math.inf else init_dice
+    last_val = best
     step = start_step
-    stopped_early = False
-    while step < tc.steps:
+    # a run resumed from the checkpoint that stopped it early is finished (killed while exporting)
+    stopped_early = bool(tc.early_stop and bad >= tc.early_stop)
+    while step < tc.steps and not stopped_early:
         if stop_after is not None and step >= stop_after:
             break
+        ck.fault("step")
         ddp_model.train()
         optimizer.zero_grad(set_to_none=True)
         global_idx = batch_indices(step, tc.batch_size * tc.grad_accum, n_train, tc.seed)
@@ -446,29 +499,26 @@ def train(
         row: dict[str, Any] = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
         if dist.enabled:  # how many samples each rank processed (they split the global batch)
             row["rank_samples"] = all_gather_objects(seen, dist)
-        if step % tc.val_every == 0 or step == tc.steps:
+        validated = step % tc.val_every == 0 or step == tc.steps
+        if validated:
             val, per_class, examples = validate(
                 model, data, cfg, device, dist, keep=tc.overlays if dist.is_main else 0
             )
             row.update({"val_dice": val, "val_dice_per_class": per_class})
             last_val = val
-            improved = val > best
-            if improved:
+            if _improves(val, best):
                 best, best_step, bad = val, step, 0
+                plot_best(examples)
             else:
                 bad += 1
-            save_checkpoint("last", step)
-            if improved:
-                save_checkpoint("best", step)
-                if dist.is_main and examples:
-                    from salt_seg.training.plots import plot_overlays
-
-                    plot_overlays(run_dir / "plots" / "val_overlays.png", examples, record)
             if tc.early_stop and bad >= tc.early_stop:
                 stopped_early = True
-        if dist.is_main:
-            rd.append_metrics(run_dir, row)
+        offset = 0
+        if dist.is_main:  # the row goes in before the checkpoint that records the file's length
+            offset = rd.append_metrics(run_dir, row)
             history.append(row)
+        if validated:
+            save_checkpoint(step, offset)
         bar.set_postfix(loss=f"{mean_loss:.4f}", val_dice=f"{last_val:.3f}", refresh=False)
         bar.update(1)
         if stopped_early:
@@ -478,12 +528,9 @@ def train(
     finished = step >= tc.steps or stopped_early
     seconds = elapsed()
     if dist.is_main and finished:
-        import shutil
-
-        src = run_dir / "checkpoints" / ("best" if (run_dir / "checkpoints" / "best").exists() else "last")
-        tmp = run_dir / ".adapter.safetensors.tmp"
-        shutil.copyfile(src / "adapter.safetensors", tmp)
-        tmp.replace(run_dir / "adapter.safetensors")
+        best_unit = ck.unit_path(run_dir, best_step) / "adapter.safetensors"
+        rd.atomic_write_bytes(run_dir / "adapter.safetensors", best_unit.read_bytes())
+        ck.fault("exported")
         from salt_seg.training.plots import plot_curves
 
         plot_curves(run_dir / "plots" / "curves.png", history)

@@ -2,42 +2,125 @@
 
 ```
 RUN_DIR/
-  config.yaml            resolved experiment config (every default filled in)
+  config.yaml            resolved experiment config (every default filled in); written first, it marks a run
   split.json             copy of the few-shot split (train / val / test)
   provenance.json        package versions, git commit, dataset content hash, seed, device, command line
   metrics.jsonl          one JSON object per logged step / validation
   adapter.safetensors    final adapter = best validation checkpoint (what predict / evaluate / the app load)
   base.safetensors       base weights, only when the base was randomly initialised (no checkpoint file)
   checkpoints/
-    best/adapter.safetensors, best/state.pt
-    last/adapter.safetensors, last/state.pt     state.pt: optimizer, scheduler, scaler, RNG states, step
+    step-000040/         one checkpoint unit per kept step: the newest is `last`, its state names `best`
+      adapter.safetensors   the adapter at that step (metadata extra: step, best_step)
+      state.pt              optimizer, scheduler, scaler, RNG, step, best step/Dice, metrics.jsonl byte offset
+    step-000050/
   plots/
     curves.png           training loss and validation Dice
     val_overlays.png     image | ground truth | prediction for a few validation slices
   summary.json           final metrics (validation best, test when evaluated), trainable parameters, time
 ```
+
+A checkpoint is one unit (see :mod:`salt_seg.training.checkpoints`): written into ``checkpoints/.tmp-step-N``,
+then published by one rename. Step 0 (the untrained adapter) is the first unit and the first candidate for best,
+so every run that got past its initial validation has a unit; one killed before resumes from step 0. Every file
+outside ``checkpoints/`` is replaced atomically (temporary file + rename), except ``metrics.jsonl``, which is
+appended to and cut back to the offset of the unit a run resumes from.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 RUN_MARKER = "config.yaml"
+METRICS = "metrics.jsonl"
+#: errors that mean "the run directory cannot take more data" rather than a bug
+WRITE_ERRNOS = frozenset(
+    e
+    for e in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO)
+    + (getattr(errno, "EDQUOT", None),)  # not on every platform
+    if e
+)
+
+
+class RunDirWriteError(OSError):
+    """Writing into the run directory failed (disk full, read-only, quota): the run stays resumable.
+
+    ``str()`` is one line naming the path and the cause, what the CLI prints.
+    """
+
+    def __init__(self, errno_: int | None, strerror: str, filename: str, run_dir: str | Path | None) -> None:
+        super().__init__(errno_, strerror, filename)
+        self.run_dir = run_dir
+
+    def __str__(self) -> str:
+        if self.run_dir is not None and is_run_dir(self.run_dir):
+            hint = f"; fix that, then continue with --resume {self.run_dir}"
+        else:
+            hint = ""
+        return f"{self.filename}: cannot write ({self.strerror}){hint}"
+
+
+@contextlib.contextmanager
+def writing(run_dir: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` from writing into ``run_dir`` (disk full, read-only, ...) into :class:`RunDirWriteError`.
+
+    An error about a file outside the run directory (a dataset that cannot be read, say) passes through.
+    """
+    try:
+        yield
+    except RunDirWriteError:
+        raise
+    except OSError as exc:
+        name = exc.filename
+        inside = name is None or Path(os.path.abspath(name)).is_relative_to(os.path.abspath(run_dir))
+        if exc.errno not in WRITE_ERRNOS or not inside:
+            raise
+        raise RunDirWriteError(exc.errno, exc.strerror or str(exc), str(name or run_dir), run_dir) from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Write ``path`` and flush it to the disk; an ``OSError`` names ``path`` (a failed ``write`` alone does not)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        write_durable(tmp, data)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -48,12 +131,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def is_leftover(name: str) -> bool:
+    """A temporary file or folder of an interrupted write (``.NAME.tmpPID``, ``.tmp-step-N``, ``.trash-...``)."""
+    return name.startswith(".") and (".tmp" in name or name.startswith(".trash-"))
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files and folders interrupted writes left in ``folder``."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if is_leftover(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / RUN_MARKER).is_file()
 
 
 def find_adapter(path: str | Path) -> Path:
     """The adapter file a run directory (or an adapter path) stands for.
+
+    A finished run has ``adapter.safetensors``; an unfinished one stands for its best checkpoint so far.
 
     Raises:
         FileNotFoundError: neither an adapter file nor a run directory holding one.
@@ -62,33 +167,43 @@ def find_adapter(path: str | Path) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        for cand in (
-            p / "adapter.safetensors",
-            p / "checkpoints" / "best" / "adapter.safetensors",
-            p / "checkpoints" / "last" / "adapter.safetensors",
-        ):
-            if cand.is_file():
-                return cand
+        if (p / "adapter.safetensors").is_file():
+            return p / "adapter.safetensors"
+        from salt_seg.training.checkpoints import best_adapter
+
+        found = best_adapter(p)
+        if found is not None:
+            return found
         raise FileNotFoundError(f"{p}: run directory holds no adapter.safetensors (did training finish?)")
     raise FileNotFoundError(f"{p}: no such run directory or adapter file")
 
 
-def prepare_run_dir(path: Path, *, resume: bool) -> None:
-    """Create a fresh run directory; never silently reuse a used one.
+def prepare_run_dir(path: Path, *, resume: bool, config: dict[str, Any] | None = None) -> None:
+    """Create a fresh run directory and write its ``config.yaml`` first; never silently reuse a used one.
+
+    A directory holding only the temporary files of an interrupted write counts as empty.
 
     Raises:
-        FileExistsError: the directory exists and is not empty while not resuming.
+        FileExistsError: the directory exists and is not empty while not resuming (the message says whether it is
+            a run, to continue with ``--resume``).
         FileNotFoundError: resuming a directory that is not a run.
     """
     if resume:
         if not is_run_dir(path):
             raise FileNotFoundError(f"{path}: not a run directory (no {RUN_MARKER}); nothing to resume")
         return
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(not is_leftover(p.name) for p in path.iterdir()):
+        if is_run_dir(path):
+            raise FileExistsError(
+                f"{path}: is already a run directory; continue it with --resume {path}, or choose another --out"
+            )
         raise FileExistsError(
             f"{path}: run directory exists and is not empty; choose another --out or use --resume"
         )
     path.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
+    if config is not None:
+        write_config(path, config)
 
 
 def git_commit() -> str | None:
@@ -137,23 +252,59 @@ def write_config(path: Path, cfg_dict: dict[str, Any]) -> None:
     atomic_write_text(path / RUN_MARKER, yaml.safe_dump(cfg_dict, sort_keys=False))
 
 
-def append_metrics(path: Path, row: dict[str, Any]) -> None:
-    with open(path / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+def append_metrics(path: Path, row: dict[str, Any]) -> int:
+    """Append one row to ``metrics.jsonl`` (one ``write``); returns the file's length in bytes after it."""
+    target = path / METRICS
+    try:
+        with open(target, "ab") as f:
+            f.write((json.dumps(row) + "\n").encode())
+            return f.tell()
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(target)
+        raise
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    f = path / "metrics.jsonl"
+    f = path / METRICS
     if not f.exists():
         return []
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def metrics_size(path: Path) -> int:
+    """Length of ``metrics.jsonl`` in bytes (0 when absent)."""
+    f = path / METRICS
+    return f.stat().st_size if f.exists() else 0
+
+
+def sync_metrics(path: Path) -> None:
+    """Flush ``metrics.jsonl`` to the disk (before a checkpoint records its length)."""
+    f = path / METRICS
+    if f.exists():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:
     return yaml.safe_load((path / RUN_MARKER).read_text())
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows past ``step`` (written after the last checkpoint of an interrupted run)."""
-    rows = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
-    atomic_write_text(path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+def truncate_metrics(path: Path, size: int) -> None:
+    """Cut ``metrics.jsonl`` back to ``size`` bytes: the rows written after the checkpoint a run resumes from.
+
+    Raises:
+        ValueError: the file is shorter than ``size`` (it does not belong with that checkpoint).
+    """
+    f = path / METRICS
+    have = metrics_size(path)
+    if have < size:
+        raise ValueError(
+            f"{f}: {have} bytes, but the checkpoint was taken at {size}; the file was cut or replaced"
+        )
+    if not f.exists():
+        f.touch()
+    os.truncate(f, size)

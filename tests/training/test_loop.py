@@ -31,8 +31,8 @@ def test_short_run_lowers_loss_and_raises_val_dice(tmp_path, data) -> None:
         "base.safetensors",
         "plots/curves.png",
         "plots/val_overlays.png",
-        "checkpoints/best/state.pt",
-        "checkpoints/last/adapter.safetensors",
+        f"checkpoints/step-{res.best_step:06d}/state.pt",  # the best checkpoint unit
+        "checkpoints/step-000020/adapter.safetensors",  # the last one
     ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
@@ -41,7 +41,7 @@ def test_short_run_lowers_loss_and_raises_val_dice(tmp_path, data) -> None:
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["seed"] == 0 and torch.__version__.startswith(prov["versions"]["torch"])
     # training state loads under weights_only (what --resume does)
-    state = torch.load(run / "checkpoints/last/state.pt", weights_only=True)
+    state = torch.load(run / "checkpoints/step-000020/state.pt", weights_only=True)
     assert state["step"] == 20 and isinstance(state["torch_rng"], torch.Tensor)
 
 
@@ -50,7 +50,7 @@ def test_resume_is_bit_identical(tmp_path, data) -> None:
     train(cfg, tmp_path / "full", data=data, progress=False)
     part = train(cfg, tmp_path / "part", data=data, progress=False, stop_after=4)
     assert part.steps_done == 4 and not (tmp_path / "part" / "adapter.safetensors").exists()
-    first = torch.load(tmp_path / "part/checkpoints/last/state.pt", weights_only=True)["seconds"]
+    first = torch.load(tmp_path / "part/checkpoints/step-000004/state.pt", weights_only=True)["seconds"]
     assert 0 < first <= part.seconds
     resumed = train(cfg, tmp_path / "part", data=data, progress=False, resume=True)
     # the reported training time covers both segments, not only the resumed one
