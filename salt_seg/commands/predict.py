@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="F",
-        help="auto mode: keep a class token's slice mask only at this confidence or above (default 0.6)",
+        help="auto mode: keep a class token's slice mask only at this confidence or above (default 0 = keep all)",
     )
     parser.add_argument(
         "--iou-threshold",
@@ -199,5 +199,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = predict_cases(loaded, cases, out, options)
     print(_table(report))
-    print(f"{len(report.ok)} ok, {len(report.failed)} failed; summary: {report.summary_path}")
+    where = f"summary: {report.summary_path}" if report.summary_path else f"nothing written to {out}"
+    print(f"{len(report.ok)} ok, {len(report.failed)} failed; {where}")
     return report.exit_code
