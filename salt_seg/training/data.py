@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 from pathlib import Path
 
+from salt_seg.data.errors import DataError
 from salt_seg.preprocessing import Preprocessing
 from salt_seg.training.config import ExperimentConfig
 from salt_seg.training.loop import TrainData
@@ -32,6 +34,24 @@ def dataset_hash(dataset) -> str:
     return h.hexdigest()
 
 
+#: make_split's words -> the experiment config's keys, for hints raised while ``train`` draws its split.
+_CONFIG_WORDS: tuple[tuple[str, str], ...] = (
+    (r"level='volume'", "data.holdout: volumes"),
+    (r"level='slice'", "data.holdout: slices"),
+    (r"protocol='(\w+)'", r"data.protocol: \1"),
+    (r"(?<![\w.])guard_mm\b", "data.guard_mm"),
+    (r"(?<![\w.])(raise|lower) shots\b", r"\1 data.shots"),
+)
+
+
+def in_config_words(message: str) -> str:
+    """``message`` with :func:`~salt_seg.data.make_split`'s argument names replaced by the config keys they come
+    from (``guard_mm`` -> ``data.guard_mm``, ``level='volume'`` -> ``data.holdout: volumes``)."""
+    for pattern, words in _CONFIG_WORDS:
+        message = re.sub(pattern, words, message)
+    return message.replace("data.guard_mm, val or test", "data.guard_mm, data.val or data.test")
+
+
 def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
     """Load ``cfg.data``, draw (or read) the split and build the training and validation slice datasets.
 
@@ -50,17 +70,20 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
     if dc.split:
         split = load_split(dc.split)
     else:
-        split = make_split(
-            dataset,
-            shots=dc.shots,
-            seed=cfg.train.seed if dc.split_seed is None else dc.split_seed,
-            level="slice" if dc.holdout == "slices" else "volume",
-            val=dc.val,
-            test=dc.test,
-            guard_mm=dc.guard_mm,
-            axis=record.axis,
-            protocol=dc.protocol,
-        )
+        try:
+            split = make_split(
+                dataset,
+                shots=dc.shots,
+                seed=cfg.train.seed if dc.split_seed is None else dc.split_seed,
+                level="slice" if dc.holdout == "slices" else "volume",
+                val=dc.val,
+                test=dc.test,
+                guard_mm=dc.guard_mm,
+                axis=record.axis,
+                protocol=dc.protocol,
+            )
+        except DataError as exc:  # the split speaks in make_split's arguments; the user wrote config keys
+            raise DataError(exc.path, in_config_words(exc.problem)) from None
     train = SliceDataset.from_dataset(
         dataset,
         record,
