@@ -4,7 +4,7 @@ Output folder layout::
 
     OUT/
       <case>.nii.gz                 label map, source geometry (uint8/uint16)
-      <case>.json                   label names + colours + the case summary (volumes in mL, flagged slices)
+      <case>.json                   label names + colours + the case summary (volumes in mL, slices, confidence)
       <case>_probabilities.nii.gz   with --probabilities: x, y, z, class (uint8, scl_slope 1/255)
       labels.ctbl                   3D Slicer colour table
       labels_itksnap.txt            ITK-SNAP label description file
@@ -453,14 +453,13 @@ def _remove_if_empty(out: Path, created: bool) -> None:
 
 def _short(s: dict[str, Any]) -> dict[str, Any]:
     """A case summary without the per-slice details (those stay in ``<case>.json``)."""
-    keep = ("case", "input", "status", "outputs", "seconds", "low_confidence")
+    keep = ("case", "input", "status", "outputs", "seconds")
     out = {k: s[k] for k in keep if k in s}
     out["structures"] = {
         k: {
             "name": v["name"],
             "voxels": v["voxels"],
             "volume_ml": v["volume_ml"],
-            "low_confidence_slices": v["low_confidence_slices"],
         }
         for k, v in s["structures"].items()
     }
