@@ -14,6 +14,7 @@ Output files (all written atomically; NaN = excluded/undefined is an empty CSV c
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -309,8 +310,41 @@ def _summary_rows(case: str | None, summary: Mapping, names: Mapping[int, str]) 
 
 
 def write_results(result: EvaluationResult, out_dir: str | Path, extra: Mapping | None = None) -> list[Path]:
-    """Write ``evaluation.json`` and the CSV tables (module docstring) into ``out_dir``; return the paths."""
+    """Write ``evaluation.json`` and the CSV tables (module docstring) into ``out_dir``; return the paths.
+
+    All files are written into a temporary folder next to ``out_dir`` first and moved in only when every one
+    was written, so a full disk leaves the previous results (or nothing), never half a set.
+    """
+    import shutil
+    import tempfile
+
     out = Path(out_dir)
+    prefix = f".{out.name}.tmp-"
+    staging: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+        staged = _write_results(result, staging, extra)
+        out.mkdir(exist_ok=True)
+        written = []
+        for p in staged:
+            os.replace(p, out / p.name)
+            written.append(out / p.name)
+        return written
+    except OSError as exc:
+        if exc.errno is not None and (
+            exc.filename is None
+            or Path(exc.filename).name.startswith(prefix)
+            or (staging is not None and str(exc.filename).startswith(str(staging)))
+        ):
+            exc.filename = str(out)  # the folder asked for, not the staging one
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_results(result: EvaluationResult, out: Path, extra: Mapping | None) -> list[Path]:
     names = result.class_names
     stat_cols = [f"{m}_{k}" for m in SUMMARY_STATS for k in ("mean", "std")]
     head = ["level", "class_id", "class_name", "n", *stat_cols, *STATUSES]
