@@ -71,3 +71,15 @@ def test_every_command_turns_a_full_disk_into_one_line(
     assert real is not None
     assert cli.main([command]) == 2
     assert capsys.readouterr().err.splitlines() == [f"salt-seg {command}: error: /o/a: read-only file system"]
+
+
+def test_the_real_safetensors_error_is_recognised() -> None:
+    """Matched by class name: the class lives in safetensors' Rust extension, which cli.py must not import."""
+    import errno as _errno
+
+    from safetensors import SafetensorError as Real
+
+    exc = Real(
+        f'Error while serializing: I/O error: Disk quota exceeded (os error {_errno.EDQUOT}) at path "/q/x"'
+    )
+    assert storage_error(exc) == "/q/x: disk quota exceeded"
