@@ -17,8 +17,8 @@ A case that fails (unreadable file, bad prompts, ...) is logged, listed under ``
 finish. The folder-level files belong with label maps: when no case succeeded none is written (and an output
 folder this run created is removed again). A refusal of the file system (read-only, disk full) stops the batch:
 every later case would fail the same way. Nothing existing is replaced without ``overwrite`` -- the check runs
-for every output before any work. Under ``torchrun`` each rank takes cases ``rank, rank + world, ...``; rank 0 gathers the results and writes the
-folder-level files.
+for every output before any work. Under ``torchrun`` each rank takes cases ``rank, rank + world, ...``; rank 0
+gathers the results and writes the folder-level files.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Empty slices stay empty: a class token's mask on a slice is kept only if it is n
 slices without their structure too, so the pixel threshold already answers "absent"; the 0.6 stability cut that
 propagation uses was calibrated on compact objects and drops every slice of soft tissue masks - on the demo run,
 grey/white matter test Dice 0.00 with it against 0.22 without); nothing is forced onto a slice. No slice is
-flagged as "low confidence": a cut calibrated on synthetic objects (0.8) marked 99 of 105 kept CT slices and 318 MR
-slices, so it told nothing; the confidence of each slice is reported, not judged. The confidence is SAM's stability score
+flagged as "low confidence": a cut calibrated on synthetic objects (0.8) marked 99 of 105 kept CT slices and
+318 MR slices, so it told nothing; the confidence is reported, not judged. The confidence is SAM's stability score
 (``confidence="stability"``, default: needs no trained IoU head) or the model's predicted IoU (``"iou"``: only for
 models whose IoU head was trained, e.g. Meta's SAM as base with a frozen decoder).
 """
