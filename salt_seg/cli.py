@@ -4,8 +4,11 @@ Each subcommand lives in ``salt_seg/commands/<name>.py`` and exposes ``HELP`` (o
 and ``run(args) -> int``. Command modules import nothing heavy at module level, so ``salt-seg --help`` and
 ``--version`` are instant; torch & co. are imported inside ``run``.
 
-User mistakes (``ValueError``, ``FileNotFoundError``, ...) and a run directory that cannot be written (disk full,
-read-only: ``RunDirWriteError``) become one ``salt-seg: error: ...`` line and exit status 2; a traceback is shown only for genuine bugs, or for everything with ``SALT_SEG_DEBUG=1``.
+User mistakes (``ValueError``, ``FileNotFoundError``, ...) and a run directory that cannot be written
+(``RunDirWriteError``, which says how to resume) become one ``salt-seg: error: ...`` line and exit status 2; so do
+the file system's other refusals (read-only, disk full, no permission, quota: :func:`storage_error`), as
+``salt-seg CMD: error: PATH: cause``. A traceback is shown only for genuine bugs, or for everything with
+``SALT_SEG_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import sys
 
 from salt_seg import __version__
+from salt_seg.data.errors import storage_error
 
 #: subcommand name -> module. A command is listed here only once it works.
 COMMANDS: dict[str, str] = {
@@ -78,8 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("salt-seg: interrupted", file=sys.stderr)
         return 130
-    except (UserError, RunDirWriteError, *USER_ERRORS) as exc:
+    except Exception as exc:
         if os.environ.get("SALT_SEG_DEBUG"):
+            raise
+        storage = None if isinstance(exc, RunDirWriteError) else storage_error(exc)
+        if storage is not None:
+            print(f"salt-seg {args.command}: error: {storage}", file=sys.stderr)
+            return 2
+        if not isinstance(exc, (UserError, RunDirWriteError, *USER_ERRORS)):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in msg:

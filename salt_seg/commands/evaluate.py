@@ -96,6 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="where to write results (default: PRED/evaluation)")
 
 
+def evaluation_folder(provenance: dict) -> str:
+    """``evaluation[_part][_prompt][_overlap]``: each mode its own folder, the defaults' folder plain.
+
+    A box-prompt, train-part or independent-overlap evaluation never overwrites the default one; the prompt is
+    named only when it is not the model's default (``auto`` with class tokens, else ``box``).
+    """
+    p = provenance
+    parts = [
+        p["part"] if p["part"] != "test" else "",
+        p["prompt"] if p["prompt"] != p["prompt_default"] else "",
+        p["overlap"] if p["overlap"] != "label_map" else "",
+    ]
+    return "evaluation" + "".join(f"_{v}" for v in parts if v)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -127,13 +142,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             part=args.part,
         )
-        # each mode gets its own folder: a box or train-part evaluation never overwrites the default one
-        suffix = "".join(
-            f"_{v}"
-            for v, default in ((args.part, "test"), (args.prompt, None), (args.overlap, "label_map"))
-            if v != default
-        )
-        out = Path(args.out) if args.out else Path(args.model) / f"evaluation{suffix}"
+        out = Path(args.out) if args.out else Path(args.model) / evaluation_folder(result.provenance)
         written = write_results(result, out)
         print(
             f"{len(result.cases)} {args.part} case(s) of {args.model}, classes "

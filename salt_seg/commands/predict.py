@@ -14,7 +14,8 @@ HELP = "segment volumes (NIfTI, DICOM folder/zip, or a folder of cases) and expo
 DESCRIPTION = (
     "Segment every slice of each input volume with a trained adapter (merged into the base weights) and write a "
     "NIfTI label map in exactly the input's geometry, a JSON sidecar with label names, structure volumes (mL) and "
-    "low-confidence slices, a 3D Slicer colour table and an ITK-SNAP label file. Modes: auto (the model's learned "
+    "the slices each structure covers, a 3D Slicer colour table and an ITK-SNAP label file (nnU-Net's "
+    "case_0000.nii.gz writes case.nii.gz). Modes: auto (the model's learned "
     "class tokens), prompts (boxes/points from a JSON prompt file, voxel or world RAS mm coordinates) and propagate "
     "(from a prompt on one slice through the neighbouring slices until the predicted IoU or the mask area drops). "
     "Without --model, a base --checkpoint (e.g. builtin) segments from prompts alone. A failing case is reported "
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="F",
-        help="auto mode: keep a class token's slice mask only at this confidence or above (default 0.6)",
+        help="auto mode: keep a class token's slice mask only at this confidence or above (default 0 = keep all)",
     )
     parser.add_argument(
         "--iou-threshold",
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--confidence",
         choices=("stability", "iou"),
         default=None,
-        help="per-slice confidence for --score-threshold and low-confidence flags: SAM's stability score "
+        help="per-slice confidence for --score-threshold and the reported mean_confidence: SAM's stability score "
         "(default) or the predicted IoU (only for models with a trained IoU head)",
     )
     parser.add_argument(
@@ -119,9 +120,7 @@ def _table(report) -> str:  # noqa: ANN001 - BatchReport
     lines = []
     for s in report.ok:
         parts = [f"{v['name']} {v['volume_ml']:.2f} mL ({v['voxels']} vox)" for v in s["structures"].values()]
-        flagged = sum(len(v["low_confidence_slices"]) for v in s["structures"].values())
-        note = f"; {flagged} low-confidence slice(s)" if flagged else ""
-        lines.append(f"ok      {s['case']}: {', '.join(parts) or 'no classes'}{note}")
+        lines.append(f"ok      {s['case']}: {', '.join(parts) or 'no classes'}")
     for f in report.failed:
         lines.append(f"FAILED  {f['case']}: {f['error']}")
     return "\n".join(lines)
@@ -199,5 +198,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = predict_cases(loaded, cases, out, options)
     print(_table(report))
-    print(f"{len(report.ok)} ok, {len(report.failed)} failed; summary: {report.summary_path}")
+    where = f"summary: {report.summary_path}" if report.summary_path else f"nothing written to {out}"
+    print(f"{len(report.ok)} ok, {len(report.failed)} failed; {where}")
     return report.exit_code

@@ -2,7 +2,10 @@
 
 A member may not land outside the target folder (absolute names, ``..`` components, symbolic links and
 Windows drive letters are refused) and the total size is capped both by the sizes the archive declares and by
-the bytes actually written, so a zip bomb with lying headers stops at the cap too.
+the bytes actually written, so a zip bomb with lying headers stops at the cap too. Before anything is written,
+the declared sizes are checked against the cap and against a compression-ratio cap: a zip declaring more than
+``max_ratio`` times its own size (above ``ratio_floor`` bytes) is a zip bomb, not a DICOM series. The CLI's
+readers and the viewer's uploads both go through :func:`safe_extract_zip`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_ZIP_BYTES = 4 * 1024**3
 #: default cap on the number of members.
 DEFAULT_MAX_ZIP_MEMBERS = 100_000
+#: default cap on declared uncompressed size / archive size (medical images deflate 2-10x; bombs 1000x).
+DEFAULT_MAX_ZIP_RATIO = 100
+#: archives declaring at most this many bytes skip the ratio check (64 MiB: small, sparse masks compress well).
+DEFAULT_ZIP_RATIO_FLOOR = 64 * 1024**2
 _CHUNK = 1 << 20
 
 
@@ -46,6 +53,8 @@ def safe_extract_zip(
     *,
     max_bytes: int = DEFAULT_MAX_ZIP_BYTES,
     max_members: int = DEFAULT_MAX_ZIP_MEMBERS,
+    max_ratio: float = DEFAULT_MAX_ZIP_RATIO,
+    ratio_floor: int = DEFAULT_ZIP_RATIO_FLOOR,
 ) -> list[Path]:
     """Extract ``zip_path`` into the existing folder ``dest``.
 
@@ -54,6 +63,8 @@ def safe_extract_zip(
         dest: an existing (normally empty, temporary) folder.
         max_bytes: cap on the total uncompressed size in bytes.
         max_members: cap on the number of members.
+        max_ratio: cap on declared uncompressed bytes per archive byte (checked before extraction).
+        ratio_floor: declared totals up to this many bytes are not ratio-checked.
 
     Returns:
         The extracted file paths.
@@ -82,7 +93,16 @@ def safe_extract_zip(
             declared = sum(i.file_size for i in infos)
             if declared > max_bytes:
                 raise DataError(
-                    zip_path, f"zip would unpack to {declared} bytes, more than the cap of {max_bytes} bytes"
+                    zip_path,
+                    f"zip declares {declared} bytes unpacked, more than the cap of {max_bytes} bytes; "
+                    "refused before extracting anything",
+                )
+            packed = max(zip_path.stat().st_size, 1)
+            if declared > ratio_floor and declared > max_ratio * packed:
+                raise DataError(
+                    zip_path,
+                    f"zip declares {declared} bytes unpacked from {packed} bytes ({declared / packed:.0f}:1, "
+                    f"more than the cap of {max_ratio:g}:1; a zip bomb?); refused before extracting anything",
                 )
             targets = []
             for info in infos:

@@ -71,14 +71,43 @@ class SeriesInfo:
 
 
 def _read_header(path: Path) -> Any | None:
-    """The dataset without pixels, or ``None`` when the file is not DICOM."""
+    """The dataset without pixels, or ``None`` when the file is not DICOM.
+
+    Raises:
+        DataError: the file says it is DICOM (the ``DICM`` marker after the preamble, or a ``.dcm`` name) but
+            cannot be parsed.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError):
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        if _has_dicom_marker(path) or path.name.lower().endswith((".dcm", ".dicom", ".ima")):
+            raise DataError(path, f"truncated or corrupt DICOM file ({type(exc).__name__})") from None
         return None
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _truncated(stubs: list[tuple[Path, str, bool]], groups: dict[str, SeriesInfo]) -> None:
+    """Refuse a file of an image series whose header stops before the image attributes: it was cut short.
+
+    pydicom reads a file cut inside its header without complaint, keeping the elements before the cut; such a
+    file has its series' UID (or an image storage SOP class) but no ``Rows``. Skipping it would report a
+    missing slice instead of the file.
+    """
+    for path, key, image_class in stubs:
+        if key in groups or image_class:
+            raise DataError(
+                path, "truncated DICOM file: it ends before its image data (no Rows/PixelData); re-copy it"
+            )
 
 
 def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
@@ -88,10 +117,13 @@ def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
         FileNotFoundError: the folder does not exist.
         DataError: no DICOM image files were found.
     """
+    from pydicom.uid import UID
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     groups: dict[str, SeriesInfo] = {}
+    stubs: list[tuple[Path, str, bool]] = []  # files without image attributes: series, image SOP class?
     n_dicom = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         ds = _read_header(path)
@@ -100,16 +132,20 @@ def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
         n_dicom += 1
         sop = str(getattr(ds, "SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
         modality = str(ds.get("Modality", "OT") or "OT")
-        if sop == _DICOMDIR_SOP or modality in _NON_IMAGE_MODALITIES or "Rows" not in ds:
-            continue
         uid = str(ds.get("SeriesInstanceUID", "") or "no-series-uid")
         key = series_key(uid)
+        if sop == _DICOMDIR_SOP or modality in _NON_IMAGE_MODALITIES:
+            continue
+        if "Rows" not in ds:
+            stubs.append((path, key, not sop or "Image Storage" in getattr(UID(sop), "name", "")))
+            continue
         if key not in groups:
             num = ds.get("SeriesNumber")
             groups[key] = SeriesInfo(
                 key, modality, int(num) if num not in (None, "") else None, int(ds.Rows), int(ds.Columns)
             )
         groups[key].files.append(path)
+    _truncated(stubs, groups)
     if not groups:
         what = "DICOM files without image data" if n_dicom else "no DICOM files"
         raise DataError(folder, f"{what} found in this folder")
@@ -184,12 +220,11 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
         )
     normal /= np.linalg.norm(normal)
     order, step = sort_and_step(ipps, normal, folder, what)
-    spacings = {
-        tuple(np.round(floats(h.get("PixelSpacing", [1, 1]), 2, "PixelSpacing", p), 5)) for p, h in headers
-    }
-    if len(spacings) > 1:
-        raise DataError(folder, f"{what}: slices have different pixel spacings {sorted(spacings)}")
-    spacing_rc = np.asarray(next(iter(spacings)), dtype=np.float64)
+    spacing_all = np.stack([floats(h.get("PixelSpacing", [1, 1]), 2, "PixelSpacing", p) for p, h in headers])
+    if not np.allclose(spacing_all, spacing_all[0], rtol=0, atol=1e-5):  # compare loosely, keep the value
+        spacings = sorted({tuple(float(v) for v in row) for row in spacing_all})
+        raise DataError(folder, f"{what}: slices have different pixel spacings {spacings}")
+    spacing_rc = spacing_all[0].astype(np.float64)
     frames = []
     rescaled = False
     for idx in order:

@@ -7,8 +7,8 @@ nnunet     nnU-Net v2: ``dataset.json`` (``channel_names``, ``labels`` name->id,
            ``imagesTr/<case>_0000<ending>`` (one file per channel), ``labelsTr/<case><ending>``
 msd        Medical Segmentation Decathlon: ``dataset.json`` (``labels`` id->name, ``modality``,
            ``training`` list), ``imagesTr/``, ``labelsTr/``; several modalities = one 4-D file
-salt       SALT's layout: ``images/``, ``masks/`` (same file names), ``data_split.csv`` (``imgs``, ``split``);
-           0/255 masks are read as 0/1
+salt       SALT's layout: ``images/``, ``masks/`` (same file name, or ``<image>_mask``/``_seg``/``_gt``/...),
+           ``data_split.csv`` (``imgs``, ``split``); 0/255 masks are read as 0/1
 dicom      DICOM series with NIfTI labels: ``images/<case>/`` (a DICOM folder) or ``images/<case>.zip``,
            ``labels/<case>.nii.gz``
 pairs      image/label pairs matched by name: ``images/`` + ``labels/`` (or ``masks/``), or one folder with
@@ -30,7 +30,7 @@ from salt_seg.data.dataset import SPLIT_HINTS, Case, Dataset, parse_classes, rea
 from salt_seg.data.errors import DataError
 from salt_seg.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, strip_suffix
 
-LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
+LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_seg", "_segmentation", "_gt")
 _IMAGE_FILE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".zip")
 
 
@@ -205,13 +205,24 @@ def _detect_salt(root: Path) -> bool:
     return (root / "data_split.csv").is_file() and (root / "images").is_dir() and (root / "masks").is_dir()
 
 
-def _match_label(folder: Path, image: Path) -> Path | None:
+def _match_label(folder: Path, image: Path, problems: _Problems | None = None) -> Path | None:
+    """The mask of ``image`` in ``folder``: the same name, the same stem with another extension, or the stem plus
+    a mask suffix (``<image>_mask.png``, ``_label``, ``_seg``, ``_segmentation``, ``_gt``; any case), the
+    namings SALT-style datasets use. Several candidates are a problem (reported), not a guess."""
     exact = folder / image.name
     if exact.is_file():
         return exact
-    stem = strip_suffix(image.name)
-    found = [p for p in _image_files(folder) if strip_suffix(p.name) == stem]
+    stem = strip_suffix(image.name).lower()
+    wanted = {stem} | {stem + suffix for suffix in LABEL_SUFFIXES}
+    found = [p for p in _image_files(folder) if strip_suffix(p.name).lower() in wanted]
+    if len(found) > 1 and problems is not None:
+        problems.add(folder, f"several masks for image {image.name}: {', '.join(p.name for p in found)}")
     return found[0] if len(found) == 1 else None
+
+
+def _no_mask(image: Path) -> str:
+    stem = strip_suffix(image.name)
+    return f"no mask for image {image.name} (looked for {image.name}, {stem}.*, {stem}_mask.* and the like)"
 
 
 def _read_salt(root: Path, strict: bool) -> Dataset:
@@ -234,9 +245,9 @@ def _read_salt(root: Path, strict: bool) -> Dataset:
         split = _split_hint(row.get("split") or "")
         if split is None:
             problems.add(csv_path, f"line {i}: split {row.get('split')!r} is not train, val or test")
-        label = _match_label(root / "masks", image)
+        label = _match_label(root / "masks", image, problems)
         if label is None:
-            problems.add(root / "masks", f"no mask for image {image.name}")
+            problems.add(root / "masks", _no_mask(image))
         cases.append(Case(strip_suffix(image.name), [image], label, split=split))
     if not cases:
         raise DataError(csv_path, "no usable rows")
@@ -295,7 +306,7 @@ def _read_pairs(root: Path, strict: bool) -> Dataset:
     if folders:
         images, labels = folders
         for image in _image_files(images):
-            label = _match_label(labels, image)
+            label = _match_label(labels, image, problems)
             if label is None:
                 problems.add(labels, f"no label for image {image.name}")
             cases.append(Case(strip_suffix(image.name), [image], label))
@@ -343,11 +354,16 @@ def detect_format(root: str | Path) -> str:
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
-        DataError: no format matches (the message lists them).
+        DataError: ``dataset.json`` is not valid JSON (the message gives the error and its line), or no format
+            matches (the message lists them).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such dataset folder")
+    if (root / "dataset.json").is_file():
+        read_json(
+            root / "dataset.json"
+        )  # a malformed one is named with its JSON error, not "no known layout"
     for fmt in DATASET_FORMATS.values():
         if fmt.detect(root):
             return fmt.name

@@ -13,7 +13,7 @@ folder of DICOM        pydicom: series enumeration, choice, sorting along the no
 =====================  ==========================================================================================
 
 Every failure is a :class:`~salt_seg.data.errors.DataError` naming the file: unreadable, truncated, not an
-image, 4-D with several volumes (unless channels are asked for), NaN/Inf, empty, more voxels than
+image, complex-valued, 4-D with several volumes (unless channels are asked for), NaN/Inf, empty, more voxels than
 ``max_voxels``, degenerate affine. Label maps have their own checks in :mod:`salt_seg.data.labels`.
 """
 
@@ -143,6 +143,12 @@ def read_nifti_array(
         raise DataError(path, f"not a NIfTI volume ({type(img).__name__})")
     shape = tuple(int(s) for s in img.shape)
     check_voxels(path, shape, max_voxels)
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c":  # casting would silently drop the imaginary part
+        raise DataError(
+            path,
+            f"complex-valued voxels ({dtype.name}); a real-valued image is expected (save the magnitude)",
+        )
     if not path.name.lower().endswith(".gz"):
         needed = int(getattr(img.dataobj, "offset", 0)) + math.prod(shape) * img.get_data_dtype().itemsize
         have = path.stat().st_size

@@ -329,8 +329,13 @@ def prepare_dataset(name: str, out: str | Path, *, force: bool = False, **option
     if out.exists() and not force:
         raise FileExistsError(f"{out}: already exists; choose another --out or pass --force to replace it")
     missing_parents = [p for p in reversed(out.absolute().parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        if exc.errno is not None and (exc.filename is None or f".{out.name}.tmp-" in str(exc.filename)):
+            exc.filename = str(out)  # e.g. a read-only parent: name the folder asked for
+        raise
     try:
         RECIPES[name].build(tmp, **options)
         report = check_dataset(load_dataset(tmp, "nnunet"))
@@ -343,11 +348,14 @@ def prepare_dataset(name: str, out: str | Path, *, force: bool = False, **option
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         for p in reversed(missing_parents):
             if p.exists() and not any(p.iterdir()):
                 p.rmdir()
+        if isinstance(exc, OSError) and exc.errno is not None:
+            if exc.filename is None or str(exc.filename).startswith(str(tmp)):
+                exc.filename = str(out)  # the folder asked for (a full disk fails inside write(), nameless)
         raise
     logger.info("prepared %s at %s", name, out)
     return out

@@ -110,8 +110,8 @@ def evaluate_run(
         raise ValueError(f"{run_dir}: the run's config names no dataset (pass --data)")
     loaded = load_inference_model(model_path, device=device)
     model, record = loaded.model, loaded.record
-    if prompt is None:
-        prompt = "auto" if model.num_classes else "box"
+    prompt_default = "auto" if model.num_classes else "box"
+    prompt = prompt or prompt_default
     if overlap not in ("label_map", "independent"):
         raise ValueError(f"overlap must be 'label_map' or 'independent', got {overlap!r}")
     if prompt not in PROMPTS:
@@ -170,13 +170,29 @@ def evaluate_run(
 
     scores, ids = [], list(class_ids)
     for cid, case_id, pred, gt, spacing in cases():
-        part, _ = evaluate_cases(
+        case_scores, _ = evaluate_cases(
             [(case_id, pred, gt, spacing)],
             class_ids=class_ids if cid is None else [cid],
             settings=settings,
             slices={case_id: test[case_id]},
         )
-        scores.extend(part)
+        scores.extend(case_scores)
+    provenance = {
+        "source": "model",
+        "model": str(model_path),
+        "split": str(split_path),
+        "data": str(data_path),
+        "part": part,
+        "prompt": prompt,
+        "prompt_default": prompt_default,
+        "overlap": overlap,
+    }
     return EvaluationResult(
-        scores, ids, settings, list(test), class_names=dict(loaded.class_names), split_slices=test
+        scores,
+        ids,
+        settings,
+        list(test),
+        class_names=dict(loaded.class_names),
+        split_slices=test,
+        provenance=provenance,
     )

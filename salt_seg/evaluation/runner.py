@@ -3,7 +3,8 @@ NIfTI folders (:func:`evaluate_folders`), and write the result files (:func:`wri
 
 Output files (all written atomically; NaN = excluded/undefined is an empty CSV cell and ``null`` in JSON):
 
-* ``evaluation.json`` - settings, conventions, class names, case lists, summary, per-case summaries, every score.
+* ``evaluation.json`` - how it was made (``provenance``: the folders, or the run with its split part, prompt mode
+  and overlap mode), settings, conventions, class names, case lists, summary, per-case summaries, every score.
 * ``summary.csv`` - per level and class (and ``all``): mean/std/n of Dice, HD95 (mm), NSD, HD95 over
   both-present scores only, and the status counts.
 * ``per_case.csv`` - the same per case (for the slice level: each case's slice mean).
@@ -13,6 +14,7 @@ Output files (all written atomically; NaN = excluded/undefined is an empty CSV c
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -81,7 +83,11 @@ class EvaluationSettings:
 
 @dataclass
 class EvaluationResult:
-    """Scores and summaries of one evaluation (``split_slices``: the split's test part, case -> slices)."""
+    """Scores and summaries of one evaluation (``split_slices``: the split's test part, case -> slices).
+
+    ``provenance`` says how the scores were made: ``{"source": "files", "pred", "gt", "split"}`` or
+    ``{"source": "model", "model", "split", "data", "part", "prompt", "prompt_default", "overlap"}``.
+    """
 
     scores: list[Score]
     class_ids: list[int]
@@ -92,6 +98,7 @@ class EvaluationResult:
     split_slices: dict[str, list[int] | None] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     per_case: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.summary:
@@ -250,14 +257,28 @@ def evaluate_folders(
     json_path = Path(dataset_json) if dataset_json is not None else files.find_dataset_json(gt_dir)
     names = files.read_label_names(json_path) if json_path is not None else {}
     class_ids = files.parse_classes(classes, names) if isinstance(classes, str) else classes
+    gt_labels: set[int] = set(names) - {0}
+    pred_labels: dict[str, set[int]] = {}
 
     def pairs():
         for i, case in enumerate(selected, start=1):
             pred, gt, spacing = files.load_pair(pred_cases.get(case), gt_cases[case])
             logger.debug("case %d/%d %s: shape %s spacing %s mm", i, len(selected), case, gt.shape, spacing)
+            if class_ids is None:
+                gt_labels.update(_labels_present(gt))
+                pred_labels[case] = _labels_present(pred)
             yield case, pred, gt, spacing
 
     scores, ids = evaluate_cases(pairs(), class_ids, settings, restrict)
+    for case, found in pred_labels.items():  # a label no ground truth knows is not a class to score
+        foreign = sorted(found - gt_labels)
+        if foreign:
+            where = f"{json_path} and the ground truth" if names else "any ground-truth file"
+            known = ", ".join(map(str, sorted(gt_labels))) or "none"
+            raise ValueError(
+                f"{pred_cases[case]}: label {', '.join(map(str, foreign))} is in no ground truth's label set "
+                f"(labels in {where}: {known}); fix the prediction or pass --classes to score only some labels"
+            )
     return EvaluationResult(
         scores=scores,
         class_ids=ids,
@@ -266,6 +287,12 @@ def evaluate_folders(
         class_names={c: names[c] for c in ids if c in names},
         missing_predictions=missing_preds,
         split_slices=restrict,
+        provenance={
+            "source": "files",
+            "pred": str(pred_dir),
+            "gt": str(gt_dir),
+            "split": None if split_file is None else str(split_file),
+        },
     )
 
 
@@ -283,8 +310,41 @@ def _summary_rows(case: str | None, summary: Mapping, names: Mapping[int, str]) 
 
 
 def write_results(result: EvaluationResult, out_dir: str | Path, extra: Mapping | None = None) -> list[Path]:
-    """Write ``evaluation.json`` and the CSV tables (module docstring) into ``out_dir``; return the paths."""
+    """Write ``evaluation.json`` and the CSV tables (module docstring) into ``out_dir``; return the paths.
+
+    All files are written into a temporary folder next to ``out_dir`` first and moved in only when every one
+    was written, so a full disk leaves the previous results (or nothing), never half a set.
+    """
+    import shutil
+    import tempfile
+
     out = Path(out_dir)
+    prefix = f".{out.name}.tmp-"
+    staging: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+        staged = _write_results(result, staging, extra)
+        out.mkdir(exist_ok=True)
+        written = []
+        for p in staged:
+            os.replace(p, out / p.name)
+            written.append(out / p.name)
+        return written
+    except OSError as exc:
+        if exc.errno is not None and (
+            exc.filename is None
+            or Path(exc.filename).name.startswith(prefix)
+            or (staging is not None and str(exc.filename).startswith(str(staging)))
+        ):
+            exc.filename = str(out)  # the folder asked for, not the staging one
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_results(result: EvaluationResult, out: Path, extra: Mapping | None) -> list[Path]:
     names = result.class_names
     stat_cols = [f"{m}_{k}" for m in SUMMARY_STATS for k in ("mean", "std")]
     head = ["level", "class_id", "class_name", "n", *stat_cols, *STATUSES]
@@ -318,6 +378,7 @@ def write_results(result: EvaluationResult, out_dir: str | Path, extra: Mapping 
             rows = [r[:3] + r[4:] for r in rows]
         written.append(files.write_csv_atomic(out / f"per_{level}.csv", cols, rows))
     doc = {
+        "provenance": result.provenance,
         "settings": {**asdict(result.settings), "both_empty_choices": list(BOTH_EMPTY_POLICIES)},
         "conventions": CONVENTIONS,
         "class_ids": result.class_ids,

@@ -4,21 +4,27 @@ Output folder layout::
 
     OUT/
       <case>.nii.gz                 label map, source geometry (uint8/uint16)
-      <case>.json                   label names + colours + the case summary (volumes in mL, flagged slices)
+      <case>.json                   label names + colours + the case summary (volumes in mL, slices, confidence)
       <case>_probabilities.nii.gz   with --probabilities: x, y, z, class (uint8, scl_slope 1/255)
       labels.ctbl                   3D Slicer colour table
       labels_itksnap.txt            ITK-SNAP label description file
       predict_summary.json          every case: ok (with its summary) or failed (with the error)
 
+``<case>`` follows nnU-Net: ``case_0000.nii.gz`` (with ``case_0001``... as further channels) writes
+``case.nii.gz``, the name of its ground truth in ``labelsTr``.
+
 A case that fails (unreadable file, bad prompts, ...) is logged, listed under ``failed`` and skipped; the others
-finish. Nothing existing is replaced without ``overwrite`` -- the check runs for every output before any work.
-Under ``torchrun`` each rank takes cases ``rank, rank + world, ...``; rank 0 gathers the results and writes the
-folder-level files.
+finish. The folder-level files belong with label maps: when no case succeeded none is written (and an output
+folder this run created is removed again). A refusal of the file system (read-only, disk full) stops the batch:
+every later case would fail the same way. Nothing existing is replaced without ``overwrite`` -- the check runs
+for every output before any work. Under ``torchrun`` each rank takes cases ``rank, rank + world, ...``; rank 0
+gathers the results and writes the folder-level files.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +48,23 @@ class Case:
     """One input case.
 
     Attributes:
-        name: output stem (file name without its image suffix, or the folder name).
-        path: the image file, DICOM folder or zip.
+        name: output stem (file name without its image suffix and nnU-Net channel number, or the folder name).
+        path: the image file (the first channel file), DICOM folder or zip.
         prompts: its prompt file (``prompts``/``propagate`` modes).
+        channels: an nnU-Net case's channel files in channel order (empty for a single image).
     """
 
     name: str
     path: Path
     prompts: Path | None = None
+    channels: list[Path] = field(default_factory=list)
+
+    def load(self):  # -> Volume
+        """The case's volume: its image, or its nnU-Net channel files stacked (``_0000``, ``_0001``, ...)."""
+        from salt_seg.data import load_volume
+        from salt_seg.data.readers import load_channels
+
+        return load_channels(self.channels) if len(self.channels) > 1 else load_volume(self.path)
 
     def outputs(self, out_dir: Path, probabilities: bool) -> dict[str, Path]:
         """The files this case writes (:func:`~salt_seg.inference.outputs.case_outputs`)."""
@@ -102,7 +117,10 @@ def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[C
     """The cases under ``input_path``: a single image file / DICOM folder / zip, or a folder of them.
 
     A folder holding DICOM files directly is one series; otherwise each supported image file and each non-empty
-    subfolder (a DICOM series) is a case. Hidden entries and ``exclude`` (the output folder) are skipped.
+    subfolder (a DICOM series) is a case. Hidden entries and ``exclude`` (the output folder) are skipped. nnU-Net
+    channel files are named as nnU-Net does: ``case_0000.nii.gz`` is case ``case`` (written ``case.nii.gz``, so
+    ``evaluate --gt labelsTr`` pairs it), and ``case_0000``/``case_0001`` are one two-channel case
+    (:func:`_group_channels`).
 
     Raises:
         FileNotFoundError: ``input_path`` does not exist.
@@ -115,7 +133,8 @@ def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[C
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such input file or folder")
     if p.is_file():
-        return [Case(strip_suffix(p.name), p)]
+        base, num = _channel_of(strip_suffix(p.name))
+        return [Case(base if num == 0 else strip_suffix(p.name), p)]
     if _has_dicom(p):
         return [Case(p.name, p)]
     cases = []
@@ -136,12 +155,65 @@ def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[C
             cases.append(Case(strip_suffix(child.name), child))
     if not cases:
         raise ValueError(f"{p}: no images found (NIfTI, DICOM folders, zips, NRRD/MHA)")
+    cases = _group_channels(cases, _declared_channels(p))
     seen: dict[str, Path] = {}
     for c in cases:
         if c.name in seen:
             raise ValueError(f"{c.path} and {seen[c.name]} would both write {c.name}.nii.gz; rename one")
         seen[c.name] = c.path
     return cases
+
+
+_CHANNEL = re.compile(r"^(.+)_(\d{4})$")
+
+
+def _channel_of(stem: str) -> tuple[str, int | None]:
+    """``("case", 1)`` for nnU-Net's ``case_0001``; ``(stem, None)`` for other names."""
+    m = _CHANNEL.match(stem)
+    return (m.group(1), int(m.group(2))) if m else (stem, None)
+
+
+def _declared_channels(folder: Path) -> int | None:
+    """The channel count a ``dataset.json`` in ``folder`` or its parent declares (nnU-Net ``imagesTs``)."""
+    import json
+
+    for cand in (folder / "dataset.json", folder.parent / "dataset.json"):
+        if cand.is_file():
+            try:
+                doc = json.loads(cand.read_text())
+                names = doc.get("channel_names") or doc.get("modality")
+            except (OSError, ValueError, AttributeError):
+                return None  # the dataset's own readers report a bad dataset.json; here it is only a hint
+            return len(names) if isinstance(names, dict) and names else None
+    return None
+
+
+def _group_channels(cases: list[Case], declared: int | None) -> list[Case]:
+    """Follow nnU-Net's naming: ``case_0000`` (and ``case_0001``, ...) are one case named ``case``.
+
+    Files are grouped only when every image file of the folder carries a channel number and each case holds the
+    same channels ``0..N-1``; with N > 1 also only when a ``dataset.json`` declares N channels or several cases
+    agree (``scan_0000``, ``scan_0001`` alone may as well be two scans). Otherwise names stay as they are.
+    """
+    files = [c for c in cases if c.path.is_file()]
+    parts = [_channel_of(c.name) for c in files]
+    if not files or len(files) != len(cases) or any(num is None for _, num in parts):
+        return cases
+    by_base: dict[str, dict[int, Path]] = {}
+    for c, (base, num) in zip(files, parts, strict=True):
+        by_base.setdefault(base, {})[int(num)] = c.path  # type: ignore[arg-type]
+    sets = {tuple(sorted(ch)) for ch in by_base.values()}
+    if len(sets) != 1:
+        return cases
+    numbers = next(iter(sets))
+    n = len(numbers)
+    if numbers != tuple(range(n)) or (n > 1 and declared != n and len(by_base) < 2):
+        if n > 1:
+            log.warning("channel-numbered files whose grouping is unclear; each file is a case of its own")
+        return cases
+    return [
+        Case(base, ch[0], channels=[ch[i] for i in range(n)] if n > 1 else []) for base, ch in by_base.items()
+    ]
 
 
 def attach_prompts(cases: list[Case], prompts: str | Path | None) -> None:
@@ -202,7 +274,7 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
     Raises:
         Any error of reading, prompting or writing (the batch runner records it as a failed case).
     """
-    from salt_seg.data import load_volume, prepare_volume
+    from salt_seg.data import prepare_volume
     from salt_seg.inference.coords import prompts_to_prepared, source_axis
     from salt_seg.inference.outputs import export_case
     from salt_seg.inference.segment import segment_volume
@@ -210,7 +282,7 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
 
     t0 = time.perf_counter()
     model, record, names, meta = loaded
-    volume = load_volume(case.path)
+    volume = case.load()
     prepared = prepare_volume(volume, record)
     prompts = None
     if options.mode != "auto":
@@ -263,7 +335,7 @@ class BatchReport:
     Attributes:
         ok: summaries of finished cases.
         failed: ``{"case", "input", "error"}`` of failed cases.
-        summary_path: the written ``predict_summary.json`` (rank 0), else ``None``.
+        summary_path: the written ``predict_summary.json`` (rank 0, at least one case ok), else ``None``.
     """
 
     ok: list[dict[str, Any]]
@@ -306,6 +378,7 @@ def predict_cases(
     """
     from tqdm.auto import tqdm
 
+    from salt_seg.data.errors import storage_error
     from salt_seg.inference.sidecars import write_itksnap_labels, write_slicer_ctbl
     from salt_seg.training.rundir import atomic_write_json
 
@@ -313,6 +386,7 @@ def predict_cases(
     check_outputs(cases, out, options)
     if barrier is not None:
         barrier()
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     mine = cases[rank::world_size]
     ok: list[dict[str, Any]] = []
@@ -328,6 +402,9 @@ def predict_cases(
         try:
             ok.append(predict_case(loaded, case, out, options))
         except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+            if world_size == 1 and storage_error(exc) is not None:
+                _remove_if_empty(out, created)
+                raise
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.error("%s: failed: %s", case.name, msg)
             log.debug("traceback of %s", case.name, exc_info=True)
@@ -344,7 +421,9 @@ def predict_cases(
     all_ok = sorted((s for o, _ in parts for s in o), key=lambda s: order[s["case"]])
     all_failed = sorted((f for _, fl in parts for f in fl), key=lambda f: order[f["case"]])
     report = BatchReport(all_ok, all_failed)
-    if rank == 0:
+    if rank == 0 and not all_ok:
+        _remove_if_empty(out, created)
+    elif rank == 0:
         _, _, names, meta = loaded
         write_slicer_ctbl(out / CTBL_NAME, names, overwrite=True)
         write_itksnap_labels(out / ITKSNAP_NAME, names, overwrite=True)
@@ -366,16 +445,21 @@ def predict_cases(
     return report
 
 
+def _remove_if_empty(out: Path, created: bool) -> None:
+    """Take back an output folder this run created when nothing was written into it."""
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def _short(s: dict[str, Any]) -> dict[str, Any]:
     """A case summary without the per-slice details (those stay in ``<case>.json``)."""
-    keep = ("case", "input", "status", "outputs", "seconds", "low_confidence")
+    keep = ("case", "input", "status", "outputs", "seconds")
     out = {k: s[k] for k in keep if k in s}
     out["structures"] = {
         k: {
             "name": v["name"],
             "voxels": v["voxels"],
             "volume_ml": v["volume_ml"],
-            "low_confidence_slices": v["low_confidence_slices"],
         }
         for k, v in s["structures"].items()
     }

@@ -175,7 +175,7 @@ def slice_dice_by_confidence(
     measure: str = "stability",
     bins: Sequence[float] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01),
 ) -> list[dict[str, Any]]:
-    """Per confidence bin: kept slices and their median slice Dice (to choose the low-confidence flag)."""
+    """Per confidence bin: kept slices and their median slice Dice (how far the confidence tells quality)."""
     rows: list[list[float]] = [[] for _ in range(len(bins) - 1)]
     for t in traces:
         for st in kept_steps(t, s):

@@ -50,9 +50,18 @@ def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _blame(exc, tmp, path) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _blame(exc: OSError, tmp: Path, path: Path) -> OSError:
+    """``exc`` naming the file the user asked for, not its temporary twin (a write refused, e.g. disk full)."""
+    if exc.errno is not None and exc.filename in (None, str(tmp)):  # an OS error, not a bare OSError("...")
+        exc.filename = str(path)
+    return exc
 
 
 def _nifti_suffix(path: Path) -> str:
@@ -75,6 +84,8 @@ def save_nifti_atomic(img: Any, path: str | Path, *, overwrite: bool = False) ->
     try:
         nib.save(img, str(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _blame(exc, tmp, path) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -3,7 +3,7 @@
 ``salt-seg predict`` and the viewer write the same set::
 
     <name>.nii.gz                 label map in the source geometry (uint8 / uint16)
-    <name>.json                   label names, colours, and the case summary (volumes in mL, flagged slices)
+    <name>.json                   label names, colours, and the case summary (volumes in mL, slices, confidence)
     <name>_probabilities.nii.gz   optional: x, y, z, class probabilities (uint8, scl_slope 1/255)
 """
 

@@ -53,26 +53,17 @@ def case_summary(
 
     Returns:
         ``{"mode", "slice_axis", "n_slices", "voxel_volume_mm3", "structures": {id: {name, voxels, volume_ml,
-        slices, low_confidence_slices, mean_confidence}}, "confidence", "low_confidence_threshold",
-        "low_confidence": [{class_id, slice, confidence}], "propagation": [...]}`` with slices in source
-        numbering.
+        slices, mean_confidence}}, "confidence", "propagation": [...]}`` with slices in source numbering.
     """
     geometry = prepared.source
     stats = structure_stats(labels_source, geometry, result.class_names)
     to_src = {i: prepared_slice_to_source(prepared, i) for i in range(prepared.n_slices)}
-    flagged = result.flagged_slices()
-    low: list[dict[str, Any]] = []
     for cid, entry in stats.items():
         c = int(cid)
         kept = np.nonzero(result.kept[c])[0]
         entry["slices"] = sorted(to_src[int(i)] for i in kept)
         conf = result.confidences(c)[kept]
         entry["mean_confidence"] = round(float(conf.mean()), 4) if len(kept) else None
-        entry["low_confidence_slices"] = sorted(to_src[i] for i in flagged[c])
-        for i in flagged[c]:
-            low.append(
-                {"class_id": c, "slice": to_src[i], "confidence": round(float(result.confidences(c)[i]), 4)}
-            )
     prop = [
         {
             "class_id": r.prompt.class_id,
@@ -89,8 +80,6 @@ def case_summary(
         "voxel_volume_mm3": round(voxel_volume_mm3(geometry), 6),
         "structures": stats,
         "confidence": result.confidence,
-        "low_confidence_threshold": result.low_confidence,
-        "low_confidence": sorted(low, key=lambda d: (d["class_id"], d["slice"])),
     }
     if prop:
         out["propagation"] = prop

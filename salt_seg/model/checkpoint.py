@@ -11,6 +11,7 @@ import hashlib
 import logging
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,17 +94,30 @@ def _read_raw(path: Path) -> tuple[object, str]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), "torch"
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: noise to a user
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True), "torch"
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
         raise ValueError(
             f"{path}: refused to load: the file contains Python objects beyond tensors, which could run code "
-            f"({first}). If you trust its source, load it yourself and re-save only the state dict "
-            f"(torch.save(obj['model'].state_dict(), 'weights.pth'))."
+            f"({_unpickler_reason(exc)}). If you trust its source, load it yourself and re-save only the state "
+            f"dict (torch.save(obj['model'].state_dict(), 'weights.pth'))."
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on garbage input
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """What torch's weights-only unpickler objected to (``Unsupported global: GLOBAL posix.system``), in short."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = " ".join(
+            text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split()
+        )
+        if reason:
+            return reason.rstrip(".")
+    return "unsupported object"
 
 
 def canonicalize_state_dict(

@@ -107,7 +107,10 @@ def test_split_failure_writes_nothing(tmp_path, capsys):
     code, _, err = _run(
         ["data", "split", str(root), "--shots", "5", "--level", "volume", "--out", str(out)], capsys
     )
-    assert code == 2 and "cannot draw 5 training case(s) (--shots 5): only 0 of 2 labelled case(s) are left" in err
+    assert (
+        code == 2
+        and "cannot draw 5 training case(s) (--shots 5): only 0 of 2 labelled case(s) are left" in err
+    )
     assert not out.exists()
 
 
@@ -202,7 +205,10 @@ def test_volume_split_of_one_volume_suggests_level_slice(tmp_path, capsys):
         ["data", "split", str(root), "--shots", "1", "--level", "volume", "--out", str(out)], capsys
     )
     assert code == 2 and err.count("\n") == 1
-    assert "cannot draw 1 training case(s) (--shots 1): only 0 of 1 labelled case(s) are left after val and test" in err
+    assert (
+        "cannot draw 1 training case(s) (--shots 1): only 0 of 1 labelled case(s) are left after val and test"
+        in err
+    )
     assert (
         "lower --shots, --val or --test, or hold out slices instead of whole volumes (--level slice)" in err
     )

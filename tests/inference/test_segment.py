@@ -40,15 +40,22 @@ def test_auto_mode_keeps_structure_slices_and_leaves_the_rest_empty() -> None:
 
 
 @pytest.mark.parametrize(("measure", "threshold"), [("iou", 0.1), ("stability", 0.0)])
-def test_low_confidence_slices_are_flagged(measure: str, threshold: float) -> None:
+def test_confidence_is_reported_not_judged(measure: str, threshold: float) -> None:
+    """No low-confidence flag (issue 14: a cut at 0.8 marked 99 of 105 CT slices); the confidences stay."""
+    from salt_seg.inference.summary import case_summary
+
     vol = cuboid_volume()
     record = oracle_record()
     prepared = prepare_volume(vol, record)
-    settings = InferenceSettings(confidence=measure, score_threshold=threshold, low_confidence=0.5)
+    settings = InferenceSettings(confidence=measure, score_threshold=threshold)
     res = segment_volume(OracleModel(small=50), record, prepared, mode="auto", settings=settings)
-    assert res.flagged_slices() == {1: [9]}  # kept (confidence >= threshold) but below 0.5
     np.testing.assert_allclose(res.stability[1][[3, 9]], [1.0, 0.0])
     assert res.confidence == measure
+    assert not hasattr(res, "flagged_slices") and "low_confidence" not in settings.to_dict()
+    summary = case_summary(res, prepared, prepared.to_source(res.label_map, order=0))
+    assert not [k for k in summary if "low_confidence" in k]
+    assert not [k for v in summary["structures"].values() for k in v if "low_confidence" in k]
+    assert summary["confidence"] == measure and summary["structures"]["1"]["mean_confidence"] is not None
 
 
 def test_overlap_policy_highest_probability_wins_ties_to_lower_id() -> None:

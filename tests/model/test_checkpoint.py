@@ -146,3 +146,31 @@ def test_class_tokens_survive_a_round_trip(tmp_path) -> None:
     m2, info = load_base_model("tiny", tmp_path / "m.pth")
     assert info.num_classes == 3 and m2.num_classes == 3
     torch.testing.assert_close(m2.class_tokens.weight, m.class_tokens.weight)
+
+
+class _RunsCode:
+    """A pickle payload that would call ``os.getpid`` on load (harmless, but code all the same)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getpid, ())
+
+
+def test_malicious_pickle_is_one_line_without_torch_warnings(tmp_path, capsys) -> None:
+    import pickle
+    import warnings
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"w": _RunsCode()}, f, protocol=4)  # protocol 4: torch warns about it before refusing
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        rc = main(["inspect", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "UserWarning" not in err
+    assert err.startswith(
+        f"salt-seg inspect: error: {path}: refused to load: the file contains Python objects"
+    )
+    assert "(Unsupported operand 149)" in err and "In PyTorch 2.6" not in err

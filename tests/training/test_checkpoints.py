@@ -73,7 +73,20 @@ def reference(run_config) -> Path:
     """The uninterrupted run (in this process: the CLI gives the same result in a fresh one)."""
     out = run_config.parent / "reference"
     assert (
-        main(["train", "--config", str(run_config), "--out", str(out), "--no-progress", "--device", "cpu"])
+        main(
+            [
+                "train",
+                "--config",
+                str(run_config),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+            ]
+        )
         == 0
     )
     return out
@@ -159,7 +172,7 @@ def test_sigkill_between_publishing_and_pruning_resumes_exactly(run_config, refe
     # evaluate/predict --model on the unfinished run take its best checkpoint so far
     best = ck.load_last(run).state["best_step"]
     assert rd.find_adapter(run) == ck.unit_path(run, best) / "adapter.safetensors"
-    assert main(["train", "--resume", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["train", "--resume", str(run), "--no-progress", "--device", "cpu", "--threads", "1"]) == 0
     assert_same_run(run, reference)
 
 
@@ -236,7 +249,20 @@ def test_disk_full_is_one_line_and_leaves_a_resumable_run(
     run = tmp_path / "run"
     monkeypatch.setenv(ck.FAULT_ENV, "unit-state-half:3:enospc")
     monkeypatch.setattr(ck, "_arrivals", {})
-    rc = main(["train", "--config", str(run_config), "--out", str(run), "--no-progress", "--device", "cpu"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(run_config),
+            "--out",
+            str(run),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     lines = [line for line in err.splitlines() if not line.startswith("INFO ")]
@@ -246,7 +272,7 @@ def test_disk_full_is_one_line_and_leaves_a_resumable_run(
     assert "No space left on device" in lines[0] and f"--resume {run}" in lines[0]
     assert ck.published_steps(run)[-1] == 3 and not (run / "checkpoints" / ".tmp-step-000006").exists()
     monkeypatch.delenv(ck.FAULT_ENV)
-    assert main(["train", "--resume", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["train", "--resume", str(run), "--no-progress", "--device", "cpu", "--threads", "1"]) == 0
     assert_same_run(run, reference)
 
 
