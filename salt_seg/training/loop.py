@@ -259,11 +259,9 @@ def _train(
     from salt_seg.adapters import (
         adapter_regularization,
         encode_adapter,
-        inject_adapters,
         load_adapter,
         trainable_parameters,
     )
-    from salt_seg.model.checkpoint import load_base_model, state_dict_hash
 
     if dist.is_main:
         rd.prepare_run_dir(run_dir, resume=resume, config=cfg.to_dict())
@@ -298,34 +296,26 @@ def _train(
             f"{cfg.data.path or 'dataset'}: no training slices with foreground; check the labels/split"
         )
 
-    # -- model: base + class tokens + adapter, all initialised from the seed without touching global RNG
-    needs_tokens = tc.prompt in ("auto", "mixed")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tc.seed)
-        ckpt = cfg.model.checkpoint
-        if ckpt is None and not fresh:  # a randomly initialised base was saved with the run
-            ckpt = str(run_dir / "base.safetensors")
-        from salt_seg.model.builtin import resolve_checkpoint
+    # -- model: base + class tokens + adapter, all initialised from the seed without touching global RNG (the same
+    # function ``salt-seg params --config`` counts with)
+    from salt_seg.training.model import build_training_model
 
-        ckpt = resolve_checkpoint(ckpt)
-        model, info = load_base_model(
-            cfg.model.variant,
-            ckpt,
-            image_size=record.image_size,
-            num_classes=len(data.class_ids) if needs_tokens else 0,
-            hires=cfg.model.hires,
-        )
-        if needs_tokens and model.num_classes != len(data.class_ids):
-            model.set_num_classes(len(data.class_ids))
-        base_sd = {k: v for k, v in model.state_dict().items() if not k.startswith("class_tokens.")}
-        base_hash = info.content_hash if info is not None else state_dict_hash(base_sd)
-        if cfg.model.checkpoint is None and dist.is_main and fresh:
-            from safetensors.torch import save
+    own_base = (
+        cfg.model.checkpoint is None and not fresh
+    )  # a randomly initialised base was saved with the run
+    built = build_training_model(
+        cfg,
+        len(data.class_ids),
+        checkpoint=str(run_dir / "base.safetensors") if own_base else None,
+        progress=progress and dist.is_main,
+    )
+    model, base_hash = built.model, built.base_hash
+    if cfg.model.checkpoint is None and dist.is_main and fresh:
+        from safetensors.torch import save
 
-            blob = save({k: v.contiguous() for k, v in base_sd.items()}, metadata={"base_hash": base_hash})
-            rd.atomic_write_bytes(run_dir / "base.safetensors", blob)
-            ck.fault("base-written")
-        inject_adapters(model, adapter_cfg, base_hash=base_hash, progress=progress and dist.is_main)
+        base_sd = {k: v.contiguous() for k, v in built.base_state.items()}
+        rd.atomic_write_bytes(run_dir / "base.safetensors", save(base_sd, metadata={"base_hash": base_hash}))
+        ck.fault("base-written")
     model.to(device)
     ceiling = output_ceiling(data, record.image_size, model.output_size) if dist.is_main else {}
     params = trainable_parameters(model)

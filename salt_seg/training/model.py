@@ -3,8 +3,7 @@ init) at the record's image size, learned class tokens when the prompts need the
 ``model.hires`` asks, and the adapter with whatever else it declares trainable (decoder, norms, tokens, branch).
 
 ``salt-seg params --config`` counts with :func:`build_training_model`, so its total is the
-``trainable_parameters`` that ``train`` reports. :func:`salt_seg.training.loop.train` builds the same model
-inline, in the same order and from the same seed; it can call this function instead.
+``trainable_parameters`` that ``train`` reports: :func:`salt_seg.training.loop.train` builds its model with it.
 """
 
 from __future__ import annotations
