@@ -239,8 +239,26 @@ def train(
     run_dir = Path(run_dir)
     device = torch.device(device)
     dist = init_distributed(device)
-    with rd.writing(run_dir):
-        return _train(cfg, run_dir, resume, device, dist, data, progress, stop_after, t_start)
+    existed = run_dir.exists()
+    unused = not resume and (not existed or not any(run_dir.iterdir()))
+    try:
+        with rd.writing(run_dir):
+            return _train(cfg, run_dir, resume, device, dist, data, progress, stop_after, t_start)
+    except (ValueError, TypeError, LookupError, FileNotFoundError):  # the user's config or data
+        if unused and dist.is_main and run_dir.is_dir() and not ck.published_steps(run_dir):
+            # refused before its first checkpoint: leave --out as it was, so that the corrected command can use it
+            # again (nothing was trained)
+            import shutil
+
+            if existed:
+                for child in run_dir.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            else:
+                shutil.rmtree(run_dir)
+        raise
 
 
 def _train(

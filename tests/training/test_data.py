@@ -29,3 +29,11 @@ def test_train_names_the_config_key_when_the_split_cannot_be_drawn(tmp_path: Pat
     assert rc == 2 and len(err) == 1, err
     assert "data.guard_mm" in err[0] and "guard_mm," not in err[0].replace("data.guard_mm", "")
     assert "level='volume'" not in err[0] and "protocol='" not in err[0]
+    # refused before anything trained: --out is left as it was, so the corrected command can use it again
+    assert not (tmp_path / "run").exists()
+    cfg["data"]["guard_mm"] = 0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    rc = main(
+        ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]
+    )
+    assert rc == 0 and (tmp_path / "run" / "adapter.safetensors").is_file()
