@@ -39,7 +39,7 @@ def _finished_with(run_dir: Path, cfg) -> bool:  # noqa: ANN001 - ExperimentConf
     try:
         if not (run_dir / "summary.json").is_file():
             return False
-        return from_dict(type(cfg), load_yaml_config(run_dir)).to_dict() == cfg.to_dict()
+        return from_dict(type(cfg), load_yaml_config(run_dir)).resolved_dict() == cfg.resolved_dict()
     except (OSError, ValueError, yaml.YAMLError):
         return False
 

@@ -225,6 +225,18 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def resolved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the delegated sections filled in: every adapter setting (with the adapter's own
+        defaults) and every preprocessing setting, except the two a run derives when the config leaves them out
+        (``classes``: from the dataset; ``prompt_mode``: from ``train.prompt``). This is what a run folder's
+        ``config.yaml`` holds; it loads back to the same resolved config."""
+        doc = self.to_dict()
+        doc["adapter"] = self.adapter_config().to_dict()
+        record = self.preprocessing_record().to_dict()
+        derived = {k for k in ("classes", "prompt_mode") if k not in self.preprocessing}
+        doc["preprocessing"] = {k: v for k, v in record.items() if k not in derived}
+        return doc
+
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config (or start from defaults when ``path`` is None) and apply overrides."""

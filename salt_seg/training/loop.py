@@ -282,15 +282,15 @@ def _train(
     )
 
     if dist.is_main:
-        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.to_dict())
+        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.resolved_dict())
         ck.fault("configured")
     barrier(dist)
     if resume:
         from salt_seg.configio import from_dict
 
         # compared through the typed config, so a key added since the run started takes its default
-        saved = from_dict(ExperimentConfig, rd.load_yaml_config(run_dir)).to_dict()
-        if saved != cfg.to_dict():
+        saved = from_dict(ExperimentConfig, rd.load_yaml_config(run_dir)).resolved_dict()
+        if saved != cfg.resolved_dict():
             raise ValueError(
                 f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
             )

@@ -552,7 +552,8 @@ def test_messages_name_the_users_files_never_server_paths(make_session, tmp_path
     (tmp_path / "a.dcm").write_bytes(b"junk")
     (tmp_path / "b.dcm").write_bytes(b"junk")
     out = h.on_upload(s, [str(tmp_path / "a.dcm"), str(tmp_path / "b.dcm")], POLICY)
-    assert out["status"] == "⚠️ 2 files: no DICOM files found in this folder"
+    # the reader names the broken file (the user's name, not the upload folder's path)
+    assert out["status"] == "⚠️ a.dcm: truncated or corrupt DICOM file (InvalidDicomError)"
     gradio_path = "/tmp/gradio/3bd74287/ct scan.nii.gz"
     assert h.user_facing(f"cannot read {gradio_path}: bad header", "ct scan.nii.gz") == (
         "cannot read ct scan.nii.gz: bad header"
