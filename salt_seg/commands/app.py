@@ -46,6 +46,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-upload-mb", type=int, default=1024, metavar="N", help="largest upload in MB (default 1024)"
     )
     parser.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=8192,
+        metavar="N",
+        help="memory all open sessions together may hold (volumes, label maps, undo, embeddings); beyond it the "
+        "least recently used sessions are closed, and told so on their next action (default 8192)",
+    )
+    parser.add_argument(
+        "--idle-minutes",
+        type=float,
+        default=240.0,
+        metavar="M",
+        help="close a session after M minutes without activity (default 240)",
+    )
+    parser.add_argument(
         "--no-builtin", action="store_true", help="offer only the --model, not the built-in base"
     )
     add_runtime_flags(parser)
@@ -62,6 +77,10 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.max_upload_mb < 1:
         raise ValueError(f"--max-upload-mb must be >= 1, got {args.max_upload_mb}")
+    if args.memory_budget_mb < 1:
+        raise ValueError(f"--memory-budget-mb must be >= 1, got {args.memory_budget_mb}")
+    if not args.idle_minutes > 0:
+        raise ValueError(f"--idle-minutes must be > 0, got {args.idle_minutes}")
     if args.path is not None and not Path(args.path).exists():
         raise FileNotFoundError(f"{args.path}: no such file or folder")
     if args.model is not None and not Path(args.model).exists():
@@ -100,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_upload_mb=args.max_upload_mb,
+        memory_budget_mb=args.memory_budget_mb,
+        idle_timeout_s=args.idle_minutes * 60.0,
         device=str(device),
         builtin=not args.no_builtin,
     )

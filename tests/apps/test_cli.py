@@ -30,6 +30,8 @@ def test_app_is_registered_and_help_is_instant(capsys: pytest.CaptureFixture[str
         (["app", "/no/such/volume.nii.gz"], "/no/such/volume.nii.gz: no such file or folder"),
         (["app", "--port", "70000"], "--port must be in 1..65535, got 70000"),
         (["app", "--max-upload-mb", "0"], "--max-upload-mb must be >= 1, got 0"),
+        (["app", "--memory-budget-mb", "0"], "--memory-budget-mb must be >= 1, got 0"),
+        (["app", "--idle-minutes", "0"], "--idle-minutes must be > 0, got 0.0"),
         (["app", "--no-builtin"], "--no-builtin needs --model RUN_OR_ADAPTER"),
         (["app", "--model", "/no/such/run"], "/no/such/run: no such run directory or adapter file"),
     ],
@@ -71,6 +73,11 @@ def test_run_starts_the_viewer_with_safe_defaults(monkeypatch: pytest.MonkeyPatc
         True,
     )
     assert seen["closed"] is True
+    assert (c.memory_budget_mb, c.idle_timeout_s) == (8192, 4 * 3600.0)  # the viewer's own defaults
+    assert (
+        main(["app", str(vol), "--memory-budget-mb", "512", "--idle-minutes", "30", "--device", "cpu"]) == 0
+    )
+    assert (seen["config"].memory_budget_mb, seen["config"].idle_timeout_s) == (512, 1800.0)
 
 
 def test_launch_defaults_bind_loopback_cap_uploads_and_grant_no_paths() -> None:
