@@ -76,11 +76,11 @@ def overlay_png(path: Path, image_slice, label_slice, names: dict[int, str], tit
     axes[1].legend(handles=handles, loc="lower right", fontsize=7)
     axes[0].set_title("MNI152 T1 (axial)")
     axes[1].set_title(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    from salt_seg.io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def reference_points(ds, run_dir: Path, image_size: int):  # noqa: ANN001, ANN201 - Dataset

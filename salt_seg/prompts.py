@@ -34,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from salt_seg.data.volume import LPS_TO_RAS
+from salt_seg.io import atomic_write_text
+
 PROMPT_FILE_VERSION = 1
 #: coordinate systems a prompt file may use (its top-level ``coordinates`` field).
 COORDINATE_SYSTEMS = ("voxel", "world")
 #: world spaces a ``world`` prompt file may use (its top-level ``space`` field; default ``RAS``).
 WORLD_SPACES = ("RAS", "LPS")
-_LPS = np.diag([-1.0, -1.0, 1.0])
 #: a world point may lie this far (voxels) off its slice's centre plane and still belong to it.
 _SLICE_TOLERANCE = 0.5 + 1e-6
 
@@ -160,9 +162,7 @@ def save_prompts(
         doc["prompts"] = [prompt_to_world(p, affine, space=space) for p in prompts]  # type: ignore[arg-type]
     else:
         doc["prompts"] = [p.to_dict() for p in prompts]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(doc, indent=2))
 
 
 def load_prompts(
@@ -244,8 +244,7 @@ def _world_matrix(affine: np.ndarray, space: str) -> np.ndarray:
     if a.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got shape {a.shape}")
     if space == "LPS":
-        a = a.copy()
-        a[:3] = _LPS @ a[:3]
+        a = LPS_TO_RAS @ a  # its own inverse: RAS -> LPS too
     return a
 
 

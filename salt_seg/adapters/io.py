@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from salt_seg.adapters.config import AdapterConfig
 from salt_seg.adapters.inject import adapter_layers, base_state_dict, get_record, inject_adapters
+from salt_seg.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +148,7 @@ def save_adapter(
         class_names=class_names,
         extra=extra,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def read_adapter_metadata(path: str | Path) -> dict[str, Any]:

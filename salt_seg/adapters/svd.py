@@ -116,13 +116,12 @@ def _load_cached(path: Path, weight: torch.Tensor) -> SVDFactors | None:
 
 
 def _store(path: Path, f: SVDFactors) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from salt_seg.io import atomic_write_bytes
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file({"U": f.U.cpu(), "S": f.S.cpu(), "Vh": f.Vh.cpu()}, str(tmp))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, save({"U": f.U.cpu(), "S": f.S.cpu(), "Vh": f.Vh.cpu()}))
     except OSError as exc:  # a read-only cache is not fatal
         logger.warning("could not write SVD cache entry %s (%s)", path, exc)
 

@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from salt_seg.commands.common import resolve_device
+    from salt_seg.io import atomic_write_json
     from salt_seg.training.config import load_config
     from salt_seg.training.loop import train
-    from salt_seg.training.rundir import atomic_write_json, load_yaml_config
+    from salt_seg.training.rundir import load_yaml_config
 
     device = resolve_device(args.device, args.threads)
     if args.resume:
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         "val_dice_mean": statistics.fmean(vals),
         "val_dice_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
     }
-    atomic_write_json(out / "seeds_summary.json", summary)
+    atomic_write_json(out / "seeds_summary.json", summary, default=str)
     print(
         f"validation Dice over {len(vals)} seeds: {summary['val_dice_mean']:.4f} ± {summary['val_dice_std']:.4f}"
     )

@@ -5,8 +5,9 @@ Public API (imported lazily, so ``import salt_seg.data`` costs nothing until a n
 Volumes and readers
     :class:`Volume` (``C x I x J x K`` array, RAS+ mm affine), :class:`Geometry`,
     :func:`load_volume` (NIfTI, DICOM folder/file/zip, NRRD/MHA, PNG/JPG/TIFF), :func:`load_label`,
-    :func:`load_channels`, :func:`save_volume`, :func:`list_dicom_series`, :func:`extract_slice`,
-    :func:`insert_slice`, :func:`slice_to_voxel`, :func:`voxel_to_slice`, :class:`DataError`.
+    :func:`load_channels`, :func:`list_dicom_series`, :func:`extract_slice`, :func:`insert_slice`,
+    :func:`slice_to_voxel`, :func:`voxel_to_slice`, :class:`DataError`, :data:`LPS_TO_RAS`. Writing NIfTI:
+    :func:`salt_seg.io.save_nifti`.
 Datasets
     :func:`detect_format`, :func:`load_dataset` -> :class:`Dataset` of :class:`Case`,
     :data:`DATASET_FORMATS`, :func:`check_dataset`, :func:`prepare_dataset`, :data:`RECIPES`.
@@ -30,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "DataError": "salt_seg.data.errors",
     "Volume": "salt_seg.data.volume",
     "Geometry": "salt_seg.data.volume",
-    "save_volume": "salt_seg.data.volume",
+    "LPS_TO_RAS": "salt_seg.data.volume",
     "extract_slice": "salt_seg.data.volume",
     "insert_slice": "salt_seg.data.volume",
     "slice_to_voxel": "salt_seg.data.volume",

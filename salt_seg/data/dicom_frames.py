@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
+from salt_seg.data.volume import LPS_TO_RAS
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: slice gaps may differ from their median by this fraction (plus 0.01 mm) before the series is refused.
 SPACING_TOLERANCE = 0.05
 
@@ -65,7 +65,7 @@ def dicom_affine(
     lps[:3, 1] = col_cos * spacing_rc[0]
     lps[:3, 2] = step
     lps[:3, 3] = origin
-    return _LPS_TO_RAS @ lps
+    return LPS_TO_RAS @ lps
 
 
 # --- pixels ---------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from salt_seg.data.errors import DataError
-from salt_seg.data.volume import Volume, check_affine, same_geometry
+from salt_seg.data.volume import LPS_TO_RAS, Volume, check_affine, same_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES + (".zip",)
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def file_kind(path: str | Path) -> str:
@@ -217,7 +216,7 @@ def read_itk_array(path: Path, max_voxels: int, raw: bool) -> tuple[np.ndarray, 
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing
     lps[:3, 3] = origin
-    affine = check_affine(_LPS_TO_RAS @ lps, path)
+    affine = check_affine(LPS_TO_RAS @ lps, path)
     return arr, affine, dim == 2
 
 

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from salt_seg.data.errors import DataError
 from salt_seg.data.split import make_split, save_split
 from salt_seg.data.volume import Volume
 from salt_seg.data.writers import write_nnunet_dataset
+from salt_seg.io import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -328,34 +328,10 @@ def prepare_dataset(name: str, out: str | Path, *, force: bool = False, **option
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: already exists; choose another --out or pass --force to replace it")
-    missing_parents = [p for p in reversed(out.absolute().parents) if not p.exists()]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        if exc.errno is not None and (exc.filename is None or f".{out.name}.tmp-" in str(exc.filename)):
-            exc.filename = str(out)  # e.g. a read-only parent: name the folder asked for
-        raise
-    try:
+    with atomic_folder(out) as tmp:  # built and checked aside, renamed into place; on failure nothing is left
         RECIPES[name].build(tmp, **options)
         report = check_dataset(load_dataset(tmp, "nnunet"))
         if not report.ok:
             raise DataError(out, f"built dataset fails its check: {report.problems[0]}")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in reversed(missing_parents):
-            if p.exists() and not any(p.iterdir()):
-                p.rmdir()
-        if isinstance(exc, OSError) and exc.errno is not None:
-            if exc.filename is None or str(exc.filename).startswith(str(tmp)):
-                exc.filename = str(out)  # the folder asked for (a full disk fails inside write(), nameless)
-        raise
     logger.info("prepared %s at %s", name, out)
     return out

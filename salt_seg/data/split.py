@@ -61,6 +61,7 @@ from salt_seg.data.slice_info import (
     read_slice_infos,
 )
 from salt_seg.data.slice_info import slice_info_from_dataset as slice_info_from_dataset
+from salt_seg.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +230,7 @@ class Split:
 
 def save_split(split: Split, path: str | Path) -> Path:
     """Write a split JSON file atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(split.to_dict(), indent=1))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(split.to_dict(), indent=1))
 
 
 def load_split(path: str | Path) -> Split:

@@ -7,7 +7,7 @@ Conventions (shared by readers, pipelines, predict and the viewer):
   RAS form shows the picture the right way up (see :func:`extract_slice`).
 * ``Volume.affine`` maps voxel indices ``(i, j, k, 1)`` to **world RAS+ millimetres** (nibabel's convention:
   x grows towards the patient's right, y anterior, z superior). Images read through ITK/DICOM, whose world is
-  LPS, are converted with ``diag(-1, -1, 1)``.
+  LPS, are converted with :data:`LPS_TO_RAS`.
 * :meth:`Volume.to_ras` permutes/flips voxel axes (never resamples) so the axes point R, A, S as closely as the
   affine allows; an oblique affine stays oblique. :meth:`Volume.restore_orientation` is its exact inverse, used
   to write predicted masks in the file's own voxel grid.
@@ -31,6 +31,9 @@ from salt_seg.data.errors import DataError
 GEOMETRY_ATOL_MM = 1e-3
 #: relative tolerance on the same comparison (large coordinates carry float32 rounding from file headers).
 GEOMETRY_RTOL = 1e-4
+#: world LPS mm (DICOM, ITK) -> world RAS mm, as a 4x4 acting on affines; its own inverse. Read-only.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS.flags.writeable = False
 
 
 def check_affine(affine: np.ndarray, path: str | Path | None = None) -> np.ndarray:
@@ -251,33 +254,6 @@ class Volume:
             channel_names=[],
             **changes,
         )
-
-    def to_nifti(self, dtype: np.dtype | type | None = None):  # -> nib.Nifti1Image
-        """A NIfTI image of the first channel (or all channels as a 4th axis), keeping the affine."""
-        import nibabel as nib
-
-        arr = self.array[0] if self.n_channels == 1 else np.moveaxis(self.array, 0, -1)
-        if dtype is not None:
-            arr = arr.astype(dtype)
-        img = nib.Nifti1Image(arr, self.affine)
-        img.set_qform(self.affine, code=1)
-        img.set_sform(self.affine, code=1)
-        return img
-
-
-def save_volume(path: str | Path, volume: Volume, dtype: np.dtype | type | None = None) -> Path:
-    """Write ``volume`` as NIfTI (``.nii``/``.nii.gz``) atomically (temp file + rename)."""
-    import nibabel as nib
-
-    path = Path(path)
-    name = path.name
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        raise ValueError(f"{path}: save_volume writes NIfTI; use a .nii or .nii.gz name")
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{name}.tmp{suffix}")
-    nib.save(volume.to_nifti(dtype), str(tmp))
-    tmp.replace(path)
-    return path
 
 
 def same_geometry(a: Volume, b: Volume) -> bool:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from salt_seg.data.volume import Volume, same_geometry, save_volume
+from salt_seg.data.volume import Volume, same_geometry
+from salt_seg.io import atomic_write_text, save_nifti
 
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -52,10 +53,12 @@ def write_nnunet_dataset(
             raise ValueError(f"case {case_id}: {image.n_channels} channel(s), expected {len(channel_names)}")
         if not same_geometry(image, label):
             raise ValueError(f"case {case_id}: label and image grids differ")
+        # units=False: dataset files keep the header they always had (their bytes feed the dataset content hash)
         for c in range(image.n_channels):
-            ch = image.with_array(image.array[c : c + 1].astype(np.float32), channel_names=[channel_names[c]])
-            save_volume(out / "imagesTr" / f"{case_id}_{c:04d}.nii.gz", ch)
-        save_volume(out / "labelsTr" / f"{case_id}.nii.gz", label.with_array(label.array), dtype=label_dtype)
+            path = out / "imagesTr" / f"{case_id}_{c:04d}.nii.gz"
+            save_nifti(path, image.array[c], image.affine, dtype=np.float32, units=False)
+        lab = label.array[0] if label.n_channels == 1 else np.moveaxis(label.array, 0, -1)
+        save_nifti(out / "labelsTr" / f"{case_id}.nii.gz", lab, label.affine, dtype=label_dtype, units=False)
         n += 1
     doc: dict[str, Any] = {
         "name": name,
@@ -65,5 +68,5 @@ def write_nnunet_dataset(
         "file_ending": ".nii.gz",
     }
     doc.update(extra or {})
-    (out / "dataset.json").write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / "dataset.json", json.dumps(doc, indent=2) + "\n")
     return out

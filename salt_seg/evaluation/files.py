@@ -17,12 +17,12 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from salt_seg.io import atomic_write_json, atomic_write_text
 
 #: NIfTI file suffixes, longest first.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -213,34 +213,9 @@ def jsonable(obj: object) -> object:
     return obj
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if (
-            isinstance(exc, OSError)
-            and exc.errno is not None
-            and (exc.filename is None or exc.filename == tmp)
-        ):
-            exc.filename = str(path)  # name the file asked for (a full disk fails inside write(), nameless)
-        raise
-    return path
-
-
 def write_json_atomic(path: str | Path, obj: object) -> Path:
     """Write strict JSON (NaN as ``null``) atomically."""
-    return write_text_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+    return atomic_write_json(path, jsonable(obj), allow_nan=False)
 
 
 def _cell(v: object) -> object:
@@ -256,4 +231,4 @@ def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Seq
     w.writerow(header)
     for row in rows:
         w.writerow([_cell(v) for v in row])
-    return write_text_atomic(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())

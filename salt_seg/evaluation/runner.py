@@ -14,7 +14,6 @@ Output files (all written atomically; NaN = excluded/undefined is an empty CSV c
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from salt_seg.evaluation.metrics import (
     evaluate_case,
 )
 from salt_seg.evaluation.summary import METRICS, SUMMARY_STATS, aggregate, aggregate_by_case
+from salt_seg.io import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -315,33 +315,10 @@ def write_results(result: EvaluationResult, out_dir: str | Path, extra: Mapping 
     All files are written into a temporary folder next to ``out_dir`` first and moved in only when every one
     was written, so a full disk leaves the previous results (or nothing), never half a set.
     """
-    import shutil
-    import tempfile
-
     out = Path(out_dir)
-    prefix = f".{out.name}.tmp-"
-    staging: Path | None = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    with atomic_folder(out, merge=True) as staging:
         staged = _write_results(result, staging, extra)
-        out.mkdir(exist_ok=True)
-        written = []
-        for p in staged:
-            os.replace(p, out / p.name)
-            written.append(out / p.name)
-        return written
-    except OSError as exc:
-        if exc.errno is not None and (
-            exc.filename is None
-            or Path(exc.filename).name.startswith(prefix)
-            or (staging is not None and str(exc.filename).startswith(str(staging)))
-        ):
-            exc.filename = str(out)  # the folder asked for, not the staging one
-        raise
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+    return [out / p.name for p in staged]
 
 
 def _write_results(result: EvaluationResult, out: Path, extra: Mapping | None) -> list[Path]:

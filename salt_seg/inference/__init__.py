@@ -41,7 +41,6 @@ from salt_seg.inference.coords import (
 )
 from salt_seg.inference.export import (
     read_source_header,
-    save_nifti_atomic,
     write_label_map,
     write_probability_map,
 )
@@ -110,7 +109,6 @@ __all__ = [
     "propagate_many",
     "read_source_header",
     "resolve_base_checkpoint",
-    "save_nifti_atomic",
     "segment_volume",
     "slicer_ctbl",
     "source_axis",

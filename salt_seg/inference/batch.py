@@ -380,7 +380,7 @@ def predict_cases(
 
     from salt_seg.data.errors import storage_error
     from salt_seg.inference.sidecars import write_itksnap_labels, write_slicer_ctbl
-    from salt_seg.training.rundir import atomic_write_json
+    from salt_seg.io import atomic_write_json
 
     out = Path(out_dir)
     check_outputs(cases, out, options)
@@ -441,7 +441,7 @@ def predict_cases(
             "failed": all_failed,
         }
         report.summary_path = out / SUMMARY_NAME
-        atomic_write_json(report.summary_path, doc)
+        atomic_write_json(report.summary_path, doc, default=str)
     return report
 
 

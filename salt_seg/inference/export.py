@@ -9,22 +9,19 @@
 * Label maps are ``uint8`` (``uint16`` when a class id exceeds 255) with NIfTI intent ``label``.
 * Probability maps are one 4-D file (x, y, z, class in class-id order), stored as ``uint8`` with
   ``scl_slope = 1/255`` so readers get probabilities in ``[0, 1]`` (2-3 significant digits).
-* Every file is written to a temporary name in the same folder and renamed (atomic); an existing file is
-  replaced only with ``overwrite=True``.
+* Every file is written by :func:`salt_seg.io.save_nifti` (temporary name in the same folder, then a rename); an
+  existing file is replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from salt_seg.data.volume import Geometry
-
-log = logging.getLogger(__name__)
+from salt_seg.io import save_nifti
 
 LABEL_DESCRIPTION = "salt_seg label map"
 PROBABILITY_DESCRIPTION = "salt_seg class probabilities"
@@ -42,55 +39,6 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
-    """Write text via a temporary file in the same folder and a rename."""
-    path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise _blame(exc, tmp, path) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _blame(exc: OSError, tmp: Path, path: Path) -> OSError:
-    """``exc`` naming the file the user asked for, not its temporary twin (a write refused, e.g. disk full)."""
-    if exc.errno is not None and exc.filename in (None, str(tmp)):  # an OS error, not a bare OSError("...")
-        exc.filename = str(path)
-    return exc
-
-
-def _nifti_suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    if name.endswith(".nii"):
-        return ".nii"
-    raise ValueError(f"{path}: label maps are written as NIfTI; use a .nii.gz or .nii name")
-
-
-def save_nifti_atomic(img: Any, path: str | Path, *, overwrite: bool = False) -> Path:
-    """``nibabel.save`` to a temporary name in the same folder, then rename; nothing is left behind on failure."""
-    import nibabel as nib
-
-    path = check_writable(path, overwrite)
-    suffix = _nifti_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise _blame(exc, tmp, path) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def read_source_header(path: str | Path) -> Any | None:
     """The NIfTI header of a source image (``None`` for other formats or unreadable files)."""
     import nibabel as nib
@@ -103,27 +51,6 @@ def read_source_header(path: str | Path) -> Any | None:
     except Exception:  # noqa: BLE001 - the reader reports bad files; here a header is only a nicety
         return None
     return img.header if isinstance(img, nib.Nifti1Image | nib.Nifti2Image) else None
-
-
-def _image(array: np.ndarray, geometry: Geometry, header: Any | None):
-    """A NIfTI image of ``array`` on ``geometry``: the source header's geometry when it agrees, else the affine."""
-    import nibabel as nib
-
-    if header is not None:
-        cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        hdr = header.copy()
-        affine = hdr.get_best_affine()
-        if np.allclose(affine, geometry.affine, atol=1e-4):
-            return cls(array, affine, header=hdr)  # nibabel keeps the header's qform/sform and their codes
-        log.warning("the source header's affine differs from the volume's; writing the volume's affine")
-    img = nib.Nifti1Image(array, geometry.affine)
-    img.header.set_sform(geometry.affine, code=1)
-    with np.errstate(all="ignore"):
-        img.header.set_qform(geometry.affine, code=1)
-    if not np.allclose(img.header.get_qform(), geometry.affine, atol=1e-5):  # sheared (e.g. gantry tilt)
-        img.header.set_qform(geometry.affine, code=0)
-    img.header.set_xyzt_units("mm", "sec")
-    return img
 
 
 def label_dtype(max_id: int) -> type:
@@ -173,14 +100,17 @@ def write_label_map(
                 f"{path}: label values {unknown[:5]} are not among the classes {sorted(class_names)}"
             )
         top = max([top, *(int(k) for k in class_names)])
-    dtype = label_dtype(int(top))
-    img = _image(arr.astype(dtype), geometry, header)
-    img.set_data_dtype(dtype)
-    img.header.set_slope_inter(1.0, 0.0)
-    img.header.set_intent("label")
-    img.header["cal_min"], img.header["cal_max"] = 0, top
-    img.header["descrip"] = LABEL_DESCRIPTION.encode()
-    return save_nifti_atomic(img, path, overwrite=overwrite)
+    return save_nifti(
+        check_writable(path, overwrite),
+        arr,
+        geometry.affine,
+        dtype=label_dtype(int(top)),
+        header=header,
+        slope=1.0,
+        intent="label",
+        cal=(0, top),
+        description=LABEL_DESCRIPTION,
+    )
 
 
 def write_probability_map(
@@ -196,10 +126,14 @@ def write_probability_map(
     if p.ndim != 4 or p.shape[1:] != tuple(geometry.shape):
         raise ValueError(f"{path}: probabilities shape {p.shape} is not C x {tuple(geometry.shape)}")
     q = np.round(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
-    img = _image(np.moveaxis(q, 0, -1), geometry, header)
-    img.set_data_dtype(np.uint8)
-    img.header.set_slope_inter(1.0 / 255.0, 0.0)
-    img.header.set_intent("none")
-    img.header["cal_min"], img.header["cal_max"] = 0.0, 1.0
-    img.header["descrip"] = PROBABILITY_DESCRIPTION.encode()
-    return save_nifti_atomic(img, path, overwrite=overwrite)
+    return save_nifti(
+        check_writable(path, overwrite),
+        np.moveaxis(q, 0, -1),
+        geometry.affine,
+        dtype=np.uint8,
+        header=header,
+        slope=1.0 / 255.0,
+        intent="none",
+        cal=(0.0, 1.0),
+        description=PROBABILITY_DESCRIPTION,
+    )

@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from salt_seg.inference.export import atomic_write_text
+from salt_seg.inference.export import check_writable
+from salt_seg.io import atomic_write_text
 
 #: distinct, colour-blind-aware colours (Okabe-Ito first, then Tableau), cycled for class ids 1, 2, ...
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -85,9 +86,8 @@ def write_label_json(
     path: str | Path, class_names: dict[int, str], *, overwrite: bool = False, **extra: Any
 ) -> Path:
     """Write the JSON sidecar (atomically)."""
-    return atomic_write_text(
-        path, json.dumps(label_json(class_names, **extra), indent=2) + "\n", overwrite=overwrite
-    )
+    text = json.dumps(label_json(class_names, **extra), indent=2) + "\n"
+    return atomic_write_text(check_writable(path, overwrite), text)
 
 
 def slicer_name(name: str) -> str:
@@ -107,7 +107,7 @@ def slicer_ctbl(class_names: dict[int, str], title: str = "salt_seg labels") -> 
 
 def write_slicer_ctbl(path: str | Path, class_names: dict[int, str], *, overwrite: bool = False) -> Path:
     """Write a 3D Slicer colour table (atomically)."""
-    return atomic_write_text(path, slicer_ctbl(class_names, Path(path).name), overwrite=overwrite)
+    return atomic_write_text(check_writable(path, overwrite), slicer_ctbl(class_names, Path(path).name))
 
 
 def itksnap_labels(class_names: dict[int, str]) -> str:
@@ -122,4 +122,4 @@ def itksnap_labels(class_names: dict[int, str]) -> str:
 
 def write_itksnap_labels(path: str | Path, class_names: dict[int, str], *, overwrite: bool = False) -> Path:
     """Write an ITK-SNAP label description file (atomically)."""
-    return atomic_write_text(path, itksnap_labels(class_names), overwrite=overwrite)
+    return atomic_write_text(check_writable(path, overwrite), itksnap_labels(class_names))

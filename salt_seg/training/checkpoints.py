@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from salt_seg.io import fsync_dir, write_durable
 from salt_seg.training import rundir as rd
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,14 @@ def write_unit(run_dir: Path, step: int, adapter_bytes: bytes, state: dict[str, 
         buf = io.BytesIO()
         torch.save(state, buf)
         fault("unit-adapter-start", tmp / "adapter.safetensors")
-        rd.write_durable(tmp / "adapter.safetensors", adapter_bytes)
+        write_durable(tmp / "adapter.safetensors", adapter_bytes)
         fault("unit-adapter", tmp / "state.pt")
         data = buf.getvalue()
         half = lambda: (tmp / "state.pt").write_bytes(data[: len(data) // 2])  # noqa: E731
         fault("unit-state-half", tmp / "state.pt", before=half)
-        rd.write_durable(tmp / "state.pt", data)
+        write_durable(tmp / "state.pt", data)
         fault("unit-state", tmp)
-        rd._fsync_dir(tmp)
+        fsync_dir(tmp)
         fault("unit-written", tmp)
         final = unit_path(run_dir, step)
         if final.exists():  # cannot happen for a run resumed from its last unit; never rename onto a unit
@@ -157,7 +158,7 @@ def write_unit(run_dir: Path, step: int, adapter_bytes: bytes, state: dict[str, 
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    rd._fsync_dir(ck)
+    fsync_dir(ck)
     fault("unit-published", final)
     prune(run_dir, keep={step, int(state["best_step"])})
     fault("unit-pruned", final)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
 from salt_seg.training.batching import batch_indices, derive_seed, make_prompts, shard
@@ -332,7 +333,7 @@ def _train(
         from safetensors.torch import save
 
         base_sd = {k: v.contiguous() for k, v in built.base_state.items()}
-        rd.atomic_write_bytes(run_dir / "base.safetensors", save(base_sd, metadata={"base_hash": base_hash}))
+        atomic_write_bytes(run_dir / "base.safetensors", save(base_sd, metadata={"base_hash": base_hash}))
         ck.fault("base-written")
     model.to(device)
     ceiling = output_ceiling(data, record.image_size, model.output_size) if dist.is_main else {}
@@ -385,7 +386,7 @@ def _train(
         rd.remove_leftovers(run_dir / "plots")
     if fresh and dist.is_main:
         rd.truncate_metrics(run_dir, 0)  # rows of a run killed before its first checkpoint
-        rd.atomic_write_json(
+        atomic_write_json(
             run_dir / "provenance.json",
             rd.provenance(
                 {
@@ -397,9 +398,10 @@ def _train(
                     "trainable_parameters": n_trainable,
                 }
             ),
+            default=str,
         )
         if data.split:
-            rd.atomic_write_json(run_dir / "split.json", data.split)
+            atomic_write_json(run_dir / "split.json", data.split, default=str)
 
     ddp_model = model
     if dist.enabled:
@@ -537,12 +539,12 @@ def _train(
     seconds = elapsed()
     if dist.is_main and finished:
         best_unit = ck.unit_path(run_dir, best_step) / "adapter.safetensors"
-        rd.atomic_write_bytes(run_dir / "adapter.safetensors", best_unit.read_bytes())
+        atomic_write_bytes(run_dir / "adapter.safetensors", best_unit.read_bytes())
         ck.fault("exported")
         from salt_seg.training.plots import plot_curves
 
         plot_curves(run_dir / "plots" / "curves.png", history)
-        rd.atomic_write_json(
+        atomic_write_json(
             run_dir / "summary.json",
             {
                 "best_val_dice": best,
@@ -555,6 +557,7 @@ def _train(
                 "adapter": adapter_cfg.name,
                 "resolution_ceiling": ceiling,
             },
+            default=str,
         )
     barrier(dist)
     return TrainResult(run_dir, best, best_step, step, init_dice, n_trainable, seconds, history)

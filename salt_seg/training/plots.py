@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from salt_seg.io import atomic_path
 from salt_seg.preprocessing import SAM_PIXEL_MEAN, SAM_PIXEL_STD, Preprocessing
 
 
@@ -20,10 +21,8 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:

@@ -212,9 +212,10 @@ def export_base(model, path: Path, meta: dict[str, str]) -> None:
 
     The model must hold plain weights (pretraining uses the ``full`` adapter, which wraps nothing).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from salt_seg.adapters import adapter_layers
+    from salt_seg.io import atomic_write_bytes
 
     if adapter_layers(model):
         raise RuntimeError("export_base expects an un-wrapped model (adapter 'full')")
@@ -223,10 +224,7 @@ def export_base(model, path: Path, meta: dict[str, str]) -> None:
         for k, v in model.state_dict().items()
         if not k.startswith("class_tokens.")
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write_bytes(path, save(sd, metadata=meta))
 
 
 def run_pretraining(
@@ -344,10 +342,12 @@ def run_pretraining(
         "anatomy_heldout_dice_fill_box": f"{anatomy.fill_box:.4f}",
         "anatomy_heldout_dice_one_point": f"{anatomy.one_point:.4f}",
     }
-    from salt_seg.training.rundir import atomic_write_json
+    from salt_seg.io import atomic_write_json
 
     atomic_write_json(
-        run_dir / "objectness.json", {**meta, "n_objects": scores.n_objects, "seconds": result.seconds}
+        run_dir / "objectness.json",
+        {**meta, "n_objects": scores.n_objects, "seconds": result.seconds},
+        default=str,
     )
     if export is not None:
         export_base(model.cpu(), export, meta)

@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from salt_seg.io import atomic_write_text
+
 RUN_MARKER = "config.yaml"
 METRICS = "metrics.jsonl"
 #: errors that mean "the run directory cannot take more data" rather than a bug
@@ -88,51 +90,8 @@ def writing(run_dir: str | Path) -> Iterator[None]:
         raise RunDirWriteError(exc.errno, exc.strerror or str(exc), str(name or run_dir), run_dir) from exc
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_durable(path: Path, data: bytes) -> None:
-    """Write ``path`` and flush it to the disk; an ``OSError`` names ``path`` (a failed ``write`` alone does not)."""
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        if exc.filename is None:
-            exc.filename = str(path)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write_durable(tmp, data)
-        tmp.replace(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
 def is_leftover(name: str) -> bool:
-    """A temporary file or folder of an interrupted write (``.NAME.tmpPID``, ``.tmp-step-N``, ``.trash-...``)."""
+    """A temporary file or folder of an interrupted write (``.NAME.XXXXXXXX.tmp``, ``.tmp-step-N``, ``.trash-...``)."""
     return name.startswith(".") and (".tmp" in name or name.startswith(".trash-"))
 
 

@@ -14,11 +14,11 @@ from salt_seg.data.volume import (
     check_affine,
     extract_slice,
     insert_slice,
-    save_volume,
     slice_shape,
     slice_to_voxel,
     voxel_to_slice,
 )
+from salt_seg.io import save_nifti
 
 from .conftest import oblique_affine
 
@@ -84,7 +84,7 @@ def test_source_volume_writes_back_on_the_file_grid(tmp_path):
     back = ras.source_volume(ras.data)
     assert np.array_equal(back.data, vol.data)
     assert np.allclose(back.affine, vol.affine)
-    path = save_volume(tmp_path / "m.nii.gz", back, dtype=np.uint8)
+    path = save_nifti(tmp_path / "m.nii.gz", back.array[0], back.affine, dtype=np.uint8)
     import nibabel as nib
 
     img = nib.load(str(path))

@@ -10,7 +10,7 @@ import pytest
 
 from salt_seg.data import Volume, load_volume, prepare_volume
 from salt_seg.inference import read_source_header, write_label_map, write_probability_map
-from salt_seg.inference.export import save_nifti_atomic
+from salt_seg.io import save_nifti
 from salt_seg.preprocessing import Preprocessing
 from tests.data.conftest import write_dicom_series, write_nifti
 from tests.inference.conftest import AFFINES
@@ -209,6 +209,6 @@ def test_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(OSError, match="disk full"):
         write_label_map(path, np.zeros((3, 3, 3), np.uint8), g, overwrite=True)
     with pytest.raises(OSError, match="disk full"):
-        save_nifti_atomic(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), tmp_path / "new.nii.gz")
+        save_nifti(tmp_path / "new.nii.gz", np.zeros((2, 2, 2), np.uint8), np.eye(4))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nii.gz"]
