@@ -20,6 +20,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from salt_seg.adapters.methods import AdapterMethod, get_adapter_method
+
 #: an explicit rank: ``int`` or ``{"fraction": float}`` or ``{"energy": float}``
 RankSpec = int | dict[str, float]
 
@@ -177,9 +179,7 @@ class AdapterConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        from salt_seg.adapters.registry import get_adapter_spec
-
-        spec = get_adapter_spec(self.name)  # raises ValueError listing the valid names
+        spec = get_adapter_method(self.name)  # raises ValueError listing the valid names
         if isinstance(self.targets, str):
             self.targets = [self.targets]
         if not isinstance(self.targets, (list, tuple)) or not all(
@@ -255,7 +255,7 @@ class AdapterConfig:
                 f"AdapterConfig.version {self.version} is newer than this salt_seg ({CONFIG_VERSION})"
             )
 
-    def _resolve_rank(self, spec: Any) -> None:
+    def _resolve_rank(self, spec: AdapterMethod) -> None:
         if self.rank is None:
             self.rank = copy.deepcopy(spec.default_rank)
             return

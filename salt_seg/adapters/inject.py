@@ -235,8 +235,10 @@ def inject_adapters(
         p.requires_grad_(False)
     for name in names:
         base = modules[name]
+        # names are nn.Linear/nn.Conv2d targets, and only adapters that wrap layers (a builder) have any
+        assert spec.build is not None and isinstance(base, ADAPTABLE)
         with torch.enable_grad():
-            wrapper = spec.build(base, factors[name] if factors else None, ranks[name], config, name)  # type: ignore[misc]
+            wrapper = spec.build(base, factors[name] if factors else None, ranks[name], config, name)
         wrapper.to(base.weight.device)
         _replace(model, name, wrapper)
     for group in declared_parameters(model, config).values():

@@ -1,165 +1,172 @@
 """The adapter registry: one entry per method, holding its layer builder, parameter count and defaults.
 
-``ADAPTERS[name]`` is an :class:`AdapterSpec`. Configs hold the name only; an unknown name raises ``ValueError``
-listing the valid ones. ``full`` and ``none`` wrap nothing: they only decide which parts of SAM train.
+``ADAPTERS[name]`` is an :class:`AdapterSpec`: the method's facts (:mod:`salt_seg.adapters.methods`) plus how to
+build and count its wrapper. Configs hold the name only; an unknown name raises ``ValueError`` listing the valid
+ones. ``full`` and ``none`` wrap nothing: they only decide which parts of SAM train.
+
+The registry imports the layer modules and the config; neither imports the registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from salt_seg.adapters.base import AdapterLayer
+from salt_seg.adapters.config import AdapterConfig
 from salt_seg.adapters.effort import EffortLayer
 from salt_seg.adapters.lora import LoraLayer
+from salt_seg.adapters.methods import METHODS, PAPER_EXTRAS, AdapterMethod
 from salt_seg.adapters.salt import SaltLayer
 from salt_seg.adapters.ssam import SSamLayer
+from salt_seg.adapters.svd import SVDFactors
 from salt_seg.adapters.svfit import SVFitLayer
 
-if TYPE_CHECKING:
-    from salt_seg.adapters.base import AdapterLayer
-    from salt_seg.adapters.config import AdapterConfig
-    from salt_seg.adapters.svd import SVDFactors
+__all__ = ["ADAPTERS", "PAPER_EXTRAS", "AdapterSpec", "Builder", "Counter", "get_adapter_spec"]
 
 #: builder(base_layer, factors or None, resolved rank or None, config, module name) -> wrapper
-Builder = Callable[[nn.Module, "SVDFactors | None", "int | None", "AdapterConfig", str], "AdapterLayer"]
+Builder = Callable[
+    ["nn.Linear | nn.Conv2d", "SVDFactors | None", "int | None", AdapterConfig, str], AdapterLayer
+]
 #: count(out, fan_in, resolved rank or None, config, module name) -> trainable parameters of one wrapped layer
-Counter = Callable[[int, int, "int | None", "AdapterConfig", str], int]
-
-#: the paper's choice for what else trains: LayerNorms, position embedding and the (text -> here learned) prompt
-PAPER_EXTRAS: dict[str, bool] = {
-    "train_norms": True,
-    "train_pos_embed": True,
-    "train_rel_pos": False,
-    "train_mask_decoder": False,
-    "train_prompt_encoder": False,
-    "train_class_tokens": True,
-    # not in the paper: the full-resolution branch (where the model has one) trains with every adapter
-    "train_hires": True,
-}
+Counter = Callable[[int, int, "int | None", AdapterConfig, str], int]
 
 
 @dataclass(frozen=True)
-class AdapterSpec:
-    """One registered adapter.
+class AdapterSpec(AdapterMethod):
+    """One registered adapter: an :class:`~salt_seg.adapters.methods.AdapterMethod` and its wrapper.
 
     Attributes:
-        name: registry key.
-        description: one line for ``--help`` and ``params``.
         build: makes the wrapper for one target layer; ``None`` for ``full``/``none`` (nothing is wrapped).
         count: trainable parameters of one wrapped layer, from shapes and the resolved rank only.
-        needs_svd: the builder needs the layer's SVD factors.
-        uses_rank / uses_r_lora: which rank fields mean something for this adapter.
-        options: the other config options it reads (``init``, ``relu``, ``lora_alpha``, ``lora_qv_only``).
-        min_rank / max_rank_offset: valid resolved ranks are ``min_rank <= r <= k - max_rank_offset``.
-        default_rank / default_r_lora / default_reg_weight / default_extras: config defaults.
-        supports_reference_compute: has the released code's dense rebuild (``compute="reference"``).
-        trains_encoder: the whole image encoder trains (``full``).
     """
 
-    name: str
-    description: str
-    build: Builder | None
-    count: Counter | None
-    needs_svd: bool = False
-    uses_rank: bool = False
-    uses_r_lora: bool = False
-    options: frozenset[str] = frozenset()
-    min_rank: int = 0
-    max_rank_offset: int = 0
-    default_rank: dict[str, Any] | None = None
-    default_r_lora: int | None = None
-    default_reg_weight: float = 0.0
-    default_extras: dict[str, bool] = field(default_factory=lambda: dict(PAPER_EXTRAS))
-    supports_reference_compute: bool = False
-    trains_encoder: bool = False
+    build: Builder | None = None
+    count: Counter | None = None
 
-    @property
-    def wraps_layers(self) -> bool:
-        return self.build is not None
+
+# -- builders and counters: the registry is the one place that knows which config fields each layer takes.
+# ``needs_svd`` / ``uses_rank`` / ``uses_r_lora`` guarantee the factors, rank and r_lora they read are set.
+
+
+def _factors(factors: SVDFactors | None, name: str) -> SVDFactors:
+    assert factors is not None, f"{name}: an SVD adapter was built without the layer's factors"
+    return factors
+
+
+def _rank(rank: int | None, name: str) -> int:
+    assert rank is not None, f"{name}: a ranked adapter was built without a resolved rank"
+    return rank
+
+
+def _r_lora(config: AdapterConfig) -> int:
+    assert config.r_lora is not None, f"adapter {config.name!r}: r_lora was not resolved"
+    return config.r_lora
 
 
 def _qv(config: AdapterConfig, name: str) -> bool:
     return bool(config.lora_qv_only) and name.endswith("qkv")
 
 
-ADAPTERS: dict[str, AdapterSpec] = {
-    "salt": AdapterSpec(
-        name="salt",
-        description="scale/shift the top-r singular values + low-rank X·Y in the residual subspace (SALT)",
-        build=lambda m, f, r, c, n: SaltLayer(m, f, r, c.r_lora, c.init, c.relu, c.compute),  # type: ignore[arg-type]
-        count=lambda o, i, r, c, n: SaltLayer.count(o, i, r, c.r_lora),  # type: ignore[arg-type]
-        needs_svd=True,
-        uses_rank=True,
-        uses_r_lora=True,
-        options=frozenset({"init", "relu"}),
-        # the released ranks (attention 760, MLP 50, neck 250 on vit_b) as fractions of k, so smaller variants scale
-        default_rank={"attn": {"fraction": 0.99}, "mlp": {"fraction": 0.065}, "neck": {"fraction": 0.977}},
-        default_r_lora=4,
-        default_reg_weight=0.01,  # the released training script's reg_multiplier
-        supports_reference_compute=True,
-    ),
-    "ssam": AdapterSpec(
-        name="ssam",
-        description="scale/shift every singular value (S-SAM)",
-        build=lambda m, f, r, c, n: SSamLayer(m, f, c.compute),  # type: ignore[arg-type]
-        count=lambda o, i, r, c, n: SSamLayer.count(o, i),
-        needs_svd=True,
-        supports_reference_compute=True,
-    ),
-    "svfit": AdapterSpec(
-        name="svfit",
-        description="train only the top-r singular values (SVFit); r by energy share by default",
-        build=lambda m, f, r, c, n: SVFitLayer(m, f, r, c.compute),  # type: ignore[arg-type]
-        count=lambda o, i, r, c, n: SVFitLayer.count(o, i, r),  # type: ignore[arg-type]
-        needs_svd=True,
-        uses_rank=True,
-        min_rank=1,
-        default_rank={"default": {"energy": 0.99}},
-    ),
-    "lora": AdapterSpec(
-        name="lora",
-        description="LoRA B·A (B = 0 at init); lora_qv_only adapts q and v of the fused qkv (SAMed)",
-        build=lambda m, f, r, c, n: LoraLayer(m, c.r_lora, c.lora_alpha, _qv(c, n), c.compute),  # type: ignore[arg-type]
-        count=lambda o, i, r, c, n: LoraLayer.count(o, i, c.r_lora, _qv(c, n)),  # type: ignore[arg-type]
-        uses_r_lora=True,
-        options=frozenset({"lora_alpha", "lora_qv_only"}),
-        default_r_lora=4,
-    ),
-    "effort": AdapterSpec(
-        name="effort",
-        description="freeze the top-r principal components, train the residual U, σ, V (Effort)",
-        build=lambda m, f, r, c, n: EffortLayer(m, f, r, c.compute),  # type: ignore[arg-type]
-        count=lambda o, i, r, c, n: EffortLayer.count(o, i, r),  # type: ignore[arg-type]
-        needs_svd=True,
-        uses_rank=True,
-        max_rank_offset=1,
-        default_rank={"default": {"fraction": 0.995}},  # k - r = 4 trained components on vit_b
-        default_reg_weight=1.0,
-    ),
-    "full": AdapterSpec(
-        name="full",
-        description="full fine-tuning of the image encoder",
-        build=None,
-        count=None,
-        trains_encoder=True,
-        default_extras={**PAPER_EXTRAS, "train_rel_pos": True},
-    ),
-    "none": AdapterSpec(
-        name="none",
-        description="frozen image encoder; only the mask decoder and prompt tokens train",
-        build=None,
-        count=None,
-        default_extras={
-            **PAPER_EXTRAS,
-            "train_norms": False,
-            "train_pos_embed": False,
-            "train_mask_decoder": True,
-        },
-    ),
+def _build_salt(
+    base: nn.Linear | nn.Conv2d,
+    factors: SVDFactors | None,
+    rank: int | None,
+    config: AdapterConfig,
+    name: str,
+) -> AdapterLayer:
+    return SaltLayer(
+        base,
+        _factors(factors, name),
+        _rank(rank, name),
+        _r_lora(config),
+        config.init,
+        config.relu,
+        config.compute,
+    )
+
+
+def _count_salt(out: int, fan_in: int, rank: int | None, config: AdapterConfig, name: str) -> int:
+    return SaltLayer.count(out, fan_in, _rank(rank, name), _r_lora(config))
+
+
+def _build_ssam(
+    base: nn.Linear | nn.Conv2d,
+    factors: SVDFactors | None,
+    rank: int | None,
+    config: AdapterConfig,
+    name: str,
+) -> AdapterLayer:
+    return SSamLayer(base, _factors(factors, name), config.compute)
+
+
+def _count_ssam(out: int, fan_in: int, rank: int | None, config: AdapterConfig, name: str) -> int:
+    return SSamLayer.count(out, fan_in)
+
+
+def _build_svfit(
+    base: nn.Linear | nn.Conv2d,
+    factors: SVDFactors | None,
+    rank: int | None,
+    config: AdapterConfig,
+    name: str,
+) -> AdapterLayer:
+    return SVFitLayer(base, _factors(factors, name), _rank(rank, name), config.compute)
+
+
+def _count_svfit(out: int, fan_in: int, rank: int | None, config: AdapterConfig, name: str) -> int:
+    return SVFitLayer.count(out, fan_in, _rank(rank, name))
+
+
+def _build_lora(
+    base: nn.Linear | nn.Conv2d,
+    factors: SVDFactors | None,
+    rank: int | None,
+    config: AdapterConfig,
+    name: str,
+) -> AdapterLayer:
+    return LoraLayer(base, _r_lora(config), config.lora_alpha, _qv(config, name), config.compute)
+
+
+def _count_lora(out: int, fan_in: int, rank: int | None, config: AdapterConfig, name: str) -> int:
+    return LoraLayer.count(out, fan_in, _r_lora(config), _qv(config, name))
+
+
+def _build_effort(
+    base: nn.Linear | nn.Conv2d,
+    factors: SVDFactors | None,
+    rank: int | None,
+    config: AdapterConfig,
+    name: str,
+) -> AdapterLayer:
+    return EffortLayer(base, _factors(factors, name), _rank(rank, name), config.compute)
+
+
+def _count_effort(out: int, fan_in: int, rank: int | None, config: AdapterConfig, name: str) -> int:
+    return EffortLayer.count(out, fan_in, _rank(rank, name))
+
+
+#: name -> (builder, counter) for the methods that wrap layers
+_WRAPPERS: dict[str, tuple[Builder, Counter]] = {
+    "salt": (_build_salt, _count_salt),
+    "ssam": (_build_ssam, _count_ssam),
+    "svfit": (_build_svfit, _count_svfit),
+    "lora": (_build_lora, _count_lora),
+    "effort": (_build_effort, _count_effort),
 }
+
+
+def _register(method: AdapterMethod) -> AdapterSpec:
+    build, count = _WRAPPERS.get(method.name, (None, None))
+    assert (build is not None) == method.wraps_layers, (
+        f"adapter {method.name!r}: builder and wraps_layers disagree"
+    )
+    return AdapterSpec(**asdict(method), build=build, count=count)
+
+
+ADAPTERS: dict[str, AdapterSpec] = {name: _register(method) for name, method in METHODS.items()}
 
 
 def get_adapter_spec(name: str) -> AdapterSpec:

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-from salt_seg.adapters.config import RankSpec
-
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
@@ -189,7 +187,7 @@ def decompose_layers(
     return {name: out[name] for name in weights}
 
 
-def resolve_rank(spec: RankSpec, S: torch.Tensor | None, k: int, where: str = "rank") -> int:
+def resolve_rank(spec: int | Mapping[str, float], S: torch.Tensor | None, k: int, where: str = "rank") -> int:
     """Turn a rank spec into an integer for a layer with ``k`` singular values.
 
     Args:

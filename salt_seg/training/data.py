@@ -9,7 +9,7 @@ from pathlib import Path
 
 from salt_seg.preprocessing import Preprocessing
 from salt_seg.training.config import SPLIT_TERMS, ExperimentConfig
-from salt_seg.training.loop import TrainData
+from salt_seg.training.types import TrainData
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +36,9 @@ from salt_seg.training.distributed import (
 )
 from salt_seg.training.losses import build_loss, mask_iou, soft_dice
 from salt_seg.training.schedule import warmup_cosine
+from salt_seg.training.types import TrainData
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainData:
-    """What the loop needs from the data side.
-
-    ``train``/``val`` are indexable datasets whose items are dicts with ``image`` (``3 x S x S`` float tensor,
-    model input), ``label`` (``S x S`` int64 label map in model-input space), ``case_id`` and ``slice_index``.
-    ``train`` may expose ``set_random_state(seed)`` (MONAI ``Randomizable``) for deterministic augmentation.
-    """
-
-    train: Any
-    val: Any
-    class_ids: list[int]
-    split: dict[str, Any] = field(default_factory=dict)
-    dataset_hash: str | None = None
-    record: Any = (
-        None  # the preprocessing record with the dataset's classes, when it differs from the config's
-    )
 
 
 @dataclass

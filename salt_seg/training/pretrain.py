@@ -257,7 +257,8 @@ def run_pretraining(
 
     from salt_seg.configio import apply_overrides, from_dict
     from salt_seg.training.config import ExperimentConfig
-    from salt_seg.training.loop import TrainData, train
+    from salt_seg.training.loop import train
+    from salt_seg.training.types import TrainData
 
     record = pretrain_record(image_size)
     doc = {

@@ -4,8 +4,8 @@ import pytest
 
 from salt_seg.configio import from_dict
 from salt_seg.training.config import ExperimentConfig
-from salt_seg.training.loop import TrainData
 from salt_seg.training.pretrain import GeneratorParams, SyntheticObjects, pretrain_record
+from salt_seg.training.types import TrainData
 
 SIZE = 128  # tiny at half its native size: 4x cheaper, same code path (position tables interpolated)
 EASY = GeneratorParams(

@@ -1,0 +1,1 @@
+"""Training: experiment config, data, loop, checkpoints and pretraining."""
