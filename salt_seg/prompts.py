@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from salt_seg.data.volume import LPS_TO_RAS
+from salt_seg.geometry import LPS_TO_RAS
 from salt_seg.io import atomic_write_text
 
 PROMPT_FILE_VERSION = 1

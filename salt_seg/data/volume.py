@@ -26,14 +26,12 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
+from salt_seg.geometry import LPS_TO_RAS  # noqa: F401 - re-exported by salt_seg.data
 
 #: affine entries may differ by this much (mm) between an image and its label and still count as equal.
 GEOMETRY_ATOL_MM = 1e-3
 #: relative tolerance on the same comparison (large coordinates carry float32 rounding from file headers).
 GEOMETRY_RTOL = 1e-4
-#: world LPS mm (DICOM, ITK) -> world RAS mm, as a 4x4 acting on affines; its own inverse. Read-only.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-LPS_TO_RAS.flags.writeable = False
 
 
 def check_affine(affine: np.ndarray, path: str | Path | None = None) -> np.ndarray:
