@@ -272,7 +272,11 @@ def main() -> None:
             r = json.loads(line)
             done.add(
                 (r["method"], r["dataset"], r["shots"], r["seed"], r["steps"], r["eval_prompt"])
-                + (r["split"].get("protocol", "block"), r.get("base", "builtin128"))
+                + (
+                    r["split"].get("protocol", "block"),
+                    r.get("base", "builtin128"),
+                    r["split"].get("guard_mm"),
+                )
             )
     for name in args.datasets:
         dataset = Path(args.data_root) / name
@@ -290,6 +294,7 @@ def main() -> None:
                         "dense" if method in ("unet", "floor") else args.eval_prompt,
                         args.protocol,
                         args.base,
+                        args.guard_mm,
                     )
                     if key in done:
                         continue

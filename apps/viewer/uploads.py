@@ -92,6 +92,24 @@ def check_uploaded(paths: Sequence[Path], policy: UploadPolicy) -> None:
         )
 
 
+def _checked(files: Sequence[str | Path], policy: UploadPolicy) -> list[Path]:
+    """The uploaded paths, checked against ``policy`` (:func:`check_uploaded`); ``ValueError`` when none."""
+    paths = [Path(f) for f in files if f]
+    if not paths:
+        raise ValueError("no file uploaded")
+    check_uploaded(paths, policy)
+    return paths
+
+
+def _fresh_folder(workdir: str | Path, prefix: str) -> Path:
+    """A new ``workdir/<prefix>-N`` (N counts the earlier ones)."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    dest = work / f"{prefix}-{sum(1 for _ in work.glob(f'{prefix}-*'))}"
+    dest.mkdir()
+    return dest
+
+
 def take_uploads(files: Sequence[str | Path], workdir: str | Path, policy: UploadPolicy) -> list[Path]:
     """Check uploaded files and move them out of Gradio's upload folder into ``workdir/incoming-N/<i>/<name>``.
 
@@ -102,14 +120,8 @@ def take_uploads(files: Sequence[str | Path], workdir: str | Path, policy: Uploa
         ValueError: no file, a path outside the upload folder, too large, or gone (taken by an identical upload
             from another tab at the same moment: Gradio stores uploads by content).
     """
-    paths = [Path(f) for f in files if f]
-    if not paths:
-        raise ValueError("no file uploaded")
-    check_uploaded(paths, policy)
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    dest = work / f"incoming-{sum(1 for _ in work.glob('incoming-*'))}"
-    dest.mkdir()
+    paths = _checked(files, policy)
+    dest = _fresh_folder(workdir, "incoming")
     taken = []
     for i, p in enumerate(paths):
         target = dest / str(i) / p.name
@@ -158,15 +170,8 @@ def stage_upload(files: Sequence[str | Path], workdir: str | Path, policy: Uploa
         ValueError: no file, a path outside the upload folder, too large.
         DataError: an unsafe or unreadable zip, no DICOM image in a set of files.
     """
-    paths = [Path(f) for f in files if f]
-    if not paths:
-        raise ValueError("no file uploaded")
-    check_uploaded(paths, policy)
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    n = sum(1 for _ in work.glob("upload-*"))
-    dest = work / f"upload-{n}"
-    dest.mkdir()
+    paths = _checked(files, policy)
+    dest = _fresh_folder(workdir, "upload")
     if len(paths) == 1:
         p = paths[0]
         kind = file_kind(p)

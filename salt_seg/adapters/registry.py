@@ -18,7 +18,7 @@ from salt_seg.adapters.base import AdapterLayer
 from salt_seg.adapters.config import AdapterConfig
 from salt_seg.adapters.effort import EffortLayer
 from salt_seg.adapters.lora import LoraLayer
-from salt_seg.adapters.methods import METHODS, PAPER_EXTRAS, AdapterMethod
+from salt_seg.adapters.methods import METHODS, PAPER_EXTRAS, AdapterMethod, get_adapter_method
 from salt_seg.adapters.salt import SaltLayer
 from salt_seg.adapters.ssam import SSamLayer
 from salt_seg.adapters.svd import SVDFactors
@@ -175,7 +175,4 @@ def get_adapter_spec(name: str) -> AdapterSpec:
     Raises:
         ValueError: unknown name (the message lists the valid ones).
     """
-    try:
-        return ADAPTERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown adapter {name!r}; valid: {sorted(ADAPTERS)}") from None
+    return ADAPTERS[get_adapter_method(name).name]
