@@ -6,7 +6,9 @@ nuclei, hippocampus and amygdala on a real T1 MRI), prompt the base with
 * the structure's tight bounding box from the ground truth, and
 * one positive click at its interior point farthest from the boundary,
 
-and score the mask against the ground truth (Dice, slice pixels). The "fill the box" baseline (every pixel of
+and score the mask against the ground truth (Dice, slice pixels). ``box`` is what the viewer returns (the mask
+clipped to the box, :func:`salt_seg.model.predictor.clip_logits_to_box`); ``box raw`` the model's own mask, with
+the share of its pixels that lie outside the box (``raw out``); recall and precision are the clipped mask's. The "fill the box" baseline (every pixel of
 the box) says how much the box alone explains. Bases are compared side by side in one run.
 
     python bench/zeroshot.py --data data/colin27-aal --bases builtin_v1 builtin --axis 1 --every 2
@@ -23,6 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+#: structure sizes (pixels on the slice) the results are also broken down by
+SIZE_BINS = ((0, 50), (50, 100), (100, 200), (200, 400), (400, 10**9))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,6 +81,7 @@ def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: st
                     fill = np.zeros_like(m)
                     fill[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
                     pb = predictor.predict(Prompt(box=box, class_id=cid)).mask
+                    raw = predictor.predict(Prompt(box=box, class_id=cid), clip_to_box=False).mask
                     pp = predictor.predict(
                         Prompt(points=[interior_point(m)], point_labels=[1], class_id=cid)
                     ).mask
@@ -85,17 +92,27 @@ def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: st
                             "class": cid,
                             "pixels": int(m.sum()),
                             "box": _dice(pb, m),
+                            "box_raw": _dice(raw, m),
+                            "raw_outside": float((raw & ~fill).sum() / max(int(raw.sum()), 1)),
+                            "recall": float((pb & m).sum() / m.sum()),
+                            "precision": float((pb & m).sum() / max(int(pb.sum()), 1)),
                             "fill_box": _dice(fill, m),
                             "point": _dice(pp, m),
                         }
                     )
-    out = {k: float(np.mean([r[k] for r in rows])) for k in ("box", "fill_box", "point")}
+    keys = ("box", "box_raw", "fill_box", "point", "raw_outside", "recall", "precision")
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     per_class = {}
     for cid in sorted({r["class"] for r in rows}):
         sel = [r for r in rows if r["class"] == cid]
         per_class[ds.classes.get(cid, str(cid))] = {
-            k: float(np.mean([r[k] for r in sel])) for k in ("box", "fill_box", "point")
+            k: float(np.mean([r[k] for r in sel])) for k in keys
         } | {"n": len(sel)}
+    by_size = {}
+    for lo, hi in SIZE_BINS:
+        sel = [r for r in rows if lo <= r["pixels"] < hi]
+        if sel:
+            by_size[f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"] = {k: float(np.mean([r[k] for r in sel])) for k in keys} | {"n": len(sel)}
     return {
         "checkpoint": checkpoint,
         "hires": model.hires is not None,
@@ -103,6 +120,7 @@ def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: st
         "seconds": time.perf_counter() - t0,
         **out,
         "per_class": per_class,
+        "by_size": by_size,
     }
 
 
@@ -122,12 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     results = [score_base(b, Path(args.data), args.axis, args.every, args.intensity) for b in args.bases]
     print(f"zero-shot on {args.data} (axis {args.axis}, every {args.every} slice(s))")
-    print(f"{'base':28s} {'n':>6s} {'box':>7s} {'point':>7s} {'fill-box':>9s} {'s':>6s}")
+    print(
+        f"{'base':28s} {'n':>6s} {'box':>7s} {'box raw':>8s} {'point':>7s} {'fill-box':>9s} "
+        f"{'raw out':>8s} {'recall':>7s} {'prec':>6s} {'s':>6s}"
+    )
     for r in results:
         print(
-            f"{Path(r['checkpoint']).name:28s} {r['n']:6d} {r['box']:7.3f} {r['point']:7.3f} "
-            f"{r['fill_box']:9.3f} {r['seconds']:6.0f}"
+            f"{Path(r['checkpoint']).name:28s} {r['n']:6d} {r['box']:7.3f} {r['box_raw']:8.3f} {r['point']:7.3f} "
+            f"{r['fill_box']:9.3f} {r['raw_outside']:8.3f} {r['recall']:7.3f} {r['precision']:6.3f} "
+            f"{r['seconds']:6.0f}"
         )
+    print("box (clipped) / fill-the-box by structure size in slice pixels:")
+    for r in results:
+        cells = [f"{k}: {v['box']:.2f}/{v['fill_box']:.2f} (n {v['n']})" for k, v in r["by_size"].items()]
+        print(f"  {Path(r['checkpoint']).name:26s} " + "; ".join(cells))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

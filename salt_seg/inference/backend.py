@@ -202,7 +202,9 @@ class PredictorBackend:
         out = []
         for index, prompt in items:
             self.predictor.set_image(slice_array(self.prepared, index), self._key(index), (0.0, 1.0))
-            pred = self.predictor.predict(prompt)
+            # unclipped, as ModelBackend: propagation's boxes come from the previous slice's mask, and a structure
+            # may grow past them
+            pred = self.predictor.predict(prompt, clip_to_box=False)
             probs = pred.probabilities.astype(np.float32, copy=False)
             out.append(SliceOutput(probs, float(pred.score), stability_score(probs)))
         return out

@@ -100,10 +100,15 @@ def test_image_features_batch_like_a_tensor(hires_model) -> None:
     restacked = stack_embeddings([per_image[2], per_image[0]])
     selected = feats.index_select(0, torch.tensor([2, 0]))
     assert selected.stem is feats.stem  # rows recorded, the largest tensor not copied per prompt
-    assert torch.equal(restacked.stem, selected[0:2].stem) and torch.equal(restacked.half, selected[0:2].half)
+    # without autograd the stacked stems stay the cached per-slice tensors (no copy into a batch)
+    assert isinstance(restacked.stem, tuple) and restacked.stem[0].data_ptr() == per_image[2].stem.data_ptr()
+    batched = restacked.batched()
+    assert torch.equal(batched.stem, selected[0:2].stem) and torch.equal(batched.half, selected[0:2].half)
+    with torch.enable_grad():  # with autograd, stack gives batch tensors
+        assert torch.equal(stack_embeddings([per_image[2], per_image[0]]).stem, batched.stem)
     weights = torch.randn(2, feats.stem.shape[1])
     torch.testing.assert_close(
-        selected.project(weights, selected.stem), restacked.project(weights, restacked.stem)
+        selected.project(weights, selected.stem), restacked.project(weights, batched.stem)
     )
     batched, _ = hires_model.decode_prompts(feats, [BOX, POINT, BOX], [0, 1, 2])
     for i, p in enumerate([BOX, POINT, BOX]):
@@ -155,3 +160,34 @@ def test_the_stem_projection_folded_into_the_weights_is_exact(hires_model) -> No
         + (w2 @ hires.stem_proj.bias)[:, None, None]
     )
     torch.testing.assert_close(folded, direct, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_the_inference_path_equals_the_training_path(multimask) -> None:
+    """Without autograd the branch takes a faster route (channels-last stem, in-place activations, one
+    accumulation buffer); its logits equal the autograd route's to float rounding, for prompts sharing slices
+    (rows recorded), one prompt per slice, and multimask output."""
+    torch.manual_seed(3)
+    model = build_model("tiny", num_classes=2, hires=True).eval()
+    with torch.no_grad():  # a trained-looking branch: the residual is not zero
+        for p in model.hires.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    images = torch.randn(3, 3, 256, 256)
+    prompts, rows = [BOX, POINT, BOX, POINT, BOX], [0, 0, 1, 2, 2]
+
+    def decode(grad: bool):
+        with torch.set_grad_enabled(grad):
+            feats = model.encode_images(images)
+            shared, iou = model.decode_prompts(feats, prompts, rows, multimask_output=multimask)
+            own = model.decode_prompts(feats, prompts[:3], [0, 1, 2], multimask_output=multimask)[0]
+        return feats, shared.detach(), iou.detach(), own.detach()
+
+    f_fast, shared_fast, iou_fast, own_fast = decode(False)
+    f_ref, shared_ref, iou_ref, own_ref = decode(True)
+    assert f_fast.stem.is_contiguous(memory_format=torch.channels_last)  # the fast route was taken
+    torch.testing.assert_close(f_fast.stem, f_ref.stem.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f_fast.half, f_ref.half.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_fast, shared_ref, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(iou_fast, iou_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(own_fast, own_ref, atol=1e-4, rtol=1e-5)
+    assert float(shared_ref.std()) > 0.1  # the comparison is not between two constant maps

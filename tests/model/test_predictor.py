@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from salt_seg.model.predictor import Predictor
+from salt_seg.model.predictor import OUTSIDE_BOX_LOGIT, Predictor, clip_logits_to_box
 from salt_seg.model.sam import InputPrompt
 from salt_seg.preprocessing import Preprocessing, prepare_slice
 from salt_seg.prompts import Prompt
@@ -58,3 +58,35 @@ def test_predict_before_set_image_is_a_runtime_error(tiny_model) -> None:
 def test_record_size_must_match_model(tiny_model) -> None:
     with pytest.raises(ValueError, match="image_size 1024"):
         Predictor(tiny_model, Preprocessing(image_size=1024))
+
+
+def test_clip_logits_to_box_keeps_the_box_rounded_outwards() -> None:
+    logits = torch.full((10, 12), 3.0)
+    out = clip_logits_to_box(logits, (2.5, 1.0, 6.2, 4.0))  # columns 2..7, rows 1..4
+    expected = torch.zeros(10, 12, dtype=torch.bool)
+    expected[1:5, 2:8] = True
+    assert torch.equal(out > 0, expected)
+    assert torch.equal(out[expected], logits[expected])
+    assert float(out[~expected].max()) == OUTSIDE_BOX_LOGIT
+    # a box past the slice's edge is clipped to the slice
+    assert bool((clip_logits_to_box(logits, (-4.0, -3.0, 30.0, 40.0)) > 0).all())
+
+
+def test_box_prompt_answer_stays_in_the_box_unless_asked(tiny_model, slice_2d) -> None:
+    pred = Predictor(
+        tiny_model, Preprocessing(image_size=256), threshold=-1e3
+    )  # every pixel is foreground raw
+    pred.set_image(slice_2d, key=1)
+    box = (120.0, 70.0, 160.0, 100.0)
+    raw = pred.predict(Prompt(box=box), clip_to_box=False)
+    clipped = pred.predict(Prompt(box=box))
+    inside = np.zeros(slice_2d.shape, dtype=bool)
+    inside[70:101, 120:161] = True
+    assert raw.mask.all()
+    np.testing.assert_array_equal(clipped.mask, inside)
+    np.testing.assert_array_equal(clipped.probabilities[inside], raw.probabilities[inside])
+    assert float(clipped.probabilities[~inside].max()) == 0.0
+    torch.testing.assert_close(clipped.low_res_logits, raw.low_res_logits)
+    # points alone are never clipped
+    pt = pred.predict(Prompt(points=[(140.0, 85.0)], point_labels=[1]))
+    assert pt.mask.all()
