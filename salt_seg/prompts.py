@@ -57,6 +57,9 @@ class Prompt:
         class_id: label id (>= 1) the mask belongs to.
         slice_index: index of the slice along ``axis`` in the volume, or ``None`` for a 2-D image.
         axis: the volume axis the slice is taken along, or ``None`` for a 2-D image.
+        box_bounds: the object lies inside ``box`` (a user's box: the answer is clipped to it, as training only
+            shows boxes that contain their object). Propagation's boxes, taken from the previous slice's mask,
+            set it False: a structure may grow past them. Not written to prompt files.
     """
 
     points: list[tuple[float, float]] = field(default_factory=list)
@@ -65,6 +68,7 @@ class Prompt:
     class_id: int = 1
     slice_index: int | None = None
     axis: int | None = None
+    box_bounds: bool = True
 
     def __post_init__(self) -> None:
         self.points = [(float(p[0]), float(p[1])) for p in self.points]

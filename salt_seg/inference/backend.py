@@ -22,7 +22,7 @@ import torch
 
 from salt_seg.data.pipeline import PreparedVolume
 from salt_seg.model.hires import ImageFeatures, stack_embeddings
-from salt_seg.model.predictor import Predictor
+from salt_seg.model.predictor import Predictor, clip_probabilities_to_box
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import SliceTransform, logits_to_original
 from salt_seg.prompts import Prompt
@@ -172,6 +172,9 @@ class ModelBackend:
             score = iou[rows, best]
             probs = torch.sigmoid(logits_to_original(low, tf)).float().cpu().numpy()
             for j, n in enumerate(members):
+                prompt = items[n][1]
+                if prompt.box is not None and prompt.box_bounds:  # as Predictor.predict
+                    clip_probabilities_to_box(probs[j], prompt.box)
                 results[n] = SliceOutput(probs[j], float(score[j]), stability_score(probs[j]))
         return [results[n] for n in range(len(items))]
 
@@ -202,9 +205,7 @@ class PredictorBackend:
         out = []
         for index, prompt in items:
             self.predictor.set_image(slice_array(self.prepared, index), self._key(index), (0.0, 1.0))
-            # unclipped, as ModelBackend: propagation's boxes come from the previous slice's mask, and a structure
-            # may grow past them
-            pred = self.predictor.predict(prompt, clip_to_box=False)
+            pred = self.predictor.predict(prompt)  # clipped to a bounding box as the prompt says
             probs = pred.probabilities.astype(np.float32, copy=False)
             out.append(SliceOutput(probs, float(pred.score), stability_score(probs)))
         return out

@@ -249,6 +249,7 @@ def propagate_many(
                     class_id=f.result.prompt.class_id,
                     slice_index=f.index,
                     axis=axis,
+                    box_bounds=False,  # the structure may grow past the previous slice's box
                 ),
             )
             for f in active

@@ -41,21 +41,38 @@ class Prediction:
 OUTSIDE_BOX_LOGIT = float("-inf")
 
 
-def clip_logits_to_box(logits: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
-    """``H x W`` logits with every pixel outside the inclusive box set to :data:`OUTSIDE_BOX_LOGIT`.
-
-    A box prompt says the object lies inside it: training draws boxes around the whole mask and only ever pushes
-    their sides outwards (:func:`salt_seg.data.prompts_sim.jitter_box`). On real structures the small bases still
-    leak past the box (on colin27-aal's deep nuclei a quarter of the predicted pixels lay outside it); this keeps
-    an interactive box's answer where the user put it. The box's pixel range is rounded outwards.
-    """
-    h, w = logits.shape[-2:]
+def box_pixels(shape: tuple[int, ...], box: tuple[float, float, float, float]) -> tuple[slice, slice]:
+    """Row and column slices of the pixels of an inclusive ``(x0, y0, x1, y1)`` box on an ``... x H x W`` grid,
+    rounded outwards and clipped to the grid."""
+    h, w = shape[-2:]
     x0, y0, x1, y1 = box
     c0, c1 = max(0, int(np.floor(x0))), min(w - 1, int(np.ceil(x1)))
     r0, r1 = max(0, int(np.floor(y0))), min(h - 1, int(np.ceil(y1)))
-    inside = torch.zeros((h, w), dtype=torch.bool, device=logits.device)
-    inside[r0 : r1 + 1, c0 : c1 + 1] = True
+    return slice(r0, r1 + 1), slice(c0, c1 + 1)
+
+
+def clip_logits_to_box(logits: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
+    """``H x W`` logits with every pixel outside the box (:func:`box_pixels`) set to :data:`OUTSIDE_BOX_LOGIT`.
+
+    A box prompt says the object lies inside it: training draws boxes around the whole mask and only ever pushes
+    their sides outwards (:func:`salt_seg.data.prompts_sim.jitter_box`). On real structures the small bases still
+    leak past the box (on colin27-aal's deep nuclei a fifth of the predicted pixels lay outside it); this keeps
+    a box's answer where the user put it (:attr:`salt_seg.prompts.Prompt.box_bounds`).
+    """
+    inside = torch.zeros(logits.shape[-2:], dtype=torch.bool, device=logits.device)
+    inside[box_pixels(logits.shape, box)] = True
     return torch.where(inside, logits, torch.full_like(logits, OUTSIDE_BOX_LOGIT))
+
+
+def clip_probabilities_to_box(
+    probabilities: np.ndarray, box: tuple[float, float, float, float]
+) -> np.ndarray:
+    """:func:`clip_logits_to_box` for ``H x W`` probabilities (0 outside the box), in place; returns the array."""
+    rows, cols = box_pixels(probabilities.shape, box)
+    keep = probabilities[rows, cols].copy()
+    probabilities[...] = 0
+    probabilities[rows, cols] = keep
+    return probabilities
 
 
 class Predictor:
@@ -145,13 +162,18 @@ class Predictor:
         return self._cache[self._current][1]
 
     @torch.no_grad()
-    def predict(self, prompt: Prompt, multimask_output: bool = False, clip_to_box: bool = True) -> Prediction:
+    def predict(
+        self, prompt: Prompt, multimask_output: bool = False, clip_to_box: bool | None = None
+    ) -> Prediction:
         """Segment the current slice from one prompt (slice-pixel coordinates).
 
         With ``multimask_output`` SAM's three candidates are scored and the best predicted IoU is returned.
-        With ``clip_to_box`` (default) a prompt with a box gets no foreground outside the box (see
-        :func:`clip_logits_to_box`); ``low_res_logits`` stay the model's own.
+        A prompt with a box gets no foreground outside the box (:func:`clip_logits_to_box`) when ``clip_to_box``
+        is True, or, by default, when the prompt says so (:attr:`~salt_seg.prompts.Prompt.box_bounds`);
+        ``low_res_logits`` stay the model's own.
         """
+        if clip_to_box is None:
+            clip_to_box = prompt.box_bounds
         if self._current is None:
             raise RuntimeError("call set_image() before predict()")
         emb, tf = self._cache[self._current]

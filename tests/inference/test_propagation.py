@@ -249,3 +249,32 @@ def test_calibration_counts_leaks_and_prefers_the_setting_that_stops_at_the_obje
     assert (rows[0]["iou_threshold"], rows[0]["stability_threshold"], rows[0]["leak_slices"]) == (0.7, 0.6, 0)
     assert (rows[1]["iou_threshold"], rows[1]["stability_threshold"], rows[1]["leak_slices"]) == (0.0, 0.6, 0)
     assert rows[2]["leak_slices"] == 1 and rows[2]["mean_dice"] == pytest.approx(20000 / 20010)
+
+
+@pytest.mark.parametrize("kind", ["model", "predictor"])
+def test_a_users_box_bounds_the_answer_and_a_propagated_box_does_not(kind: str) -> None:
+    """Both backends clip a box prompt's probabilities to the box unless the prompt is propagation's own
+    (``box_bounds=False``, a box taken from the previous slice's mask), and agree with each other."""
+    import dataclasses
+
+    import torch
+
+    from salt_seg.inference import make_backend
+    from salt_seg.model import build_model
+    from salt_seg.model.predictor import Predictor
+
+    torch.manual_seed(5)
+    model = build_model("tiny", image_size=64)
+    record = oracle_record()
+    img = np.where(ellipsoid((64, 48, 8), (32, 24, 4), (20, 14, 4)), 0.9, 0.1).astype(np.float32)
+    prepared = prepare_volume(Volume(img, AFFINES["las"]), record)
+    user = prompt_to_prepared(Prompt(box=(14, 12, 50, 36), slice_index=4, axis=2), prepared)
+    grown = dataclasses.replace(user, box_bounds=False)
+    backend = make_backend(model if kind == "model" else Predictor(model, record), prepared, batch_size=2)
+    (clipped,), (free,) = backend.decode([(4, user)]), backend.decode([(4, grown)])
+    inside = np.zeros(clipped.probabilities.shape, dtype=bool)
+    x0, y0, x1, y1 = user.box
+    inside[int(np.floor(y0)) : int(np.ceil(y1)) + 1, int(np.floor(x0)) : int(np.ceil(x1)) + 1] = True
+    assert float(clipped.probabilities[~inside].max()) == 0.0
+    assert float(free.probabilities[~inside].min()) > 0.0  # sigmoid outputs: never exactly 0 unclipped
+    np.testing.assert_allclose(clipped.probabilities[inside], free.probabilities[inside], atol=1e-6)
