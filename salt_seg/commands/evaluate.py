@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model: which part of the split to score (default test; train shows how well the model fits "
         "its own training slices). Results go to RUN/evaluation[_part][_prompt][_overlap] unless --out is given",
     )
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="with --model: test-time mirroring, each slice's probabilities averaged with those of its "
+        "left-right mirror image (nnU-Net's default; twice the inference time)",
+    )
     add_runtime_flags(parser)  # --device, --threads: used with --model
     parser.add_argument(
         "--split",
@@ -97,16 +103,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluation_folder(provenance: dict) -> str:
-    """``evaluation[_part][_prompt][_overlap]``: each mode its own folder, the defaults' folder plain.
+    """``evaluation[_part][_prompt][_overlap][_mirror]``: each mode its own folder, the defaults' folder plain.
 
-    A box-prompt, train-part or independent-overlap evaluation never overwrites the default one; the prompt is
-    named only when it is not the model's default (``auto`` with class tokens, else ``box``).
+    A box-prompt, train-part, independent-overlap or mirrored evaluation never overwrites the default one; the
+    prompt is named only when it is not the model's default (``auto`` with class tokens, else ``box``).
     """
     p = provenance
     parts = [
         p["part"] if p["part"] != "test" else "",
         p["prompt"] if p["prompt"] != p["prompt_default"] else "",
         p["overlap"] if p["overlap"] != "label_map" else "",
+        "mirror" if p.get("mirror") else "",
     ]
     return "evaluation" + "".join(f"_{v}" for v in parts if v)
 
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from salt_seg.evaluation import EvaluationSettings, evaluate_folders, format_table, write_results
+    from salt_seg.inference import InferenceSettings
 
     levels = tuple(lv for lv, on in (("volume", args.per_volume), ("slice", args.per_slice)) if on)
     try:
@@ -141,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             device=resolve_device(args.device, args.threads),
             overlap=args.overlap,
             part=args.part,
+            inference=InferenceSettings(mirror=True) if args.mirror else None,
         )
         out = Path(args.out) if args.out else Path(args.model) / evaluation_folder(result.provenance)
         written = write_results(result, out)

@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default) or the predicted IoU (only for models with a trained IoU head)",
     )
     parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="test-time mirroring: average each slice's probabilities with those of its left-right mirror image "
+        "(nnU-Net's default; twice the inference time)",
+    )
+    parser.add_argument(
         "--allow-base-mismatch",
         action="store_true",
         help="load the adapter even if the base weights differ from the ones it was trained on",
@@ -113,7 +119,7 @@ def _settings(args: argparse.Namespace):  # -> InferenceSettings
         s = replace(s, score_threshold=args.score_threshold)
     if args.confidence is not None:
         s = replace(s, confidence=args.confidence)
-    return replace(s, propagation=prop)
+    return replace(s, propagation=prop, mirror=bool(args.mirror))
 
 
 def _table(report) -> str:  # noqa: ANN001 - BatchReport

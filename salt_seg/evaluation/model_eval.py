@@ -186,6 +186,7 @@ def evaluate_run(
         "prompt": prompt,
         "prompt_default": prompt_default,
         "overlap": overlap,
+        "mirror": bool(getattr(inference, "mirror", False)),
     }
     return EvaluationResult(
         scores,

@@ -24,7 +24,7 @@ from salt_seg.data.pipeline import PreparedVolume
 from salt_seg.model.hires import ImageFeatures, stack_embeddings
 from salt_seg.model.predictor import Predictor, clip_probabilities_to_box
 from salt_seg.model.sam import InputPrompt, SamModel
-from salt_seg.preprocessing import SliceTransform, logits_to_original
+from salt_seg.preprocessing import SliceTransform, logits_to_original, prepare_slice
 from salt_seg.prompts import Prompt
 
 #: SAM's stability-score thresholds (logits +1 / -1) expressed as probabilities
@@ -90,6 +90,9 @@ class ModelBackend:
         batch_size: slices per image-encoder call.
         cache_slices: embeddings kept (LRU); default ``4 * batch_size``, at least 8.
         multimask_output: decode SAM's three candidate masks and keep the best predicted IoU.
+        mirror: test-time augmentation: every slice is also encoded and decoded mirrored left-right (prompts
+            mirrored with it), and the two probability maps are averaged (nnU-Net's default mirroring, in-plane
+            only). Twice the compute.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class ModelBackend:
         batch_size: int = 8,
         cache_slices: int | None = None,
         multimask_output: bool = False,
+        mirror: bool = False,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -118,7 +122,9 @@ class ModelBackend:
         self.batch_size = int(batch_size)
         self.cache_slices = max(int(cache_slices or 4 * self.batch_size), 8, self.batch_size)
         self.multimask_output = bool(multimask_output)
-        self._cache: OrderedDict[int, torch.Tensor | ImageFeatures] = OrderedDict()
+        self.mirror = bool(mirror)
+        # keyed by (slice, mirrored)
+        self._cache: OrderedDict[tuple[int, bool], torch.Tensor | ImageFeatures] = OrderedDict()
         self._transform: SliceTransform | None = None
         self.encoded = 0  # slices run through the image encoder (for tests and benchmarks)
 
@@ -128,24 +134,54 @@ class ModelBackend:
             _, self._transform = self.prepared.model_input(0)
         return self._transform
 
+    def _views(self) -> tuple[bool, ...]:
+        return (False, True) if self.mirror else (False,)
+
+    def _model_input(self, index: int, mirrored: bool) -> tuple[torch.Tensor, SliceTransform]:
+        if not mirrored:
+            return self.prepared.model_input(index)
+        s = np.ascontiguousarray(self.prepared.slice_image(index)[..., ::-1])  # C x H x W, columns reversed
+        return prepare_slice(
+            s[0] if s.shape[0] == 1 else np.moveaxis(s, 0, -1), self.prepared.record, (0.0, 1.0)
+        )
+
     @torch.inference_mode()
     def prefetch(self, indices: Iterable[int]) -> None:
-        """Encode the slices among ``indices`` that are not cached, ``batch_size`` at a time."""
-        todo = list(dict.fromkeys(int(i) for i in indices if int(i) not in self._cache))
+        """Encode the slices among ``indices`` that are not cached (and their mirror images with
+        :attr:`mirror`), ``batch_size`` at a time."""
+        keys = [(int(i), m) for i in indices for m in self._views()]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             images = []
-            for i in chunk:
-                x, tf = self.prepared.model_input(i)
+            for i, m in chunk:
+                x, tf = self._model_input(i, m)
                 self._transform = self._transform or tf
                 images.append(x)
             emb = self.model.encode_images(torch.stack(images).to(self.device))
             self.encoded += len(chunk)
-            for i, e in zip(chunk, emb, strict=True):
-                self._cache[i] = e
-                self._cache.move_to_end(i)
-        while len(self._cache) > self.cache_slices:
+            for key, e in zip(chunk, emb, strict=True):
+                self._cache[key] = e
+                self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_slices * len(self._views()):
             self._cache.popitem(last=False)
+
+    def _probabilities(
+        self, uniq: list[int], entries: list[tuple[int, Prompt]], mirrored: bool
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """``P x H x W`` probabilities (in the unmirrored slice's frame) and ``P`` predicted IoU of one view."""
+        emb = stack_embeddings([self._cache[(i, mirrored)] for i in uniq])
+        tf = self.transform
+        width = tf.original_size[1]
+        prompts = [
+            InputPrompt.from_prompt(mirror_prompt(p, width) if mirrored else p, tf) for _, p in entries
+        ]
+        index = [uniq.index(int(i)) for i, _ in entries]
+        logits, iou = self.model.decode_prompts(emb, prompts, index, multimask_output=self.multimask_output)
+        best = iou.argmax(dim=1)
+        rows = torch.arange(len(entries), device=logits.device)
+        probs = torch.sigmoid(logits_to_original(logits[rows, best], tf)).float().cpu().numpy()
+        return (probs[..., ::-1] if mirrored else probs), iou[rows, best].float().cpu()
 
     @torch.inference_mode()
     def decode(self, items: Sequence[tuple[int, Prompt]]) -> list[SliceOutput]:
@@ -159,18 +195,12 @@ class ModelBackend:
             members = [n for n, (i, _) in enumerate(items) if int(i) in group]
             self.prefetch(sorted(group))
             uniq = sorted(group)
-            emb = stack_embeddings([self._cache[i] for i in uniq])
-            tf = self.transform
-            prompts = [InputPrompt.from_prompt(items[n][1], tf) for n in members]
-            index = [uniq.index(int(items[n][0])) for n in members]
-            logits, iou = self.model.decode_prompts(
-                emb, prompts, index, multimask_output=self.multimask_output
-            )
-            best = iou.argmax(dim=1)
-            rows = torch.arange(len(members), device=logits.device)
-            low = logits[rows, best]  # P x h x w
-            score = iou[rows, best]
-            probs = torch.sigmoid(logits_to_original(low, tf)).float().cpu().numpy()
+            entries = [items[n] for n in members]
+            probs, score = self._probabilities(uniq, entries, False)
+            if self.mirror:  # average the two views' probabilities and predicted IoU
+                probs_m, score_m = self._probabilities(uniq, entries, True)
+                probs = np.ascontiguousarray((probs + probs_m) / 2)
+                score = (score + score_m) / 2
             for j, n in enumerate(members):
                 prompt = items[n][1]
                 if prompt.box is not None and prompt.box_bounds:  # as Predictor.predict
@@ -211,20 +241,43 @@ class PredictorBackend:
         return out
 
 
+def mirror_prompt(prompt: Prompt, width: int) -> Prompt:
+    """``prompt`` on the slice mirrored left-right (columns reversed; ``width`` columns)."""
+    import dataclasses
+
+    last = width - 1
+    box = None
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        box = (last - x1, y0, last - x0, y1)
+    return dataclasses.replace(prompt, points=[(last - x, y) for x, y in prompt.points], box=box)
+
+
 def make_backend(
     model: Any,
     prepared: PreparedVolume,
     *,
     device: torch.device | str | None = None,
     batch_size: int = 8,
+    mirror: bool = False,
 ) -> Backend:
-    """A backend for a :class:`SamModel`, a :class:`Predictor` or an existing backend (returned as is)."""
+    """A backend for a :class:`SamModel`, a :class:`Predictor` or an existing backend (returned as is).
+
+    ``mirror`` (test-time mirroring, :class:`ModelBackend`) needs a model: the interactive predictor does not
+    average views.
+    """
     if isinstance(model, ModelBackend | PredictorBackend):
         if model.prepared is not prepared:
             raise ValueError("the backend was made for another prepared volume")
+        if mirror and not getattr(model, "mirror", False):
+            raise ValueError("mirroring was asked for, but the given backend does not mirror")
         return model
     if isinstance(model, Predictor):
+        if mirror:
+            raise ValueError(
+                "test-time mirroring needs the model (batched backend), not an interactive Predictor"
+            )
         return PredictorBackend(model, prepared, batch_size=batch_size)
     if isinstance(model, SamModel) or hasattr(model, "decode_prompts"):
-        return ModelBackend(model, prepared, device=device, batch_size=batch_size)
+        return ModelBackend(model, prepared, device=device, batch_size=batch_size, mirror=mirror)
     raise TypeError(f"expected a SamModel, a Predictor or a backend, got {type(model).__name__}")

@@ -43,12 +43,15 @@ class InferenceSettings:
         score_threshold: a class token's slice mask is kept only at or above this confidence (0: any).
         min_area_px: ... and only with at least this many pixels.
         propagation: stop rules of ``propagate`` mode.
+        mirror: test-time augmentation: average each slice's probabilities with those of its left-right mirror
+            image (nnU-Net's default; twice the compute; the batched backend only).
     """
 
     confidence: str = "stability"
     score_threshold: float = 0.0
     min_area_px: int = 4
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCE_MEASURES:
@@ -68,6 +71,7 @@ class InferenceSettings:
             "score_threshold": self.score_threshold,
             "min_area_px": self.min_area_px,
             "propagation": self.propagation.to_dict(),
+            "mirror": self.mirror,
         }
 
 
@@ -251,7 +255,7 @@ def segment_volume(
     bad = [p.class_id for p in prompts if p.class_id not in names]
     if bad:
         raise ValueError(f"prompt class id {bad[0]} is not one of the model's classes {sorted(names)}")
-    backend: Backend = make_backend(model, prepared, device=device, batch_size=batch_size)
+    backend: Backend = make_backend(model, prepared, device=device, batch_size=batch_size, mirror=s.mirror)
     if mode == "auto":
         net = (
             backend.predictor.model

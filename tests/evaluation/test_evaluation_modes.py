@@ -38,6 +38,8 @@ def test_each_mode_has_its_own_folder(
 ) -> None:
     p = {"part": part, "prompt": prompt, "prompt_default": default, "overlap": overlap}
     assert evaluation_folder(p) == folder
+    assert evaluation_folder(p | {"mirror": False}) == folder
+    assert evaluation_folder(p | {"mirror": True}) == folder + "_mirror"  # never overwrites the plain one
 
 
 def test_folders_evaluation_json_records_its_source(tmp_path: Path, nifti) -> None:

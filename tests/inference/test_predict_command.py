@@ -416,3 +416,28 @@ def test_base_without_model_needs_prompts(tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "no class tokens" in capsys.readouterr().err
+
+
+def test_mirror_flag_is_recorded_and_changes_the_probabilities(tmp_path: Path, tiny_run: Path) -> None:
+    src = write_nifti(
+        tmp_path / "in" / "case01.nii.gz", np.random.default_rng(0).normal(size=(40, 30, 6)), AFFINES["las"]
+    )
+    probs = {}
+    for flag in ([], ["--mirror"]):
+        out = tmp_path / ("mirror" if flag else "plain")
+        args = [
+            "predict",
+            "--model",
+            str(tiny_run),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--probabilities",
+        ]
+        assert main([*args, *flag, *QUIET]) == 0
+        summary = json.loads((out / "predict_summary.json").read_text())
+        assert summary["settings"]["mirror"] is bool(flag)
+        probs[bool(flag)] = np.asanyarray(nib.load(str(out / "case01_probabilities.nii.gz")).dataobj)
+    assert probs[True].shape == probs[False].shape
+    assert float(np.abs(probs[True] - probs[False]).max()) > 1e-3  # the mirror view was averaged in

@@ -177,3 +177,70 @@ def test_predictor_backend_matches_batched_model() -> None:
     np.testing.assert_allclose(a.scores[1], b.scores[1], atol=1e-4)
     # the label map is the probability map thresholded at 0.5 (one class)
     np.testing.assert_array_equal(a.label_map, (a.probabilities[0] > 0.5).astype(np.uint8))
+
+
+def _mirrored_volume(vol: Volume, axis: int = 2) -> Volume:
+    """The same volume with every slice (along ``axis``, display orientation) mirrored left-right."""
+    from salt_seg.data import insert_slice
+
+    out = np.empty_like(vol.data)
+    for i in range(vol.data.shape[axis]):
+        insert_slice(out, axis, i, extract_slice(vol.data, axis, i)[:, ::-1])
+    return Volume(out, vol.affine)
+
+
+def test_mirroring_averages_a_slice_with_its_mirror_image_and_mirrors_prompts() -> None:
+    """Test-time mirroring: the probabilities are the mean of the slice's and of its mirror image's (taken from a
+    volume mirrored in the data, prompts mirrored with it), in the original frame; twice the slices encoded."""
+    from salt_seg.inference.backend import mirror_prompt
+    from salt_seg.model import build_model
+
+    torch.manual_seed(11)
+    model = build_model("tiny", image_size=64, num_classes=2).eval()  # not mirror-symmetric
+    record = oracle_record({1: "a", 2: "b"})
+    vol = cuboid_volume("las")
+    prepared, flipped = prepare_volume(vol, record), prepare_volume(_mirrored_volume(vol), record)
+    width = prepared.model_input(4)[1].original_size[1]
+    items = [
+        (4, Prompt(box=(10.0, 5.0, 29.0, 14.0), class_id=1)),
+        (4, Prompt(points=[(12.0, 20.0)], point_labels=[1], class_id=2)),
+        (9, Prompt(class_id=2)),  # a class token: nothing to mirror
+    ]
+    both = ModelBackend(model, prepared, batch_size=2, mirror=True)
+    got = both.decode(items)
+    plain = ModelBackend(model, prepared, batch_size=2).decode(items)
+    other = ModelBackend(model, flipped, batch_size=2).decode(
+        [(i, mirror_prompt(p, width)) for i, p in items]
+    )
+    assert both.encoded == 4  # slices 4 and 9, each twice
+    for g, a, b in zip(got, plain, other, strict=True):
+        np.testing.assert_allclose(
+            g.probabilities, (a.probabilities + b.probabilities[:, ::-1]) / 2, atol=1e-5
+        )
+        assert g.score == pytest.approx((a.score + b.score) / 2, abs=1e-5)
+        assert not np.allclose(a.probabilities, b.probabilities[:, ::-1], atol=1e-3)  # the views differ
+    assert mirror_prompt(mirror_prompt(items[0][1], width), width) == items[0][1]
+    assert mirror_prompt(items[0][1], width).box == (width - 30.0, 5.0, width - 11.0, 14.0)
+
+
+def test_mirroring_is_a_setting_of_segment_volume_and_needs_the_model() -> None:
+    from salt_seg.model.predictor import Predictor
+
+    record = oracle_record()
+    prepared = prepare_volume(cuboid_volume(), record)
+    calls = []
+    model = OracleModel()
+    orig = model.encode_images
+    model.encode_images = lambda x: (calls.append(x.shape[0]), orig(x))[1]  # type: ignore[method-assign]
+    mirrored = segment_volume(model, record, prepared, settings=InferenceSettings(mirror=True), batch_size=6)
+    assert sum(calls) == 2 * prepared.n_slices
+    assert InferenceSettings(mirror=True).to_dict()["mirror"] is True
+    # the oracle answers each slice's own bright pixels, which mirroring maps back exactly: same label map
+    np.testing.assert_array_equal(
+        mirrored.label_map, segment_volume(OracleModel(), record, prepared).label_map
+    )
+    with pytest.raises(ValueError, match="not an interactive Predictor"):
+        from salt_seg.model import build_model
+
+        net = build_model("tiny", image_size=64, num_classes=1)
+        segment_volume(Predictor(net, record), record, prepared, settings=InferenceSettings(mirror=True))
