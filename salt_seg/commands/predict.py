@@ -88,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default) or the predicted IoU (only for models with a trained IoU head)",
     )
     parser.add_argument(
+        "--format",
+        choices=("nifti", "dicom-seg"),
+        default="nifti",
+        help="nifti (default): NIfTI label maps; dicom-seg: also <case>.seg.dcm, a DICOM Segmentation of the source "
+        "series (one named segment per class, referencing its images; DICOM inputs only)",
+    )
+    parser.add_argument(
         "--mirror",
         action="store_true",
         help="test-time mirroring: average each slice's probabilities with those of its left-right mirror image "
@@ -163,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         settings=_settings(args),
         progress=not args.no_progress,
+        dicom_seg=args.format == "dicom-seg",
     )
     cases = find_cases(args.input, exclude=out)
     attach_prompts(cases, args.prompts)

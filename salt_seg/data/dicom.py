@@ -174,6 +174,47 @@ def choose_series(folder: Path, series_list: list[SeriesInfo], series: int | str
     raise DataError(folder, f"no series with key {wanted!r}; available: {listing}")
 
 
+def _slice_order(
+    folder: Path, what: str, headers: list[tuple[Path, Any]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, step, row cosines, column cosines, positions)`` of a series' slices: ``order`` sorts them by
+    position along the slice normal (the volume's third voxel axis)."""
+    shapes = {(int(h.Rows), int(h.Columns)) for _, h in headers}
+    if len(shapes) > 1:
+        raise DataError(folder, f"{what}: slices have different sizes {sorted(shapes)}")
+    try:
+        iops = np.stack(
+            [floats(h.ImageOrientationPatient, 6, "ImageOrientationPatient", p) for p, h in headers]
+        )
+        ipps = np.stack([floats(h.ImagePositionPatient, 3, "ImagePositionPatient", p) for p, h in headers])
+    except AttributeError:
+        raise DataError(folder, f"{what}: slices lack ImagePositionPatient/ImageOrientationPatient") from None
+    if not np.allclose(iops, iops[0], atol=1e-4):
+        raise DataError(folder, f"{what}: slices have different orientations (a localizer mixed in?)")
+    row_cos, col_cos = iops[0, :3], iops[0, 3:]
+    normal = np.cross(row_cos, col_cos)
+    if np.linalg.norm(normal) < 1e-3:
+        raise DataError(
+            folder, f"{what}: degenerate ImageOrientationPatient (row and column cosines parallel)"
+        )
+    normal /= np.linalg.norm(normal)
+    order, step = sort_and_step(ipps, normal, folder, what)
+    return order, step, row_cos, col_cos, ipps
+
+
+def series_files_in_volume_order(folder: str | Path, series: int | str | None = None) -> list[Path]:
+    """The files of the series :func:`load_dicom_series` reads from ``folder``, in the order of the volume's
+    third voxel axis (frame ``k`` of the volume is file ``k``): what a DICOM-SEG of a predicted label map refers
+    to. A single (possibly multi-frame) file is returned as is."""
+    folder = Path(folder)
+    info = choose_series(folder, list_dicom_series(folder), series)
+    if len(info.files) == 1:
+        return list(info.files)
+    headers = [(p, _read_header(p)) for p in info.files]
+    order = _slice_order(folder, f"series {info.key}", headers)[0]
+    return [headers[int(i)][0] for i in order]
+
+
 def load_dicom_series(folder: str | Path, series: int | str | None = None, *, max_voxels: int):  # -> Volume
     """Read one series from a folder into a :class:`~salt_seg.data.volume.Volume` (values in HU for CT).
 
@@ -200,26 +241,7 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
         folder, info.rows, info.columns, len(headers), int(first.get("SamplesPerPixel", 1) or 1), max_voxels
     )
     what = f"series {info.key}"
-    shapes = {(int(h.Rows), int(h.Columns)) for _, h in headers}
-    if len(shapes) > 1:
-        raise DataError(folder, f"{what}: slices have different sizes {sorted(shapes)}")
-    try:
-        iops = np.stack(
-            [floats(h.ImageOrientationPatient, 6, "ImageOrientationPatient", p) for p, h in headers]
-        )
-        ipps = np.stack([floats(h.ImagePositionPatient, 3, "ImagePositionPatient", p) for p, h in headers])
-    except AttributeError:
-        raise DataError(folder, f"{what}: slices lack ImagePositionPatient/ImageOrientationPatient") from None
-    if not np.allclose(iops, iops[0], atol=1e-4):
-        raise DataError(folder, f"{what}: slices have different orientations (a localizer mixed in?)")
-    row_cos, col_cos = iops[0, :3], iops[0, 3:]
-    normal = np.cross(row_cos, col_cos)
-    if np.linalg.norm(normal) < 1e-3:
-        raise DataError(
-            folder, f"{what}: degenerate ImageOrientationPatient (row and column cosines parallel)"
-        )
-    normal /= np.linalg.norm(normal)
-    order, step = sort_and_step(ipps, normal, folder, what)
+    order, step, row_cos, col_cos, ipps = _slice_order(folder, what, headers)
     spacing_all = np.stack([floats(h.get("PixelSpacing", [1, 1]), 2, "PixelSpacing", p) for p, h in headers])
     if not np.allclose(spacing_all, spacing_all[0], rtol=0, atol=1e-5):  # compare loosely, keep the value
         spacings = sorted({tuple(float(v) for v in row) for row in spacing_all})

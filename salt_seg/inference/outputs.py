@@ -26,13 +26,27 @@ from salt_seg.inference.sidecars import write_label_json
 from salt_seg.inference.summary import case_summary
 
 
-def case_outputs(out_dir: str | Path, name: str, probabilities: bool = False) -> dict[str, Path]:
-    """The paths :func:`export_case` writes: ``label_map``, ``sidecar`` and (optionally) ``probabilities``."""
+def case_outputs(
+    out_dir: str | Path, name: str, probabilities: bool = False, dicom_seg: bool = False
+) -> dict[str, Path]:
+    """The paths :func:`export_case` writes: ``label_map``, ``sidecar`` and (optionally) ``probabilities`` and
+    ``dicom_seg``."""
     out = Path(out_dir)
     files = {"label_map": out / f"{name}.nii.gz", "sidecar": out / f"{name}.json"}
     if probabilities:
         files["probabilities"] = out / f"{name}_probabilities.nii.gz"
+    if dicom_seg:
+        files["dicom_seg"] = out / f"{name}.seg.dcm"
     return files
+
+
+def check_dicom_seg_source(source_path: str | Path | None, fmt: str | None) -> None:
+    """DICOM-SEG output needs the DICOM series the volume was read from (a folder or zip of its files)."""
+    if source_path is None or fmt != "dicom":
+        what = f"a {fmt} image" if fmt else "not a file"
+        raise ValueError(
+            f"{source_path}: DICOM-SEG output needs a DICOM series as input; this case is {what}"
+        )
 
 
 def export_case(
@@ -45,6 +59,8 @@ def export_case(
     probabilities: bool = False,
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
+    dicom_seg: bool = False,
+    algorithm: dict[str, str] | None = None,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Map a segmentation back to the source grid and write the case's files.
 
@@ -57,24 +73,37 @@ def export_case(
         probabilities: also write the probability map (``result.probabilities`` must be set).
         overwrite: replace existing files.
         extra: more fields for the summary in the JSON sidecar.
+        dicom_seg: also write the label map as a DICOM Segmentation of the source series
+            (:func:`salt_seg.inference.dicom_seg.write_dicom_seg`; the input must be a DICOM series folder or zip).
+        algorithm: what the DICOM-SEG records as the algorithm's parameters (model, adapter, base hash).
 
     Returns:
         The written paths and the case summary (:func:`~salt_seg.inference.summary.case_summary` + ``extra``).
 
     Raises:
         FileExistsError: a file exists and ``overwrite`` is false (checked before anything is written).
-        ValueError: ``probabilities`` without probabilities in ``result``.
+        ValueError: ``probabilities`` without probabilities in ``result``; ``dicom_seg`` for an input that is not
+            a DICOM series.
     """
-    files = case_outputs(out_dir, name, probabilities)
+    files = case_outputs(out_dir, name, probabilities, dicom_seg)
     for f in files.values():
         check_writable(f, overwrite)
     if probabilities and result.probabilities is None:
         raise ValueError(
             "export_case: probabilities asked for, but the result holds none (segment with probabilities=True)"
         )
+    if dicom_seg:
+        from salt_seg.data.readers import file_kind
+
+        kind = file_kind(source_path) if source_path is not None else None
+        check_dicom_seg_source(source_path, "dicom" if kind in ("dicom", "dicom-folder", "zip") else kind)
     labels = prepared.to_source(result.label_map, order=0)
     header = read_source_header(source_path) if source_path is not None else None
     names = result.class_names
+    if dicom_seg:  # first: the SEG's checks of the source series can fail; then nothing is written
+        from salt_seg.inference.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(labels, Path(str(source_path)), names, files["dicom_seg"], algorithm=algorithm)
     write_label_map(files["label_map"], labels, prepared.source, names, header=header, overwrite=overwrite)
     if probabilities:
         probs = np.stack([prepared.to_source(p, order=1) for p in result.probabilities])  # type: ignore[union-attr]

@@ -441,3 +441,57 @@ def test_mirror_flag_is_recorded_and_changes_the_probabilities(tmp_path: Path, t
         probs[bool(flag)] = np.asanyarray(nib.load(str(out / "case01_probabilities.nii.gz")).dataobj)
     assert probs[True].shape == probs[False].shape
     assert float(np.abs(probs[True] - probs[False]).max()) > 1e-3  # the mirror view was averaged in
+
+
+@pytest.mark.parametrize("kind", ["dicom", "dicom-zip"])
+def test_dicom_seg_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli, kind: str) -> None:
+    """``--format dicom-seg`` on a DICOM series (folder or zip): the SEG read back with highdicom is the NIfTI
+    label map voxel for voxel, named as the model's classes."""
+    from salt_seg.inference.dicom_seg import read_dicom_seg
+
+    shape = (S, 48, 10)
+    path, _ = write_case(tmp_path, kind, cuboid(shape, (10, 6, 2), (30, 20, 8)))
+    save_prompts(tmp_path / "p.json", [Prompt(box=(8, 4, 40, 30), slice_index=k, axis=2) for k in (3, 4, 6)])
+    out = tmp_path / "out"
+    args = [
+        "predict",
+        "--model",
+        "x",
+        "--input",
+        str(path),
+        "--output",
+        str(out),
+        "--prompts",
+        str(tmp_path / "p.json"),
+    ]
+    assert main([*args, "--format", "dicom-seg", *QUIET]) == 0
+    nifti = np.asanyarray(nib.load(str(out / "series.nii.gz")).dataobj)
+    assert nifti.sum() == 3 * 20 * 14
+    seg, names = read_dicom_seg(out / "series.seg.dcm", path)
+    np.testing.assert_array_equal(seg, nifti)
+    assert names == {1: "organ"}
+    doc = json.loads((out / "series.json").read_text())
+    assert doc["summary"]["outputs"]["dicom_seg"].endswith("series.seg.dcm")
+
+
+def test_dicom_seg_output_of_a_nifti_case_is_a_one_line_failure(tmp_path: Path, oracle_cli, capsys) -> None:
+    path, _ = write_case(tmp_path, "las", cuboid((S, 48, 10), (10, 6, 2), (30, 20, 8)))
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "predict",
+            "--model",
+            "x",
+            "--input",
+            str(path),
+            "--output",
+            str(out),
+            "--format",
+            "dicom-seg",
+            *QUIET,
+        ]
+    )
+    assert rc == 1
+    printed = capsys.readouterr().out
+    assert "DICOM-SEG output needs a DICOM series as input; this case is a nifti image" in printed
+    assert not list(out.glob("las*"))

@@ -1,0 +1,224 @@
+"""DICOM-SEG output and input (highdicom): label maps a PACS, 3D Slicer or OHIF reads as segmentations.
+
+A predicted label map of a case read from a DICOM series is written as one Segmentation instance (binary, one
+segment per class, named and coloured as in the NIfTI sidecars) that references the series' instances and frame
+of reference; frame ``k`` of the label map is the ``k``-th image of the series along the slice normal
+(:func:`salt_seg.data.dicom.series_files_in_volume_order`), so per-frame positions are the source images'. The
+generating algorithm (salt_seg, its version, the model, adapter and base hash) is recorded in every segment's
+algorithm identification. Reading a SEG back (:func:`read_dicom_seg`) gives the label map on the same series'
+voxel grid with the segment names, so ``write`` then ``read`` is the identity on label values (a class id that is
+not a segment number is kept in the segment's tracking id).
+
+Empty classes are written as segments without frames (highdicom omits empty frames), so the segment list always
+names every class of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salt_seg.data.errors import DataError
+from salt_seg.inference.sidecars import label_color
+from salt_seg.io import atomic_path
+
+#: the tracking id of a segment records the label value it was written from
+TRACKING_PREFIX = "salt_seg label "
+#: Type 2 patient and study attributes a SEG copies from its source; some exported series omit them
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+)
+
+
+@contextlib.contextmanager
+def series_folder(path: str | Path) -> Iterator[Path]:
+    """The folder of a DICOM input (a series folder, or a zip extracted to a temporary folder meanwhile)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        from salt_seg.data.archive import safe_extract_zip
+
+        with tempfile.TemporaryDirectory(prefix="salt-seg-seg-") as tmp:
+            safe_extract_zip(path, Path(tmp))
+            yield Path(tmp)
+    else:
+        yield path
+
+
+def source_datasets(path: str | Path, series: int | str | None = None) -> list[Any]:
+    """The pydicom datasets of the series a DICOM input was read from, in the label map's frame order."""
+    import pydicom
+
+    from salt_seg.data.dicom import series_files_in_volume_order
+
+    with series_folder(path) as folder:
+        if folder.is_file():
+            return [pydicom.dcmread(folder)]
+        return [pydicom.dcmread(f) for f in series_files_in_volume_order(folder, series)]
+
+
+def _frames(label_map: np.ndarray, n_sources: int, where: Path) -> np.ndarray:
+    """``I x J x K`` (column, row, slice; the reader's layout) -> ``K x rows x columns``."""
+    if label_map.ndim != 3:
+        raise DataError(where, f"a DICOM-SEG needs a 3-D label map, got shape {label_map.shape}")
+    if label_map.shape[2] != n_sources:
+        raise DataError(
+            where, f"the label map has {label_map.shape[2]} slices but the DICOM series {n_sources} images"
+        )
+    return np.ascontiguousarray(np.transpose(label_map, (2, 1, 0)))
+
+
+def write_dicom_seg(
+    label_map: np.ndarray,
+    source: str | Path,
+    class_names: Mapping[int, str],
+    out_path: str | Path,
+    *,
+    algorithm: Mapping[str, str] | None = None,
+    series: int | str | None = None,
+) -> Path:
+    """Write ``label_map`` (the predicted ``I x J x K`` class ids in the DICOM input's voxel grid, as written to
+    NIfTI) as a DICOM Segmentation of the series it came from, atomically.
+
+    Args:
+        label_map: class ids; 0 is background.
+        source: the DICOM series folder or zip the prediction was made from.
+        class_names: class id -> name: one segment per class, in id order.
+        out_path: the ``.dcm`` file to write.
+        algorithm: recorded as the algorithm's parameters (e.g. model, adapter, base hash).
+        series: the series choice the reader was given (several series in one folder).
+
+    Raises:
+        DataError: not a DICOM series, or a label map that does not match its images.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    import salt_seg
+
+    source = Path(source)
+    datasets = source_datasets(source, series)
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
+        raise DataError(source, "DICOM-SEG output supports single-frame image series, not multi-frame files")
+    for ds in datasets:  # Type 2 attributes the SEG copies: present, possibly empty, in valid files
+        for keyword in _TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    frames = _frames(np.asarray(label_map), len(datasets), source)
+    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+    if frames.shape[1:] != (rows, cols):
+        raise DataError(source, f"the label map's slices are {frames.shape[1:]}, the images {(rows, cols)}")
+    ids = sorted(int(k) for k in class_names)
+    unknown = sorted(set(np.unique(frames).tolist()) - {0, *ids})
+    if unknown:
+        raise ValueError(f"label values {unknown} have no class name")
+    params = {str(k): str(v) for k, v in (algorithm or {}).items() if v is not None}
+    ident = hd.AlgorithmIdentificationSequence(
+        name="salt_seg",
+        family=codes.cid7162.ArtificialIntelligence,
+        version=str(getattr(salt_seg, "__version__", "0")),
+        parameters=params or None,
+    )
+    descriptions = []
+    masks = np.zeros((*frames.shape, len(ids)), dtype=bool)
+    for n, cid in enumerate(ids, start=1):
+        masks[..., n - 1] = frames == cid
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=n,
+                segment_label=str(class_names[cid])[:64],
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=ident,
+                tracking_uid=hd.UID(),
+                tracking_id=f"{TRACKING_PREFIX}{cid}",
+                display_color=hd.color.CIELabColor.from_rgb(*label_color(cid)),
+            )
+        )
+    try:
+        seg = _segmentation(hd, datasets, masks, descriptions, params)
+    except (ValueError, AttributeError) as exc:  # highdicom's checks of the source images
+        raise DataError(source, f"cannot make a DICOM-SEG of this series: {exc}") from None
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        seg.save_as(tmp)
+    return out_path
+
+
+def _segmentation(
+    hd: Any, datasets: list[Any], masks: np.ndarray, descriptions: list[Any], params: dict
+) -> Any:
+    import salt_seg
+
+    return hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="salt_seg",
+        manufacturer_model_name=str(params.get("model", "salt_seg"))[:64],
+        software_versions=str(getattr(salt_seg, "__version__", "0")),
+        device_serial_number="0",
+        series_description="salt_seg segmentation",
+        content_label="SALT_SEG",
+        content_description="Automatic segmentation (research use only)",
+    )
+
+
+def read_dicom_seg(seg_path: str | Path, source: str | Path, *, series: int | str | None = None):
+    """A DICOM-SEG as ``(I x J x K label map on the source series' voxel grid, {value: segment name})``.
+
+    Segments written by :func:`write_dicom_seg` come back with their original label values; other SEGs' segments
+    get their segment numbers. Where segments overlap, the higher value wins.
+
+    Raises:
+        DataError: not a readable Segmentation, or one that does not refer to this series' images.
+    """
+    import highdicom as hd
+
+    seg_path, source = Path(seg_path), Path(source)
+    try:
+        seg = hd.seg.segread(seg_path)
+    except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many types for foreign files
+        raise DataError(
+            seg_path, f"not a readable DICOM Segmentation ({type(exc).__name__}: {exc})"
+        ) from None
+    datasets = source_datasets(source, series)
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    referenced = {str(u) for _, _, u in seg.get_source_image_uids()}
+    if not referenced & set(uids):
+        raise DataError(seg_path, f"the segmentation refers to none of the images of {source}")
+    names: dict[int, str] = {}
+    value_of: dict[int, int] = {}
+    for number in seg.segment_numbers:
+        desc = seg.get_segment_description(number)
+        tracking = str(getattr(desc, "tracking_id", "") or "")
+        value = int(tracking[len(TRACKING_PREFIX) :]) if tracking.startswith(TRACKING_PREFIX) else int(number)
+        value_of[int(number)] = value
+        names[value] = str(desc.segment_label)
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, assert_missing_frames_are_empty=True, ignore_spatial_locations=True
+    )  # K x rows x cols x segments
+    frames = np.zeros(
+        pixels.shape[:3], dtype=np.uint16 if max(value_of.values(), default=0) > 255 else np.uint8
+    )
+    for j, number in enumerate(seg.segment_numbers):
+        frames[pixels[..., j] > 0] = value_of[int(number)]  # in value order: the higher value wins overlaps
+    return np.ascontiguousarray(np.transpose(frames, (2, 1, 0))), dict(sorted(names.items()))
