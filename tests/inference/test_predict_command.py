@@ -495,3 +495,34 @@ def test_dicom_seg_output_of_a_nifti_case_is_a_one_line_failure(tmp_path: Path, 
     printed = capsys.readouterr().out
     assert "DICOM-SEG output needs a DICOM series as input; this case is a nifti image" in printed
     assert not list(out.glob("las*"))
+
+
+def test_dicom_seg_of_the_packaged_real_ct_round_trips(tmp_path: Path, oracle_cli) -> None:
+    """Issue 19's acceptance on pydicom-data's real CT series (5 slices): predict -> DICOM-SEG -> highdicom."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from salt_seg.inference.dicom_seg import read_dicom_seg
+
+    ct = tmp_path / "ct"
+    shutil.copytree(get_testdata_file("dicomdirtests/98892001/CT5N"), ct)
+    save_prompts(tmp_path / "p.json", [Prompt(box=(2, 2, 13, 13), slice_index=k, axis=2) for k in (1, 2, 3)])
+    out = tmp_path / "out"
+    args = [
+        "predict",
+        "--model",
+        "x",
+        "--input",
+        str(ct),
+        "--output",
+        str(out),
+        "--prompts",
+        str(tmp_path / "p.json"),
+    ]
+    assert main([*args, "--format", "dicom-seg", *QUIET]) == 0
+    nifti = np.asanyarray(nib.load(str(out / "ct.nii.gz")).dataobj)
+    assert nifti.any() and not nifti[..., 0].any()  # prompted slices only
+    seg, names = read_dicom_seg(out / "ct.seg.dcm", ct)
+    np.testing.assert_array_equal(seg, nifti)
+    assert names == {1: "organ"}
