@@ -256,6 +256,10 @@ def _read_salt(root: Path, strict: bool) -> Dataset:
     return Dataset(root, "salt", cases, classes, ["R", "G", "B"], label_remap=remap, problems=problems.items)
 
 
+#: label files of a DICOM case besides NIfTI: a DICOM Segmentation of its series (salt_seg's own output name first)
+DICOM_SEG_SUFFIXES = (".seg.dcm", ".dcm")
+
+
 # --- DICOM series + NIfTI labels ----------------------------------------------------------------------------------------
 def _detect_dicom(root: Path) -> bool:
     images, labels = root / "images", root / "labels"
@@ -275,14 +279,34 @@ def _read_dicom(root: Path, strict: bool) -> Dataset:
             continue
         case_id = p.stem if p.suffix.lower() == ".zip" else p.name
         label = next(
-            (labels / f"{case_id}{s}" for s in NIFTI_SUFFIXES if (labels / f"{case_id}{s}").is_file()), None
+            (
+                labels / f"{case_id}{s}"
+                for s in (*NIFTI_SUFFIXES, *DICOM_SEG_SUFFIXES)
+                if (labels / f"{case_id}{s}").is_file()
+            ),
+            None,
         )
         if label is None:
-            problems.add(labels, f"no NIfTI label for case {case_id}")
+            problems.add(labels, f"no NIfTI or DICOM-SEG label for case {case_id}")
         cases.append(Case(case_id, [p], label, series=series.get(case_id)))
     if not cases:
         raise DataError(images, "no DICOM case folders or zips found")
-    return Dataset(root, "dicom", cases, _optional_classes(root), ["image"], problems=problems.items)
+    classes = _optional_classes(root)
+    if not (root / "classes.json").is_file():  # no declared classes: the DICOM-SEG labels' segment names
+        classes = _segment_classes([c.label for c in cases if c.label is not None]) or classes
+    return Dataset(root, "dicom", cases, classes, ["image"], problems=problems.items)
+
+
+def _segment_classes(labels: list[Path]) -> dict[int, str]:
+    """Label value -> segment name over the DICOM-SEG label files (the first name of a value wins)."""
+    from salt_seg.data.dicom_seg import is_dicom_seg, segment_names
+
+    names: dict[int, str] = {}
+    for path in labels:
+        if path.suffix.lower() == ".dcm" and is_dicom_seg(path):
+            for value, name in segment_names(path).items():
+                names.setdefault(value, name)
+    return dict(sorted(names.items()))
 
 
 # --- image/label pairs -----------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from salt_seg.inference.export import (
     write_probability_map,
 )
 from salt_seg.inference.segment import SegmentationResult
-from salt_seg.inference.sidecars import write_label_json
+from salt_seg.inference.sidecars import label_color, write_label_json
 from salt_seg.inference.summary import case_summary
 
 
@@ -74,7 +74,7 @@ def export_case(
         overwrite: replace existing files.
         extra: more fields for the summary in the JSON sidecar.
         dicom_seg: also write the label map as a DICOM Segmentation of the source series
-            (:func:`salt_seg.inference.dicom_seg.write_dicom_seg`; the input must be a DICOM series folder or zip).
+            (:func:`salt_seg.data.dicom_seg.write_dicom_seg`; the input must be a DICOM series folder or zip).
         algorithm: what the DICOM-SEG records as the algorithm's parameters (model, adapter, base hash).
 
     Returns:
@@ -101,9 +101,12 @@ def export_case(
     header = read_source_header(source_path) if source_path is not None else None
     names = result.class_names
     if dicom_seg:  # first: the SEG's checks of the source series can fail; then nothing is written
-        from salt_seg.inference.dicom_seg import write_dicom_seg
+        from salt_seg.data.dicom_seg import write_dicom_seg
 
-        write_dicom_seg(labels, Path(str(source_path)), names, files["dicom_seg"], algorithm=algorithm)
+        colors = {int(c): label_color(int(c)) for c in names}
+        write_dicom_seg(
+            labels, Path(str(source_path)), names, files["dicom_seg"], algorithm=algorithm, colors=colors
+        )
     write_label_map(files["label_map"], labels, prepared.source, names, header=header, overwrite=overwrite)
     if probabilities:
         probs = np.stack([prepared.to_source(p, order=1) for p in result.probabilities])  # type: ignore[union-attr]

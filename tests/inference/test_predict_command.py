@@ -447,7 +447,8 @@ def test_mirror_flag_is_recorded_and_changes_the_probabilities(tmp_path: Path, t
 def test_dicom_seg_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli, kind: str) -> None:
     """``--format dicom-seg`` on a DICOM series (folder or zip): the SEG read back with highdicom is the NIfTI
     label map voxel for voxel, named as the model's classes."""
-    from salt_seg.inference.dicom_seg import read_dicom_seg
+    from salt_seg.data import load_volume
+    from salt_seg.data.dicom_seg import read_dicom_seg
 
     shape = (S, 48, 10)
     path, _ = write_case(tmp_path, kind, cuboid(shape, (10, 6, 2), (30, 20, 8)))
@@ -467,7 +468,7 @@ def test_dicom_seg_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli,
     assert main([*args, "--format", "dicom-seg", *QUIET]) == 0
     nifti = np.asanyarray(nib.load(str(out / "series.nii.gz")).dataobj)
     assert nifti.sum() == 3 * 20 * 14
-    seg, names = read_dicom_seg(out / "series.seg.dcm", path)
+    seg, names = read_dicom_seg(out / "series.seg.dcm", load_volume(path))
     np.testing.assert_array_equal(seg, nifti)
     assert names == {1: "organ"}
     doc = json.loads((out / "series.json").read_text())
@@ -503,7 +504,8 @@ def test_dicom_seg_of_the_packaged_real_ct_round_trips(tmp_path: Path, oracle_cl
 
     from pydicom.data import get_testdata_file
 
-    from salt_seg.inference.dicom_seg import read_dicom_seg
+    from salt_seg.data import load_volume
+    from salt_seg.data.dicom_seg import read_dicom_seg
 
     ct = tmp_path / "ct"
     shutil.copytree(get_testdata_file("dicomdirtests/98892001/CT5N"), ct)
@@ -523,6 +525,6 @@ def test_dicom_seg_of_the_packaged_real_ct_round_trips(tmp_path: Path, oracle_cl
     assert main([*args, "--format", "dicom-seg", *QUIET]) == 0
     nifti = np.asanyarray(nib.load(str(out / "ct.nii.gz")).dataobj)
     assert nifti.any() and not nifti[..., 0].any()  # prompted slices only
-    seg, names = read_dicom_seg(out / "ct.seg.dcm", ct)
+    seg, names = read_dicom_seg(out / "ct.seg.dcm", load_volume(ct))
     np.testing.assert_array_equal(seg, nifti)
     assert names == {1: "organ"}

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 
 from salt_seg.data import load_volume
+from salt_seg.data.dicom_seg import read_dicom_seg, source_datasets, write_dicom_seg
 from salt_seg.data.errors import DataError
-from salt_seg.inference.dicom_seg import read_dicom_seg, source_datasets, write_dicom_seg
 
 pytest.importorskip("highdicom")
 
@@ -44,7 +44,7 @@ def test_label_map_round_trips_voxel_for_voxel_with_names(ct_series: Path, tmp_p
         tmp_path / "seg.dcm",
         algorithm={"model": "runs/x", "adapter": "salt", "base_hash": "abc123"},
     )
-    back, names = read_dicom_seg(out, ct_series)
+    back, names = read_dicom_seg(out, vol)
     np.testing.assert_array_equal(back, lab)
     assert names == {1: "liver", 4: "L ventricle", 7: "never predicted"}
     ds = pydicom.dcmread(out)
@@ -77,7 +77,9 @@ def test_frames_follow_the_volume_not_the_file_order(ct_series: Path, tmp_path: 
         lab[k : k + 2, 0:2, k] = 1  # a different pattern on every slice
     for i, f in enumerate(sorted(ct_series.iterdir())):
         f.rename(ct_series / f"z{9 - i}")
-    back, _ = read_dicom_seg(write_dicom_seg(lab, ct_series, {1: "a"}, tmp_path / "s.dcm"), ct_series)
+    back, _ = read_dicom_seg(
+        write_dicom_seg(lab, ct_series, {1: "a"}, tmp_path / "s.dcm"), load_volume(ct_series)
+    )
     np.testing.assert_array_equal(back, lab)
 
 
@@ -91,7 +93,7 @@ def test_mismatches_are_one_line_errors_and_write_nothing(ct_series: Path, tmp_p
     assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
     (tmp_path / "junk.dcm").write_bytes(b"not dicom")
     with pytest.raises(DataError, match="not a readable DICOM Segmentation"):
-        read_dicom_seg(tmp_path / "junk.dcm", ct_series)
+        read_dicom_seg(tmp_path / "junk.dcm", vol)
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="Debian dicom3tools is not installed")
@@ -107,3 +109,29 @@ def test_dicom3tools_validator_finds_no_error_or_warning(ct_series: Path, tmp_pa
     # the validator does report problems: the source CT itself lacks a Type 2C attribute
     src = subprocess.run(["dciodvfy", str(sorted(ct_series.iterdir())[0])], capture_output=True, text=True)
     assert "Error" in src.stdout + src.stderr
+
+
+def test_a_dicom_seg_is_a_label_map_of_a_dicom_dataset(ct_series: Path, tmp_path: Path) -> None:
+    """``images/<case>/`` + ``labels/<case>.seg.dcm``: the dataset reads the SEG onto its series' grid."""
+    from salt_seg.data import load_dataset
+
+    root = tmp_path / "ds"
+    (root / "labels").mkdir(parents=True)
+    shutil.copytree(ct_series, root / "images" / "ct")
+    vol = load_volume(root / "images" / "ct")
+    lab = _labels(vol.shape)
+    write_dicom_seg(lab, root / "images" / "ct", {1: "liver", 4: "kidney"}, root / "labels" / "ct.seg.dcm")
+    ds = load_dataset(root)
+    assert ds.format == "dicom" and not ds.problems
+    assert ds.classes == {1: "liver", 4: "kidney"}  # the segment names, without a classes.json
+    (case,) = ds.cases
+    assert case.label == root / "labels" / "ct.seg.dcm"
+    got = ds.load_label(case, vol)
+    np.testing.assert_array_equal(got.array[0], lab)
+    np.testing.assert_allclose(got.affine, vol.affine)
+    # a SEG of another series' grid is refused, naming the file
+    other = load_volume(root / "images" / "ct")
+    other.affine = other.affine.copy()
+    other.affine[:3, 3] += 0.3
+    with pytest.raises(DataError, match="not on the image series' grid"):
+        read_dicom_seg(root / "labels" / "ct.seg.dcm", other)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
-from salt_seg.inference.sidecars import label_color
+from salt_seg.geometry import LPS_TO_RAS
 from salt_seg.io import atomic_path
 
 #: the tracking id of a segment records the label value it was written from
@@ -88,6 +88,7 @@ def write_dicom_seg(
     *,
     algorithm: Mapping[str, str] | None = None,
     series: int | str | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
 ) -> Path:
     """Write ``label_map`` (the predicted ``I x J x K`` class ids in the DICOM input's voxel grid, as written to
     NIfTI) as a DICOM Segmentation of the series it came from, atomically.
@@ -99,6 +100,7 @@ def write_dicom_seg(
         out_path: the ``.dcm`` file to write.
         algorithm: recorded as the algorithm's parameters (e.g. model, adapter, base hash).
         series: the series choice the reader was given (several series in one folder).
+        colors: class id -> RGB display colour of its segment (the NIfTI sidecars' palette).
 
     Raises:
         DataError: not a DICOM series, or a label map that does not match its images.
@@ -145,7 +147,9 @@ def write_dicom_seg(
                 algorithm_identification=ident,
                 tracking_uid=hd.UID(),
                 tracking_id=f"{TRACKING_PREFIX}{cid}",
-                display_color=hd.color.CIELabColor.from_rgb(*label_color(cid)),
+                display_color=hd.color.CIELabColor.from_rgb(*colors[cid])
+                if colors and cid in colors
+                else None,
             )
         )
     try:
@@ -182,43 +186,86 @@ def _segmentation(
     )
 
 
-def read_dicom_seg(seg_path: str | Path, source: str | Path, *, series: int | str | None = None):
-    """A DICOM-SEG as ``(I x J x K label map on the source series' voxel grid, {value: segment name})``.
+def is_dicom_seg(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM Segmentation instance (reads the header only)."""
+    import pydicom
 
-    Segments written by :func:`write_dicom_seg` come back with their original label values; other SEGs' segments
-    get their segment numbers. Where segments overlap, the higher value wins.
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"])
+    except Exception:  # noqa: BLE001 - not DICOM at all
+        return False
+    return str(ds.get("Modality", "")) == "SEG"
+
+
+def segment_names(seg_path: str | Path) -> dict[int, str]:
+    """``{label value: segment name}`` of a DICOM-SEG (values as :func:`read_dicom_seg` gives them).
 
     Raises:
-        DataError: not a readable Segmentation, or one that does not refer to this series' images.
+        DataError: not a readable Segmentation.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
+        items = list(ds.SegmentSequence)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for foreign files
+        raise DataError(seg_path, f"not a readable DICOM Segmentation ({type(exc).__name__})") from None
+    names = {}
+    for item in items:
+        tracking = str(item.get("TrackingID", "") or "")
+        number = int(item.SegmentNumber)
+        value = int(tracking[len(TRACKING_PREFIX) :]) if tracking.startswith(TRACKING_PREFIX) else number
+        names[value] = str(item.get("SegmentLabel", f"segment {number}"))
+    return dict(sorted(names.items()))
+
+
+def read_dicom_seg(seg_path: str | Path, like: Any):  # -> tuple[np.ndarray, dict[int, str]]
+    """A DICOM-SEG as a label map on the voxel grid of the image volume ``like`` (a
+    :class:`~salt_seg.data.volume.Volume` read from the series), with ``{value: segment name}``.
+
+    Every labelled voxel of the SEG is placed by its position in the patient frame, so the SEG's frame order,
+    omitted empty frames and the series' file order do not matter; a SEG on another grid is an error. Segments
+    written by :func:`write_dicom_seg` come back with their original label values; other SEGs' segments get
+    their segment numbers. Where segments overlap, the higher value wins.
+
+    Raises:
+        DataError: not a readable Segmentation, or voxels that are not on ``like``'s grid.
     """
     import highdicom as hd
 
-    seg_path, source = Path(seg_path), Path(source)
+    seg_path = Path(seg_path)
     try:
         seg = hd.seg.segread(seg_path)
+        numbers = [int(n) for n in seg.segment_numbers]
+        names: dict[int, str] = {}
+        value_of: dict[int, int] = {}
+        for number in numbers:
+            desc = seg.get_segment_description(number)
+            tracking = str(getattr(desc, "tracking_id", "") or "")
+            value = int(tracking[len(TRACKING_PREFIX) :]) if tracking.startswith(TRACKING_PREFIX) else number
+            value_of[number], names[value] = value, str(desc.segment_label)
+        out = np.zeros(like.shape, dtype=np.int16)
+        if seg.number_of_frames == 0:
+            return out, dict(sorted(names.items()))
+        vol = seg.get_volume(segment_numbers=numbers, combine_segments=False)
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many types for foreign files
         raise DataError(
             seg_path, f"not a readable DICOM Segmentation ({type(exc).__name__}: {exc})"
         ) from None
-    datasets = source_datasets(source, series)
-    uids = [str(ds.SOPInstanceUID) for ds in datasets]
-    referenced = {str(u) for _, _, u in seg.get_source_image_uids()}
-    if not referenced & set(uids):
-        raise DataError(seg_path, f"the segmentation refers to none of the images of {source}")
-    names: dict[int, str] = {}
-    value_of: dict[int, int] = {}
-    for number in seg.segment_numbers:
-        desc = seg.get_segment_description(number)
-        tracking = str(getattr(desc, "tracking_id", "") or "")
-        value = int(tracking[len(TRACKING_PREFIX) :]) if tracking.startswith(TRACKING_PREFIX) else int(number)
-        value_of[int(number)] = value
-        names[value] = str(desc.segment_label)
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, assert_missing_frames_are_empty=True, ignore_spatial_locations=True
-    )  # K x rows x cols x segments
-    frames = np.zeros(
-        pixels.shape[:3], dtype=np.uint16 if max(value_of.values(), default=0) > 255 else np.uint8
-    )
-    for j, number in enumerate(seg.segment_numbers):
-        frames[pixels[..., j] > 0] = value_of[int(number)]  # in value order: the higher value wins overlaps
-    return np.ascontiguousarray(np.transpose(frames, (2, 1, 0))), dict(sorted(names.items()))
+    array = np.asarray(vol.array)  # slices x rows x columns x segments
+    to_voxel = np.linalg.inv(np.asarray(like.affine, dtype=np.float64)) @ LPS_TO_RAS @ np.asarray(vol.affine)
+    for j, number in sorted(enumerate(numbers), key=lambda jn: value_of[jn[1]]):  # higher values last
+        idx = np.argwhere(array[..., j] > 0)  # (slice, row, column) indices of the SEG volume
+        if idx.size == 0:
+            continue
+        ijk = to_voxel[:3, :3] @ idx.T.astype(np.float64) + to_voxel[:3, 3:4]
+        rounded = np.rint(ijk)
+        if np.abs(ijk - rounded).max() > 1e-3:
+            raise DataError(seg_path, "the segmentation's voxels are not on the image series' grid")
+        rounded = rounded.astype(np.int64)
+        if (rounded < 0).any() or (rounded >= np.asarray(like.shape)[:, None]).any():
+            raise DataError(seg_path, "the segmentation reaches outside the image series")
+        out[rounded[0], rounded[1], rounded[2]] = value_of[number]
+    return out, dict(sorted(names.items()))
