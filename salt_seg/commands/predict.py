@@ -89,10 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("nifti", "dicom-seg"),
+        choices=("nifti", "dicom-seg", "rtstruct"),
         default="nifti",
         help="nifti (default): NIfTI label maps; dicom-seg: also <case>.seg.dcm, a DICOM Segmentation of the source "
-        "series (one named segment per class, referencing its images; DICOM inputs only)",
+        "series (one named segment per class, referencing its images); rtstruct: also <case>.rtstruct.dcm, an RT "
+        "Structure Set (contours; needs the rtstruct extra). DICOM inputs only",
     )
     parser.add_argument(
         "--mirror",
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         settings=_settings(args),
         progress=not args.no_progress,
-        dicom_seg=args.format == "dicom-seg",
+        format=args.format,
     )
     cases = find_cases(args.input, exclude=out)
     attach_prompts(cases, args.prompts)

@@ -186,15 +186,20 @@ def _segmentation(
     )
 
 
-def is_dicom_seg(path: str | Path) -> bool:
-    """Whether ``path`` is a DICOM Segmentation instance (reads the header only)."""
+def dicom_modality(path: str | Path) -> str | None:
+    """The Modality of a DICOM file (``SEG``, ``RTSTRUCT``, ``CT``, ...), or ``None`` when it is not DICOM."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
     except Exception:  # noqa: BLE001 - not DICOM at all
-        return False
-    return str(ds.get("Modality", "")) == "SEG"
+        return None
+    return str(ds.get("Modality", "")) or None
+
+
+def is_dicom_seg(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM Segmentation instance (reads the header only)."""
+    return dicom_modality(path) == "SEG"
 
 
 def segment_names(seg_path: str | Path) -> dict[int, str]:

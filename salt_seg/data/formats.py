@@ -256,8 +256,9 @@ def _read_salt(root: Path, strict: bool) -> Dataset:
     return Dataset(root, "salt", cases, classes, ["R", "G", "B"], label_remap=remap, problems=problems.items)
 
 
-#: label files of a DICOM case besides NIfTI: a DICOM Segmentation of its series (salt_seg's own output name first)
-DICOM_SEG_SUFFIXES = (".seg.dcm", ".dcm")
+#: label files of a DICOM case besides NIfTI: a DICOM Segmentation or RT Structure Set of its series (salt_seg's
+#: own output names first)
+DICOM_SEG_SUFFIXES = (".seg.dcm", ".rtstruct.dcm", ".dcm")
 
 
 # --- DICOM series + NIfTI labels ----------------------------------------------------------------------------------------
@@ -287,7 +288,7 @@ def _read_dicom(root: Path, strict: bool) -> Dataset:
             None,
         )
         if label is None:
-            problems.add(labels, f"no NIfTI or DICOM-SEG label for case {case_id}")
+            problems.add(labels, f"no NIfTI, DICOM-SEG or RTSTRUCT label for case {case_id}")
         cases.append(Case(case_id, [p], label, series=series.get(case_id)))
     if not cases:
         raise DataError(images, "no DICOM case folders or zips found")
@@ -298,14 +299,25 @@ def _read_dicom(root: Path, strict: bool) -> Dataset:
 
 
 def _segment_classes(labels: list[Path]) -> dict[int, str]:
-    """Label value -> segment name over the DICOM-SEG label files (the first name of a value wins)."""
-    from salt_seg.data.dicom_seg import is_dicom_seg, segment_names
+    """Label value -> segment (DICOM-SEG) or ROI (RTSTRUCT, values 1, 2, ... in file order) name over the DICOM
+    label files (the first name of a value wins)."""
+    import pydicom
+
+    from salt_seg.data.dicom_seg import dicom_modality, segment_names
 
     names: dict[int, str] = {}
     for path in labels:
-        if path.suffix.lower() == ".dcm" and is_dicom_seg(path):
-            for value, name in segment_names(path).items():
-                names.setdefault(value, name)
+        if path.suffix.lower() != ".dcm":
+            continue
+        modality = dicom_modality(path)
+        found: dict[int, str] = {}
+        if modality == "SEG":
+            found = segment_names(path)
+        elif modality == "RTSTRUCT":
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            found = {i: str(r.ROIName) for i, r in enumerate(ds.get("StructureSetROISequence", []), start=1)}
+        for value, name in found.items():
+            names.setdefault(value, name)
     return dict(sorted(names.items()))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from salt_seg.data.dicom_seg import is_dicom_seg, read_dicom_seg
+from salt_seg.data.dicom_seg import dicom_modality, is_dicom_seg, read_dicom_seg
 from salt_seg.data.errors import DataError
 from salt_seg.data.readers import (
     DEFAULT_MAX_VOXELS,
@@ -53,13 +53,22 @@ def load_label(
         is_2d = False
     elif kind in ("itk", "picture"):
         array, affine, is_2d = read_itk_array(path, max_voxels, raw=True)
-    elif kind == "dicom" and is_dicom_seg(path):
+    elif kind == "dicom" and dicom_modality(path) in ("SEG", "RTSTRUCT"):
         if like is None:
-            raise DataError(path, "a DICOM-SEG label map is read onto its image series; give the image")
-        seg_array, _ = read_dicom_seg(path, like)
+            raise DataError(
+                path, "a DICOM-SEG or RTSTRUCT label map is read onto its image series; give the image"
+            )
+        if is_dicom_seg(path):
+            seg_array, _ = read_dicom_seg(path, like)
+        else:
+            from salt_seg.data.rtstruct import read_rtstruct
+
+            seg_array, _ = read_rtstruct(path, like)
         array, affine, is_2d = seg_array[None], np.asarray(like.affine), bool(like.is_2d)
     else:
-        raise DataError(path, f"label maps must be NIfTI, NRRD/MHA, PNG/TIFF or DICOM-SEG files, not {kind}")
+        raise DataError(
+            path, f"label maps must be NIfTI, NRRD/MHA, PNG/TIFF, DICOM-SEG or RTSTRUCT files, not {kind}"
+        )
     if array.shape[0] > 1:
         if all(np.array_equal(array[0], array[c]) for c in range(1, array.shape[0])):
             array = array[:1]

@@ -66,11 +66,11 @@ class Case:
 
         return load_channels(self.channels) if len(self.channels) > 1 else load_volume(self.path)
 
-    def outputs(self, out_dir: Path, probabilities: bool, dicom_seg: bool = False) -> dict[str, Path]:
+    def outputs(self, out_dir: Path, probabilities: bool, fmt: str = "nifti") -> dict[str, Path]:
         """The files this case writes (:func:`~salt_seg.inference.outputs.case_outputs`)."""
         from salt_seg.inference.outputs import case_outputs
 
-        return case_outputs(out_dir, self.name, probabilities, dicom_seg)
+        return case_outputs(out_dir, self.name, probabilities, fmt)
 
 
 @dataclass
@@ -83,7 +83,8 @@ class PredictOptions:
         overwrite: replace existing outputs.
         batch_size: slices per image-encoder call.
         settings: thresholds.
-        dicom_seg: also write ``<case>.seg.dcm``, a DICOM Segmentation of the source series (DICOM inputs only).
+        format: ``nifti`` (default), or also ``<case>.seg.dcm`` (``dicom-seg``, a DICOM Segmentation) or
+            ``<case>.rtstruct.dcm`` (``rtstruct``, an RT Structure Set) of the source series (DICOM inputs only).
         progress: tqdm progress bars.
     """
 
@@ -92,7 +93,7 @@ class PredictOptions:
     overwrite: bool = False
     batch_size: int = 8
     settings: InferenceSettings = field(default_factory=InferenceSettings)
-    dicom_seg: bool = False
+    format: str = "nifti"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -100,6 +101,8 @@ class PredictOptions:
             raise ValueError(f"mode: {self.mode!r} is not one of {list(MODES)}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.format not in ("nifti", "dicom-seg", "rtstruct"):
+            raise ValueError(f"format: {self.format!r} is not one of nifti, dicom-seg, rtstruct")
 
 
 def _has_dicom(folder: Path) -> bool:
@@ -252,7 +255,7 @@ def check_outputs(cases: list[Case], out_dir: Path, options: PredictOptions) -> 
         return
     files = [out_dir / SUMMARY_NAME, out_dir / CTBL_NAME, out_dir / ITKSNAP_NAME]
     for c in cases:
-        files += list(c.outputs(out_dir, options.probabilities, options.dicom_seg).values())
+        files += list(c.outputs(out_dir, options.probabilities, options.format).values())
     for f in files:
         if f.exists():
             raise FileExistsError(f"{f}: exists; pass --overwrite to replace outputs in {out_dir}")
@@ -285,7 +288,7 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
     t0 = time.perf_counter()
     model, record, names, meta = loaded
     volume = case.load()
-    if options.dicom_seg:  # before any work: the output needs the DICOM series the case was read from
+    if options.format != "nifti":  # before any work: the output needs the DICOM series the case was read from
         from salt_seg.inference.outputs import check_dicom_seg_source
 
         check_dicom_seg_source(case.path, volume.meta.get("format"))
@@ -330,7 +333,7 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
         probabilities=options.probabilities,
         overwrite=options.overwrite,
         extra=extra,
-        dicom_seg=options.dicom_seg,
+        fmt=options.format,
         algorithm={
             "model": str(meta.get("adapter_path") or meta.get("base_checkpoint") or ""),
             "adapter": str((meta.get("config") or {}).get("name", ""))

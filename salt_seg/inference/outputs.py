@@ -25,18 +25,22 @@ from salt_seg.inference.segment import SegmentationResult
 from salt_seg.inference.sidecars import label_color, write_label_json
 from salt_seg.inference.summary import case_summary
 
+#: DICOM outputs besides NIfTI: ``--format`` value -> (files key, file suffix)
+DICOM_FORMATS = {"dicom-seg": ("dicom_seg", ".seg.dcm"), "rtstruct": ("rtstruct", ".rtstruct.dcm")}
+
 
 def case_outputs(
-    out_dir: str | Path, name: str, probabilities: bool = False, dicom_seg: bool = False
+    out_dir: str | Path, name: str, probabilities: bool = False, fmt: str = "nifti"
 ) -> dict[str, Path]:
-    """The paths :func:`export_case` writes: ``label_map``, ``sidecar`` and (optionally) ``probabilities`` and
-    ``dicom_seg``."""
+    """The paths :func:`export_case` writes: ``label_map``, ``sidecar`` and (optionally) ``probabilities`` and the
+    DICOM output of ``fmt`` (:data:`DICOM_FORMATS`)."""
     out = Path(out_dir)
     files = {"label_map": out / f"{name}.nii.gz", "sidecar": out / f"{name}.json"}
     if probabilities:
         files["probabilities"] = out / f"{name}_probabilities.nii.gz"
-    if dicom_seg:
-        files["dicom_seg"] = out / f"{name}.seg.dcm"
+    if fmt != "nifti":
+        key, suffix = DICOM_FORMATS[fmt]
+        files[key] = out / f"{name}{suffix}"
     return files
 
 
@@ -45,7 +49,7 @@ def check_dicom_seg_source(source_path: str | Path | None, fmt: str | None) -> N
     if source_path is None or fmt != "dicom":
         what = f"a {fmt} image" if fmt else "not a file"
         raise ValueError(
-            f"{source_path}: DICOM-SEG output needs a DICOM series as input; this case is {what}"
+            f"{source_path}: DICOM-SEG and RTSTRUCT output need a DICOM series as input; this case is {what}"
         )
 
 
@@ -59,7 +63,7 @@ def export_case(
     probabilities: bool = False,
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
-    dicom_seg: bool = False,
+    fmt: str = "nifti",
     algorithm: dict[str, str] | None = None,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Map a segmentation back to the source grid and write the case's files.
@@ -73,8 +77,9 @@ def export_case(
         probabilities: also write the probability map (``result.probabilities`` must be set).
         overwrite: replace existing files.
         extra: more fields for the summary in the JSON sidecar.
-        dicom_seg: also write the label map as a DICOM Segmentation of the source series
-            (:func:`salt_seg.data.dicom_seg.write_dicom_seg`; the input must be a DICOM series folder or zip).
+        fmt: ``nifti``, or also the label map as a DICOM Segmentation (``dicom-seg``,
+            :func:`salt_seg.data.dicom_seg.write_dicom_seg`) or an RT Structure Set (``rtstruct``,
+            :func:`salt_seg.data.rtstruct.write_rtstruct`) of the source series (a DICOM series folder or zip).
         algorithm: what the DICOM-SEG records as the algorithm's parameters (model, adapter, base hash).
 
     Returns:
@@ -82,17 +87,17 @@ def export_case(
 
     Raises:
         FileExistsError: a file exists and ``overwrite`` is false (checked before anything is written).
-        ValueError: ``probabilities`` without probabilities in ``result``; ``dicom_seg`` for an input that is not
+        ValueError: ``probabilities`` without probabilities in ``result``; a DICOM ``fmt`` for an input that is not
             a DICOM series.
     """
-    files = case_outputs(out_dir, name, probabilities, dicom_seg)
+    files = case_outputs(out_dir, name, probabilities, fmt)
     for f in files.values():
         check_writable(f, overwrite)
     if probabilities and result.probabilities is None:
         raise ValueError(
             "export_case: probabilities asked for, but the result holds none (segment with probabilities=True)"
         )
-    if dicom_seg:
+    if fmt != "nifti":
         from salt_seg.data.readers import file_kind
 
         kind = file_kind(source_path) if source_path is not None else None
@@ -100,13 +105,18 @@ def export_case(
     labels = prepared.to_source(result.label_map, order=0)
     header = read_source_header(source_path) if source_path is not None else None
     names = result.class_names
-    if dicom_seg:  # first: the SEG's checks of the source series can fail; then nothing is written
-        from salt_seg.data.dicom_seg import write_dicom_seg
-
+    if fmt != "nifti":  # first: the DICOM writer's checks of the series can fail; then nothing is written
         colors = {int(c): label_color(int(c)) for c in names}
-        write_dicom_seg(
-            labels, Path(str(source_path)), names, files["dicom_seg"], algorithm=algorithm, colors=colors
-        )
+        if fmt == "dicom-seg":
+            from salt_seg.data.dicom_seg import write_dicom_seg
+
+            write_dicom_seg(
+                labels, Path(str(source_path)), names, files["dicom_seg"], algorithm=algorithm, colors=colors
+            )
+        else:
+            from salt_seg.data.rtstruct import write_rtstruct
+
+            write_rtstruct(labels, Path(str(source_path)), names, files["rtstruct"], colors=colors)
     write_label_map(files["label_map"], labels, prepared.source, names, header=header, overwrite=overwrite)
     if probabilities:
         probs = np.stack([prepared.to_source(p, order=1) for p in result.probabilities])  # type: ignore[union-attr]

@@ -106,6 +106,8 @@ def write_dicom_series(
         ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, series_number
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.99"
         ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.98"
+        ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "120000", "1", "", ""
+        ds.PatientBirthDate, ds.PatientSex = "", ""
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [float(v) for v in positions[k]]
         ds.ImageOrientationPatient = [float(v) for v in orientation]

@@ -494,7 +494,7 @@ def test_dicom_seg_output_of_a_nifti_case_is_a_one_line_failure(tmp_path: Path, 
     )
     assert rc == 1
     printed = capsys.readouterr().out
-    assert "DICOM-SEG output needs a DICOM series as input; this case is a nifti image" in printed
+    assert "DICOM-SEG and RTSTRUCT output need a DICOM series as input; this case is a nifti image" in printed
     assert not list(out.glob("las*"))
 
 
@@ -527,4 +527,36 @@ def test_dicom_seg_of_the_packaged_real_ct_round_trips(tmp_path: Path, oracle_cl
     assert nifti.any() and not nifti[..., 0].any()  # prompted slices only
     seg, names = read_dicom_seg(out / "ct.seg.dcm", load_volume(ct))
     np.testing.assert_array_equal(seg, nifti)
+    assert names == {1: "organ"}
+
+
+def test_rtstruct_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli) -> None:
+    pytest.importorskip("rt_utils")
+    from salt_seg.data.rtstruct import read_rtstruct
+
+    obj = cuboid((S, 48, 10), (10, 6, 2), (30, 20, 8))
+    frames = np.where(np.transpose(obj, (2, 1, 0)), 1000, 100).astype(np.int16)  # k x rows x cols
+    t = np.radians(8.0)  # square pixels (RTSTRUCT output needs them), slightly oblique, non-square image
+    path = tmp_path / "series"
+    orientation = (np.cos(t), np.sin(t), 0.0, -np.sin(t), np.cos(t), 0.0)
+    write_dicom_series(path, frames, pixel_spacing=(0.7, 0.7), orientation=orientation)
+    save_prompts(tmp_path / "p.json", [Prompt(box=(8, 4, 40, 30), slice_index=k, axis=2) for k in (3, 4, 6)])
+    out = tmp_path / "out"
+    args = [
+        "predict",
+        "--model",
+        "x",
+        "--input",
+        str(path),
+        "--output",
+        str(out),
+        "--prompts",
+        str(tmp_path / "p.json"),
+    ]
+    assert main([*args, "--format", "rtstruct", *QUIET]) == 0
+    nifti = np.asanyarray(nib.load(str(out / "series.nii.gz")).dataobj)
+    from salt_seg.data import load_volume
+
+    back, names = read_rtstruct(out / "series.rtstruct.dcm", load_volume(path))
+    np.testing.assert_array_equal(back, nifti)  # axis-aligned boxes: the contours are exact
     assert names == {1: "organ"}
