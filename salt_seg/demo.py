@@ -33,13 +33,13 @@ def _finished_with(run_dir: Path, cfg) -> bool:  # noqa: ANN001 - ExperimentConf
     """A finished training run made with exactly this config."""
     import yaml
 
-    from salt_seg.configio import from_dict
-    from salt_seg.training.rundir import load_yaml_config
+    from salt_seg.training.config import load_config
+    from salt_seg.training.rundir import RUN_MARKER
 
     try:
         if not (run_dir / "summary.json").is_file():
             return False
-        return from_dict(type(cfg), load_yaml_config(run_dir)).resolved_dict() == cfg.resolved_dict()
+        return load_config(run_dir / RUN_MARKER) == cfg
     except (OSError, ValueError, yaml.YAMLError):
         return False
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from salt_seg.adapters.config import AdapterConfig
 from salt_seg.adapters.inject import adapter_layers, base_state_dict, get_record, inject_adapters
+from salt_seg.configio import from_dict
 from salt_seg.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def load_adapter(
     from safetensors.torch import load_file
 
     meta = read_adapter_metadata(path)
-    config = AdapterConfig.from_dict(meta["config"])
+    config = from_dict(AdapterConfig, meta["config"])
     variant = getattr(model, "variant", "") or ""
     if variant and meta["base_variant"] and variant != meta["base_variant"]:
         raise ValueError(

@@ -26,7 +26,7 @@ from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
 from salt_seg.training.batching import batch_indices, derive_seed, make_prompts, shard
-from salt_seg.training.config import ExperimentConfig
+from salt_seg.training.config import ExperimentConfig, load_config
 from salt_seg.training.distributed import (
     DistInfo,
     all_gather_objects,
@@ -265,15 +265,12 @@ def _train(
     )
 
     if dist.is_main:
-        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.resolved_dict())
+        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.to_dict())
         ck.fault("configured")
     barrier(dist)
     if resume:
-        from salt_seg.configio import from_dict
-
         # compared through the typed config, so a key added since the run started takes its default
-        saved = from_dict(ExperimentConfig, rd.load_yaml_config(run_dir)).resolved_dict()
-        if saved != cfg.resolved_dict():
+        if load_config(run_dir / rd.RUN_MARKER) != cfg:
             raise ValueError(
                 f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
             )
@@ -282,8 +279,8 @@ def _train(
     fresh = unit is None
     if resume and fresh:
         log.info("%s: no checkpoint yet; starting again from step 0", run_dir)
-    record = cfg.preprocessing_record()
-    adapter_cfg = cfg.adapter_config()
+    record = cfg.preprocessing
+    adapter_cfg = cfg.adapter
     tc = cfg.train
 
     if data is None:

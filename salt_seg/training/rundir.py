@@ -248,10 +248,6 @@ def sync_metrics(path: Path) -> None:
             os.close(fd)
 
 
-def load_yaml_config(path: Path) -> dict[str, Any]:
-    return yaml.safe_load((path / RUN_MARKER).read_text())
-
-
 def truncate_metrics(path: Path, size: int) -> None:
     """Cut ``metrics.jsonl`` back to ``size`` bytes: the rows written after the checkpoint a run resumes from.
 
