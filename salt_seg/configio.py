@@ -93,7 +93,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             except (TypeError, ValueError):
                 continue
         raise TypeError(f"{key}: {value!r} does not match {tp}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -97,7 +97,7 @@ def reference_points(ds, run_dir: Path, image_size: int):  # noqa: ANN001, ANN20
     return floors, ceiling[image_size // 4]
 
 
-def unet_reference(split_file: Path) -> dict[str, float] | None:
+def unet_reference(split_file: Path) -> dict[int, float] | None:
     """Test Dice per class of the converged MONAI U-Net measured once on the demo's split
     (``salt_seg/assets/demo_reference.json``), or ``None`` when this run's split is another one."""
     ref = json.loads((Path(__file__).parent / "assets" / "demo_reference.json").read_text())
@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     import nibabel as nib
 
     label_file = next(pred_dir.glob("*.nii.gz"))
-    pred = np.asanyarray(nib.load(str(label_file)).dataobj)
-    img = np.asanyarray(nib.load(str(image_path)).dataobj)
+    pred = np.asanyarray(nib.load(str(label_file)).dataobj)  # type: ignore[attr-defined]  # a NIfTI image
+    img = np.asanyarray(nib.load(str(image_path)).dataobj)  # type: ignore[attr-defined]
     k = img.shape[2] // 2 + 8
     png = out / "overlay.png"
     names = dict(loaded.class_names)

@@ -210,7 +210,7 @@ class SliceTransform:
 
     def coords_to_input(self, coords: np.ndarray) -> np.ndarray:
         """Map ``N x 2`` (x, y) slice-pixel coordinates (or boxes as ``N x 4``) to model-input coordinates."""
-        c = np.asarray(coords, dtype=np.float64).copy()
+        c: np.ndarray = np.array(coords, dtype=np.float64)
         sx, sy = self.scale_xy
         c[..., 0::2] *= sx
         c[..., 1::2] *= sy
@@ -218,7 +218,7 @@ class SliceTransform:
 
     def coords_to_original(self, coords: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`coords_to_input`."""
-        c = np.asarray(coords, dtype=np.float64).copy()
+        c: np.ndarray = np.array(coords, dtype=np.float64)
         sx, sy = self.scale_xy
         c[..., 0::2] /= sx
         c[..., 1::2] /= sy

@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from salt_seg.adapters.methods import AdapterMethod, get_adapter_method
 from salt_seg.configio import OWN_CHECK
@@ -235,7 +236,8 @@ class AdapterConfig:
             )
 
     def _resolve_rank(self, spec: AdapterMethod) -> None:
-        if self.rank is None:
+        given: Any = self.rank  # as written: one spec, or a per-layer-type mapping of them
+        if given is None:
             self.rank = copy.deepcopy(spec.default_rank)
             return
         if not spec.uses_rank:
@@ -243,12 +245,10 @@ class AdapterConfig:
                 f"AdapterConfig.rank: adapter {self.name!r} has no rank to set "
                 f"({'it adapts every singular value' if self.name == 'ssam' else 'use r_lora'}); got {self.rank!r}"
             )
-        given = self.rank
         if not isinstance(given, dict) or set(given) <= {"fraction", "energy"}:
             given = {"default": given}
-        merged: dict[str, RankSpec] = copy.deepcopy(spec.default_rank)
-        if "default" in given:  # an explicit default overrides every per-type default
-            merged = {}
+        # an explicit default overrides every per-type default
+        merged: dict[str, RankSpec] = {} if "default" in given else copy.deepcopy(spec.default_rank or {})
         for key, value in given.items():
             if key not in (*LAYER_TYPES, "default"):
                 raise ValueError(
@@ -267,11 +267,15 @@ class AdapterConfig:
 
     def rank_for(self, module_name: str) -> RankSpec | None:
         """The rank spec for one module (by its layer type, then ``default``); ``None`` if the adapter has none."""
-        ranks = self.rank if isinstance(self.rank, dict) else {}
+        ranks = cast(dict[str, RankSpec], self.rank or {})  # resolved: a per-layer-type mapping
         kind = layer_type(module_name)
         if kind in ranks:
             return ranks[kind]
         return ranks.get("default")
+
+    def has_energy_rank(self, module_names: Iterable[str]) -> bool:
+        """Whether any of these modules takes its rank by energy share (its spectrum is needed first)."""
+        return any(isinstance(spec := self.rank_for(n), dict) and "energy" in spec for n in module_names)
 
     # -- (de)serialisation -----------------------------------------------------------------------------------
 

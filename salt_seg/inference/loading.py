@@ -118,7 +118,7 @@ def load_base_for_prompts(
     from salt_seg.model.checkpoint import load_base_model, read_checkpoint
     from salt_seg.training.pretrain import pretrain_record
 
-    path = resolve_checkpoint(str(checkpoint))
+    path = str(resolve_checkpoint(str(checkpoint)))
     _, info = read_checkpoint(path, compute_hash=False)
     size = int(info.image_size or 256)
     model, _ = load_base_model(variant or info.variant, path, image_size=size)

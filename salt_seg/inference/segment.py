@@ -265,7 +265,7 @@ def segment_volume(
                 f"{n_tokens} for classes {sorted(names)}: give prompts (--prompts) instead"
             )
     n = prepared.n_slices
-    acc = LabelAccumulator(tuple(prepared.image.shape[1:]), prepared.axis, list(names), probabilities)  # type: ignore[arg-type]
+    acc = LabelAccumulator(tuple(prepared.image.shape[1:]), prepared.axis, list(names), probabilities)
     bar = tqdm(
         total=n if mode != "propagate" else None,
         desc=desc or prepared.name,

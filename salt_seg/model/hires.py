@@ -102,9 +102,11 @@ class ImageFeatures:
         )
 
     def to(self, *args, **kwargs) -> ImageFeatures:
-        moved = [t.to(*args, **kwargs) for t in (self.embedding, self.early, self.stem, self.half)]
-        rows = None if self.stem_rows is None else self.stem_rows.to(moved[2].device)
-        return ImageFeatures(*moved, stem_rows=rows)
+        embedding, early, stem, half = (
+            t.to(*args, **kwargs) for t in (self.embedding, self.early, self.stem, self.half)
+        )
+        rows = None if self.stem_rows is None else self.stem_rows.to(stem.device)
+        return ImageFeatures(embedding, early, stem, half, stem_rows=rows)
 
     def cpu(self) -> ImageFeatures:
         return self.to("cpu")

@@ -136,7 +136,7 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
     mine = list(range(dist.rank, n, dist.world_size))
     sums = torch.zeros(len(data.class_ids) + 1, dtype=torch.float64)
     counts = torch.zeros_like(sums)
-    examples = []
+    examples: list[Any] = []
     bs = max(1, cfg.train.batch_size)
     for start in range(0, len(mine), bs):
         idx = mine[start : start + bs]

@@ -322,7 +322,8 @@ def run_pretraining(
     model, info = load_base_model(variant, base, image_size=record.image_size, hires=hires)
     from salt_seg.adapters import load_adapter
 
-    load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=info.content_hash, progress=False)
+    expected = info.content_hash if info is not None else None
+    load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=expected, progress=False)
     model.eval()
     scores = evaluate_objectness(model, heldout, params=heldout_params)
     anatomy = evaluate_prompted(model, heldout_anatomy(image_size, heldout), (image_size, image_size))

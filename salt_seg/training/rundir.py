@@ -182,7 +182,7 @@ def git_commit() -> str | None:
 def provenance(extra: dict[str, Any]) -> dict[str, Any]:
     import importlib.metadata as md
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in (
         "salt-seg",
         "torch",
