@@ -32,6 +32,7 @@ from salt_seg.training.distributed import (
     all_gather_objects,
     all_reduce_mean,
     barrier,
+    cleanup,
     init_distributed,
 )
 from salt_seg.training.losses import build_loss, mask_iou, soft_dice
@@ -242,6 +243,8 @@ def train(
             else:
                 shutil.rmtree(run_dir)
         raise
+    finally:
+        cleanup(dist)
 
 
 def _train(
