@@ -466,7 +466,9 @@ def _train(
                         logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
                     )
                     targets = pb.targets.to(device)
-                    # SAM's IoU head learns the quality of its own mask (inference uses it to drop empty slices)
+                    # SAM's IoU head (part of the mask decoder) learns the quality of its own mask where the decoder
+                    # trains (adapter.train_mask_decoder); inference reads it only with confidence "iou" or a
+                    # propagation IoU threshold, both off by default
                     iou_loss = F.mse_loss(iou_pred[:, 0].float(), mask_iou(up.detach(), targets))
                     loss = loss_fn(up, targets) + iou_loss
                 else:  # nothing to prompt on this rank's share: keep DDP in step with a zero loss
