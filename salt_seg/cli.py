@@ -42,10 +42,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salt-seg",
@@ -89,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if storage is not None:
             print(f"salt-seg {args.command}: error: {storage}", file=sys.stderr)
             return 2
-        if not isinstance(exc, (UserError, RunDirWriteError, *USER_ERRORS)):
+        if not isinstance(exc, (RunDirWriteError, *USER_ERRORS)):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in msg:

@@ -1,20 +1,36 @@
-"""Typed dataclass configs from YAML, with ``--set key=value`` overrides.
+"""Typed dataclass configs from YAML, with ``--set key=value`` overrides: the one config parser.
+
+Every config - the experiment (:class:`salt_seg.training.config.ExperimentConfig`), its adapter section
+(:class:`salt_seg.adapters.AdapterConfig`, also read back from adapter files) and the preprocessing record
+(:class:`salt_seg.preprocessing.Preprocessing`) - is built from a plain mapping by :func:`from_dict`, after the
+overrides were applied to that mapping by :func:`apply_overrides`.
 
 Unknown keys and wrong types are errors that name the key (``train.lr``), never silently ignored. Values given on
-the command line are parsed as YAML scalars (``--set train.amp=bf16 --set train.steps=200``).
+the command line are parsed as YAML scalars (``--set train.amp=bf16 --set train.steps=200``). Two hooks let a
+dataclass take part:
+
+- a field whose ``metadata`` holds :data:`OWN_CHECK` is passed through as written and checked by the dataclass
+  itself (an adapter's ``rank``: an int, a rule or a per-layer-type mapping of them);
+- a classmethod ``prepare_raw(raw) -> raw`` fills, on the raw mapping, the values a section takes from another
+  (the experiment's preprocessing ``image_size`` from ``model.image_size``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import yaml
 
 T = TypeVar("T")
+
+#: ``field(metadata=OWN_CHECK)``: the parser passes the value through; the dataclass validates it
+OWN_CHECK: Mapping[str, bool] = types.MappingProxyType({"own_check": True})
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -35,11 +51,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides to a nested dict (a copy is returned)."""
-    import copy
-
-    out = copy.deepcopy(doc)
+    out = copy.deepcopy(dict(doc))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
@@ -79,7 +93,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             except (TypeError, ValueError):
                 continue
         raise TypeError(f"{key}: {value!r} does not match {tp}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -119,21 +133,34 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) dict, rejecting unknown keys and wrong types.
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: the dataclass.
+        data: its raw mapping (not modified).
+        prefix: where ``data`` sits in the enclosing config (``adapter``): errors name ``adapter.r_lora``, also
+            those the dataclass raises itself as ``AdapterConfig.r_lora``.
 
     Raises:
         ValueError: unknown key, wrong type, or the dataclass's own validation failed (message names the key).
     """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(cls, "prepare_raw", None)
+    raw = prepare(copy.deepcopy(dict(data))) if prepare is not None else dict(data)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ValueError(f"unknown config key {where}{unknown[0]!r}; valid keys here: {sorted(fields)}")
     kwargs = {}
-    for name, value in data.items():
+    for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
+        if fields[name].metadata.get("own_check"):
+            kwargs[name] = copy.deepcopy(value)
+            continue
         try:
             kwargs[name] = _check(value, hints[name], key)
         except TypeError as exc:
@@ -142,7 +169,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         msg = str(exc)
-        raise ValueError(f"{prefix}: {msg}" if prefix and not msg.startswith(prefix) else msg) from None
+        if not prefix:
+            raise ValueError(msg) from None
+        msg = msg.replace(f"{cls.__name__}.", f"{prefix}.")
+        raise ValueError(msg if msg.startswith(prefix) else f"{prefix}: {msg}") from None
 
 
 def to_dict(obj: Any) -> Any:

@@ -37,13 +37,13 @@ def _finished_with(run_dir: Path, cfg) -> bool:  # noqa: ANN001 - ExperimentConf
     """A finished training run made with exactly this config."""
     import yaml
 
-    from salt_seg.configio import from_dict
-    from salt_seg.training.rundir import load_yaml_config
+    from salt_seg.training.config import load_config
+    from salt_seg.training.rundir import RUN_MARKER
 
     try:
         if not (run_dir / "summary.json").is_file():
             return False
-        return from_dict(type(cfg), load_yaml_config(run_dir)).resolved_dict() == cfg.resolved_dict()
+        return load_config(run_dir / RUN_MARKER) == cfg
     except (OSError, ValueError, yaml.YAMLError):
         return False
 
@@ -101,7 +101,7 @@ def reference_points(ds, run_dir: Path, image_size: int):  # noqa: ANN001, ANN20
     return floors, ceiling[image_size // 4]
 
 
-def unet_reference(split_file: Path) -> dict[str, float] | None:
+def unet_reference(split_file: Path) -> dict[int, float] | None:
     """Test Dice per class of the converged MONAI U-Net measured once on the demo's split
     (``salt_seg/assets/demo_reference.json``), or ``None`` when this run's split is another one."""
     ref = json.loads((Path(__file__).parent / "assets" / "demo_reference.json").read_text())
@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     import nibabel as nib
 
     label_file = next(pred_dir.glob("*.nii.gz"))
-    pred = np.asanyarray(nib.load(str(label_file)).dataobj)
-    img = np.asanyarray(nib.load(str(image_path)).dataobj)
+    pred = np.asanyarray(nib.load(str(label_file)).dataobj)  # type: ignore[attr-defined]  # a NIfTI image
+    img = np.asanyarray(nib.load(str(image_path)).dataobj)  # type: ignore[attr-defined]
     k = img.shape[2] // 2 + 8
     png = out / "overlay.png"
     names = dict(loaded.class_names)

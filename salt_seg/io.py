@@ -269,7 +269,9 @@ def nifti_image(
         arr = arr.astype(dtype)
     affine = np.asarray(affine, dtype=np.float64)
     if header is not None:
-        cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        cls: type[nib.Nifti1Image] = (
+            nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        )
         hdr = header.copy()
         if np.allclose(hdr.get_best_affine(), affine, atol=1e-4):
             # the header's own qform/sform and their codes are kept

@@ -75,6 +75,9 @@ class Preprocessing:
         channels: source channels mapped onto SAM's three inputs (one channel is repeated three times).
         classes: label id -> name (background 0 is implicit).
         prompt_mode: ``box``, ``points``, ``auto`` (learned class tokens) or ``mixed``.
+        version: the record's format version (:data:`RECORD_VERSION`); a newer one is refused.
+
+    Build one from a mapping (a config section, an adapter file's JSON) with :func:`salt_seg.configio.from_dict`.
     """
 
     intensity: str = "minmax"
@@ -90,8 +93,13 @@ class Preprocessing:
     channels: list[int] = field(default_factory=lambda: [0])
     classes: dict[int, str] = field(default_factory=lambda: {1: "foreground"})
     prompt_mode: str = "box"
+    version: int = RECORD_VERSION
 
     def __post_init__(self) -> None:
+        if self.version > RECORD_VERSION:
+            raise ValueError(
+                f"preprocessing record version {self.version} is newer than this salt_seg ({RECORD_VERSION})"
+            )
         for name, allowed in (
             ("intensity", INTENSITY_MODES),
             ("input_scaling", INPUT_SCALINGS),
@@ -136,31 +144,10 @@ class Preprocessing:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
         d["classes"] = {str(k): v for k, v in self.classes.items()}
-        d["version"] = RECORD_VERSION
         return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        d = dict(d)
-        version = d.pop("version", RECORD_VERSION)
-        if version > RECORD_VERSION:
-            raise ValueError(
-                f"preprocessing record version {version} is newer than this salt_seg ({RECORD_VERSION})"
-            )
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown preprocessing key(s) {sorted(unknown)}; valid: {sorted(known)}")
-        if "percentiles" in d:
-            d["percentiles"] = tuple(d["percentiles"])
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> Preprocessing:
-        return cls.from_dict(json.loads(text))
 
 
 def intensity_range(array: np.ndarray, record: Preprocessing) -> tuple[float, float]:
@@ -223,7 +210,7 @@ class SliceTransform:
 
     def coords_to_input(self, coords: np.ndarray) -> np.ndarray:
         """Map ``N x 2`` (x, y) slice-pixel coordinates (or boxes as ``N x 4``) to model-input coordinates."""
-        c = np.asarray(coords, dtype=np.float64).copy()
+        c: np.ndarray = np.array(coords, dtype=np.float64)
         sx, sy = self.scale_xy
         c[..., 0::2] *= sx
         c[..., 1::2] *= sy
@@ -231,7 +218,7 @@ class SliceTransform:
 
     def coords_to_original(self, coords: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`coords_to_input`."""
-        c = np.asarray(coords, dtype=np.float64).copy()
+        c: np.ndarray = np.array(coords, dtype=np.float64)
         sx, sy = self.scale_xy
         c[..., 0::2] /= sx
         c[..., 1::2] /= sy

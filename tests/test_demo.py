@@ -60,6 +60,6 @@ def test_the_demo_draws_the_split_the_unet_reference_was_measured_on(tmp_path: P
     data = tmp_path / "mni152-tissue"
     prepare_dataset("mni152-tissue", data)
     cfg = load_config(CONFIG, [f"data.path={data}"])
-    split = build_train_data(cfg, cfg.preprocessing_record()).split
+    split = build_train_data(cfg, cfg.preprocessing).split
     assert load_dataset(data).cases
     assert {k: split[k] for k in ref["split"]} == ref["split"]

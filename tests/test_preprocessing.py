@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from salt_seg.configio import from_dict
 from salt_seg.preprocessing import (
     SAM_PIXEL_MEAN,
     SAM_PIXEL_STD,
@@ -30,7 +33,7 @@ def test_record_round_trips_through_json() -> None:
         classes={2: "liver", 1: "spleen"},
         prompt_mode="auto",
     )
-    back = Preprocessing.from_json(rec.to_json())
+    back = from_dict(Preprocessing, json.loads(rec.to_json()))
     assert back == rec
     assert back.classes == {1: "spleen", 2: "liver"} and back.class_ids == [1, 2]
 
@@ -52,8 +55,10 @@ def test_record_validation_names_the_field(field: str, value, match: str) -> Non
 
 
 def test_unknown_record_key_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown preprocessing key.*'windw'"):
-        Preprocessing.from_dict({"windw": 3})
+    with pytest.raises(ValueError, match="unknown config key 'windw'"):
+        from_dict(Preprocessing, {"windw": 3})
+    with pytest.raises(ValueError, match="newer than this salt_seg"):
+        from_dict(Preprocessing, {"version": 2})
 
 
 def test_ct_window_and_mr_percentiles() -> None:

@@ -15,13 +15,7 @@ Usage::
 from __future__ import annotations
 
 from salt_seg.adapters.base import AdapterLayer
-from salt_seg.adapters.config import (
-    DEFAULT_TARGETS,
-    NECK_TARGETS,
-    AdapterConfig,
-    apply_overrides,
-    parse_rank_text,
-)
+from salt_seg.adapters.config import DEFAULT_TARGETS, NECK_TARGETS, AdapterConfig
 from salt_seg.adapters.effort import EffortLayer
 from salt_seg.adapters.inject import (
     adapter_layers,
@@ -71,7 +65,6 @@ __all__ = [
     "adapter_layers",
     "adapter_regularization",
     "adapter_state_dict",
-    "apply_overrides",
     "base_state_dict",
     "compute_svd",
     "count_parameters",
@@ -86,7 +79,6 @@ __all__ = [
     "load_adapter",
     "merge_adapters",
     "model_base_hash",
-    "parse_rank_text",
     "read_adapter_metadata",
     "resolve_rank",
     "save_adapter",

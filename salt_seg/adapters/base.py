@@ -10,6 +10,7 @@ a ``kh x kw`` convolution and the left a 1x1 convolution, so stride, padding and
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,21 @@ class AdapterLayer(nn.Module):
         return isinstance(self.base_layer, nn.Conv2d)
 
     @property
+    def _conv(self) -> nn.Conv2d:
+        """The wrapped convolution (only called when :attr:`is_conv`)."""
+        assert isinstance(self.base_layer, nn.Conv2d)
+        return self.base_layer
+
+    def _conv_geometry(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """Kernel size, stride, padding and dilation of the wrapped convolution (numeric padding: checked at
+        construction)."""
+        conv = self._conv
+        return cast(
+            tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]],
+            (conv.kernel_size, conv.stride, conv.padding, conv.dilation),
+        )
+
+    @property
     def out_features(self) -> int:
         return int(self.base_layer.weight.shape[0])
 
@@ -76,22 +92,18 @@ class AdapterLayer(nn.Module):
         """Number of output positions the weight is applied to (``N`` in the cost model)."""
         if not self.is_conv:
             return x.numel() // max(x.shape[-1], 1)
-        conv = self.base_layer
+        kernel, stride, padding, dilation = self._conv_geometry()
         h, w = x.shape[-2:]
-        oh = (h + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[
-            0
-        ] + 1
-        ow = (w + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1) - 1) // conv.stride[
-            1
-        ] + 1
-        return (x.numel() // max(x.shape[-3] * h * w, 1)) * oh * ow
+        oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        return int((x.numel() // max(x.shape[-3] * h * w, 1)) * oh * ow)
 
     def _project_in(self, x: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         if not self.is_conv:
             return F.linear(x, right)
-        conv = self.base_layer
-        kernel = right.reshape(right.shape[0], *conv.weight.shape[1:])
-        return F.conv2d(x, kernel, None, conv.stride, conv.padding, conv.dilation)
+        _, stride, padding, dilation = self._conv_geometry()
+        kernel = right.reshape(right.shape[0], *self.base_layer.weight.shape[1:])
+        return F.conv2d(x, kernel, None, stride, padding, dilation)
 
     def _apply_core(self, h: torch.Tensor, core: torch.Tensor | None) -> torch.Tensor:
         if core is None:
@@ -106,7 +118,7 @@ class AdapterLayer(nn.Module):
     def _apply_weight(self, x: torch.Tensor, weight_matrix: torch.Tensor) -> torch.Tensor:
         weight = weight_matrix.reshape(self.base_layer.weight.shape)
         if self.is_conv:
-            return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
+            return self._conv._conv_forward(x, weight, self.base_layer.bias)
         return F.linear(x, weight, self.base_layer.bias)
 
     # -- the update ----------------------------------------------------------------------------------------------

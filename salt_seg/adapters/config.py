@@ -17,10 +17,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 from salt_seg.adapters.methods import AdapterMethod, get_adapter_method
+from salt_seg.configio import OWN_CHECK
 
 #: an explicit rank: ``int`` or ``{"fraction": float}`` or ``{"energy": float}``
 RankSpec = int | dict[str, float]
@@ -101,30 +103,6 @@ def parse_rank_spec(value: Any, where: str) -> RankSpec:
     )
 
 
-def parse_rank_text(text: str) -> tuple[str, RankSpec]:
-    """Parse a CLI rank ``[TYPE=]VALUE`` where VALUE is ``760``, ``fraction:0.5`` or ``energy:0.99``.
-
-    Returns:
-        ``(layer type or "default", spec)``.
-
-    Raises:
-        ValueError: malformed text.
-    """
-    key, sep, value = text.partition("=")
-    if not sep:
-        key, value = "default", text
-    key = key.strip()
-    if key not in (*LAYER_TYPES, "default"):
-        raise ValueError(f"--rank {text!r}: layer type must be one of {[*LAYER_TYPES, 'default']}")
-    value = value.strip()
-    kind, colon, amount = value.partition(":")
-    try:
-        spec: Any = {kind: float(amount)} if colon else int(value)
-    except ValueError:
-        raise ValueError(f"--rank {text!r}: value must be an int, fraction:F or energy:E") from None
-    return key, parse_rank_spec(spec, f"rank.{key}")
-
-
 @dataclass
 class AdapterConfig:
     """Everything that defines an adapter; saved as JSON in every adapter file.
@@ -159,9 +137,11 @@ class AdapterConfig:
     """
 
     name: str = "salt"
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # a single pattern is accepted as a one-item list
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata=OWN_CHECK)
     adapt_neck: bool = False
-    rank: dict[str, RankSpec] | RankSpec | None = None
+    # validated once, by ``__post_init__``, in any of its three forms; resolved to a per-layer-type mapping
+    rank: dict[str, RankSpec] | RankSpec | None = field(default=None, metadata=OWN_CHECK)
     r_lora: int | None = None
     lora_alpha: float | None = None
     lora_qv_only: bool = False
@@ -256,7 +236,8 @@ class AdapterConfig:
             )
 
     def _resolve_rank(self, spec: AdapterMethod) -> None:
-        if self.rank is None:
+        given: Any = self.rank  # as written: one spec, or a per-layer-type mapping of them
+        if given is None:
             self.rank = copy.deepcopy(spec.default_rank)
             return
         if not spec.uses_rank:
@@ -264,12 +245,10 @@ class AdapterConfig:
                 f"AdapterConfig.rank: adapter {self.name!r} has no rank to set "
                 f"({'it adapts every singular value' if self.name == 'ssam' else 'use r_lora'}); got {self.rank!r}"
             )
-        given = self.rank
         if not isinstance(given, dict) or set(given) <= {"fraction", "energy"}:
             given = {"default": given}
-        merged: dict[str, RankSpec] = copy.deepcopy(spec.default_rank)
-        if "default" in given:  # an explicit default overrides every per-type default
-            merged = {}
+        # an explicit default overrides every per-type default
+        merged: dict[str, RankSpec] = {} if "default" in given else copy.deepcopy(spec.default_rank or {})
         for key, value in given.items():
             if key not in (*LAYER_TYPES, "default"):
                 raise ValueError(
@@ -288,11 +267,15 @@ class AdapterConfig:
 
     def rank_for(self, module_name: str) -> RankSpec | None:
         """The rank spec for one module (by its layer type, then ``default``); ``None`` if the adapter has none."""
-        ranks = self.rank if isinstance(self.rank, dict) else {}
+        ranks = cast(dict[str, RankSpec], self.rank or {})  # resolved: a per-layer-type mapping
         kind = layer_type(module_name)
         if kind in ranks:
             return ranks[kind]
         return ranks.get("default")
+
+    def has_energy_rank(self, module_names: Iterable[str]) -> bool:
+        """Whether any of these modules takes its rank by energy share (its spectrum is needed first)."""
+        return any(isinstance(spec := self.rank_for(n), dict) and "energy" in spec for n in module_names)
 
     # -- (de)serialisation -----------------------------------------------------------------------------------
 
@@ -301,25 +284,6 @@ class AdapterConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AdapterConfig:
-        """Build from a plain dict; unknown keys are an error (listing the valid ones)."""
-        if not isinstance(d, dict):
-            raise ValueError(f"an adapter config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown adapter config key(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**copy.deepcopy(d))
-
-    @classmethod
-    def from_json(cls, text: str) -> AdapterConfig:
-        return cls.from_dict(json.loads(text))
-
-    def with_overrides(self, overrides: list[str]) -> AdapterConfig:
-        """A copy with ``key=value`` overrides applied (see :func:`apply_overrides`)."""
-        return AdapterConfig.from_dict(apply_overrides(self.to_dict(), overrides))
 
 
 def promote_rank(d: dict[str, Any]) -> dict[str, Any]:
@@ -332,39 +296,3 @@ def promote_rank(d: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(rank, dict) or set(rank) <= {"fraction", "energy"}:
         out["rank"] = {} if rank is None else {"default": rank}
     return out
-
-
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides to a raw adapter-config dict (values parsed as YAML).
-
-    Dotted keys reach into ``rank`` (``rank.attn=760``); an ``adapter.`` prefix is accepted, so an experiment's
-    ``--set adapter.r_lora=8`` can be passed through unchanged. The setting itself is
-    :func:`salt_seg.configio.apply_overrides`, as for experiment configs; this adds the key check.
-
-    Args:
-        d: a raw config dict (not modified).
-        overrides: e.g. ``["r_lora=8", "rank.attn=760", "rank.mlp={fraction: 0.1}", "train_pos_embed=false"]``.
-
-    Returns:
-        The new dict; build it with :meth:`AdapterConfig.from_dict` (which validates).
-
-    Raises:
-        ValueError: malformed item or unknown key.
-    """
-    from salt_seg.configio import apply_overrides as set_keys
-
-    known = {f.name for f in fields(AdapterConfig)}
-    items = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip().removeprefix("adapter.")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        head, dot, _ = key.partition(".")
-        if head not in known:
-            raise ValueError(f"--set {item!r}: unknown adapter config key {head!r}; valid: {sorted(known)}")
-        if dot and head != "rank":
-            raise ValueError(f"--set {item!r}: only 'rank' takes a sub-key (rank.attn=...)")
-        items.append(f"{key}={text}")
-    rank_keys = any(i.startswith("rank.") for i in items)
-    return set_keys(promote_rank(d) if rank_keys else d, items)

@@ -36,6 +36,12 @@ class EffortLayer(AdapterLayer):
 
     adapter_name = "effort"
 
+    U_res: torch.Tensor
+    S_res: torch.Tensor
+    Vh_res: torch.Tensor
+    U_r: torch.Tensor
+    Vh_r: torch.Tensor
+
     def __init__(
         self, base_layer: nn.Linear | nn.Conv2d, factors: SVDFactors, rank: int, compute: str = "auto"
     ) -> None:

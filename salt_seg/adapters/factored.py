@@ -30,7 +30,7 @@ class _FusedLowRank(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, n, *flat):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, n, *flat):
         lefts, cores, rights = flat[:n], flat[n : 2 * n], flat[2 * n :]
         right = torch.cat(rights, 0) if n > 1 else rights[0]
         left = torch.cat(lefts, 1) if n > 1 else lefts[0]
@@ -48,7 +48,7 @@ class _FusedLowRank(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, gy):  # type: ignore[override]
+    def backward(ctx, gy):
         x, weight, left, right, h, g, *cores = ctx.saved_tensors
         n = ctx.n
         need = ctx.needs_input_grad

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -145,7 +146,7 @@ def declared_parameters(model: nn.Module, config: AdapterConfig) -> dict[str, di
     """
     spec = get_adapter_spec(config.name)
     has_encoder = isinstance(getattr(model, "image_encoder", None), nn.Module)
-    encoder = model.image_encoder if has_encoder else model
+    encoder = cast(nn.Module, model.image_encoder) if has_encoder else model
     prefix = "image_encoder." if has_encoder else ""
     frozen = {id(p) for layer in adapter_layers(model).values() for p in layer.base_layer.parameters()}
     groups: dict[str, dict[str, nn.Parameter]] = {}
@@ -164,7 +165,7 @@ def declared_parameters(model: nn.Module, config: AdapterConfig) -> dict[str, di
         for name, m in _norm_modules(encoder):
             add("layernorm", [(f"{prefix}{name}.{n}", p) for n, p in m.named_parameters()])
     if config.train_pos_embed and isinstance(getattr(encoder, "pos_embed", None), nn.Parameter):
-        add("pos_embed", [(prefix + "pos_embed", encoder.pos_embed)])
+        add("pos_embed", [(prefix + "pos_embed", cast(nn.Parameter, encoder.pos_embed))])
     if config.train_rel_pos:
         add(
             "rel_pos",
@@ -217,9 +218,7 @@ def inject_adapters(
         raise RuntimeError("this model already has adapters; build a fresh base model to inject another")
     spec = get_adapter_spec(config.name)
     names = match_targets(model, config.all_targets) if spec.wraps_layers else []
-    energy = spec.uses_rank and any(
-        isinstance(config.rank_for(n), dict) and "energy" in config.rank_for(n) for n in names
-    )
+    energy = spec.uses_rank and config.has_energy_rank(names)
     if not energy:  # fail on a bad rank before spending time on SVD
         ranks = resolve_ranks(model, config, names)
     modules = dict(model.named_modules())

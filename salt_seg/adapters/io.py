@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from salt_seg.adapters.config import AdapterConfig
 from salt_seg.adapters.inject import adapter_layers, base_state_dict, get_record, inject_adapters
+from salt_seg.configio import from_dict
 from salt_seg.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ def encode_adapter(
         pre_json = preprocessing.to_json()
     else:
         pre_json = json.dumps(preprocessing, sort_keys=True) if preprocessing is not None else ""
+    names: Any = class_names
     if isinstance(class_names, dict):
-        class_names = {str(k): str(v) for k, v in class_names.items()}
+        names = {str(k): str(v) for k, v in class_names.items()}
     try:
         metadata = {
             "format": FORMAT,
@@ -107,7 +109,7 @@ def encode_adapter(
             "base_hash": str(base_hash),
             "adapter_config": record.config.to_json(),
             "preprocessing": pre_json,
-            "class_names": json.dumps(class_names) if class_names is not None else "",
+            "class_names": json.dumps(names) if names is not None else "",
             "extra": json.dumps(extra or {}, sort_keys=True),
         }
     except TypeError as exc:
@@ -237,7 +239,7 @@ def load_adapter(
     from safetensors.torch import load_file
 
     meta = read_adapter_metadata(path)
-    config = AdapterConfig.from_dict(meta["config"])
+    config = from_dict(AdapterConfig, meta["config"])
     variant = getattr(model, "variant", "") or ""
     if variant and meta["base_variant"] and variant != meta["base_variant"]:
         raise ValueError(
@@ -269,7 +271,7 @@ def load_adapter(
                 f"build the model with num_classes={tokens[0]}"
             )
         logger.info("creating %d learned class prompt tokens to receive the adapter's", tokens[0])
-        model.set_num_classes(int(tokens[0]))
+        cast(Any, model).set_num_classes(int(tokens[0]))  # a SamModel (checked above)
     if record is None:
         inject_adapters(model, config, base_hash=actual, svd_cache=svd_cache, progress=progress)
         record = get_record(model)

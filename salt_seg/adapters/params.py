@@ -102,9 +102,7 @@ def count_parameters(
     modules = dict(model.named_modules())
     names = match_targets(model, config.all_targets) if spec.wraps_layers else []
     factors = None
-    if spec.uses_rank and any(
-        isinstance(config.rank_for(n), dict) and "energy" in config.rank_for(n) for n in names
-    ):
+    if spec.uses_rank and config.has_energy_rank(names):
         # energy ranks depend on the spectrum: use the same (cached) fp32 SVD the injection will use
         factors = decompose_layers(
             {n: modules[n].weight for n in names}, base_hash=base_hash, progress=progress

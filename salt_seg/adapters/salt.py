@@ -50,6 +50,9 @@ class SaltLayer(AdapterLayer):
     """
 
     adapter_name = "salt"
+    Ut: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
 
     def __init__(
         self,
@@ -79,8 +82,8 @@ class SaltLayer(AdapterLayer):
         self.register_buffer("S", factors.S.contiguous(), persistent=False)
         self.register_buffer("Vh", factors.Vh.contiguous(), persistent=False)
         device = factors.S.device
-        self.alpha = nn.Parameter(torch.ones(r, device=device)) if r else None
-        self.beta = nn.Parameter(torch.zeros(r, device=device)) if r else None
+        self.alpha: nn.Parameter | None = nn.Parameter(torch.ones(r, device=device)) if r else None
+        self.beta: nn.Parameter | None = nn.Parameter(torch.zeros(r, device=device)) if r else None
         self.X: nn.Parameter | None = None
         self.Y: nn.Parameter | None = None
         if m:
@@ -122,16 +125,28 @@ class SaltLayer(AdapterLayer):
 
     # -- the update ----------------------------------------------------------------------------------------------
 
+    def _scale_shift(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """``(α, β)``; only called when ``r > 0``."""
+        assert self.alpha is not None and self.beta is not None, "no top singular values (r = 0)"
+        return self.alpha, self.beta
+
+    def _low_rank(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """``(X, Y)``; only called when ``r < k``."""
+        assert self.X is not None and self.Y is not None, "no residual block (r = k)"
+        return self.X, self.Y
+
     def top_delta(self) -> torch.Tensor | None:
         """``σ'_r − σ_r = ReLU(α⊙σ_r + β) − σ_r`` (``r``), or ``None`` when ``r = 0``."""
         if self.alpha is None:
             return None
-        return F.relu(self.alpha * self.S_r + self.beta) - self.S_r
+        alpha, beta = self._scale_shift()
+        return F.relu(alpha * self.S_r + beta) - self.S_r
 
     def residual_core(self) -> torch.Tensor:
         """``(k−r) x (k−r)`` change of the residual block of Σ: ``X Y``, or for ``relu="reference"``
         ``ReLU(diag(σ_res) + X Y) − diag(σ_res)``."""
-        xy = self.X @ self.Y
+        X, Y = self._low_rank()
+        xy = X @ Y
         if self.relu == "reference":
             base = torch.diag(self.S_res)
             return F.relu(base + xy) - base
@@ -147,7 +162,8 @@ class SaltLayer(AdapterLayer):
             if self.relu == "reference" or self.r_lora >= m:
                 out.append(Term(self.U_res, self.Vh_res, self.residual_core()))
             else:  # rank-r_lora form: (U_res X)(Y V_resᵀ)
-                out.append(Term(self.U_res @ self.X, self.Y @ self.Vh_res))
+                X, Y = self._low_rank()
+                out.append(Term(self.U_res @ X, Y @ self.Vh_res))
         return out
 
     def term_shapes(self) -> list[TermShape]:
@@ -167,12 +183,17 @@ class SaltLayer(AdapterLayer):
         """The released code's ``k x k`` matrix after its ReLU: ``ReLU(Σ')`` (reference) or Σ' with the ReLU on
         the top-r diagonal only (diagonal)."""
         k, r = self.k, self.rank
-        top = self.alpha * self.S_r + self.beta if self.alpha is not None else self.S_r
+        if self.alpha is not None:
+            alpha, beta = self._scale_shift()
+            top = alpha * self.S_r + beta
+        else:
+            top = self.S_r
         if self.relu == "diagonal":
             top = F.relu(top)
         sigma = torch.diag(torch.cat([top, self.S_res]))
         if self.X is not None:
-            sigma = sigma + F.pad(self.X @ self.Y, (r, 0, r, 0))
+            X, Y = self._low_rank()
+            sigma = sigma + F.pad(X @ Y, (r, 0, r, 0))
         if self.relu == "reference":
             sigma = F.relu(sigma)
         assert sigma.shape == (k, k)
@@ -202,15 +223,17 @@ class SaltLayer(AdapterLayer):
         cdim = 1 if self.is_conv else -1
         parts = []
         if self.rank:
-            top = F.relu(self.alpha * self.S_r + self.beta)
+            alpha, beta = self._scale_shift()
+            top = F.relu(alpha * self.S_r + beta)
             parts.append(self._apply_core(h.narrow(cdim, 0, self.rank), top.to(dtype)))
         if self.X is not None:
+            X, Y = self._low_rank()
             h_res = h.narrow(cdim, self.rank, self.k - self.rank)
             if self.relu == "reference":
-                core = F.relu(torch.diag(self.S_res) + self.X @ self.Y)
+                core = F.relu(torch.diag(self.S_res) + X @ Y)
                 parts.append(self._apply_core(h_res, core.to(dtype)))
             else:
-                low = self._apply_core(self._apply_core(h_res, self.Y.to(dtype)), self.X.to(dtype))
+                low = self._apply_core(self._apply_core(h_res, Y.to(dtype)), X.to(dtype))
                 parts.append(self._apply_core(h_res, self.S_res.to(dtype)) + low)
         g = torch.cat(parts, cdim) if len(parts) > 1 else parts[0]
         U = self.Ut.T.to(dtype)
@@ -237,7 +260,7 @@ class SaltLayer(AdapterLayer):
         if top is not None:
             reg = reg + frobenius(top)
         if self.X is not None:
-            reg = reg + low_rank_frobenius(self.X, self.Y)
+            reg = reg + low_rank_frobenius(*self._low_rank())
         return reg
 
     def extra_repr(self) -> str:

@@ -28,6 +28,10 @@ class SVFitLayer(AdapterLayer):
 
     adapter_name = "svfit"
 
+    U_r: torch.Tensor
+    S_r: torch.Tensor
+    Vh_r: torch.Tensor
+
     def __init__(
         self, base_layer: nn.Linear | nn.Conv2d, factors: SVDFactors, rank: int, compute: str = "auto"
     ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 HELP = "tell what a checkpoint or adapter file is (variant, wrapper, size, hash) and whether it loads"
 DESCRIPTION = (
@@ -47,7 +48,7 @@ def inspect_file(path: str, variant: str | None = None) -> dict:
         from safetensors.torch import load_file
 
         tensors = load_file(path)
-        out = {"path": path, "kind": "adapter", "metadata": {}}
+        out: dict[str, Any] = {"path": path, "kind": "adapter", "metadata": {}}
         for k, v in meta.items():
             try:
                 out["metadata"][k] = json.loads(v)

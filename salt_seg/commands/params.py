@@ -8,8 +8,12 @@ With ``--config`` it counts what ``salt-seg train --config`` trains: the model i
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from salt_seg.commands.common import add_base_model_flags, add_set_flag
+
+if TYPE_CHECKING:
+    from salt_seg.adapters.config import AdapterConfig
 
 HELP = "count trainable parameters of an adapter on a SAM variant (per layer type, total, share of SAM)"
 DESCRIPTION = (
@@ -83,22 +87,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def build_config(args: argparse.Namespace):  # -> AdapterConfig
-    """The adapter config the flags describe (``--set`` overrides applied last)."""
-    from salt_seg.adapters.config import AdapterConfig, apply_overrides, parse_rank_text
+def rank_override(text: str) -> str:
+    """A ``--rank [TYPE=]VALUE`` flag as the ``--set`` item it stands for (checked once, with the config).
 
-    raw: dict = {"name": args.adapter or "salt"}
-    if args.rank:
-        ranks: dict = {}
-        for text in args.rank:
-            key, spec = parse_rank_text(text)
-            ranks[key] = spec
-        raw["rank"] = ranks
+    ``attn=760`` -> ``adapter.rank.attn=760``; ``fraction:0.5`` -> ``adapter.rank.default={fraction: 0.5}``.
+    """
+    key, sep, value = text.partition("=")
+    if not sep:
+        key, value = "default", text
+    kind, colon, amount = value.strip().partition(":")
+    spec = f"{{{kind.strip()}: {amount.strip()}}}" if colon else value.strip()
+    return f"adapter.rank.{key.strip()}={spec}"
+
+
+def build_config(args: argparse.Namespace) -> AdapterConfig:
+    """The adapter config the flags describe: each flag becomes the ``--set adapter.KEY=VALUE`` item it stands
+    for, the ``--set`` overrides (``adapter.`` optional) come last, and the config is parsed once."""
+    # lazy: keeps --help fast (the adapters package imports torch)
+    from salt_seg.adapters.config import AdapterConfig
+    from salt_seg.configio import from_dict
+    from salt_seg.training.config import override_config
+
+    items = [f"adapter.name={args.adapter or 'salt'}", *(rank_override(t) for t in args.rank)]
     if args.r_lora is not None:
-        raw["r_lora"] = args.r_lora
+        items.append(f"adapter.r_lora={args.r_lora}")
     if args.neck:
-        raw["adapt_neck"] = True
-    return AdapterConfig.from_dict(apply_overrides(raw, args.overrides))
+        items.append("adapter.adapt_neck=true")
+    items += [o if o.strip().startswith("adapter.") else f"adapter.{o.strip()}" for o in args.overrides]
+    return from_dict(AdapterConfig, override_config({}, items)["adapter"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,7 +189,7 @@ def _run_config(args: argparse.Namespace) -> int:
                 "dataset: prepare it, or give --num-classes N"
             ) from None
     built = build_training_model(cfg, num_classes, inject=False)
-    adapter = cfg.adapter_config()
+    adapter = cfg.adapter
     report = count_parameters(built.model, adapter, base_hash=built.base_hash, progress=not args.json)
     size = built.model.image_size
     if args.json:

@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="F",
-        help="propagate mode: stop when the predicted IoU falls below F (default 0 = off: salt_seg-trained "
-        "models do not train SAM's IoU head)",
+        help="propagate mode: stop when the predicted IoU falls below F (default 0 = off: the predicted IoU means "
+        "something only where SAM's IoU head was trained, i.e. Meta's SAM or a run with adapter.train_mask_decoder)",
     )
     parser.add_argument(
         "--stability-threshold",

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from salt_seg.io import atomic_write_json
     from salt_seg.training.config import load_config
     from salt_seg.training.loop import train
-    from salt_seg.training.rundir import load_yaml_config
+    from salt_seg.training.rundir import RUN_MARKER
 
     device = resolve_device(args.device, args.threads)
     if args.resume:
@@ -49,13 +49,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--resume takes the run's own config; do not combine it with --config/--set/--seeds"
             )
-        from salt_seg.configio import from_dict
-        from salt_seg.training.config import ExperimentConfig
-
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-        cfg = from_dict(ExperimentConfig, load_yaml_config(run_dir))
+        if not (run_dir / RUN_MARKER).is_file():
+            raise FileNotFoundError(f"{run_dir}: not a run directory (no {RUN_MARKER})")
+        cfg = load_config(run_dir / RUN_MARKER)
         res = train(cfg, run_dir, resume=True, device=device, progress=not args.no_progress)
         print(f"resumed {run_dir}: best validation Dice {res.best_val_dice:.4f} at step {res.best_step}")
         return 0

@@ -73,7 +73,9 @@ def check_case(dataset: Dataset, case_id: str, *, max_voxels: int = DEFAULT_MAX_
     except (DataError, FileNotFoundError) as exc:
         report.problems.append(str(exc))
         return report
-    report.shape, report.spacing = image.shape, tuple(round(s, 4) for s in image.spacing)
+    report.shape = image.shape
+    sx, sy, sz = (round(float(s), 4) for s in image.spacing)
+    report.spacing = (sx, sy, sz)
     report.axcodes, report.channels = image.axcodes, image.n_channels
     expected = len(dataset.channel_names)
     if dataset.format in ("nnunet", "msd") and image.n_channels != expected:

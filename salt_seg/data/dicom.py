@@ -230,7 +230,8 @@ def load_dicom_series(folder: str | Path, series: int | str | None = None, *, ma
         vol = load_dicom_file(info.files[0], max_voxels=max_voxels)
         vol.name = f"series-{info.key}"
         return vol
-    headers = [(p, _read_header(p)) for p in info.files]
+    # the series' files were listed as DICOM, so each header reads
+    headers: list[tuple[Path, Any]] = [(p, _read_header(p)) for p in info.files]
     first = headers[0][1]
     multi = [p for p, h in headers if int(h.get("NumberOfFrames", 1) or 1) > 1]
     if multi:
@@ -301,7 +302,7 @@ def load_dicom_file(path: str | Path, *, max_voxels: int):  # -> Volume
     if arr.shape[0] != n_frames:
         raise DataError(path, f"pixel data holds {arr.shape[0]} frames, header says {n_frames}")
     key = series_key(str(ds.get("SeriesInstanceUID", path.name)))
-    pos_items = [frame_group(ds, i, "PlanePositionSequence") for i in range(n_frames)]
+    pos_items: list[Any] = [frame_group(ds, i, "PlanePositionSequence") for i in range(n_frames)]
     have_positions = n_frames > 1 and all(p is not None and "ImagePositionPatient" in p for p in pos_items)
     orient = frame_group(ds, 0, "PlaneOrientationSequence") or ds
     measures = frame_group(ds, 0, "PixelMeasuresSequence") or ds

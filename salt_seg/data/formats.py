@@ -25,6 +25,7 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from salt_seg.data.dataset import SPLIT_HINTS, Case, Dataset, parse_classes, read_json
 from salt_seg.data.errors import DataError
@@ -48,7 +49,8 @@ class _Problems:
     """Collects structural problems; raises the first one in strict mode."""
 
     def __init__(self, strict: bool) -> None:
-        self.strict, self.items = strict, []
+        self.strict = strict
+        self.items: list[str] = []
 
     def add(self, path: Path, problem: str) -> None:
         if self.strict:
@@ -121,9 +123,10 @@ def _read_nnunet(root: Path, strict: bool) -> Dataset:
         if missing:
             problems.add(images_dir, f"case {case_id} lacks channel file(s) {missing}")
             continue
-        label = labels_dir / f"{case_id}{ending}"
-        if not label.is_file():
-            problems.add(label, f"label for case {case_id} is missing")
+        label_file = labels_dir / f"{case_id}{ending}"
+        label: Path | None = label_file
+        if not label_file.is_file():
+            problems.add(label_file, f"label for case {case_id} is missing")
             label = None
         cases.append(Case(case_id, [files[c] for c in sorted(channels)], label))
     if not cases:
@@ -131,7 +134,9 @@ def _read_nnunet(root: Path, strict: bool) -> Dataset:
     n = doc.get("numTraining")
     if isinstance(n, int) and n != len(cases):
         problems.add(path, f"numTraining is {n} but {len(cases)} complete cases were found")
-    meta = {k: doc[k] for k in ("description", "reference", "licence", "license", "release") if k in doc}
+    meta: dict[str, Any] = {
+        k: doc[k] for k in ("description", "reference", "licence", "license", "release") if k in doc
+    }
     return Dataset(
         root,
         "nnunet",
@@ -186,7 +191,9 @@ def _read_msd(root: Path, strict: bool) -> Dataset:
     n = doc.get("numTraining")
     if isinstance(n, int) and n != len(doc["training"]):
         problems.add(path, f"numTraining is {n} but 'training' lists {len(doc['training'])} cases")
-    meta = {k: doc[k] for k in ("description", "reference", "licence", "license", "release") if k in doc}
+    meta: dict[str, Any] = {
+        k: doc[k] for k in ("description", "reference", "licence", "license", "release") if k in doc
+    }
     return Dataset(
         root,
         "msd",

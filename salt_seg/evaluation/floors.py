@@ -177,6 +177,12 @@ class FloorResult:
     scores: list[Any] = field(default_factory=list, repr=False)
 
 
+def _present(array: np.ndarray | None) -> np.ndarray:
+    """A slice's image or label that was asked for (``iter_labelled_slices(images=True)`` yields both)."""
+    assert array is not None
+    return array
+
+
 def intensity_floor(
     dataset: Any,
     split: Any,
@@ -222,8 +228,8 @@ def intensity_floor(
     if not train:
         raise ValueError("intensity_floor: the split's train part has no slices to fit on")
     classes = sorted(int(c) for c in dataset.classes)
-    classifier.fit([s.image for s in train], [s.label for s in train])
-    unseen = sorted(set(classes) - {int(c) for c in classifier.classes})
+    classifier.fit([_present(s.image) for s in train], [_present(s.label) for s in train])
+    unseen = sorted(set(classes) - {int(c) for c in _present(classifier.classes)})
     if unseen:
         log.warning("classes %s are in no training slice: the intensity floor never predicts them", unseen)
     by_case: dict[str, list[Any]] = {}

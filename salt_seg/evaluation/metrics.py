@@ -43,6 +43,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -249,7 +250,7 @@ def _as_label_map(x: np.ndarray, what: str) -> np.ndarray:
 def _score_stack(
     pred: np.ndarray,
     gt: np.ndarray,
-    spacing_2d: tuple[float, float],
+    spacing_2d: tuple[float, ...],
     class_ids: Sequence[int],
     *,
     case: str,
@@ -311,7 +312,7 @@ def evaluate_slices(
     indices = list(range(len(gt_slices))) if slice_indices is None else [int(i) for i in slice_indices]
     if len(indices) != len(gt_slices):
         raise ValueError(f"{len(indices)} slice indices for {len(gt_slices)} slices")
-    kw = {"case": case, "tol": tol, "both_empty": both_empty}
+    kw: dict[str, Any] = {"case": case, "tol": tol, "both_empty": both_empty}
     if isinstance(pred_slices, np.ndarray) and isinstance(gt_slices, np.ndarray):
         pred, gt = _as_label_map(pred_slices, "prediction"), _as_label_map(gt_slices, "ground truth")
         if pred.ndim != 3 or pred.shape != gt.shape:

@@ -41,11 +41,12 @@ def gt_prompts(label: np.ndarray, class_ids: list[int], slices: list[int], axis:
                 continue
             if kind == "box":
                 ys, xs = np.nonzero(m)
-                out.append(Prompt(box=(xs.min(), ys.min(), xs.max(), ys.max()), class_id=cid, slice_index=s))
+                box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+                out.append(Prompt(box=box, class_id=cid, slice_index=s))
             else:
                 dist = ndimage.distance_transform_edt(m)
                 y, x = np.unravel_index(int(dist.argmax()), m.shape)
-                out.append(Prompt(points=[(x, y)], point_labels=[1], class_id=cid, slice_index=s))
+                out.append(Prompt(points=[(int(x), int(y))], point_labels=[1], class_id=cid, slice_index=s))
     return out
 
 
@@ -133,6 +134,9 @@ def evaluate_run(
     def cases() -> Iterator[tuple[int | None, str, np.ndarray, np.ndarray, list[float]]]:
         for case_id, wanted in test.items():
             prepared = prepared_from_item(load(case_item(dataset, case_id)), record)
+            label = prepared.label
+            if label is None:
+                raise ValueError(f"{case_id}: a test case without a label cannot be scored")
             slices = list(range(prepared.n_slices)) if wanted is None else list(wanted)
             if prompt == "auto":
                 res = segment_volume(
@@ -147,7 +151,7 @@ def evaluate_run(
                     probabilities=overlap == "independent",
                 )
             else:
-                prompts = gt_prompts(prepared.label, class_ids, slices, prepared.axis, prompt)
+                prompts = gt_prompts(label, class_ids, slices, prepared.axis, prompt)
                 res = segment_volume(
                     model,
                     record,
@@ -162,11 +166,12 @@ def evaluate_run(
                 )
             spacing = np.linalg.norm(prepared.affine[:3, :3], axis=0).tolist()
             if overlap == "independent":
+                assert res.probabilities is not None  # asked for with overlap="independent"
                 for k, cid in enumerate(res.class_names):
                     pred = np.where(res.probabilities[k] > 0.5, cid, 0).astype(np.int64)
-                    yield cid, case_id, pred, np.where(prepared.label == cid, cid, 0), spacing
+                    yield cid, case_id, pred, np.where(label == cid, cid, 0), spacing
             else:
-                yield None, case_id, np.asarray(res.label_map), prepared.label, spacing
+                yield None, case_id, np.asarray(res.label_map), label, spacing
 
     scores, ids = [], list(class_ids)
     for cid, case_id, pred, gt, spacing in cases():

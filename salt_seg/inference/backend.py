@@ -49,7 +49,8 @@ class SliceOutput:
     Attributes:
         probabilities: ``H x W`` float32 sigmoid probabilities at the slice's size (prepared grid pixels).
         score: the model's predicted IoU of the mask ``probabilities > 0.5`` (meaningful only when the model's
-            IoU head was trained, e.g. Meta's SAM; salt_seg's own training does not train it).
+            IoU head was trained: Meta's SAM, or a salt_seg run that trains the mask decoder, whose loss includes
+            the IoU head's error).
         stability: SAM's stability score of the mask (:func:`stability_score`).
     """
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from salt_seg.configio import from_dict
 from salt_seg.model.sam import SamModel
 from salt_seg.preprocessing import Preprocessing
 
@@ -117,12 +118,12 @@ def load_base_for_prompts(
     from salt_seg.model.checkpoint import load_base_model, read_checkpoint
     from salt_seg.training.pretrain import pretrain_record
 
-    path = resolve_checkpoint(str(checkpoint))
+    path = str(resolve_checkpoint(str(checkpoint)))
     _, info = read_checkpoint(path, compute_hash=False)
     size = int(info.image_size or 256)
     model, _ = load_base_model(variant or info.variant, path, image_size=size)
     record = replace(pretrain_record(size), intensity=intensity)
-    return model.to(device).eval(), Preprocessing.from_dict(record.to_dict())
+    return model.to(device).eval(), record
 
 
 def _class_names(meta: dict[str, Any], record: Preprocessing) -> dict[int, str]:
@@ -172,7 +173,7 @@ def load_inference_model(
         raise ValueError(
             f"{adapter}: the adapter holds no preprocessing record; it cannot be used for inference"
         )
-    record = Preprocessing.from_dict(meta["preprocessing"])
+    record = from_dict(Preprocessing, meta["preprocessing"])
     base = resolve_base_checkpoint(adapter, meta, checkpoint)
     variant = variant or meta.get("base_variant") or None
     n_tokens = 0

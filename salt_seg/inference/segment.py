@@ -13,7 +13,8 @@ grey/white matter test Dice 0.00 with it against 0.22 without); nothing is force
 flagged as "low confidence": a cut calibrated on synthetic objects (0.8) marked 99 of 105 kept CT slices and
 318 MR slices, so it told nothing; the confidence is reported, not judged. The confidence is SAM's stability score
 (``confidence="stability"``, default: needs no trained IoU head) or the model's predicted IoU (``"iou"``: only for
-models whose IoU head was trained, e.g. Meta's SAM as base with a frozen decoder).
+models whose IoU head was trained: Meta's SAM as base with a frozen decoder, or a run with
+``adapter.train_mask_decoder``).
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def segment_volume(
                 f"{n_tokens} for classes {sorted(names)}: give prompts (--prompts) instead"
             )
     n = prepared.n_slices
-    acc = LabelAccumulator(tuple(prepared.image.shape[1:]), prepared.axis, list(names), probabilities)  # type: ignore[arg-type]
+    acc = LabelAccumulator(tuple(prepared.image.shape[1:]), prepared.axis, list(names), probabilities)
     bar = tqdm(
         total=n if mode != "propagate" else None,
         desc=desc or prepared.name,

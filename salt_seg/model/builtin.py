@@ -64,7 +64,7 @@ def builtin_checkpoint(name: str = "builtin") -> Path:
 
 def resolve_checkpoint(name: str | None) -> str | None:
     """A built-in name -> the shipped file; anything else is returned unchanged."""
-    return str(builtin_checkpoint(name)) if is_builtin(name) else name
+    return str(builtin_checkpoint(name)) if name is not None and is_builtin(name) else name
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +103,8 @@ class ImageFeatures:
         return ImageFeatures(
             self.embedding[index],
             self.early[index],
-            self._rows(self.stem)[index],  # type: ignore[arg-type]
-            self._rows(self.half)[index],  # type: ignore[arg-type]
+            self._rows(self.stem)[index],
+            self._rows(self.half)[index],
         )
 
     def __iter__(self) -> Iterator[ImageFeatures]:
@@ -238,12 +239,13 @@ class HighResBranch(nn.Module):
         # inference: the same numbers (to float rounding), faster. The 3-channel convolution is ~6x faster
         # channels-last on CPU, and the activations run in place (large fresh temporaries cost page faults)
         cl = torch.channels_last
-        conv_full, conv_half = self.stem_full[0], self.stem_half[0]
+        conv_full = cast(nn.Conv2d, self.stem_full[0])
+        conv_half = cast(nn.Conv2d, self.stem_half[0])
         s1 = F.conv2d(
             images.contiguous(memory_format=cl),
             conv_full.weight.contiguous(memory_format=cl),
             conv_full.bias,
-            padding=conv_full.padding,
+            padding=cast(tuple[int, int], conv_full.padding),
         )
         torch.ops.aten.gelu_(s1)
         half = F.conv2d(
@@ -251,7 +253,7 @@ class HighResBranch(nn.Module):
             conv_half.weight.contiguous(memory_format=cl),
             conv_half.bias,
             stride=conv_half.stride,
-            padding=conv_half.padding,
+            padding=cast(tuple[int, int], conv_half.padding),
         )
         torch.ops.aten.gelu_(half)
         return ImageFeatures(embedding, fused, s1, half)
@@ -314,9 +316,10 @@ class HighResBranch(nn.Module):
         Equal to :meth:`logits` to float rounding (tested).
         """
         c = self.channels
-        conv1, norm, _, conv2 = self.mask_feature
+        conv1, conv2 = cast(nn.Conv2d, self.mask_feature[0]), cast(nn.Conv2d, self.mask_feature[3])
+        norm = cast(LayerNorm2d, self.mask_feature[1])
         x = F.linear(upscaled.permute(0, 2, 3, 1), conv1.weight[:, :, 0, 0], conv1.bias)  # P x h x w x c
-        x = F.layer_norm(x, (c,), norm.weight, norm.bias, norm.eps)
+        x = F.layer_norm(x, (c,), norm.weight, norm.bias, float(norm.eps))
         torch.ops.aten.gelu_(x)
         x = F.linear(x, conv2.weight[:, :, 0, 0], conv2.bias)
         hq = x.permute(0, 3, 1, 2)  # P x c x h x w, channels-last in memory

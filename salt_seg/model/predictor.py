@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from salt_seg.model.hires import ImageFeatures
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import Preprocessing, SliceTransform, logits_to_original, prepare_slice
 from salt_seg.prompts import Prompt
@@ -103,7 +104,9 @@ class Predictor:
         self.device = torch.device(device)
         self.cache_size = int(cache_size)
         self.threshold = float(threshold)
-        self._cache: OrderedDict[Hashable, tuple[torch.Tensor, SliceTransform]] = OrderedDict()
+        self._cache: OrderedDict[Hashable, tuple[torch.Tensor | ImageFeatures, SliceTransform]] = (
+            OrderedDict()
+        )
         self._current: Hashable | None = None
 
     @torch.no_grad()
@@ -130,7 +133,7 @@ class Predictor:
     @torch.no_grad()
     def compute_embedding(
         self, slice_2d: np.ndarray, value_range: tuple[float, float] | None = None
-    ) -> tuple[torch.Tensor, SliceTransform]:
+    ) -> tuple[torch.Tensor | ImageFeatures, SliceTransform]:
         """The ``1 x C x h x w`` image embedding of a slice, without touching the cache.
 
         It only reads the model, so a background thread may call it while another thread decodes prompts (the
@@ -139,7 +142,9 @@ class Predictor:
         image, tf = prepare_slice(slice_2d, self.record, value_range)
         return self.model.encode_images(image[None].to(self.device)), tf
 
-    def add_embedding(self, key: Hashable, embedding: torch.Tensor, transform: SliceTransform) -> None:
+    def add_embedding(
+        self, key: Hashable, embedding: torch.Tensor | ImageFeatures, transform: SliceTransform
+    ) -> None:
         """Store an embedding from :meth:`compute_embedding` under ``key`` (LRU; the current slice is unchanged)."""
         self._cache[key] = (embedding, transform)
         self._cache.move_to_end(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -159,10 +160,15 @@ class SamModel(nn.Module):
             return self.class_tokens(ids)[:, None, :]
         points = None
         if first.points is not None:
-            coords = torch.stack([p.points for p in prompts]).to(device)
-            labels = torch.stack([p.labels for p in prompts]).to(device)
+            # prompts of one group share their signature: all have points (and labels) or none
+            coords = torch.stack([cast(torch.Tensor, p.points) for p in prompts]).to(device)
+            labels = torch.stack([cast(torch.Tensor, p.labels) for p in prompts]).to(device)
             points = (coords, labels)
-        boxes = torch.stack([p.box for p in prompts]).to(device) if first.box is not None else None
+        boxes = (
+            torch.stack([cast(torch.Tensor, p.box) for p in prompts]).to(device)
+            if first.box is not None
+            else None
+        )
         sparse, _ = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         return sparse
 
@@ -216,7 +222,7 @@ class SamModel(nn.Module):
 
     def decode_prompts(
         self,
-        embeddings: torch.Tensor,
+        embeddings: torch.Tensor | ImageFeatures,
         prompts: list[InputPrompt],
         image_index: torch.Tensor | list[int] | None = None,
         multimask_output: bool = False,

@@ -110,6 +110,7 @@ def make_prompts(
                 )
                 if prompt is None:
                     continue
+            assert prompt is not None
             prompts.append(InputPrompt.from_prompt(prompt, identity))
             index.append(b)
             targets.append(torch.from_numpy(mask).float()[None])

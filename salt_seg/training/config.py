@@ -1,16 +1,25 @@
 """The experiment config: one flat-ish YAML with sections ``model``, ``adapter``, ``data``, ``preprocessing`` and
-``train``; every key typed and validated, unknown keys rejected with the key named (nanoGPT's rule). The resolved
-config is saved as ``config.yaml`` in every run directory.
+``train``; every key typed and validated, unknown keys rejected with the key named (nanoGPT's rule).
+
+One typed tree: :class:`ExperimentConfig` holds an :class:`~salt_seg.adapters.AdapterConfig` and a
+:class:`~salt_seg.preprocessing.Preprocessing`, built with every default filled in by :func:`parse_config` (the one
+entry: ``--set`` overrides applied once to the raw mapping, then parsed and validated once). The resolved config,
+:meth:`ExperimentConfig.to_dict`, is saved as ``config.yaml`` in every run directory and parses back to the same
+config.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salt_seg.adapters.config import AdapterConfig, promote_rank
 from salt_seg.configio import apply_overrides, from_dict, load_yaml, to_dict
 from salt_seg.data.split import PROTOCOLS, SplitTerms
+from salt_seg.preprocessing import Preprocessing
 
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -33,10 +42,9 @@ SPLIT_TERMS = SplitTerms(
 )
 
 
-def _config_words(section: str, class_name: str, exc: Exception) -> str:
-    """A delegated section's error in the config's words: ``AdapterConfig.r_lora`` becomes ``adapter.r_lora``."""
-    message = str(exc).replace(f"{class_name}.", f"{section}.")
-    return message if message.startswith(f"{section}.") else f"{section}: {message}"
+#: the preprocessing settings a run derives when the config leaves them out: ``classes`` from the dataset's label
+#: table, ``prompt_mode`` from ``train.prompt``
+DERIVED = ("classes", "prompt_mode")
 
 
 @dataclass
@@ -187,63 +195,94 @@ class TrainSection:
 
 @dataclass
 class ExperimentConfig:
-    """A whole experiment. ``adapter`` and ``preprocessing`` are validated by their own dataclasses
-    (:class:`salt_seg.adapters.AdapterConfig`, :class:`salt_seg.preprocessing.Preprocessing`)."""
+    """A whole experiment, every section typed and resolved.
+
+    Attributes:
+        derived: the preprocessing settings of :data:`DERIVED` the config leaves to the run (set by the parser
+            from the keys the ``preprocessing`` section gives; not a config key). ``classes`` there means the
+            dataset's label table replaces ``preprocessing.classes``; ``prompt_mode`` follows ``train.prompt``.
+    """
 
     model: ModelSection = field(default_factory=ModelSection)
-    adapter: dict[str, Any] = field(default_factory=lambda: {"name": "salt"})
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataSection = field(default_factory=DataSection)
-    preprocessing: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     train: TrainSection = field(default_factory=TrainSection)
     description: str = ""
+    derived: tuple[str, ...] = DERIVED
 
     def __post_init__(self) -> None:
-        # validate the delegated sections now, so a bad key fails before any work
-        self.adapter_config()
-        self.preprocessing_record()
+        if "prompt_mode" in self.derived:
+            mode = _prompt_mode(self.train.prompt)
+            if self.preprocessing.prompt_mode != mode:
+                self.preprocessing = dataclasses.replace(self.preprocessing, prompt_mode=mode)
 
-    def adapter_config(self):  # -> AdapterConfig
-        from salt_seg.adapters import AdapterConfig
+    @classmethod
+    def prepare_raw(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """The parser's hook (:func:`salt_seg.configio.from_dict`): the preprocessing section takes
+        ``image_size`` from ``model.image_size`` and ``prompt_mode`` from ``train.prompt`` unless it sets them;
+        ``derived`` records which of :data:`DERIVED` it leaves out."""
+        if "derived" in raw:
+            raise ValueError(f"unknown config key 'derived'; valid keys here: {sorted(_SECTION_KEYS)}")
+        pre = raw.get("preprocessing")
+        if pre is None:
+            pre = raw["preprocessing"] = {}
+        if not isinstance(pre, dict):
+            return raw  # the parser names the section and its type
+        model = raw.get("model")
+        if isinstance(model, dict) and model.get("image_size") is not None:
+            pre.setdefault("image_size", model["image_size"])
+        raw["derived"] = [k for k in DERIVED if k not in pre]
+        return raw
 
-        try:
-            return AdapterConfig.from_dict(dict(self.adapter))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(_config_words("adapter", "AdapterConfig", exc)) from None
-
-    def preprocessing_record(self):  # -> Preprocessing
-        from salt_seg.preprocessing import Preprocessing
-
-        d = dict(self.preprocessing)
-        if self.model.image_size is not None:
-            d.setdefault("image_size", self.model.image_size)
-        d.setdefault("prompt_mode", "mixed" if self.train.prompt == "geometric" else self.train.prompt)
-        try:
-            return Preprocessing.from_dict(d)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(_config_words("preprocessing", "Preprocessing", exc)) from None
+    @property
+    def classes_from_dataset(self) -> bool:
+        """``preprocessing.classes`` is the dataset's label table (the config does not set it)."""
+        return "classes" in self.derived
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    def resolved_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` with the delegated sections filled in: every adapter setting (with the adapter's own
-        defaults) and every preprocessing setting, except the two a run derives when the config leaves them out
-        (``classes``: from the dataset; ``prompt_mode``: from ``train.prompt``). This is what a run folder's
-        ``config.yaml`` holds; it loads back to the same resolved config."""
-        doc = self.to_dict()
-        doc["adapter"] = self.adapter_config().to_dict()
-        record = self.preprocessing_record().to_dict()
-        derived = {k for k in ("classes", "prompt_mode") if k not in self.preprocessing}
-        doc["preprocessing"] = {k: v for k, v in record.items() if k not in derived}
+        """The resolved config, as ``config.yaml`` holds it: every setting with its default (the adapter's own
+        defaults included), except the preprocessing settings the run derives (:attr:`derived`). Parses back to
+        the same config."""
+        doc: dict[str, Any] = to_dict(self)
+        del doc["derived"]
+        doc["adapter"] = self.adapter.to_dict()
+        record = self.preprocessing.to_dict()
+        doc["preprocessing"] = {k: v for k, v in record.items() if k not in self.derived}
         return doc
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config (or start from defaults when ``path`` is None) and apply overrides."""
-    doc = load_yaml(path) if path is not None else {}
-    if any(o.strip().startswith("adapter.rank.") for o in overrides or []):
-        from salt_seg.adapters.config import promote_rank
+_SECTION_KEYS = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "derived"]
 
-        doc = {**doc, "adapter": promote_rank(doc.get("adapter") or {})}
-    doc = apply_overrides(doc, overrides or [])
-    return from_dict(ExperimentConfig, doc)
+
+def _prompt_mode(train_prompt: str) -> str:
+    """The preprocessing record's prompt mode for a training prompt mix (``geometric`` is box or points)."""
+    return "mixed" if train_prompt == "geometric" else train_prompt
+
+
+def override_config(doc: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` overrides applied to a raw experiment mapping (a copy is returned).
+
+    A rank sub-key (``adapter.rank.attn=760``) on a config whose rank is one value or one rule keeps that value as
+    the default of the other layer types (``salt-seg params --rank`` is translated into these items too).
+    """
+    if any(o.strip().startswith("adapter.rank.") for o in overrides):
+        adapter = doc.get("adapter") or {}
+        if isinstance(adapter, dict):
+            doc = {**doc, "adapter": promote_rank(adapter)}
+    return apply_overrides(doc, overrides)
+
+
+def parse_config(doc: Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The one way to an :class:`ExperimentConfig`: overrides applied once to the raw mapping, then parsed and
+    validated once (every default filled in, the adapter's from its registry entry).
+
+    Raises:
+        ValueError: a malformed override, an unknown key, a wrong type or a bad value (the message names the key).
+    """
+    return from_dict(ExperimentConfig, override_config(doc, overrides))
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment config (or start from defaults when ``path`` is None) and apply overrides."""
+    return parse_config(load_yaml(path) if path is not None else {}, overrides)

@@ -45,7 +45,7 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
     dataset = load_dataset(dc.path, dc.format)
     if not dataset.labelled:
         raise ValueError(f"{dc.path}: the dataset has no labelled cases to train on")
-    if "classes" not in cfg.preprocessing and dataset.classes:
+    if cfg.classes_from_dataset and dataset.classes:
         record = dataclasses.replace(record, classes=dict(dataset.classes))
     if dc.split:
         split = load_split(dc.split)

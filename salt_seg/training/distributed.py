@@ -18,6 +18,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: this process's :func:`init_distributed` created the process group, so :func:`cleanup` destroys it
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -33,10 +35,11 @@ def init_distributed(device: torch.device) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
 def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -62,5 +65,6 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    """Destroy the process group :func:`init_distributed` created (one it found is left to its owner)."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -26,12 +26,13 @@ from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
 from salt_seg.training.batching import batch_indices, derive_seed, make_prompts, shard
-from salt_seg.training.config import ExperimentConfig
+from salt_seg.training.config import ExperimentConfig, load_config
 from salt_seg.training.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_mean,
     barrier,
+    cleanup,
     init_distributed,
 )
 from salt_seg.training.losses import build_loss, mask_iou, soft_dice
@@ -136,7 +137,7 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
     mine = list(range(dist.rank, n, dist.world_size))
     sums = torch.zeros(len(data.class_ids) + 1, dtype=torch.float64)
     counts = torch.zeros_like(sums)
-    examples = []
+    examples: list[Any] = []
     bs = max(1, cfg.train.batch_size)
     for start in range(0, len(mine), bs):
         idx = mine[start : start + bs]
@@ -242,6 +243,8 @@ def train(
             else:
                 shutil.rmtree(run_dir)
         raise
+    finally:
+        cleanup(dist)
 
 
 def _train(
@@ -265,15 +268,12 @@ def _train(
     )
 
     if dist.is_main:
-        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.resolved_dict())
+        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.to_dict())
         ck.fault("configured")
     barrier(dist)
     if resume:
-        from salt_seg.configio import from_dict
-
         # compared through the typed config, so a key added since the run started takes its default
-        saved = from_dict(ExperimentConfig, rd.load_yaml_config(run_dir)).resolved_dict()
-        if saved != cfg.resolved_dict():
+        if load_config(run_dir / rd.RUN_MARKER) != cfg:
             raise ValueError(
                 f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
             )
@@ -282,8 +282,8 @@ def _train(
     fresh = unit is None
     if resume and fresh:
         log.info("%s: no checkpoint yet; starting again from step 0", run_dir)
-    record = cfg.preprocessing_record()
-    adapter_cfg = cfg.adapter_config()
+    record = cfg.preprocessing
+    adapter_cfg = cfg.adapter
     tc = cfg.train
 
     if data is None:
@@ -466,7 +466,9 @@ def _train(
                         logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
                     )
                     targets = pb.targets.to(device)
-                    # SAM's IoU head learns the quality of its own mask (inference uses it to drop empty slices)
+                    # SAM's IoU head (part of the mask decoder) learns the quality of its own mask where the decoder
+                    # trains (adapter.train_mask_decoder); inference reads it only with confidence "iou" or a
+                    # propagation IoU threshold, both off by default
                     iou_loss = F.mse_loss(iou_pred[:, 0].float(), mask_iou(up.detach(), targets))
                     loss = loss_fn(up, targets) + iou_loss
                 else:  # nothing to prompt on this rank's share: keep DDP in step with a zero loss

@@ -21,5 +21,5 @@ def enable_grad_checkpointing(model) -> None:
                 return checkpoint(_fwd, x, use_reentrant=False)
             return _fwd(x)
 
-        block.forward = run  # type: ignore[method-assign]
-        block._salt_checkpointed = True  # type: ignore[attr-defined]
+        block.forward = run
+        block._salt_checkpointed = True

@@ -49,8 +49,8 @@ def config_class_ids(cfg: ExperimentConfig) -> list[int]:
         ValueError: neither is available (``data.path`` empty).
         FileNotFoundError: ``data.path`` does not exist.
     """
-    record = cfg.preprocessing_record()
-    if "classes" in cfg.preprocessing:
+    record = cfg.preprocessing
+    if not cfg.classes_from_dataset:
         return list(record.class_ids)
     if not cfg.data.path:
         raise ValueError(
@@ -91,7 +91,7 @@ def build_training_model(
 
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    record = cfg.preprocessing_record()
+    record = cfg.preprocessing
     tokens = num_classes if needs_class_tokens(cfg) else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
@@ -104,5 +104,5 @@ def build_training_model(
         base_state = {k: v for k, v in model.state_dict().items() if not k.startswith("class_tokens.")}
         base_hash = info.content_hash if info is not None else state_dict_hash(base_state)
         if inject:
-            inject_adapters(model, cfg.adapter_config(), base_hash=base_hash, progress=progress)
+            inject_adapters(model, cfg.adapter, base_hash=base_hash, progress=progress)
     return TrainingModel(model, base_hash, base_state, info)

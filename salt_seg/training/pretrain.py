@@ -255,8 +255,7 @@ def run_pretraining(
         raise ValueError(f"unknown pretraining task {task!r}; valid: {list(PRETRAIN_TASKS)}")
     import json
 
-    from salt_seg.configio import apply_overrides, from_dict
-    from salt_seg.training.config import ExperimentConfig
+    from salt_seg.training.config import parse_config
     from salt_seg.training.loop import train
     from salt_seg.training.types import TrainData
 
@@ -276,7 +275,7 @@ def run_pretraining(
             "train_class_tokens": False,
         },
         "data": {"path": "synthetic", "augment": False, "cache": False},
-        "preprocessing": record.to_dict() | {"version": 1},
+        "preprocessing": record.to_dict(),
         "train": {
             "steps": steps,
             "batch_size": batch_size,
@@ -293,8 +292,7 @@ def run_pretraining(
             "overlays": 4,
         },
     }
-    doc["preprocessing"].pop("version")
-    cfg = from_dict(ExperimentConfig, apply_overrides(doc, overrides or []))
+    cfg = parse_config(doc, overrides or [])
     params = GeneratorParams(shape=(image_size, image_size))
     heldout_params = dataclasses.replace(HELDOUT_PARAMS, shape=(image_size, image_size))
     if task == "objects":
@@ -324,7 +322,8 @@ def run_pretraining(
     model, info = load_base_model(variant, base, image_size=record.image_size, hires=hires)
     from salt_seg.adapters import load_adapter
 
-    load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=info.content_hash, progress=False)
+    expected = info.content_hash if info is not None else None
+    load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=expected, progress=False)
     model.eval()
     scores = evaluate_objectness(model, heldout, params=heldout_params)
     anatomy = evaluate_prompted(model, heldout_anatomy(image_size, heldout), (image_size, image_size))

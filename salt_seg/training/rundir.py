@@ -182,7 +182,7 @@ def git_commit() -> str | None:
 def provenance(extra: dict[str, Any]) -> dict[str, Any]:
     import importlib.metadata as md
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in (
         "salt-seg",
         "torch",
@@ -246,10 +246,6 @@ def sync_metrics(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def load_yaml_config(path: Path) -> dict[str, Any]:
-    return yaml.safe_load((path / RUN_MARKER).read_text())
 
 
 def truncate_metrics(path: Path, size: int) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from salt_seg.adapters import AdapterConfig, adapter_layers, get_record, inject_adapters
-from salt_seg.adapters.config import apply_overrides, parse_rank_text
 from salt_seg.cli import main
+from salt_seg.commands.params import rank_override
+from salt_seg.configio import from_dict
+from salt_seg.training.config import override_config
 from tests.adapters.conftest import make_tiny
 
 
@@ -19,7 +23,7 @@ def test_defaults_are_resolved_per_adapter() -> None:
     assert (none.train_mask_decoder, none.train_norms, none.rank, none.r_lora) == (True, False, None, None)
     assert AdapterConfig(name="ssam").rank is None
     assert AdapterConfig(name="svfit").rank == {"default": {"energy": 0.99}}
-    assert AdapterConfig.from_json(salt.to_json()) == salt  # round trip is stable
+    assert from_dict(AdapterConfig, json.loads(salt.to_json())) == salt  # round trip is stable
 
 
 def test_rank_merges_over_defaults() -> None:
@@ -59,8 +63,10 @@ def test_bad_config_raises_one_clear_error(kwargs: dict, field: str) -> None:
 
 
 def test_unknown_key_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"unknown adapter config key\(s\) \['rnak'\]"):
-        AdapterConfig.from_dict({"name": "salt", "rnak": 4})
+    with pytest.raises(ValueError, match=r"unknown config key 'rnak'; valid keys here: \['adapt_neck'"):
+        from_dict(AdapterConfig, {"name": "salt", "rnak": 4})
+    with pytest.raises(ValueError, match=r"unknown config key adapter.'rnak'"):
+        from_dict(AdapterConfig, {"rnak": 4}, "adapter")
 
 
 @pytest.mark.parametrize(
@@ -98,33 +104,36 @@ def test_second_injection_is_refused() -> None:
 
 
 def test_overrides_and_rank_text() -> None:
-    d = apply_overrides(
-        {"name": "salt"},
-        ["rank.attn=760", "rank.mlp={fraction: 0.1}", "adapter.r_lora=8", "train_pos_embed=false"],
-    )
-    c = AdapterConfig.from_dict(d)
+    """One override path (``--set``; ``--rank`` is translated into it), one parser, one rank check."""
+    items = ["adapter.rank.attn=760", "adapter.rank.mlp={fraction: 0.1}", "adapter.r_lora=8"]
+    d = override_config({"adapter": {"name": "salt"}}, [*items, "adapter.train_pos_embed=false"])
+    c = from_dict(AdapterConfig, d["adapter"])
     assert (
         c.rank["attn"] == 760
         and c.rank["mlp"] == {"fraction": 0.1}
         and c.r_lora == 8
         and not c.train_pos_embed
     )
-    assert c.with_overrides(["r_lora=2"]).r_lora == 2
-    with pytest.raises(ValueError, match="unknown adapter config key 'rlora'"):
-        apply_overrides({}, ["rlora=3"])
+    with pytest.raises(ValueError, match="unknown config key 'rlora'"):
+        from_dict(AdapterConfig, override_config({}, ["adapter.rlora=3"])["adapter"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        apply_overrides({}, ["r_lora"])
-    assert parse_rank_text("attn=760") == ("attn", 760)
-    assert parse_rank_text("energy:0.99") == ("default", {"energy": 0.99})
-    assert parse_rank_text("neck=fraction:0.5") == ("neck", {"fraction": 0.5})
+        override_config({}, ["adapter.r_lora"])
+    assert rank_override("attn=760") == "adapter.rank.attn=760"
+    assert rank_override("energy:0.99") == "adapter.rank.default={energy: 0.99}"
+    assert rank_override("neck=fraction:0.5") == "adapter.rank.neck={fraction: 0.5}"
+    spec = override_config({}, [rank_override("neck=fraction:0.5")])["adapter"]["rank"]
+    assert from_dict(AdapterConfig, {"rank": spec}).rank["neck"] == {"fraction": 0.5}
     with pytest.raises(ValueError, match="layer type"):
-        parse_rank_text("qkv=4")
+        from_dict(AdapterConfig, override_config({}, [rank_override("qkv=4")])["adapter"])
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--rank", "attn=500"], "rank 500 for image_encoder.blocks.0.attn.qkv exceeds"),
+        (["--rank", "qkv=4"], "AdapterConfig.rank: unknown layer type 'qkv'"),
+        (["--rank", "attn=fraction:x"], "AdapterConfig.rank.attn: fraction must be a number, got 'x'"),
+        (["--set", "rlora=3"], "unknown config key 'rlora'"),
         (["--r-lora", "0"], "AdapterConfig.r_lora must be an integer >= 1, got 0"),
         (["--set", "targets=[image_encoder.nothing]"], "matched no module"),
     ],

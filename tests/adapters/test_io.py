@@ -19,6 +19,7 @@ from salt_seg.adapters import (
     save_adapter,
     trainable_parameters,
 )
+from salt_seg.configio import from_dict
 from salt_seg.model.checkpoint import state_dict_hash
 from salt_seg.preprocessing import Preprocessing
 from tests.adapters.conftest import make_tiny
@@ -53,8 +54,8 @@ def test_file_holds_exactly_the_trainable_tensors_and_the_metadata(tmp_path) -> 
     assert all(torch.equal(tensors[k], params[k].detach()) for k in tensors)
     meta = read_adapter_metadata(path)
     assert meta["format_version"] == 1 and meta["base_variant"] == "tiny" and meta["base_hash"] == base_hash
-    assert AdapterConfig.from_dict(meta["config"]) == record.config
-    assert Preprocessing.from_dict(meta["preprocessing"]) == pre
+    assert from_dict(AdapterConfig, meta["config"]) == record.config
+    assert from_dict(Preprocessing, meta["preprocessing"]) == pre
     assert meta["class_names"] == {"1": "vessel", "2": "organ"} and meta["extra"] == {"step": 7}
     n = sum(t.numel() for t in tensors.values())
     assert meta["num_parameters"] == n

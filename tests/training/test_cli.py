@@ -153,7 +153,7 @@ def test_torchrun_two_cpu_processes(tmp_path, shapes_dataset) -> None:
     from salt_seg.training.loop import validate
 
     c = load_config(cfg)
-    data = build_train_data(c, c.preprocessing_record())
+    data = build_train_data(c, c.preprocessing)
     model, _ = load_base_model("tiny", run / "base.safetensors", image_size=128)
     load_adapter(run / "checkpoints" / "step-000002" / "adapter.safetensors", model, progress=False)
     dice, _, _ = validate(model, data, c, "cpu", DistInfo())
@@ -241,7 +241,7 @@ def test_train_split_warns_in_config_keys_when_a_class_is_in_no_training_slice(t
 
     cfg = load_config(_atlas_config(tmp_path, cache=False), ["train.seed=0"])
     with caplog.at_level("WARNING", logger="salt_seg.data.split"):
-        data = build_train_data(cfg, cfg.preprocessing_record())
+        data = build_train_data(cfg, cfg.preprocessing)
     [message] = [r.message for r in caplog.records if r.name == "salt_seg.data.split"]
     assert message.startswith("class(es) 2 (top) appear in val or test slices but in no training slice")
     assert (

@@ -8,6 +8,7 @@ import yaml
 
 from salt_seg.adapters import AdapterConfig
 from salt_seg.cli import main
+from salt_seg.configio import from_dict
 from salt_seg.preprocessing import Preprocessing
 
 
@@ -28,11 +29,11 @@ def test_config_yaml_holds_every_default_and_resumes(tmp_path: Path) -> None:
     args = ["--no-progress", "--threads", "1"]
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(run), *args]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    adapter_fields = set(AdapterConfig.from_dict({"name": "salt"}).to_dict())
+    adapter_fields = set(AdapterConfig(name="salt").to_dict())
     assert set(saved["adapter"]) == adapter_fields and saved["adapter"]["r_lora"] == 2
-    assert saved["adapter"]["reg_weight"] == AdapterConfig.from_dict({"name": "salt"}).reg_weight
+    assert saved["adapter"]["reg_weight"] == from_dict(AdapterConfig, {"name": "salt"}).reg_weight
     # every preprocessing setting but the two a run derives (classes from the dataset, prompt mode from the prompt)
-    record_fields = set(Preprocessing.from_dict({}).to_dict()) - {"classes", "prompt_mode"}
+    record_fields = set(Preprocessing().to_dict()) - {"classes", "prompt_mode"}
     assert set(saved["preprocessing"]) == record_fields
     assert saved["preprocessing"]["image_size"] == 64 and saved["preprocessing"]["intensity"] == "minmax"
     assert saved["train"]["warmup_steps"] is not None and saved["data"]["protocol"] == "block"

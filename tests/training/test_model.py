@@ -66,7 +66,7 @@ def test_injected_model_trains_exactly_the_counted_parameters() -> None:
     ]
     cfg = load_config(None, [*sets, "adapter.r_lora=2"])
     bare = build_training_model(cfg, 2, inject=False)
-    report = count_parameters(bare.model, cfg.adapter_config(), progress=False)
+    report = count_parameters(bare.model, cfg.adapter, progress=False)
     injected = build_training_model(cfg, 2)
     assert injected.base_hash == bare.base_hash  # same seed, same random base
     assert sum(p.numel() for p in trainable_parameters(injected.model)) == report.total
