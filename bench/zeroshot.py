@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 #: structure sizes (pixels on the slice) the results are also broken down by
 SIZE_BINS = ((0, 50), (50, 100), (100, 200), (200, 400), (400, 10**9))
 
@@ -105,14 +104,16 @@ def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: st
     per_class = {}
     for cid in sorted({r["class"] for r in rows}):
         sel = [r for r in rows if r["class"] == cid]
-        per_class[ds.classes.get(cid, str(cid))] = {
-            k: float(np.mean([r[k] for r in sel])) for k in keys
-        } | {"n": len(sel)}
+        per_class[ds.classes.get(cid, str(cid))] = {k: float(np.mean([r[k] for r in sel])) for k in keys} | {
+            "n": len(sel)
+        }
     by_size = {}
     for lo, hi in SIZE_BINS:
         sel = [r for r in rows if lo <= r["pixels"] < hi]
         if sel:
-            by_size[f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"] = {k: float(np.mean([r[k] for r in sel])) for k in keys} | {"n": len(sel)}
+            by_size[f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"] = {
+                k: float(np.mean([r[k] for r in sel])) for k in keys
+            } | {"n": len(sel)}
     return {
         "checkpoint": checkpoint,
         "hires": model.hires is not None,
