@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from salt_seg.commands.common import add_runtime_flags
+from salt_seg.commands.common import add_precision_flag, add_runtime_flags
 
 HELP = "score predicted masks against ground truth: Dice, HD95 (mm), NSD per class, per volume and per slice"
 DESCRIPTION = (
@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "its own training slices). Results go to RUN/evaluation[_part][_prompt][_overlap] unless --out is given",
     )
     add_runtime_flags(parser)  # --device, --threads: used with --model
+    add_precision_flag(parser)  # with --model
     parser.add_argument(
         "--split",
         metavar="FILE",
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             device=resolve_device(args.device, args.threads),
             overlap=args.overlap,
             part=args.part,
+            precision=args.precision,
         )
         out = Path(args.out) if args.out else Path(args.model) / evaluation_folder(result.provenance)
         written = write_results(result, out)
@@ -153,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (args.pred and args.gt):
         raise ValueError("give --pred DIR and --gt DIR (or --model RUN_DIR)")
+    if args.precision != "fp32":
+        raise ValueError("--precision applies to --model (prediction); --pred/--gt only score label maps")
     result = evaluate_folders(
         args.pred,
         args.gt,

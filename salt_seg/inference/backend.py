@@ -22,6 +22,7 @@ import torch
 
 from salt_seg.data.pipeline import PreparedVolume
 from salt_seg.model.hires import ImageFeatures, stack_embeddings
+from salt_seg.model.precision import autocast, check_precision, to_float
 from salt_seg.model.predictor import Predictor
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import SliceTransform, logits_to_original
@@ -90,6 +91,8 @@ class ModelBackend:
         batch_size: slices per image-encoder call.
         cache_slices: embeddings kept (LRU); default ``4 * batch_size``, at least 8.
         multimask_output: decode SAM's three candidate masks and keep the best predicted IoU.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast, :mod:`salt_seg.model.precision`); embeddings are
+            cached in what the encoder returns, logits are cast to float32 before the sigmoid.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class ModelBackend:
         batch_size: int = 8,
         cache_slices: int | None = None,
         multimask_output: bool = False,
+        precision: str = "fp32",
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -118,6 +122,7 @@ class ModelBackend:
         self.batch_size = int(batch_size)
         self.cache_slices = max(int(cache_slices or 4 * self.batch_size), 8, self.batch_size)
         self.multimask_output = bool(multimask_output)
+        self.precision = check_precision(precision, self.device)
         self._cache: OrderedDict[int, torch.Tensor | ImageFeatures] = OrderedDict()
         self._transform: SliceTransform | None = None
         self.encoded = 0  # slices run through the image encoder (for tests and benchmarks)
@@ -139,7 +144,8 @@ class ModelBackend:
                 x, tf = self.prepared.model_input(i)
                 self._transform = self._transform or tf
                 images.append(x)
-            emb = self.model.encode_images(torch.stack(images).to(self.device))
+            with autocast(self.precision, self.device):
+                emb = self.model.encode_images(torch.stack(images).to(self.device))
             self.encoded += len(chunk)
             for i, e in zip(chunk, emb, strict=True):
                 self._cache[i] = e
@@ -163,9 +169,11 @@ class ModelBackend:
             tf = self.transform
             prompts = [InputPrompt.from_prompt(items[n][1], tf) for n in members]
             index = [uniq.index(int(items[n][0])) for n in members]
-            logits, iou = self.model.decode_prompts(
-                emb, prompts, index, multimask_output=self.multimask_output
-            )
+            with autocast(self.precision, self.device):
+                logits, iou = self.model.decode_prompts(
+                    emb, prompts, index, multimask_output=self.multimask_output
+                )
+            logits, iou = to_float(logits), to_float(iou)
             best = iou.argmax(dim=1)
             rows = torch.arange(len(members), device=logits.device)
             low = logits[rows, best]  # P x h x w
@@ -216,14 +224,23 @@ def make_backend(
     *,
     device: torch.device | str | None = None,
     batch_size: int = 8,
+    precision: str = "fp32",
 ) -> Backend:
-    """A backend for a :class:`SamModel`, a :class:`Predictor` or an existing backend (returned as is)."""
-    if isinstance(model, ModelBackend | PredictorBackend):
+    """A backend for a :class:`SamModel`, a :class:`Predictor`, a model with its own backends (an object with
+    ``backend_for(prepared, batch_size=...)``, e.g. :class:`salt_seg.inference.onnx_model.OnnxModel`) or an
+    existing backend (returned as is). ``precision`` applies to a :class:`SamModel` (a predictor has its own)."""
+    if hasattr(model, "prefetch") and hasattr(model, "decode") and hasattr(model, "prepared"):
         if model.prepared is not prepared:
             raise ValueError("the backend was made for another prepared volume")
         return model
     if isinstance(model, Predictor):
         return PredictorBackend(model, prepared, batch_size=batch_size)
+    if hasattr(model, "backend_for"):
+        if precision != "fp32":
+            raise ValueError(
+                f"--precision {precision} applies to the PyTorch backend only; this model runs fp32"
+            )
+        return model.backend_for(prepared, batch_size=batch_size)
     if isinstance(model, SamModel) or hasattr(model, "decode_prompts"):
-        return ModelBackend(model, prepared, device=device, batch_size=batch_size)
+        return ModelBackend(model, prepared, device=device, batch_size=batch_size, precision=precision)
     raise TypeError(f"expected a SamModel, a Predictor or a backend, got {type(model).__name__}")

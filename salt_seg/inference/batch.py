@@ -84,6 +84,7 @@ class PredictOptions:
         batch_size: slices per image-encoder call.
         settings: thresholds.
         progress: tqdm progress bars.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (:mod:`salt_seg.model.precision`).
     """
 
     mode: str = "auto"
@@ -92,6 +93,7 @@ class PredictOptions:
     batch_size: int = 8
     settings: InferenceSettings = field(default_factory=InferenceSettings)
     progress: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -305,6 +307,7 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
         class_names=names,
         progress=options.progress,
         desc=case.name,
+        precision=options.precision,
     )
     extra = {
         "case": case.name,
