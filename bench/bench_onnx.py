@@ -47,7 +47,9 @@ def load(name: str):  # -> LoadedModel
             torch.manual_seed(0)
             model = build_model(name, image_size=256, num_classes=2, hires=True)
         model.requires_grad_(False)
-        record = Preprocessing(intensity="minmax", image_size=256, classes={1: "a", 2: "b"}, prompt_mode="mixed")
+        record = Preprocessing(
+            intensity="minmax", image_size=256, classes={1: "a", 2: "b"}, prompt_mode="mixed"
+        )
         return LoadedModel(model.eval(), record, {1: "a", 2: "b"}, {"merged": True})
     return load_inference_model(name)
 
@@ -82,12 +84,16 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         box = (0.3 * s, 0.25 * s, 0.7 * s, 0.65 * s)
         prompts = [Prompt(box=box, class_id=1, slice_index=i) for i in range(prepared.n_slices)]
         prompts += [
-            Prompt(class_id=c, slice_index=i) for i in range(prepared.n_slices) for c in range(1, model.num_classes + 1)
+            Prompt(class_id=c, slice_index=i)
+            for i in range(prepared.n_slices)
+            for c in range(1, model.num_classes + 1)
         ]
         names = {c: str(c) for c in range(1, max(1, model.num_classes) + 1)}
         kw = dict(mode="prompts", batch_size=args.batch_size, probabilities=True, class_names=names)
         backends = {"eager": model, "ort": ort_model}
-        results = {k: segment_volume(m, record, prepared, prompts, **kw) for k, m in backends.items()}  # warm-up
+        results = {
+            k: segment_volume(m, record, prepared, prompts, **kw) for k, m in backends.items()
+        }  # warm-up
         diff = float(np.abs(results["ort"].probabilities - results["eager"].probabilities).max())
         agree = float((results["ort"].label_map == results["eager"].label_map).mean())
         vol_t: dict[str, list[float]] = {k: [] for k in backends}
@@ -110,7 +116,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 preds[k].predict(click)
                 click_t[k].append(time.perf_counter() - t)
         click_diff = float(
-            np.abs(preds["ort"].predict(click).probabilities - preds["eager"].predict(click).probabilities).max()
+            np.abs(
+                preds["ort"].predict(click).probabilities - preds["eager"].predict(click).probabilities
+            ).max()
         )
     n = prepared.n_slices
     med = {k: statistics.median(v) for k, v in vol_t.items()}

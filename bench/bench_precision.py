@@ -10,7 +10,8 @@ Three measurements, each fp32 against bf16 (and fp16 where the device allows it)
   weights: speed does not depend on them). This is the measurement behind allowing bf16 on this CPU.
 * **Peak memory and time** of ``salt-seg predict`` on a synthetic 512 x 512 x ``--ct-slices`` CT (int16 HU,
   written once as uncompressed NIfTI), each precision in its own process: maximum resident set size from
-  ``os.wait4`` and wall time (needs ``--run``: the run's class tokens segment every slice).
+  ``os.wait4`` and wall time (needs ``--run``: the run's class tokens segment every slice). With ``--vit-b`` also
+  the peak memory of one ViT-B encoder pass at 1024 px, where the model's activations, not the volume, dominate.
 
     .venv/bin/python bench/bench_precision.py --run DIR/run_salt --json bench_precision.json
     .venv/bin/python bench/bench_precision.py --skip-ct --skip-dice        # speed only
@@ -146,7 +147,14 @@ def ct_memory(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.ct_repeats):
             for p in order if r % 2 == 0 else order[::-1]:
                 cmd = [sys.executable, "-m", "salt_seg", "predict", "--model", args.run, "--input", str(ct)]
-                cmd += ["--output", str(Path(tmp) / f"out_{p}_{r}"), "--precision", p, "--device", args.device]
+                cmd += [
+                    "--output",
+                    str(Path(tmp) / f"out_{p}_{r}"),
+                    "--precision",
+                    p,
+                    "--device",
+                    args.device,
+                ]
                 cmd += ["--threads", str(args.threads), "--no-progress", "--batch-size", str(args.batch_size)]
                 t = time.perf_counter()
                 proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -164,6 +172,40 @@ def ct_memory(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+_VITB_CHILD = """
+import resource, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+from salt_seg.model import build_model
+from salt_seg.model.precision import autocast
+model = build_model("vit_b", image_size=1024).eval()
+x = torch.randn(1, 3, 1024, 1024)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+with torch.inference_mode(), autocast(sys.argv[1], "cpu"):
+    t = time.perf_counter()
+    model.encode_images(x)
+    seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{base} {peak} {seconds}")
+"""
+
+
+def vitb_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of one ViT-B image-encoder pass at 1024 px (random weights), each precision in its own process:
+    the model's own share of memory, which the CT predict above hides under the volume's arrays."""
+    out: dict[str, Any] = {}
+    for p in precisions("cpu"):
+        cmd = [sys.executable, "-c", _VITB_CHILD, p, str(args.threads)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        base, peak, seconds = (float(v) for v in res.stdout.split()[-3:])
+        out[p] = {
+            "rss_after_build_mib": round(base, 1),
+            "peak_rss_mib": round(peak, 1),
+            "encoder_extra_mib": round(peak - base, 1),
+            "seconds": round(seconds, 2),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="a trained run directory (Dice on its test slices; the CT predict)")
@@ -176,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-dice", action="store_true")
     p.add_argument("--skip-ct", action="store_true")
+    p.add_argument(
+        "--vit-b", action="store_true", help="also the peak memory of one ViT-B 1024 px encoder pass"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -192,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         result["dice"] = dice(args)
     if args.run and not args.skip_ct:
         result["ct_predict"] = ct_memory(args)
+    if args.vit_b:
+        result["vit_b_1024_encoder"] = vitb_memory(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -7,11 +7,12 @@ threshold (:func:`to_float`), so probabilities, stability scores and label maps 
 Where each precision runs:
 
 * **CUDA**: ``bf16`` (cards that support it, Ampere and newer) and ``fp16``.
-* **CPU**: ``bf16`` only. On this project's CPU (AMD EPYC with AVX512-BF16) the tiny and small encoders run
-  1.8-2.3x faster in bf16 than in fp32 (``bench/bench_precision.py``); on a CPU without native bf16 (no
-  AVX512-BF16 or AMX) oneDNN emulates it and it is usually *slower*, so :func:`check_precision` warns.
-  ``fp16`` is refused on the CPU: without AVX512-FP16 it is emulated, 4.3x slower than fp32 on the tiny encoder
-  here, and it saves no memory that bf16 does not.
+* **CPU**: ``bf16`` only. On this project's CPU (AMD EPYC with AVX512-BF16) the tiny and small image encoders
+  run 1.5-1.6x faster in bf16 than in fp32 and ViT-B at 1024 px 1.7x, with half the activation memory
+  (``bench/bench_precision.py``, BENCHMARKS.md); on a CPU without native bf16 (no AVX512-BF16 or AMX) oneDNN
+  emulates it and it is usually *slower*, so :func:`check_precision` warns. ``fp16`` is refused on the CPU:
+  without AVX512-FP16 it is emulated, 4x slower than fp32 on the tiny encoder here, and it saves no memory that
+  bf16 does not.
 """
 
 from __future__ import annotations
