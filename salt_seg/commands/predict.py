@@ -185,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
     attach_prompts(cases, args.prompts)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(args.device, args.threads)
+    # ONNX Runtime runs on the CPU: there --device auto means the CPU
+    device = resolve_device(
+        "cpu" if args.backend == "onnx" and args.device == "auto" else args.device, args.threads
+    )
     if world > 1 and device.type == "cuda" and device.index is None:
         import torch
 
@@ -196,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
         check_precision(args.precision, device)
     if args.backend == "onnx":
         from salt_seg.inference.onnx_model import load_onnx_model
+
+        if device.type != "cpu":
+            raise ValueError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), not {device}")
 
         loaded = load_onnx_model(args.model, threads=args.threads)
     elif args.model is not None:
