@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "train": "salt_seg.commands.train",
     "pretrain": "salt_seg.commands.pretrain",
     "predict": "salt_seg.commands.predict",
+    "export-onnx": "salt_seg.commands.export_onnx",
     "params": "salt_seg.commands.params",
     "app": "salt_seg.commands.app",
 }

@@ -21,7 +21,7 @@ def _shared_flag_table() -> dict[str, set[str]]:
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         flag = cells[0].strip("`").split()[0]
-        out[flag] = set(re.findall(r"`([a-z]+)`", cells[-1]))
+        out[flag] = set(re.findall(r"`([a-z][a-z-]*)`", cells[-1]))
     return out
 
 
@@ -32,7 +32,15 @@ def _options(command: str) -> set[str]:
 
 def test_readme_lists_exactly_the_commands_that_take_each_shared_flag() -> None:
     table = _shared_flag_table()
-    assert set(table) == {"--variant", "--checkpoint", "--model", "--device", "--threads", "--set"}
+    assert set(table) == {
+        "--variant",
+        "--checkpoint",
+        "--model",
+        "--device",
+        "--threads",
+        "--set",
+        "--precision",
+    }
     assert table["--threads"] == {"train", "pretrain", "predict", "evaluate", "app"}
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     for flag, listed in table.items():

@@ -7,6 +7,7 @@
 | ``--model`` | a trained run directory or an adapter ``.safetensors`` file |
 | ``--device`` | ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` |
 | ``--threads`` | CPU threads for torch (default: torch's choice) |
+| ``--precision`` | ``fp32``, ``bf16`` or ``fp16`` inference (autocast; ``salt_seg.model.precision``) |
 | ``--set key=value`` | override an experiment config key (repeatable) |
 """
 
@@ -37,6 +38,16 @@ def add_trained_model_flag(parser: argparse.ArgumentParser) -> None:
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="inference precision (default fp32): bf16/fp16 autocast on CUDA; on a CPU bf16 only (faster where the "
+        "CPU has AVX512-BF16 or AMX, else a warning that it is emulated), fp16 is refused there",
+    )
 
 
 def add_set_flag(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from salt_seg.commands.common import add_runtime_flags
+from salt_seg.commands.common import add_precision_flag, add_runtime_flags
 
 HELP = "score predicted masks against ground truth: Dice, HD95 (mm), NSD per class, per volume and per slice"
 DESCRIPTION = (
@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "left-right mirror image (nnU-Net's default; twice the inference time)",
     )
     add_runtime_flags(parser)  # --device, --threads: used with --model
+    add_precision_flag(parser)  # with --model
     parser.add_argument(
         "--split",
         metavar="FILE",
@@ -150,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             part=args.part,
             inference=InferenceSettings(mirror=True) if args.mirror else None,
+            precision=args.precision,
         )
         out = Path(args.out) if args.out else Path(args.model) / evaluation_folder(result.provenance)
         written = write_results(result, out)
@@ -162,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (args.pred and args.gt):
         raise ValueError("give --pred DIR and --gt DIR (or --model RUN_DIR)")
+    if args.precision != "fp32":
+        raise ValueError("--precision applies to --model (prediction); --pred/--gt only score label maps")
     result = evaluate_folders(
         args.pred,
         args.gt,

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from salt_seg.commands.common import add_base_model_flags, add_runtime_flags, add_trained_model_flag
+from salt_seg.commands.common import (
+    add_base_model_flags,
+    add_precision_flag,
+    add_runtime_flags,
+    add_trained_model_flag,
+)
 
 HELP = "segment volumes (NIfTI, DICOM folder/zip, or a folder of cases) and export NIfTI label maps"
 DESCRIPTION = (
@@ -107,6 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load the adapter even if the base weights differ from the ones it was trained on",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch (default) or onnx: ONNX Runtime on the CPU with the folder `salt-seg export-onnx` wrote "
+        "(--model EXPORT_DIR, or a run directory holding onnx/); fp32 only",
+    )
+    add_precision_flag(parser)
     add_runtime_flags(parser)
 
 
@@ -164,6 +177,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: --output must be a folder")
+    if args.backend == "onnx":
+        if args.model is None:
+            raise ValueError("--backend onnx needs --model: a folder written by `salt-seg export-onnx`")
+        if args.precision != "fp32":
+            raise ValueError(f"--precision {args.precision}: the onnx backend runs fp32; use --backend torch")
+        if args.checkpoint is not None or args.variant is not None:
+            raise ValueError(
+                "--backend onnx: the exported folder holds the merged weights; drop --checkpoint/--variant"
+            )
     options = PredictOptions(
         mode=mode,
         probabilities=args.probabilities,
@@ -172,17 +194,32 @@ def run(args: argparse.Namespace) -> int:
         settings=_settings(args),
         progress=not args.no_progress,
         format=args.format,
+        precision=args.precision,
     )
     cases = find_cases(args.input, exclude=out)
     attach_prompts(cases, args.prompts)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(args.device, args.threads)
+    # ONNX Runtime runs on the CPU: there --device auto means the CPU
+    device = resolve_device(
+        "cpu" if args.backend == "onnx" and args.device == "auto" else args.device, args.threads
+    )
     if world > 1 and device.type == "cuda" and device.index is None:
         import torch
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if args.model is not None:
+    if args.backend == "torch":
+        from salt_seg.model.precision import check_precision
+
+        check_precision(args.precision, device)
+    if args.backend == "onnx":
+        from salt_seg.inference.onnx_model import load_onnx_model
+
+        if device.type != "cpu":
+            raise ValueError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), not {device}")
+
+        loaded = load_onnx_model(args.model, threads=args.threads)
+    elif args.model is not None:
         loaded = load_inference_model(
             args.model, args.variant, args.checkpoint, device, allow_base_mismatch=args.allow_base_mismatch
         )

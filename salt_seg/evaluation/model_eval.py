@@ -63,6 +63,7 @@ def evaluate_run(
     inference: Any = None,
     overlap: str = "label_map",
     part: str = "test",
+    precision: str = "fp32",
 ) -> EvaluationResult:
     """Predict and score the test part of a run's split (or another part: ``train`` measures the fit).
 
@@ -80,6 +81,7 @@ def evaluate_run(
         overlap: ``label_map`` (score the exported multi-class map) or ``independent`` (each class's own mask).
         part: the split part to score: ``test`` (default), ``val`` or ``train`` (how well the model fits the
             slices it was trained on).
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (:mod:`salt_seg.model.precision`).
 
     Raises:
         FileNotFoundError / ValueError: no split, no dataset, or an unknown prompt kind.
@@ -109,6 +111,9 @@ def evaluate_run(
         fmt = "auto"
     if not data_path:
         raise ValueError(f"{run_dir}: the run's config names no dataset (pass --data)")
+    from salt_seg.model.precision import check_precision
+
+    check_precision(precision, device)
     loaded = load_inference_model(model_path, device=device)
     model, record = loaded.model, loaded.record
     prompt_default = "auto" if model.num_classes else "box"
@@ -149,6 +154,7 @@ def evaluate_run(
                     desc=case_id,
                     settings=inference,
                     probabilities=overlap == "independent",
+                    precision=precision,
                 )
             else:
                 prompts = gt_prompts(label, class_ids, slices, prepared.axis, prompt)
@@ -163,6 +169,7 @@ def evaluate_run(
                     desc=case_id,
                     settings=inference,
                     probabilities=overlap == "independent",
+                    precision=precision,
                 )
             spacing = np.linalg.norm(prepared.affine[:3, :3], axis=0).tolist()
             if overlap == "independent":

@@ -22,6 +22,7 @@ import torch
 
 from salt_seg.data.pipeline import PreparedVolume
 from salt_seg.model.hires import ImageFeatures, stack_embeddings
+from salt_seg.model.precision import autocast, check_precision, to_float
 from salt_seg.model.predictor import Predictor, clip_probabilities_to_box
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import SliceTransform, logits_to_original, prepare_slice
@@ -94,6 +95,8 @@ class ModelBackend:
         mirror: test-time augmentation: every slice is also encoded and decoded mirrored left-right (prompts
             mirrored with it), and the two probability maps are averaged (nnU-Net's default mirroring, in-plane
             only). Twice the compute.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast, :mod:`salt_seg.model.precision`); embeddings are
+            cached in what the encoder returns, logits are cast to float32 before the sigmoid.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class ModelBackend:
         cache_slices: int | None = None,
         multimask_output: bool = False,
         mirror: bool = False,
+        precision: str = "fp32",
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,6 +128,7 @@ class ModelBackend:
         self.cache_slices = max(int(cache_slices or 4 * self.batch_size), 8, self.batch_size)
         self.multimask_output = bool(multimask_output)
         self.mirror = bool(mirror)
+        self.precision = check_precision(precision, self.device)
         # keyed by (slice, mirrored)
         self._cache: OrderedDict[tuple[int, bool], torch.Tensor | ImageFeatures] = OrderedDict()
         self._transform: SliceTransform | None = None
@@ -159,7 +164,8 @@ class ModelBackend:
                 x, tf = self._model_input(i, m)
                 self._transform = self._transform or tf
                 images.append(x)
-            emb = self.model.encode_images(torch.stack(images).to(self.device))
+            with autocast(self.precision, self.device):
+                emb = self.model.encode_images(torch.stack(images).to(self.device))
             self.encoded += len(chunk)
             for key, e in zip(chunk, emb, strict=True):
                 self._cache[key] = e
@@ -178,7 +184,11 @@ class ModelBackend:
             InputPrompt.from_prompt(mirror_prompt(p, width) if mirrored else p, tf) for _, p in entries
         ]
         index = [uniq.index(int(i)) for i, _ in entries]
-        logits, iou = self.model.decode_prompts(emb, prompts, index, multimask_output=self.multimask_output)
+        with autocast(self.precision, self.device):
+            logits, iou = self.model.decode_prompts(
+                emb, prompts, index, multimask_output=self.multimask_output
+            )
+        logits, iou = to_float(logits), to_float(iou)
         best = iou.argmax(dim=1)
         rows = torch.arange(len(entries), device=logits.device)
         probs = torch.sigmoid(logits_to_original(logits[rows, best], tf)).float().cpu().numpy()
@@ -261,13 +271,16 @@ def make_backend(
     device: torch.device | str | None = None,
     batch_size: int = 8,
     mirror: bool = False,
+    precision: str = "fp32",
 ) -> Backend:
-    """A backend for a :class:`SamModel`, a :class:`Predictor` or an existing backend (returned as is).
+    """A backend for a :class:`SamModel`, a :class:`Predictor`, a model with its own backends (an object with
+    ``backend_for(prepared, batch_size=...)``, e.g. :class:`salt_seg.inference.onnx_model.OnnxModel`) or an
+    existing backend (returned as is). ``precision`` applies to a :class:`SamModel` (a predictor has its own).
 
-    ``mirror`` (test-time mirroring, :class:`ModelBackend`) needs a model: the interactive predictor does not
-    average views.
+    ``mirror`` (test-time mirroring, :class:`ModelBackend`) needs a model: the interactive predictor and the ONNX
+    backends do not average views.
     """
-    if isinstance(model, ModelBackend | PredictorBackend):
+    if hasattr(model, "prefetch") and hasattr(model, "decode") and hasattr(model, "prepared"):
         if model.prepared is not prepared:
             raise ValueError("the backend was made for another prepared volume")
         if mirror and not getattr(model, "mirror", False):
@@ -279,6 +292,16 @@ def make_backend(
                 "test-time mirroring needs the model (batched backend), not an interactive Predictor"
             )
         return PredictorBackend(model, prepared, batch_size=batch_size)
+    if hasattr(model, "backend_for"):
+        if mirror:
+            raise ValueError("test-time mirroring runs on the PyTorch backend only")
+        if precision != "fp32":
+            raise ValueError(
+                f"--precision {precision} applies to the PyTorch backend only; this model runs fp32"
+            )
+        return model.backend_for(prepared, batch_size=batch_size)
     if isinstance(model, SamModel) or hasattr(model, "decode_prompts"):
-        return ModelBackend(model, prepared, device=device, batch_size=batch_size, mirror=mirror)
+        return ModelBackend(
+            model, prepared, device=device, batch_size=batch_size, mirror=mirror, precision=precision
+        )
     raise TypeError(f"expected a SamModel, a Predictor or a backend, got {type(model).__name__}")

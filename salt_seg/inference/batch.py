@@ -86,6 +86,7 @@ class PredictOptions:
         format: ``nifti`` (default), or also ``<case>.seg.dcm`` (``dicom-seg``, a DICOM Segmentation) or
             ``<case>.rtstruct.dcm`` (``rtstruct``, an RT Structure Set) of the source series (DICOM inputs only).
         progress: tqdm progress bars.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (:mod:`salt_seg.model.precision`).
     """
 
     mode: str = "auto"
@@ -95,6 +96,7 @@ class PredictOptions:
     settings: InferenceSettings = field(default_factory=InferenceSettings)
     format: str = "nifti"
     progress: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -314,6 +316,7 @@ def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: Predic
         class_names=names,
         progress=options.progress,
         desc=case.name,
+        precision=options.precision,
     )
     extra = {
         "case": case.name,

@@ -214,6 +214,7 @@ def segment_volume(
     class_names: dict[int, str] | None = None,
     progress: bool = False,
     desc: str | None = None,
+    precision: str = "fp32",
 ) -> SegmentationResult:
     """Segment every slice of a prepared volume.
 
@@ -234,6 +235,8 @@ def segment_volume(
         class_names: names overriding the record's.
         progress: show a tqdm progress bar over slices.
         desc: the progress bar's label.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast for a :class:`~salt_seg.model.sam.SamModel`
+            (:mod:`salt_seg.model.precision`).
 
     Returns:
         The :class:`SegmentationResult` on the prepared grid.
@@ -256,7 +259,9 @@ def segment_volume(
     bad = [p.class_id for p in prompts if p.class_id not in names]
     if bad:
         raise ValueError(f"prompt class id {bad[0]} is not one of the model's classes {sorted(names)}")
-    backend: Backend = make_backend(model, prepared, device=device, batch_size=batch_size, mirror=s.mirror)
+    backend: Backend = make_backend(
+        model, prepared, device=device, batch_size=batch_size, mirror=s.mirror, precision=precision
+    )
     if mode == "auto":
         net = (
             backend.predictor.model

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from salt_seg.model.hires import ImageFeatures
+from salt_seg.model.precision import autocast, check_precision, to_float
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import Preprocessing, SliceTransform, logits_to_original, prepare_slice
 from salt_seg.prompts import Prompt
@@ -85,6 +87,8 @@ class Predictor:
         device: where to run.
         cache_size: number of slice embeddings kept (LRU).
         threshold: logit threshold for the binary mask (0 = probability 0.5).
+        precision: ``fp32``, ``bf16`` or ``fp16``: autocast of the encoder and the decoder
+            (:mod:`salt_seg.model.precision`; logits are cast back to float32 before the sigmoid).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class Predictor:
         device: torch.device | str = "cpu",
         cache_size: int = 16,
         threshold: float = 0.0,
+        precision: str = "fp32",
     ) -> None:
         if record.image_size != model.image_size:
             raise ValueError(
@@ -104,6 +109,7 @@ class Predictor:
         self.device = torch.device(device)
         self.cache_size = int(cache_size)
         self.threshold = float(threshold)
+        self.precision = check_precision(precision, self.device)
         self._cache: OrderedDict[Hashable, tuple[torch.Tensor | ImageFeatures, SliceTransform]] = (
             OrderedDict()
         )
@@ -140,7 +146,18 @@ class Predictor:
         viewer precomputes nearby slices this way and hands the result to :meth:`add_embedding`).
         """
         image, tf = prepare_slice(slice_2d, self.record, value_range)
-        return self.model.encode_images(image[None].to(self.device)), tf
+        with autocast(self.precision, self.device):
+            return self.model.encode_images(image[None].to(self.device)), tf
+
+    def _decode(
+        self, embedding: Any, prompt: InputPrompt, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``1 x M x h x w`` float32 logits and ``1 x M`` predicted IoU of one prompt on a cached embedding."""
+        with autocast(self.precision, self.device):
+            logits, iou = self.model.decode_prompts(
+                embedding, [prompt], [0], multimask_output=multimask_output
+            )
+        return to_float(logits), to_float(iou)
 
     def add_embedding(
         self, key: Hashable, embedding: torch.Tensor | ImageFeatures, transform: SliceTransform
@@ -182,8 +199,7 @@ class Predictor:
         if self._current is None:
             raise RuntimeError("call set_image() before predict()")
         emb, tf = self._cache[self._current]
-        ip = InputPrompt.from_prompt(prompt, tf)
-        logits, iou = self.model.decode_prompts(emb, [ip], [0], multimask_output=multimask_output)
+        logits, iou = self._decode(emb, InputPrompt.from_prompt(prompt, tf), multimask_output)
         best = int(iou[0].argmax())
         low = logits[0, best : best + 1]
         full = logits_to_original(low, tf)[0]
