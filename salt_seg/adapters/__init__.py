@@ -38,7 +38,7 @@ from salt_seg.adapters.io import (
     save_adapter,
 )
 from salt_seg.adapters.lora import LoraLayer
-from salt_seg.adapters.params import ParameterReport, count_parameters, format_report
+from salt_seg.adapters.params import ParameterReport, count_parameters, format_parameter_report
 from salt_seg.adapters.registry import ADAPTERS, AdapterSpec, get_adapter_spec
 from salt_seg.adapters.salt import SaltLayer
 from salt_seg.adapters.ssam import SSamLayer
@@ -72,7 +72,7 @@ __all__ = [
     "decompose_layers",
     "default_cache_dir",
     "encode_adapter",
-    "format_report",
+    "format_parameter_report",
     "get_adapter_spec",
     "get_record",
     "inject_adapters",

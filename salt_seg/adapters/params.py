@@ -128,7 +128,7 @@ def count_parameters(
     return report
 
 
-def format_report(report: ParameterReport, title: str = "") -> str:
+def format_parameter_report(report: ParameterReport, title: str = "") -> str:
     """A plain-text table of the report (what ``salt-seg params`` prints)."""
     lines = [title] if title else []
     width = max([len(r.group) for r in report.rows] + [len("total")])

@@ -126,13 +126,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from salt_seg.data.check import check_dataset, format_report
+    from salt_seg.data.check import check_dataset, format_check_report
     from salt_seg.data.formats import load_dataset
     from salt_seg.data.readers import DEFAULT_MAX_VOXELS
 
     dataset = load_dataset(args.dir, args.format, strict=False)
     report = check_dataset(dataset, max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS)
-    print(format_report(report))
+    print(format_check_report(report))
     return 0 if report.ok else 1
 
 

@@ -23,7 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="RUN", help="a trained run directory or adapter .safetensors file")
     parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RUN/onnx)")
     add_base_model_flags(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    parser.add_argument(
+        "--force",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help="replace an existing export in --out (--overwrite is the old name, kept for one release)",
+    )
     parser.add_argument(
         "--allow-base-mismatch",
         action="store_true",

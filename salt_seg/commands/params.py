@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from salt_seg.adapters.params import count_parameters, format_report
+    from salt_seg.adapters.params import count_parameters, format_parameter_report
     from salt_seg.model.variants import build_model
 
     if args.num_classes is not None and args.num_classes < 0:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     title = f"{args.variant} at {size}x{size}, adapter {config.name} (trainable parameters)"
-    print(format_report(report, title))
+    print(format_parameter_report(report, title))
     return 0
 
 
@@ -165,7 +165,7 @@ def _run_config(args: argparse.Namespace) -> int:
     """``params --config``: build the model as ``train`` does and count what its adapter config trains."""
     import json
 
-    from salt_seg.adapters.params import count_parameters, format_report
+    from salt_seg.adapters.params import count_parameters, format_parameter_report
     from salt_seg.training.config import load_config
     from salt_seg.training.model import build_training_model, config_class_ids, needs_class_tokens
 
@@ -208,5 +208,5 @@ def _run_config(args: argparse.Namespace) -> int:
         f"{built.model.variant} at {size}x{size}, adapter {adapter.name}{tokens}: what 'salt-seg train --config "
         f"{args.config}' trains (trainable parameters)"
     )
-    print(format_report(report, title))
+    print(format_parameter_report(report, title))
     return 0

@@ -37,7 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="a NIfTI/NRRD/MHA file, a DICOM series folder or zip, or a folder of such cases",
     )
-    parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument(
+        "--out",
+        "--output",
+        dest="output",
+        required=True,
+        metavar="DIR",
+        help="output folder (created); --output is the old name, kept for one release",
+    )
     parser.add_argument(
         "--prompts",
         metavar="FILE|DIR",
@@ -54,7 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write <case>_probabilities.nii.gz (x, y, z, class; uint8 scaled by 1/255)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--force",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help="replace existing outputs (--overwrite is the old name, kept for one release)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="slices per encoder batch (8)")
     parser.add_argument(
         "--score-threshold",
@@ -176,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--mode {mode} needs --prompts FILE|DIR")
     out = Path(args.output)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: --output must be a folder")
+        raise ValueError(f"{out}: --out must be a folder")
     if args.backend == "onnx":
         if args.model is None:
             raise ValueError("--backend onnx needs --model: a folder written by `salt-seg export-onnx`")

@@ -50,7 +50,7 @@ _EXPORTS: dict[str, str] = {
     "detect_format": "salt_seg.data.formats",
     "load_dataset": "salt_seg.data.formats",
     "check_dataset": "salt_seg.data.check",
-    "format_report": "salt_seg.data.check",
+    "format_check_report": "salt_seg.data.check",
     "write_nnunet_dataset": "salt_seg.data.writers",
     "RECIPES": "salt_seg.data.recipes",
     "prepare_dataset": "salt_seg.data.recipes",

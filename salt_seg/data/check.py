@@ -115,7 +115,7 @@ def check_dataset(dataset: Dataset, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> 
     return CheckReport(dataset, cases, problems, warnings)
 
 
-def format_report(report: CheckReport) -> str:
+def format_check_report(report: CheckReport) -> str:
     """A plain-text summary: dataset line, one line per case, then problems and warnings."""
     ds = report.dataset
     classes = ", ".join(f"{k}={v}" for k, v in ds.classes.items())

@@ -122,7 +122,7 @@ def find_dataset_json(gt_dir: str | Path) -> Path | None:
     return None
 
 
-def parse_classes(spec: str, label_names: Mapping[int, str] | None = None) -> list[int]:
+def parse_class_spec(spec: str, label_names: Mapping[int, str] | None = None) -> list[int]:
     """Class ids from ``"1,2"``, ``"liver,spleen"`` (names from a dataset.json, case-insensitive) or a mix.
 
     Raises:

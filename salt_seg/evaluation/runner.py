@@ -256,7 +256,7 @@ def evaluate_folders(
         logger.warning("%d prediction(s) without ground truth ignored: %s", len(extra), ", ".join(extra[:5]))
     json_path = Path(dataset_json) if dataset_json is not None else files.find_dataset_json(gt_dir)
     names = files.read_label_names(json_path) if json_path is not None else {}
-    class_ids = files.parse_classes(classes, names) if isinstance(classes, str) else classes
+    class_ids = files.parse_class_spec(classes, names) if isinstance(classes, str) else classes
     gt_labels: set[int] = set(names) - {0}
     pred_labels: dict[str, set[int]] = {}
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from salt_seg.inference.backend import ModelBackend, PredictorBackend, SliceOutput, make_backend
 from salt_seg.inference.batch import (
     BatchReport,
-    Case,
+    InputCase,
     PredictOptions,
     find_cases,
     predict_case,
@@ -78,7 +78,7 @@ from salt_seg.inference.summary import case_summary, structure_stats
 __all__ = [
     "MODES",
     "BatchReport",
-    "Case",
+    "InputCase",
     "InferenceSettings",
     "LabelAccumulator",
     "LoadedModel",

@@ -44,7 +44,7 @@ CASE_KINDS = ("nifti", "itk", "picture", "dicom", "zip")
 
 
 @dataclass
-class Case:
+class InputCase:
     """One input case.
 
     Attributes:
@@ -120,7 +120,7 @@ def _has_dicom(folder: Path) -> bool:
     return False
 
 
-def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[Case]:
+def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[InputCase]:
     """The cases under ``input_path``: a single image file / DICOM folder / zip, or a folder of them.
 
     A folder holding DICOM files directly is one series; otherwise each supported image file and each non-empty
@@ -141,9 +141,9 @@ def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[C
         raise FileNotFoundError(f"{p}: no such input file or folder")
     if p.is_file():
         base, num = _channel_of(strip_suffix(p.name))
-        return [Case(base if num == 0 else strip_suffix(p.name), p)]
+        return [InputCase(base if num == 0 else strip_suffix(p.name), p)]
     if _has_dicom(p):
-        return [Case(p.name, p)]
+        return [InputCase(p.name, p)]
     cases = []
     skip = exclude.resolve() if exclude is not None else None
     for child in sorted(p.iterdir()):
@@ -151,7 +151,7 @@ def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[C
             continue
         if child.is_dir():
             if any(f.is_file() and not f.name.startswith(".") for f in child.rglob("*")):
-                cases.append(Case(child.name, child))
+                cases.append(InputCase(child.name, child))
             continue
         try:
             kind = file_kind(child)
@@ -159,7 +159,7 @@ def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[C
             log.info("skipping %s (not an image)", child)
             continue
         if kind in CASE_KINDS:
-            cases.append(Case(strip_suffix(child.name), child))
+            cases.append(InputCase(strip_suffix(child.name), child))
     if not cases:
         raise ValueError(f"{p}: no images found (NIfTI, DICOM folders, zips, NRRD/MHA)")
     cases = _group_channels(cases, _declared_channels(p))
@@ -195,7 +195,7 @@ def _declared_channels(folder: Path) -> int | None:
     return None
 
 
-def _group_channels(cases: list[Case], declared: int | None) -> list[Case]:
+def _group_channels(cases: list[InputCase], declared: int | None) -> list[InputCase]:
     """Follow nnU-Net's naming: ``case_0000`` (and ``case_0001``, ...) are one case named ``case``.
 
     Files are grouped only when every image file of the folder carries a channel number and each case holds the
@@ -219,11 +219,12 @@ def _group_channels(cases: list[Case], declared: int | None) -> list[Case]:
             log.warning("channel-numbered files whose grouping is unclear; each file is a case of its own")
         return cases
     return [
-        Case(base, ch[0], channels=[ch[i] for i in range(n)] if n > 1 else []) for base, ch in by_base.items()
+        InputCase(base, ch[0], channels=[ch[i] for i in range(n)] if n > 1 else [])
+        for base, ch in by_base.items()
     ]
 
 
-def attach_prompts(cases: list[Case], prompts: str | Path | None) -> None:
+def attach_prompts(cases: list[InputCase], prompts: str | Path | None) -> None:
     """Give each case its prompt file: one file for a single case, or ``<case>.json`` in a folder.
 
     Raises:
@@ -247,7 +248,7 @@ def attach_prompts(cases: list[Case], prompts: str | Path | None) -> None:
         c.prompts = f if f.is_file() else None
 
 
-def check_outputs(cases: list[Case], out_dir: Path, options: PredictOptions) -> None:
+def check_outputs(cases: list[InputCase], out_dir: Path, options: PredictOptions) -> None:
     """Refuse before any work if an output exists and ``overwrite`` is off.
 
     Raises:
@@ -260,7 +261,7 @@ def check_outputs(cases: list[Case], out_dir: Path, options: PredictOptions) -> 
         files += list(c.outputs(out_dir, options.probabilities, options.format).values())
     for f in files:
         if f.exists():
-            raise FileExistsError(f"{f}: exists; pass --overwrite to replace outputs in {out_dir}")
+            raise FileExistsError(f"{f}: exists; pass --force to replace outputs in {out_dir}")
 
 
 def _geometry_summary(prepared: Any) -> dict[str, Any]:
@@ -275,7 +276,9 @@ def _geometry_summary(prepared: Any) -> dict[str, Any]:
     }
 
 
-def predict_case(loaded: LoadedModel, case: Case, out_dir: Path, options: PredictOptions) -> dict[str, Any]:
+def predict_case(
+    loaded: LoadedModel, case: InputCase, out_dir: Path, options: PredictOptions
+) -> dict[str, Any]:
     """Segment one case and write its outputs; returns its summary (``status: ok``).
 
     Raises:
@@ -369,7 +372,7 @@ class BatchReport:
 
 def predict_cases(
     loaded: LoadedModel,
-    cases: list[Case],
+    cases: list[InputCase],
     out_dir: str | Path,
     options: PredictOptions,
     *,

@@ -35,7 +35,7 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+        raise FileExistsError(f"{path}: exists; pass --force (overwrite=True) to replace it")
     return path
 
 

@@ -205,7 +205,7 @@ def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, overwrite: bool = F
     if not overwrite:
         for name in (ENCODER_FILE, DECODER_FILE, META_FILE):
             if (out / name).exists():
-                raise FileExistsError(f"{out / name}: exists; pass --overwrite to replace it")
+                raise FileExistsError(f"{out / name}: exists; pass --force to replace it")
     model = model.cpu().eval()
     hires = model.hires is not None
     enc_outputs = ["image_embeddings", *(HIRES_OUTPUTS if hires else ())]

@@ -54,14 +54,14 @@ def test_label_names_both_formats_and_class_parsing(tmp_path: Path) -> None:
     names = {0: "background", 1: "Liver", 2: "spleen"}
     assert files.read_label_names(v2) == names
     assert files.read_label_names(msd) == names
-    assert files.parse_classes("spleen, liver,2", names) == [2, 1]
-    assert files.parse_classes("3,1") == [3, 1]
+    assert files.parse_class_spec("spleen, liver,2", names) == [2, 1]
+    assert files.parse_class_spec("3,1") == [3, 1]
     with pytest.raises(
         ValueError, match="unknown class 'kidney'; dataset.json has background, liver, spleen"
     ):
-        files.parse_classes("kidney", names)
+        files.parse_class_spec("kidney", names)
     with pytest.raises(ValueError, match="no dataset.json was found"):
-        files.parse_classes("liver")
+        files.parse_class_spec("liver")
     (tmp_path / "labelsTr").mkdir()
     (tmp_path / "dataset.json").write_text("{}")
     assert files.find_dataset_json(tmp_path / "labelsTr") == tmp_path / "dataset.json"

@@ -184,7 +184,7 @@ def test_existing_output_is_not_overwritten(tmp_path: Path) -> None:
     g = Geometry(np.eye(4), (3, 3, 3))
     path = write_label_map(tmp_path / "m.nii.gz", np.ones((3, 3, 3), np.uint8), g)
     before = path.read_bytes()
-    with pytest.raises(FileExistsError, match=r"m.nii.gz: exists; pass --overwrite"):
+    with pytest.raises(FileExistsError, match=r"m.nii.gz: exists; pass --force"):
         write_label_map(path, np.zeros((3, 3, 3), np.uint8), g)
     assert path.read_bytes() == before
     write_label_map(path, np.zeros((3, 3, 3), np.uint8), g, overwrite=True)

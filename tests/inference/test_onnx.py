@@ -143,7 +143,7 @@ def test_export_and_predict_through_the_cli(tmp_path: Path, tiny_run: Path, caps
     assert (run / "onnx" / META_FILE).is_file()
     assert main(["export-onnx", str(run)]) == 2  # refuses to replace an export
     err = capsys.readouterr().err
-    assert "exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert "exists; pass --force" in err and len(err.strip().splitlines()) == 1
     src = write_nifti(tmp_path / "in" / "c.nii.gz", _image(), AFFINES["las"])
     maps = {}
     for backend, model in (("torch", run), ("onnx", run), ("onnx-dir", run / "onnx")):

@@ -228,7 +228,7 @@ def test_existing_outputs_are_not_overwritten(tmp_path: Path, tiny_run: Path, ca
     assert main(args) == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(args) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert "exists; pass --force" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert main([*args, "--overwrite"]) == 0
 
@@ -560,3 +560,32 @@ def test_rtstruct_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli) 
     back, names = read_rtstruct(out / "series.rtstruct.dcm", load_volume(path))
     np.testing.assert_array_equal(back, nifti)  # axis-aligned boxes: the contours are exact
     assert names == {1: "organ"}
+
+
+def test_predict_says_out_and_force_like_the_other_commands(tmp_path: Path, tiny_run: Path, capsys) -> None:
+    """``--out``/``--force`` as in ``data prepare`` and ``export-onnx``; the old ``--output``/``--overwrite``
+    still work for one release."""
+    src = write_nifti(
+        tmp_path / "in" / "c.nii.gz", np.random.default_rng(0).normal(size=(24, 20, 3)), AFFINES["ras"]
+    )
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_run), "--input", str(src), "--out", str(out), *QUIET]) == 0
+    assert main(["predict", "--model", str(tiny_run), "--input", str(src), "--out", str(out), *QUIET]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert (
+        main(["predict", "--model", str(tiny_run), "--input", str(src), "--out", str(out), "--force", *QUIET])
+        == 0
+    )
+    old = [
+        "predict",
+        "--model",
+        str(tiny_run),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--overwrite",
+        *QUIET,
+    ]
+    assert main(old) == 0
+    assert (out / "c.nii.gz").is_file()
