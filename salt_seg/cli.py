@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    from salt_seg.training.rundir import RunDirWriteError  # light: a full disk or read-only run directory
+    from salt_seg.runs import RunDirWriteError  # light: a full disk or read-only run directory
 
     try:
         return int(args._run(args) or 0)

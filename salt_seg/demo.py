@@ -37,8 +37,8 @@ def _finished_with(run_dir: Path, cfg) -> bool:  # noqa: ANN001 - ExperimentConf
     """A finished training run made with exactly this config."""
     import yaml
 
+    from salt_seg.runs import RUN_MARKER
     from salt_seg.training.config import load_config
-    from salt_seg.training.rundir import RUN_MARKER
 
     try:
         if not (run_dir / "summary.json").is_file():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from salt_seg import runs
 from salt_seg.demo import _finished_with
 from salt_seg.training import rundir as rd
 from salt_seg.training.config import load_config
@@ -23,7 +24,7 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path: Path) -> N
     assert _finished_with(run, cfg)
     assert not _finished_with(run, load_config(CONFIG, ["train.steps=8"]))  # other settings
     assert not _finished_with(run, load_config(CONFIG, ["train.steps=7", "train.lr=0.5"]))
-    (run / rd.RUN_MARKER).write_text("{unreadable: [")
+    (run / runs.RUN_MARKER).write_text("{unreadable: [")
     assert not _finished_with(run, cfg)
     assert not _finished_with(tmp_path / "missing", cfg)
 

@@ -56,7 +56,7 @@ def guess_modality(volume: Volume) -> str:
 def base_record(modality: str, image_size: int) -> Preprocessing:
     """The record used with a base model: the one it was pretrained with, but with intensities of this volume
     mapped to ``[0, 1]`` by modality (CT soft-tissue window, MR percentiles, else min-max)."""
-    from salt_seg.training.pretrain import pretrain_record
+    from salt_seg.model.builtin import pretrain_record
 
     intensity = {"CT": "ct", "MR": "mr"}.get(modality, "minmax")
     return replace(pretrain_record(int(image_size)), intensity=intensity, classes={1: "object"})

@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     from salt_seg.commands.common import resolve_device
     from salt_seg.io import atomic_write_json
+    from salt_seg.runs import RUN_MARKER
     from salt_seg.training.config import load_config
     from salt_seg.training.loop import train
-    from salt_seg.training.rundir import RUN_MARKER
 
     device = resolve_device(args.device, args.threads)
     if args.resume:

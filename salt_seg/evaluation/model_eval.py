@@ -93,7 +93,7 @@ def evaluate_run(
     from salt_seg.data import load_dataset, load_split
     from salt_seg.data.pipeline import case_item, loading_transforms, prepared_from_item
     from salt_seg.inference import load_inference_model, segment_volume
-    from salt_seg.training.rundir import find_adapter
+    from salt_seg.runs import find_adapter
 
     adapter = find_adapter(model_path)
     run_dir = Path(model_path) if Path(model_path).is_dir() else adapter.parent

@@ -203,7 +203,7 @@ def trace_volume(
     from salt_seg.data import Volume, extract_slice, prepare_volume
     from salt_seg.inference.coords import prompt_to_prepared
     from salt_seg.inference.propagation import propagate
-    from salt_seg.training.pretrain import pretrain_record
+    from salt_seg.model.builtin import pretrain_record
 
     image, obj = validation_volume(seed)
     record = record or pretrain_record(model.image_size)

@@ -47,7 +47,7 @@ class LoadedModel(NamedTuple):
 
 def run_dir_of(adapter: Path) -> Path | None:
     """The run directory an adapter file lives in (its folder or an ancestor holding ``config.yaml``)."""
-    from salt_seg.training.rundir import is_run_dir
+    from salt_seg.runs import is_run_dir
 
     for folder in [adapter.parent, *adapter.parent.parents][:4]:
         if is_run_dir(folder):
@@ -114,9 +114,8 @@ def load_base_for_prompts(
     """
     from dataclasses import replace
 
-    from salt_seg.model.builtin import resolve_checkpoint
+    from salt_seg.model.builtin import pretrain_record, resolve_checkpoint
     from salt_seg.model.checkpoint import load_base_model, read_checkpoint
-    from salt_seg.training.pretrain import pretrain_record
 
     path = str(resolve_checkpoint(str(checkpoint)))
     _, info = read_checkpoint(path, compute_hash=False)
@@ -165,7 +164,7 @@ def load_inference_model(
     from salt_seg.adapters import load_adapter, merge_adapters, read_adapter_metadata
     from salt_seg.model.checkpoint import load_base_model
     from salt_seg.model.hires import HIRES_PREFIX
-    from salt_seg.training.rundir import find_adapter
+    from salt_seg.runs import find_adapter
 
     adapter = find_adapter(model_path)
     meta = read_adapter_metadata(adapter)

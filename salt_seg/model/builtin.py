@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from salt_seg.preprocessing import Preprocessing
+
 
 @dataclass(frozen=True)
 class BuiltinBase:
@@ -86,3 +88,9 @@ def builtin_with_hash(content_hash: str, first: str | None = None) -> str | None
         except FileNotFoundError:
             continue
     return None
+
+
+def pretrain_record(image_size: int = 256) -> Preprocessing:
+    """The preprocessing record the built-in bases were pretrained with (intensities already in [0, 1], one
+    ``object`` class, box and point prompts): what a base used for prompts alone runs with."""
+    return Preprocessing(intensity="none", image_size=image_size, classes={1: "object"}, prompt_mode="mixed")

@@ -30,7 +30,6 @@ import errno
 import io
 import logging
 import os
-import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -39,14 +38,15 @@ from typing import Any
 
 import torch
 
+from salt_seg import runs
 from salt_seg.io import fsync_dir, write_durable
+from salt_seg.runs import checkpoints_folder, published_steps, unit_path
 from salt_seg.training import rundir as rd
 
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "SALT_SEG_FAULT"
 STATE_FORMAT = 2  # 1: the checkpoints/{best,last}/ folders of salt_seg before units
-_UNIT = re.compile(r"^step-(\d{6,})$")
 _arrivals: dict[str, int] = {}
 
 
@@ -88,40 +88,6 @@ class Unit:
         return self.path / "adapter.safetensors"
 
 
-def folder(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def unit_path(run_dir: Path, step: int) -> Path:
-    return folder(run_dir) / f"step-{step:06d}"
-
-
-def published_steps(run_dir: Path) -> list[int]:
-    """Steps of the published units, ascending."""
-    d = folder(run_dir)
-    if not d.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _UNIT.match(p.name)) and p.is_dir())
-
-
-def best_adapter(run_dir: Path) -> Path | None:
-    """The best checkpoint's adapter file of an unfinished run (``None`` when it has no unit)."""
-    from salt_seg.adapters import read_adapter_metadata
-
-    steps = published_steps(run_dir)
-    if not steps:
-        legacy = [folder(run_dir) / k / "adapter.safetensors" for k in ("best", "last")]
-        return next((p for p in legacy if p.is_file()), None)
-    last = unit_path(run_dir, steps[-1]) / "adapter.safetensors"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        best = (
-            unit_path(run_dir, int(read_adapter_metadata(last)["extra"]["best_step"])) / "adapter.safetensors"
-        )
-        if best.is_file():
-            return best
-    return last if last.is_file() else None
-
-
 def write_unit(run_dir: Path, step: int, adapter_bytes: bytes, state: dict[str, Any]) -> Path:
     """Write and publish the unit of ``step``, then delete the units it supersedes.
 
@@ -132,7 +98,7 @@ def write_unit(run_dir: Path, step: int, adapter_bytes: bytes, state: dict[str, 
         OSError: writing failed (the unit is not published; the temporary folder is removed when possible).
     """
     assert state["step"] == step and "best_step" in state and "metrics_bytes" in state
-    ck = folder(run_dir)
+    ck = checkpoints_folder(run_dir)
     ck.mkdir(parents=True, exist_ok=True)
     rd.sync_metrics(run_dir)  # the offset the unit records must be on the disk before the unit is
     tmp = ck / f".tmp-step-{step:06d}"
@@ -167,7 +133,7 @@ def write_unit(run_dir: Path, step: int, adapter_bytes: bytes, state: dict[str, 
 
 def prune(run_dir: Path, keep: set[int]) -> None:
     """Delete the units not in ``keep`` and the leftovers of interrupted writes (renamed away before deletion)."""
-    ck = folder(run_dir)
+    ck = checkpoints_folder(run_dir)
     for s in published_steps(run_dir):
         if s not in keep:
             p = unit_path(run_dir, s)
@@ -213,9 +179,9 @@ def load_last(run_dir: Path) -> Unit | None:
     """
     steps = published_steps(run_dir)
     if not steps:
-        if (folder(run_dir) / "last").is_dir():
+        if (checkpoints_folder(run_dir) / "last").is_dir():
             raise ValueError(
-                f"{folder(run_dir) / 'last'}: a checkpoint of an older salt_seg (before checkpoint units); "
+                f"{checkpoints_folder(run_dir) / 'last'}: a checkpoint of an older salt_seg (before checkpoint units); "
                 "resume it with that version"
             )
         return None
@@ -226,7 +192,7 @@ def load_last(run_dir: Path) -> Unit | None:
             raise _damaged(unit.path, f"its best checkpoint step-{best_step:06d} is missing")
         _read_unit(run_dir, best_step)
     offset = int(unit.state["metrics_bytes"])
-    metrics = Path(run_dir) / rd.METRICS
+    metrics = Path(run_dir) / runs.METRICS
     have = rd.metrics_size(run_dir)
     if have < offset:
         raise _damaged(unit.path, f"{metrics} has {have} bytes, the checkpoint was taken at {offset}")

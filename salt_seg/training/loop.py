@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salt_seg import runs
 from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
@@ -229,7 +230,7 @@ def train(
         with rd.writing(run_dir):
             return _train(cfg, run_dir, resume, device, dist, data, progress, stop_after, t_start)
     except (ValueError, TypeError, LookupError, FileNotFoundError):  # the user's config or data
-        if unused and dist.is_main and run_dir.is_dir() and not ck.published_steps(run_dir):
+        if unused and dist.is_main and run_dir.is_dir() and not runs.published_steps(run_dir):
             # refused before its first checkpoint: leave --out as it was, so that the corrected command can use it
             # again (nothing was trained)
             import shutil
@@ -273,7 +274,7 @@ def _train(
     barrier(dist)
     if resume:
         # compared through the typed config, so a key added since the run started takes its default
-        if load_config(run_dir / rd.RUN_MARKER) != cfg:
+        if load_config(run_dir / runs.RUN_MARKER) != cfg:
             raise ValueError(
                 f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
             )
@@ -427,7 +428,7 @@ def _train(
         plot_best(examples)
         offset = rd.append_metrics(run_dir, {"step": 0, "val_dice": init_dice}) if dist.is_main else 0
         save_checkpoint(0, offset)
-    history = rd.read_metrics(run_dir) if dist.is_main else []
+    history = runs.read_metrics(run_dir) if dist.is_main else []
     n_train = len(data.train)
     bar = tqdm(
         total=tc.steps,
@@ -522,7 +523,7 @@ def _train(
     finished = step >= tc.steps or stopped_early
     seconds = elapsed()
     if dist.is_main and finished:
-        best_unit = ck.unit_path(run_dir, best_step) / "adapter.safetensors"
+        best_unit = runs.unit_path(run_dir, best_step) / "adapter.safetensors"
         atomic_write_bytes(run_dir / "adapter.safetensors", best_unit.read_bytes())
         ck.fault("exported")
         from salt_seg.training.plots import plot_curves

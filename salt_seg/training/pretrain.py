@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from salt_seg.model.builtin import pretrain_record
 from salt_seg.preprocessing import Preprocessing, prepare_slice
 
 HELDOUT_SEED = 20260
@@ -106,10 +107,6 @@ class SyntheticObjects(torch.utils.data.Dataset):
         if tf.resized_size != tuple(inst.shape):
             raise ValueError("pretraining images must already have the model's input size")
         return {"image": x, "label": torch.from_numpy(inst), "case_id": f"synthetic{i}", "slice_index": i}
-
-
-def pretrain_record(image_size: int = 256) -> Preprocessing:
-    return Preprocessing(intensity="none", image_size=image_size, classes={1: "object"}, prompt_mode="mixed")
 
 
 @dataclass

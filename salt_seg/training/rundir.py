@@ -1,30 +1,5 @@
-"""The run directory: everything one training run leaves behind, written atomically by rank 0.
-
-```
-RUN_DIR/
-  config.yaml            resolved experiment config (every default filled in); written first, it marks a run
-  split.json             copy of the few-shot split (train / val / test)
-  provenance.json        package versions, git commit, dataset content hash, seed, device, command line
-  metrics.jsonl          one JSON object per logged step / validation
-  adapter.safetensors    final adapter = best validation checkpoint (what predict / evaluate / the app load)
-  base.safetensors       base weights, only when the base was randomly initialised (no checkpoint file)
-  checkpoints/
-    step-000040/         one checkpoint unit per kept step: the newest is `last`, its state names `best`
-      adapter.safetensors   the adapter at that step (metadata extra: step, best_step)
-      state.pt              optimizer, scheduler, scaler, RNG, step, best step/Dice, metrics.jsonl byte offset
-    step-000050/
-  plots/
-    curves.png           training loss and validation Dice
-    val_overlays.png     image | ground truth | prediction for a few validation slices
-  summary.json           final metrics (validation best, test when evaluated), trainable parameters, time
-```
-
-A checkpoint is one unit (see :mod:`salt_seg.training.checkpoints`): written into ``checkpoints/.tmp-step-N``,
-then published by one rename. Step 0 (the untrained adapter) is the first unit and the first candidate for best,
-so every run that got past its initial validation has a unit; one killed before resumes from step 0. Every file
-outside ``checkpoints/`` is replaced atomically (temporary file + rename), except ``metrics.jsonl``, which is
-appended to and cut back to the offset of the unit a run resumes from.
-"""
+"""Writing the run directory (rank 0): preparing it, provenance, the config, metrics, leftovers of interrupted
+writes. The format itself, and everything that reads it, is :mod:`salt_seg.runs`."""
 
 from __future__ import annotations
 
@@ -42,9 +17,8 @@ from typing import Any
 import yaml
 
 from salt_seg.io import atomic_write_text
+from salt_seg.runs import METRICS, RUN_MARKER, RunDirWriteError, is_run_dir
 
-RUN_MARKER = "config.yaml"
-METRICS = "metrics.jsonl"
 #: errors that mean "the run directory cannot take more data" rather than a bug
 WRITE_ERRNOS = frozenset(
     e
@@ -52,24 +26,6 @@ WRITE_ERRNOS = frozenset(
     + (getattr(errno, "EDQUOT", None),)  # not on every platform
     if e
 )
-
-
-class RunDirWriteError(OSError):
-    """Writing into the run directory failed (disk full, read-only, quota): the run stays resumable.
-
-    ``str()`` is one line naming the path and the cause, what the CLI prints.
-    """
-
-    def __init__(self, errno_: int | None, strerror: str, filename: str, run_dir: str | Path | None) -> None:
-        super().__init__(errno_, strerror, filename)
-        self.run_dir = run_dir
-
-    def __str__(self) -> str:
-        if self.run_dir is not None and is_run_dir(self.run_dir):
-            hint = f"; fix that, then continue with --resume {self.run_dir}"
-        else:
-            hint = ""
-        return f"{self.filename}: cannot write ({self.strerror}){hint}"
 
 
 @contextlib.contextmanager
@@ -108,33 +64,6 @@ def remove_leftovers(folder: Path) -> None:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
-
-
-def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / RUN_MARKER).is_file()
-
-
-def find_adapter(path: str | Path) -> Path:
-    """The adapter file a run directory (or an adapter path) stands for.
-
-    A finished run has ``adapter.safetensors``; an unfinished one stands for its best checkpoint so far.
-
-    Raises:
-        FileNotFoundError: neither an adapter file nor a run directory holding one.
-    """
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        if (p / "adapter.safetensors").is_file():
-            return p / "adapter.safetensors"
-        from salt_seg.training.checkpoints import best_adapter
-
-        found = best_adapter(p)
-        if found is not None:
-            return found
-        raise FileNotFoundError(f"{p}: run directory holds no adapter.safetensors (did training finish?)")
-    raise FileNotFoundError(f"{p}: no such run directory or adapter file")
 
 
 def prepare_run_dir(path: Path, *, resume: bool, config: dict[str, Any] | None = None) -> None:
@@ -222,13 +151,6 @@ def append_metrics(path: Path, row: dict[str, Any]) -> int:
         if exc.filename is None:
             exc.filename = str(target)
         raise
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    f = path / METRICS
-    if not f.exists():
-        return []
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
 
 
 def metrics_size(path: Path) -> int:

@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 
 from salt_seg.configio import from_dict
+from salt_seg.model.builtin import pretrain_record
 from salt_seg.training.config import ExperimentConfig
-from salt_seg.training.pretrain import GeneratorParams, SyntheticObjects, pretrain_record
+from salt_seg.training.pretrain import GeneratorParams, SyntheticObjects
 from salt_seg.training.types import TrainData
 
 SIZE = 128  # tiny at half its native size: 4x cheaper, same code path (position tables interpolated)

@@ -23,6 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from salt_seg import runs
 from salt_seg.adapters import read_adapter_metadata
 from salt_seg.cli import main
 from salt_seg.training import checkpoints as ck
@@ -102,7 +103,9 @@ def start(run_config: Path, run: Path, fault: str | None = None) -> subprocess.P
     env.pop(ck.FAULT_ENV, None)
     if fault:
         env[ck.FAULT_ENV] = fault
-    where = ["--resume", str(run)] if rd.is_run_dir(run) else ["--config", str(run_config), "--out", str(run)]
+    where = (
+        ["--resume", str(run)] if runs.is_run_dir(run) else ["--config", str(run_config), "--out", str(run)]
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -139,8 +142,8 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert summary == ref_summary
     best = ref_summary["best_step"]
     assert meta_a["extra"]["step"] == best  # the final adapter is the best checkpoint
-    assert ck.published_steps(run) == ck.published_steps(reference) == sorted({best, STEPS})
-    best_a = load_file(ck.unit_path(run, best) / "adapter.safetensors")
+    assert runs.published_steps(run) == runs.published_steps(reference) == sorted({best, STEPS})
+    best_a = load_file(runs.unit_path(run, best) / "adapter.safetensors")
     assert all(torch.equal(best_a[k], b[k]) for k in b)
     assert (run / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
     assert (run / "plots" / "val_overlays.png").is_file() and (run / "plots" / "curves.png").is_file()
@@ -151,8 +154,8 @@ def assert_same_run(run: Path, reference: Path) -> None:
 def test_reference_run_keeps_the_best_and_the_last_unit(reference) -> None:
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["best_step"] == 6 and summary["steps"] == STEPS  # so that best and last are distinct units
-    assert ck.published_steps(reference) == [6, STEPS]
-    rows = rd.read_metrics(reference)
+    assert runs.published_steps(reference) == [6, STEPS]
+    rows = runs.read_metrics(reference)
     assert [r["step"] for r in rows] == list(range(STEPS + 1))
     assert [r["step"] for r in rows if "val_dice" in r] == [0, 3, 6, 9, 12]
     unit = ck.load_last(reference)
@@ -165,13 +168,13 @@ def test_sigkill_between_publishing_and_pruning_resumes_exactly(run_config, refe
     run = tmp_path / "run"
     rc, err = finish(start(run_config, run, "unit-published:2"))
     assert rc == -signal.SIGKILL, err[-2000:]
-    assert ck.published_steps(run) == [0, 3]  # both visible, each whole
+    assert runs.published_steps(run) == [0, 3]  # both visible, each whole
     assert not (run / "adapter.safetensors").exists() and not (run / "summary.json").exists()
-    rows = rd.read_metrics(run)
+    rows = runs.read_metrics(run)
     assert rows[-1]["step"] == 3 and "val_dice" in rows[-1]  # the row went in before its checkpoint
     # evaluate/predict --model on the unfinished run take its best checkpoint so far
     best = ck.load_last(run).state["best_step"]
-    assert rd.find_adapter(run) == ck.unit_path(run, best) / "adapter.safetensors"
+    assert runs.find_adapter(run) == runs.unit_path(run, best) / "adapter.safetensors"
     assert main(["train", "--resume", str(run), "--no-progress", "--device", "cpu", "--threads", "1"]) == 0
     assert_same_run(run, reference)
 
@@ -205,7 +208,7 @@ def test_twenty_kills_at_injected_points_and_random_moments_resume_exactly(
         rc, err = finish(start(run_config, run, fault))
         assert rc == -signal.SIGKILL, f"{fault}: {err[-2000:]}"
         kills += 1
-        assert rd.is_run_dir(
+        assert runs.is_run_dir(
             run
         )  # every kill leaves a run that --resume takes (config.yaml is written first)
     rc, err = finish(start(run_config, run))
@@ -270,7 +273,7 @@ def test_disk_full_is_one_line_and_leaves_a_resumable_run(
     assert lines[0].startswith("salt-seg train: error: ")
     assert str(run / "checkpoints" / ".tmp-step-000006" / "state.pt") in lines[0]
     assert "No space left on device" in lines[0] and f"--resume {run}" in lines[0]
-    assert ck.published_steps(run)[-1] == 3 and not (run / "checkpoints" / ".tmp-step-000006").exists()
+    assert runs.published_steps(run)[-1] == 3 and not (run / "checkpoints" / ".tmp-step-000006").exists()
     monkeypatch.delenv(ck.FAULT_ENV)
     assert main(["train", "--resume", str(run), "--no-progress", "--device", "cpu", "--threads", "1"]) == 0
     assert_same_run(run, reference)
@@ -284,16 +287,16 @@ def test_untrained_adapter_is_a_candidate_for_best(tmp_path) -> None:
     res = train(
         tiny_config(steps=4, val_every=2, lr=1.0, warmup_steps=0), tmp_path / "run", data=data, progress=False
     )
-    rows = rd.read_metrics(tmp_path / "run")
+    rows = runs.read_metrics(tmp_path / "run")
     vals = {r["step"]: r["val_dice"] for r in rows if "val_dice" in r}
     assert sorted(vals) == [0, 2, 4] and max(vals[2], vals[4]) < vals[0]
     assert res.best_step == 0 and res.best_val_dice == vals[0] == res.initial_val_dice
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best_step"] == 0 and summary["best_val_dice"] == vals[0]
-    assert ck.published_steps(tmp_path / "run") == [0, 4]
+    assert runs.published_steps(tmp_path / "run") == [0, 4]
     final = load_file(tmp_path / "run" / "adapter.safetensors")
-    step0 = load_file(ck.unit_path(tmp_path / "run", 0) / "adapter.safetensors")
-    last = load_file(ck.unit_path(tmp_path / "run", 4) / "adapter.safetensors")
+    step0 = load_file(runs.unit_path(tmp_path / "run", 0) / "adapter.safetensors")
+    last = load_file(runs.unit_path(tmp_path / "run", 4) / "adapter.safetensors")
     assert all(torch.equal(final[k], step0[k]) for k in final)
     assert any(not torch.equal(final[k], last[k]) for k in final)
     assert read_adapter_metadata(tmp_path / "run" / "adapter.safetensors")["extra"]["step"] == 0
@@ -306,8 +309,8 @@ def test_resume_refuses_a_damaged_unit_and_truncates_metrics(tmp_path) -> None:
     cfg = tiny_config(steps=6, val_every=2)
     run = tmp_path / "run"
     train(cfg, run, data=data, progress=False, stop_after=3)
-    assert ck.published_steps(run) == [2] or ck.published_steps(run) == [0, 2]
-    rows = rd.read_metrics(run)
+    assert runs.published_steps(run) == [2] or runs.published_steps(run) == [0, 2]
+    rows = runs.read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # step 3 came after the last checkpoint
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "lo')  # a row cut by a kill
@@ -321,13 +324,13 @@ def test_resume_refuses_a_damaged_unit_and_truncates_metrics(tmp_path) -> None:
     torch.save(dict(unit.state), unit.path / "state.pt")
     res = train(cfg, run, data=data, progress=False, resume=True)
     assert res.steps_done == 6
-    assert [r["step"] for r in rd.read_metrics(run)] == list(range(7))
+    assert [r["step"] for r in runs.read_metrics(run)] == list(range(7))
 
 
 def test_out_on_a_run_says_resume_and_leftovers_count_as_empty(tmp_path) -> None:
     run = tmp_path / "run"
     rd.prepare_run_dir(run, resume=False, config={"a": 1})
-    assert rd.is_run_dir(run)
+    assert runs.is_run_dir(run)
     with pytest.raises(FileExistsError, match=f"continue it with --resume {run}"):
         rd.prepare_run_dir(run, resume=False, config={"a": 1})
     killed = tmp_path / "killed"  # killed while writing config.yaml: only its temporary file
@@ -342,20 +345,20 @@ def test_out_on_a_run_says_resume_and_leftovers_count_as_empty(tmp_path) -> None
 def test_write_errors_in_the_run_dir_become_one_line(tmp_path) -> None:
     run = tmp_path / "run"
     rd.prepare_run_dir(run, resume=False, config={"a": 1})
-    with pytest.raises(rd.RunDirWriteError) as info, rd.writing(run):
+    with pytest.raises(runs.RunDirWriteError) as info, rd.writing(run):
         raise OSError(errno.EROFS, "Read-only file system", str(run / "metrics.jsonl"))
     assert str(info.value) == (
         f"{run / 'metrics.jsonl'}: cannot write (Read-only file system); fix that, then continue with --resume {run}"
     )
     with (
-        pytest.raises(rd.RunDirWriteError, match=f"^{run}: cannot write \\(No space left on device\\)"),
+        pytest.raises(runs.RunDirWriteError, match=f"^{run}: cannot write \\(No space left on device\\)"),
         rd.writing(run),
     ):
         raise OSError(errno.ENOSPC, "No space left on device")  # a failed write() names no file
     outside = tmp_path / "dataset.nii.gz"  # not the run directory's fault: passes through unchanged
     with pytest.raises(PermissionError) as info, rd.writing(run):
         raise PermissionError(errno.EACCES, "Permission denied", str(outside))
-    assert not isinstance(info.value, rd.RunDirWriteError)
+    assert not isinstance(info.value, runs.RunDirWriteError)
 
 
 def test_a_run_of_the_old_layout_is_refused_clearly(tmp_path) -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from salt_seg.runs import read_metrics
 from salt_seg.training.loop import train
-from salt_seg.training.rundir import read_metrics
 
 from .conftest import tiny_config
 
