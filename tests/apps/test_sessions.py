@@ -138,7 +138,8 @@ def test_a_session_measures_its_volume_labels_undo_and_embeddings(make_session, 
     assert s.nbytes() in (base, base + s.ras.array.nbytes)  # the RAS copy counts unless it is a view
     before = s.nbytes()
     h.on_tool(s, "brush")
-    h.on_click_xy(s, 10, 10)
+    h.on_click_xy(s, 30, 30)  # inside the slice (the letters' margin is 20 px)
+    assert s.labels.any()
     assert s.nbytes() == before + s.label_slice().nbytes  # one undo snapshot of the slice
 
 
