@@ -376,7 +376,7 @@ def test_load_label_map_and_volumes_in_ml(make_session, tmp_path, ct_nifti):
     stats = s.volumes()
     assert stats["3"]["voxels"] == int(blob.sum())
     assert stats["3"]["volume_ml"] == pytest.approx(blob.sum() * 0.9 * 1.1 * 2.0 / 1000, rel=1e-3)
-    assert f"<td>3</td>" in out["volumes"] and f"<td class=num>{int(blob.sum())}</td>" in out["volumes"]
+    assert "<td>3</td>" in out["volumes"] and f"<td class=num>{int(blob.sum())}</td>" in out["volumes"]
     bad = write_nifti(tmp_path / "bad.nii.gz", np.zeros((5, 5, 5), np.uint8), las_affine())
     out = h.on_load_labels(s, str(bad), POLICY)
     assert out["status"].startswith("⚠️ bad.nii.gz:") and "shape" in out["status"]
