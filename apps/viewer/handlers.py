@@ -408,7 +408,8 @@ def on_command(session: ViewerSession, text: str) -> Updates:
                 points.append(xy)
         if not points:
             return {"status": "brush strokes must start on the image"}
-        return {**view(session), "status": session.stroke(points)}
+        message = session.stroke(points)  # first: the view must show the stroke
+        return {**view(session), "status": message}
     raise ValueError(f"unknown command {verb!r}")
 
 

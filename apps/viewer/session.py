@@ -432,9 +432,12 @@ class ViewerSession:
         self._record(k)
         self._put_slice(new, k)
 
-    def _restore(self, act: Action) -> None:
-        """Put back what ``act`` recorded (slices in reverse record order, then prompts and names)."""
+    def _restore(self, act: Action) -> int:
+        """Put back what ``act`` recorded (slices in reverse record order, then prompts and names); returns the
+        voxels that changed back."""
+        changed = 0
         for key in reversed(list(act.slices)):
+            changed += int(np.count_nonzero(extract_slice(self.labels, *key) != act.slices[key]))
             self._put_slice(act.slices[key], key)
         for key, prompts in act.prompts.items():
             self.prompts.replace_slice(*key, prompts)
@@ -442,6 +445,7 @@ class ViewerSession:
             self.label_set.names = dict(act.names)
             self.label_set.active = act.active if act.active in act.names else min(act.names)
             self.label_set.hidden &= set(act.names)
+        return changed
 
     def edit_slice(self, new: np.ndarray, key: tuple[int, int] | None = None, name: str = "edit") -> None:
         """Replace a slice's labels (default: the viewed slice) as one undoable action."""
@@ -565,15 +569,14 @@ class ViewerSession:
         act = self.undo_stack.pop()
         if act is None:
             return "nothing to undo"
-        self._restore(act)
+        voxels = self._restore(act)
         self.unsaved = True
         keys = list(act.slices)
         if len(keys) == 1:  # show the slice that changed back
             axis, index = keys[0]
             self.axis, self.index[axis] = int(axis), int(index)
             self._prefetch()
-        n = len(keys)
-        where = f"{AXIS_NAMES[keys[0][0]]} slice {keys[0][1]}" if n == 1 else f"{n} slice(s)"
+        where = f"{AXIS_NAMES[keys[0][0]]} slice {keys[0][1]}" if len(keys) == 1 else f"{voxels} voxel(s)"
         return f"undone: {act.name} ({where}) · {len(self.undo_stack)} more step(s) to undo"
 
     def clear_slice(self) -> str:

@@ -259,10 +259,11 @@ def test_propagation_equals_the_library_and_covers_the_structure(make_session, c
         assert np.array_equal(lab == 1, expected), i
         if i in kept:
             assert np.array_equal(lab == 1, extract_slice(blob, 2, i)), i  # the oracle is exact
-    # one undo step per changed slice
-    s.set_slice(kept[0])
-    h.on_undo(s)
-    assert not s.label_slice().any()
+    # one undo takes back the whole propagation: only the seed slice keeps its label
+    propagated = int((s.labels == 1).sum() - (extract_slice(s.labels, 2, k) == 1).sum())
+    out = h.on_undo(s)
+    assert out["status"] == f"undone: propagation ({propagated} voxel(s)) · 1 more step(s) to undo"
+    assert np.array_equal(s.labels == 1, np.isin(np.arange(SHAPE[2]), [k])[None, None, :] & blob)
 
 
 def test_automatic_segmentation_with_class_tokens(make_session, ct_nifti):
