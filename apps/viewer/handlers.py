@@ -133,11 +133,11 @@ def volumes_table(session: ViewerSession) -> str:
             f"{html.escape(st['name'])}{' ✎' if active else ''}</button></td>"
             f"<td class=num>{st['voxels']}</td><td class=num>{st['volume_ml']:.3f}</td>"
             f'<td><button class="lp-eye" data-cmd="toggle:{i}" aria-label="{"hide" if shown else "show"} '
-            f'{html.escape(st["name"])}">{"👁" if shown else "—"}</button></td></tr>'
+            f'{html.escape(st["name"])}">{"shown" if shown else "hidden"}</button></td></tr>'
         )
     return (
         '<table class="label-panel"><thead><tr><th></th><th>id</th><th>label</th><th>voxels</th><th>mL</th>'
-        "<th>shown</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>view</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 

@@ -143,6 +143,8 @@ CSS = """
 #viewer-image img { image-rendering: pixelated; }
 #viewer-status p { font-weight: 600; margin: 0; }
 #viewer-status { min-height: 1.6em; }
+/* the controls scroll inside their column, so the image and the actions beside them never leave the screen */
+#viewer-controls { max-height: calc(100vh - 70px); overflow-y: auto; flex-wrap: nowrap; }
 #viewer-main { position: sticky; top: 4px; align-self: flex-start; }
 #viewer-actions button { min-width: 0; }
 #viewer-model-note p { font-size: 0.85em; margin: 0; }

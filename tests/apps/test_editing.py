@@ -221,7 +221,7 @@ def test_label_panel_hide_rename_delete_and_undo_delete(make_session, ct_nifti):
     out = h.on_command(s, "toggle:1")
     assert out["status"] == "blob hidden" and 'data-cmd="toggle:1"' in out["volumes"]
     assert np.array_equal(out["image"], h.view(s)["image"]) and not np.array_equal(out["image"], shown)
-    assert s.labels.any() and "—" in out["volumes"]  # hidden, not removed
+    assert s.labels.any() and ">hidden</button>" in out["volumes"]  # hidden, not removed
     out = h.on_command(s, "toggle:1")
     assert out["status"] == "blob shown" and np.array_equal(out["image"], shown)
     out = h.on_rename_label(s, "  liver  ")
