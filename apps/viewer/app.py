@@ -327,8 +327,7 @@ class ViewerApp:
                         label="Download",
                         file_count="multiple",
                         interactive=False,
-                        elem_id="viewer-download",
-                        visible=False,  # shown once there is something to download
+                        elem_id="viewer-download",  # hidden by the CSS until there is something to download
                     )
                     hover = gr.Textbox(visible="hidden", elem_id="viewer-hover")
                     hover_btn = gr.Button("hover", visible="hidden", elem_id="viewer-hover-btn")
@@ -365,8 +364,6 @@ class ViewerApp:
                 for key, value in updates.items():
                     comp = comps[key]
                     out[comp] = gr.update(**value) if isinstance(value, dict) else value
-                    if key == "download":
-                        out[comp] = gr.update(value=value, visible=bool(value))
                     if key == "series" and isinstance(value, dict) and "visible" in value:
                         out[open_series] = gr.update(visible=value["visible"])
                 return out

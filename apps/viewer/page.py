@@ -146,6 +146,7 @@ CSS = """
 /* the controls scroll inside their column, so the image and the actions beside them never leave the screen */
 #viewer-controls { max-height: calc(100vh - 70px); overflow-y: auto; flex-wrap: nowrap; }
 #viewer-main { position: sticky; top: 4px; align-self: flex-start; }
+#viewer-download:not(:has(a)) { display: none; }
 #viewer-actions button { min-width: 0; }
 #viewer-model-note p { font-size: 0.85em; margin: 0; }
 #viewer-info p, #viewer-cursor p { font-size: 0.85em; margin: 0; }
