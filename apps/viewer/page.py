@@ -145,6 +145,7 @@ CSS = """
 #viewer-status { min-height: 1.6em; }
 /* the controls scroll inside their column, so the image and the actions beside them never leave the screen */
 #viewer-controls { max-height: calc(100vh - 70px); overflow-y: auto; flex-wrap: nowrap; }
+#viewer-controls > * { flex-shrink: 0; }
 #viewer-main { position: sticky; top: 4px; align-self: flex-start; }
 #viewer-download:not(:has(a)) { display: none; }
 #viewer-actions button { min-width: 0; }
