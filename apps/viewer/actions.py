@@ -10,9 +10,11 @@
   (:func:`salt_seg.inference.read_source_header`) and the JSON sidecar, as ``salt-seg predict`` writes them;
 * :func:`save_prompts` / :func:`load_prompts` -- the project's prompt file in source voxel coordinates
   (:func:`salt_seg.inference.prompt_to_source` / :func:`~salt_seg.inference.prompt_to_prepared`);
-* :func:`load_label_map` -- :func:`salt_seg.data.load_label` checked against the open volume.
+* :func:`load_label_map` -- :func:`salt_seg.data.load_label` checked against the open volume, with the names and
+  colours of its JSON sidecar when one comes with it (:func:`salt_seg.inference.sidecars.read_label_json`).
 
-All of them push per-slice undo snapshots through :meth:`ViewerSession.replace_labels`.
+Each is one undoable action (:meth:`ViewerSession.action`): Undo takes back the whole of it, and a failure part-way
+leaves the labels as they were.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from salt_seg.inference.coords import prompt_to_prepared, prompt_to_source, sour
 from salt_seg.inference.export import read_source_header, write_label_map
 from salt_seg.inference.propagation import box_from_mask, propagate_many
 from salt_seg.inference.segment import LabelAccumulator, keep_class_token_mask, segment_volume
-from salt_seg.inference.sidecars import write_label_json
+from salt_seg.inference.sidecars import read_label_json, write_label_json
 from salt_seg.inference.summary import structure_stats
 from salt_seg.prompts import Prompt
 from salt_seg.prompts import load_prompts as read_prompt_file
@@ -63,7 +65,7 @@ def auto_slice(session: ViewerSession) -> str:
     lab[np.isin(lab, classes)] = 0
     keep = (result > 0) & (lab == 0)
     lab[keep] = result[keep]
-    session.edit_slice(lab)
+    session.edit_slice(lab, name="automatic (slice)")
     return f"automatic: {', '.join(found) if found else 'no structure'} on this slice"
 
 
@@ -90,7 +92,7 @@ def auto_volume(session: ViewerSession, progress: Progress = _noop) -> str:
     new[np.isin(new, classes)] = 0
     keep = (result.label_map > 0) & (new == 0)
     new[keep] = result.label_map[keep]
-    n = session.replace_labels(new)
+    n = session.replace_labels(new, name="automatic segmentation")
     found = [session.label_set.names.get(c, str(c)) for c in classes if result.kept[c].any()]
     progress(1.0, "done")
     return f"automatic segmentation: {', '.join(found) or 'no structure'} ({n} slice(s) changed)"
@@ -102,7 +104,7 @@ def propagate(session: ViewerSession, progress: Progress = _noop) -> str:
     Each label's seed is the bounding box of its mask on the viewed slice; the viewed slice itself is kept as it
     is, the slices the propagation keeps get that label (replacing it there, never overwriting other labels).
     """
-    engine = session.require_engine()
+    engine = session.require_prompt_engine()
     a, k = session.axis, session.slice_index
     current = session.label_slice()
     classes = [int(c) for c in np.unique(current) if c]
@@ -135,7 +137,7 @@ def propagate(session: ViewerSession, progress: Progress = _noop) -> str:
         span = f"{min(res.slices)}-{max(res.slices)}" if res.slices else "none"
         stops = ", ".join(f"{d}: {r}" for d, r in sorted(res.stopped.items()))
         parts.append(f"{session.label_set.names.get(c, str(c))} slices {span} ({stops})")
-    session.replace_labels(new)
+    session.replace_labels(new, name="propagation")
     progress(1.0, "done")
     return "propagated " + "; ".join(parts)
 
@@ -157,16 +159,23 @@ def export(session: ViewerSession, out_dir: str | Path | None = None) -> list[Pa
         out / f"{stem}.json",
         names,
         overwrite=True,
+        colors=session.label_set.colors,
         case=session.volume.name,
         summary={"structures": structure_stats(labels, geometry, names)},
     )
+    session.unsaved = False
     return [nii, side]
 
 
-def load_label_map(session: ViewerSession, path: str | Path) -> str:
-    """Load a label map (ground truth or an earlier result) on the open volume's grid, replacing the current one."""
+def load_label_map(session: ViewerSession, path: str | Path, sidecar: str | Path | None = None) -> str:
+    """Load a label map (ground truth or an earlier export) on the open volume's grid, replacing the current one.
+
+    ``sidecar``: its JSON sidecar (what :func:`export` writes beside it); its names and colours replace those of
+    the ids it lists. Everything is checked before anything changes; the load is one undoable action.
+    """
     session.require_volume()
     assert session.volume is not None and session.ras is not None
+    names, colors = read_label_json(sidecar) if sidecar is not None else ({}, {})
     label = load_label(path, like=session.volume).to_ras()
     if label.shape != session.ras.shape:
         raise ValueError(
@@ -176,14 +185,21 @@ def load_label_map(session: ViewerSession, path: str | Path) -> str:
     if arr.max(initial=0) > 65535:
         raise ValueError(f"{Path(path).name}: label ids above 65535")
     ids = [int(i) for i in np.unique(arr) if i]
-    session.label_set.ensure(ids)
-    n = session.replace_labels(arr.astype(np.uint16))
-    return f"loaded label map {Path(path).name}: labels {ids or 'none'} ({n} slice(s) changed)"
+    with session.action(f"load {Path(path).name}", names=True):
+        session.label_set.ensure(ids)
+        session.label_set.names.update(names)
+        session.label_set.names = dict(sorted(session.label_set.names.items()))
+        session.label_set.colors.update(colors)
+        n = session.replace_labels(arr.astype(np.uint16))
+    session.unsaved = False  # what is shown is what the file holds
+    listed = ", ".join(f"{i} {session.label_set.names[i]}" for i in ids) if ids else "none"
+    named = f" (names from {Path(sidecar).name})" if sidecar is not None else ""
+    return f"loaded label map {Path(path).name}{named}: labels {listed} ({n} slice(s) changed)"
 
 
 def save_prompts(session: ViewerSession, path: str | Path | None = None) -> Path:
     """Write every placed prompt as the project's prompt file (source voxel coordinates)."""
-    engine = session.require_engine()
+    engine = session.require_prompt_engine()
     assert session.volume is not None
     prompts = session.prompts.all()
     if not prompts:
@@ -202,11 +218,27 @@ def save_prompts(session: ViewerSession, path: str | Path | None = None) -> Path
 
 def load_prompts(session: ViewerSession, path: str | Path) -> str:
     """Read a prompt file (voxel or world coordinates), place its prompts and segment each prompted slice."""
-    engine = session.require_engine()
+    engine = session.require_prompt_engine()
     assert session.volume is not None
     axis_of = {source_axis(engine.prepared(a)): a for a in ((2,) if session.volume.is_2d else (0, 1, 2))}
     default = source_axis(engine.prepared(session.axis))
     prompts, meta = read_prompt_file(path, affine=session.volume.affine, default_axis=default)
+    with session.action(f"load {Path(path).name}", names=True):
+        placed, skipped = _place_prompts(session, prompts, meta, axis_of, default, Path(path).name)
+    note = f"; {skipped} class-token prompt(s) skipped (use automatic segmentation)" if skipped else ""
+    return f"loaded {len(placed)} prompt(s) from {Path(path).name}{note}"
+
+
+def _place_prompts(
+    session: ViewerSession,
+    prompts: list[Prompt],
+    meta: dict,
+    axis_of: dict[int, int],
+    default: int,
+    name: str,
+) -> tuple[list[Prompt], int]:
+    """Names from the file's ``labels``, then each prompt placed and segmented; returns (placed, skipped)."""
+    engine = session.require_prompt_engine()
     names = meta.get("labels")
     if isinstance(names, dict):
         for k, v in names.items():
@@ -221,12 +253,10 @@ def load_prompts(session: ViewerSession, path: str | Path) -> str:
             continue
         a = axis_of.get(int(p.axis if p.axis is not None else default))
         if a is None:
-            raise ValueError(
-                f"{Path(path).name}: prompt #{n} is on source axis {p.axis}, which this volume lacks"
-            )
-        placed.append(prompt_to_prepared(p, engine.prepared(a), where=f"{Path(path).name}: prompt #{n}"))
+            raise ValueError(f"{name}: prompt #{n} is on source axis {p.axis}, which this volume lacks")
+        placed.append(prompt_to_prepared(p, engine.prepared(a), where=f"{name}: prompt #{n}"))
     session.label_set.ensure(p.class_id for p in placed)
-    for p in placed:  # one undoable edit per prompted slice and label; points add to what is there
+    for p in placed:  # points add to what is there; the whole file is one undoable action
         have = session.prompts.get(int(p.axis), int(p.slice_index), p.class_id)  # type: ignore[arg-type]
         session.apply_prompt(
             Prompt(
@@ -238,5 +268,4 @@ def load_prompts(session: ViewerSession, path: str | Path) -> str:
                 p.axis,
             )
         )
-    note = f"; {skipped} class-token prompt(s) skipped (use automatic segmentation)" if skipped else ""
-    return f"loaded {len(placed)} prompt(s) from {Path(path).name}{note}"
+    return placed, skipped

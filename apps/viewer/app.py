@@ -38,7 +38,7 @@ from starlette.middleware import Middleware
 from apps.viewer import handlers as h
 from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
 from apps.viewer.guard import SECRET_HEADER, GuardMiddleware, SessionGuard, upload_checker
-from apps.viewer.page import CSS, HOVER_SCRIPT
+from apps.viewer.page import CSS, HOVER_SCRIPT, PAGE_SCRIPT
 from apps.viewer.session import PRESETS, TOOLS, ViewerSession
 from apps.viewer.sessions import SessionRegistry, freed_message
 from apps.viewer.uploads import Staged, UploadPolicy, load_staged, stage_upload
@@ -216,67 +216,97 @@ class ViewerApp:
         with gr.Blocks(title="salt-seg viewer", analytics_enabled=False) as demo:  # no calls home
             gr.Markdown(
                 "### salt-seg viewer · SAM with SALT adapters on NIfTI / DICOM · research use only, not a "
-                "medical device"
+                "medical device",
+                elem_id="viewer-title",
             )
-            with gr.Row():
-                with gr.Column(scale=1, min_width=320):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=330, elem_id="viewer-controls"):
                     upload = gr.File(
-                        label="Open a volume: NIfTI, DICOM zip, or several DICOM files",
+                        label="Open a volume: NIfTI, DICOM zip, or several DICOM files (replaces the open one)",
                         file_count="multiple",  # no file_types: DICOM files often have no extension
                         elem_id="viewer-upload",
+                        height=110,
                     )
                     series = gr.Dropdown(
                         label="DICOM series", choices=[], visible=False, elem_id="viewer-series"
                     )
                     open_series = gr.Button("Open series", visible=False, elem_id="viewer-open-series")
                     model = gr.Dropdown(label="Model", choices=names, value=names[0], elem_id="viewer-model")
-                    view_axis = gr.Radio(
-                        list(h.VIEW_NAMES), value="Axial", label="View", elem_id="viewer-view"
+                    model_note = gr.Markdown(elem_id="viewer-model-note")
+                    with gr.Row():
+                        view_axis = gr.Radio(
+                            list(h.VIEW_NAMES), value="Axial", label="View", elem_id="viewer-view", scale=3
+                        )
+                    tool = gr.Radio(
+                        list(TOOLS),
+                        value=TOOLS[0],
+                        label="Click tool (keys P N B R E I)",
+                        elem_id="viewer-tool",
                     )
-                    with gr.Accordion("Window / level", open=True):
+                    brush = gr.Slider(0, 30, value=3, step=1, label="Brush / eraser radius (voxels)")
+                    with gr.Group(elem_id="viewer-label-box"):
+                        label = gr.Dropdown(
+                            label="Active label", choices=[("1: label 1", 1)], value=1, elem_id="viewer-label"
+                        )
+                        volumes = gr.HTML(elem_id="viewer-volumes")
+                        new_label = gr.Textbox(
+                            label="Label name",
+                            placeholder="e.g. liver",
+                            elem_id="viewer-new-label",
+                        )
+                        with gr.Row():
+                            add_label = gr.Button("Add", size="sm", elem_id="viewer-add-label")
+                            rename_label = gr.Button(
+                                "Rename active", size="sm", elem_id="viewer-rename-label"
+                            )
+                            delete_label = gr.Button(
+                                "Delete active", size="sm", elem_id="viewer-delete-label"
+                            )
+                    opacity = gr.Slider(
+                        0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="viewer-opacity"
+                    )
+                    with gr.Accordion("Window / level", open=False):
                         preset = gr.Dropdown(
                             [(h.PRESET_NAMES[p], p) for p in PRESETS], value="auto", label="Preset"
                         )
                         level = gr.Slider(-1024, 3071, value=40, label="Level", elem_id="viewer-level")
-                        width = gr.Slider(1e-3, 4000, value=400, label="Width", elem_id="viewer-width")
-                    tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="Click tool", elem_id="viewer-tool")
-                    brush = gr.Slider(0, 30, value=3, step=1, label="Brush / eraser radius (pixels)")
-                    label = gr.Dropdown(
-                        label="Active label", choices=[("1: label 1", 1)], value=1, elem_id="viewer-label"
-                    )
-                    with gr.Row():
-                        new_label = gr.Textbox(label="New label name", placeholder="e.g. liver", scale=2)
-                        add_label = gr.Button("Add label", scale=1)
-                    opacity = gr.Slider(
-                        0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="viewer-opacity"
-                    )
-                    with gr.Row():
-                        undo = gr.Button("Undo (this slice)", elem_id="viewer-undo")
-                        clear = gr.Button("Clear slice", elem_id="viewer-clear")
-                    with gr.Row():
-                        auto_slice = gr.Button("Auto: this slice", elem_id="viewer-auto-slice")
-                        auto_volume = gr.Button("Auto: volume", elem_id="viewer-auto-volume")
-                    propagate = gr.Button("Propagate through the volume", elem_id="viewer-propagate")
-                    with gr.Accordion("Files", open=True):
+                        width = gr.Slider(1, 4000, value=400, label="Width", elem_id="viewer-width")
+                    with gr.Accordion("Files: label maps and prompts", open=False):
                         load_labels = gr.File(
-                            label="Load a label map",
-                            file_types=[".nii", ".gz", ".nrrd", ".mha"],
+                            label="Load a label map (with its .json sidecar for names and colours)",
+                            file_count="multiple",
+                            file_types=[".nii", ".gz", ".nrrd", ".mha", ".json"],
                             elem_id="viewer-load-labels",
+                            height=110,
                         )
                         load_prompts = gr.File(
-                            label="Load prompts (JSON)", file_types=[".json"], elem_id="viewer-load-prompts"
+                            label="Load prompts (JSON)",
+                            file_types=[".json"],
+                            elem_id="viewer-load-prompts",
+                            height=110,
                         )
-                        with gr.Row():
-                            save_prompts = gr.Button("Save prompts", elem_id="viewer-save-prompts")
-                            export = gr.Button("Export NIfTI", variant="primary", elem_id="viewer-export")
-                        download = gr.File(
-                            label="Download",
-                            file_count="multiple",
-                            interactive=False,
-                            elem_id="viewer-download",
+                        save_prompts = gr.Button("Save prompts", elem_id="viewer-save-prompts")
+                with gr.Column(scale=2, elem_id="viewer-main"):
+                    with gr.Row(elem_id="viewer-actions"):
+                        undo = gr.Button("↶ Undo (Ctrl+Z)", size="sm", elem_id="viewer-undo")
+                        clear = gr.Button("Clear slice", size="sm", elem_id="viewer-clear")
+                        auto_slice = gr.Button("Auto: slice", size="sm", elem_id="viewer-auto-slice")
+                        auto_volume = gr.Button("Auto: volume", size="sm", elem_id="viewer-auto-volume")
+                        propagate = gr.Button("Propagate", size="sm", elem_id="viewer-propagate")
+                        export = gr.Button(
+                            "Export NIfTI", size="sm", variant="primary", elem_id="viewer-export"
                         )
-                with gr.Column(scale=2):
                     status = gr.Markdown(elem_id="viewer-status")
+                    with gr.Row(visible=False, elem_id="viewer-confirm") as confirm:
+                        confirm_open = gr.Button(
+                            "Discard labels and open the new volume",
+                            variant="stop",
+                            size="sm",
+                            elem_id="viewer-confirm-open",
+                        )
+                        cancel_open = gr.Button(
+                            "Keep working on this one", size="sm", elem_id="viewer-cancel-open"
+                        )
                     image = gr.Image(
                         format="png",
                         type="numpy",
@@ -286,16 +316,23 @@ class ViewerApp:
                         buttons=["fullscreen"],
                     )
                     with gr.Row(equal_height=True):
-                        prev = gr.Button("◀ Prev", scale=0, min_width=90, elem_id="viewer-prev")
+                        prev = gr.Button("◀ Prev", scale=0, min_width=80, size="sm", elem_id="viewer-prev")
                         slider = gr.Slider(
-                            0, 1, value=0, step=1, label="Slice", elem_id="viewer-slice", scale=4
+                            0, 1, value=0, step=1, label="Slice (wheel, ↑ ↓)", elem_id="viewer-slice", scale=4
                         )
-                        nxt = gr.Button("Next ▶", scale=0, min_width=90, elem_id="viewer-next")
+                        nxt = gr.Button("Next ▶", scale=0, min_width=80, size="sm", elem_id="viewer-next")
                     cursor = gr.Markdown(elem_id="viewer-cursor")
                     info = gr.Markdown(elem_id="viewer-info")
-                    volumes = gr.Markdown(elem_id="viewer-volumes")
+                    download = gr.File(
+                        label="Download",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="viewer-download",  # hidden by the CSS until there is something to download
+                    )
                     hover = gr.Textbox(visible="hidden", elem_id="viewer-hover")
                     hover_btn = gr.Button("hover", visible="hidden", elem_id="viewer-hover-btn")
+                    command = gr.Textbox(visible="hidden", elem_id="viewer-cmd")
+                    command_btn = gr.Button("command", visible="hidden", elem_id="viewer-cmd-btn")
                     click_x = gr.Number(visible=False)
                     click_y = gr.Number(visible=False)
                     click_btn = gr.Button("click", visible=False)
@@ -314,6 +351,11 @@ class ViewerApp:
                 "width": width,
                 "preset": preset,
                 "download": download,
+                "model_note": model_note,
+                "confirm": confirm,
+                "upload": upload,
+                "load_labels": load_labels,
+                "new_label": new_label,
             }
             outputs = [*comps.values(), open_series]
 
@@ -380,11 +422,14 @@ class ViewerApp:
                     pass
 
             quiet = {"show_progress": "hidden"}
+            busy = {"show_progress_on": [image]}  # progress on the picture, not on every output
             demo.load(on_load, None, outputs, api_name="load")
             demo.unload(on_unload)
-            upload.upload(bind(h.on_upload, self.policy), upload, outputs, api_name="upload")
-            open_series.click(bind(h.on_open_series, self.policy), series, outputs, api_name="open_series")
-            model.input(bind(h.on_model), model, outputs, api_name="model")
+            upload.upload(bind(h.on_upload, self.policy), upload, outputs, api_name="upload", **busy)
+            open_series.click(
+                bind(h.on_open_series, self.policy), series, outputs, api_name="open_series", **busy
+            )
+            model.input(bind(h.on_model), model, outputs, api_name="model", **busy)
             view_axis.input(bind(h.on_axis), view_axis, outputs, api_name="view", **quiet)
             preset.input(bind(h.on_preset), preset, outputs, api_name="preset", **quiet)
             level.release(bind(h.on_window, n=2), [level, width], outputs, api_name="window", **quiet)
@@ -392,7 +437,9 @@ class ViewerApp:
             tool.input(bind(h.on_tool), tool, outputs, api_name="tool", **quiet)
             brush.release(bind(h.on_brush), brush, outputs, api_name="brush", **quiet)
             label.input(bind(h.on_label), label, outputs, api_name="label", **quiet)
-            add_label.click(bind(h.on_add_label), new_label, outputs, api_name="add_label")
+            add_label.click(
+                bind(h.on_add_label), new_label, outputs, api_name="add_label", show_progress_on=[status]
+            )
             opacity.release(bind(h.on_opacity), opacity, outputs, api_name="opacity", **quiet)
             slider.input(
                 bind(h.on_slice), slider, outputs, api_name="slice", trigger_mode="always_last", **quiet
@@ -405,17 +452,32 @@ class ViewerApp:
                 on_hover, hover, [cursor], api_name=False, queue=False, trigger_mode="always_last", **quiet
             )
             undo.click(bind(h.on_undo, n=0), None, outputs, api_name="undo", **quiet)
+            confirm_open.click(
+                bind(h.on_confirm_open, self.policy, n=0), None, outputs, api_name="confirm_open", **busy
+            )
+            cancel_open.click(bind(h.on_cancel_open, n=0), None, outputs, api_name="cancel_open", **quiet)
+            rename_label.click(bind(h.on_rename_label), new_label, outputs, api_name="rename_label", **quiet)
+            delete_label.click(bind(h.on_delete_label, n=0), None, outputs, api_name="delete_label", **quiet)
+            command_btn.click(
+                bind(h.on_command), command, outputs, api_name="command", trigger_mode="multiple", **quiet
+            )
             clear.click(bind(h.on_clear, n=0), None, outputs, api_name="clear", **quiet)
-            auto_slice.click(bind(h.on_auto_slice, n=0), None, outputs, api_name="auto_slice")
-            auto_volume.click(bind_progress(h.on_auto_volume), None, outputs, api_name="auto_volume")
-            propagate.click(bind_progress(h.on_propagate), None, outputs, api_name="propagate")
-            export.click(bind(h.on_export, n=0), None, outputs, api_name="export")
-            save_prompts.click(bind(h.on_save_prompts, n=0), None, outputs, api_name="save_prompts")
+            auto_slice.click(bind(h.on_auto_slice, n=0), None, outputs, api_name="auto_slice", **busy)
+            auto_volume.click(bind_progress(h.on_auto_volume), None, outputs, api_name="auto_volume", **busy)
+            propagate.click(bind_progress(h.on_propagate), None, outputs, api_name="propagate", **busy)
+            export.click(bind(h.on_export, n=0), None, outputs, api_name="export", show_progress_on=[status])
+            save_prompts.click(
+                bind(h.on_save_prompts, n=0),
+                None,
+                outputs,
+                api_name="save_prompts",
+                show_progress_on=[status],
+            )
             load_prompts.upload(
-                bind(h.on_load_prompts, self.policy), load_prompts, outputs, api_name="load_prompts"
+                bind(h.on_load_prompts, self.policy), load_prompts, outputs, api_name="load_prompts", **busy
             )
             load_labels.upload(
-                bind(h.on_load_labels, self.policy), load_labels, outputs, api_name="load_labels"
+                bind(h.on_load_labels, self.policy), load_labels, outputs, api_name="load_labels", **busy
             )
         demo.queue(default_concurrency_limit=8)
         return demo
@@ -432,7 +494,7 @@ class ViewerApp:
             "server_name": self.config.host,
             "server_port": self.config.port,
             "max_file_size": f"{self.config.max_upload_mb}mb",
-            "head": HOVER_SCRIPT,
+            "head": HOVER_SCRIPT + PAGE_SCRIPT,
             "css": CSS,
             "footer_links": [],
             "quiet": True,

@@ -186,6 +186,12 @@ class SegmentationEngine:
             return self.predictor.is_cached(self.key(axis, index))
 
     @property
+    def tokens_only(self) -> bool:
+        """A trained run whose decoder learned class tokens only (``prompt_mode: auto``): its answer to a point or
+        a box is whatever its tokens learned, often the whole structure."""
+        return self.trained and self.record.prompt_mode == "auto"
+
+    @property
     def token_classes(self) -> list[int]:
         """Class ids the model has learned tokens for (automatic segmentation)."""
         n = int(getattr(self.model, "num_classes", 0) or 0)

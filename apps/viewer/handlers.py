@@ -9,6 +9,7 @@ working. Tests call them directly (``gr.SelectData(None, {"index": [x, y], "valu
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import re
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from apps.viewer import actions
-from apps.viewer.session import AXIS_NAMES, PRESETS, TOOLS, Progress, ViewerSession
+from apps.viewer.session import AXIS_NAMES, PRESETS, TOOLS, Progress, ViewerSession, nice
 from apps.viewer.uploads import (
     Staged,
     UploadPolicy,
@@ -112,12 +113,32 @@ def info_text(session: ViewerSession) -> str:
 
 
 def volumes_table(session: ViewerSession) -> str:
-    """Markdown table of label volumes in mL."""
+    """The label panel (HTML): per label a colour swatch, id, name, voxels, volume in mL, and buttons to make it
+    active and to show or hide it (the page's script sends their ``data-cmd``, see :func:`on_command`)."""
     stats = session.volumes()
     if not stats:
         return ""
-    rows = [f"| {cid} | {s['name']} | {s['voxels']} | {s['volume_ml']:.3f} |" for cid, s in stats.items()]
-    return "| id | label | voxels | volume (mL) |\n|---:|---|---:|---:|\n" + "\n".join(rows)
+    ls = session.label_set
+    colours = ls.colours()
+    rows = []
+    for cid, st in stats.items():
+        i = int(cid)
+        r, g, b = colours.get(i, (255, 255, 255))
+        active = i == ls.active
+        shown = i not in ls.hidden
+        rows.append(
+            f'<tr class="{"active" if active else ""}" data-label="{i}">'
+            f'<td><span class="swatch" style="background:rgb({r},{g},{b})"></span></td>'
+            f'<td>{i}</td><td><button class="lp-name" data-cmd="select:{i}" title="make active">'
+            f"{html.escape(st['name'])}{' ✎' if active else ''}</button></td>"
+            f"<td class=num>{st['voxels']}</td><td class=num>{st['volume_ml']:.3f}</td>"
+            f'<td><button class="lp-eye" data-cmd="toggle:{i}" aria-label="{"hide" if shown else "show"} '
+            f'{html.escape(st["name"])}">{"shown" if shown else "hidden"}</button></td></tr>'
+        )
+    return (
+        '<table class="label-panel"><thead><tr><th></th><th>id</th><th>label</th><th>voxels</th><th>mL</th>'
+        "<th>view</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
 
 
 def view(session: ViewerSession) -> Updates:
@@ -141,15 +162,33 @@ def controls(session: ViewerSession) -> Updates:
     }
     if session.has_volume:
         lo, hi = session.value_range()
-        out["level"] = {"minimum": lo, "maximum": hi, "value": session.level}
-        out["width"] = {"minimum": 1e-3, "maximum": max(hi - lo, 1.0) * 2, "value": session.width}
+        step = window_step(hi - lo)
+        out["level"] = {"minimum": nice(lo), "maximum": nice(hi), "value": nice(session.level), "step": step}
+        out["width"] = {
+            "minimum": step,
+            "maximum": nice(max(hi - lo, 1.0) * 2),
+            "value": nice(session.width),
+            "step": step,
+        }
         out["preset"] = session.preset if session.preset in PRESETS else None
     return out
 
 
+def window_step(value_range: float) -> float:
+    """Slider step for level and width: 1 for CT-like ranges, a power of ten about 1/1000 of smaller ranges."""
+    if value_range >= 1000:
+        return 1.0
+    return float(10.0 ** np.floor(np.log10(max(value_range, 1e-6) / 1000)))
+
+
+def model_note(session: ViewerSession) -> str:
+    """Which model answers which prompts (shown under the model picker)."""
+    return session.model_roles()
+
+
 def full_view(session: ViewerSession, status: str) -> Updates:
     """The view, every control that follows the session, and a status line."""
-    return {**view(session), **controls(session), "status": status}
+    return {**view(session), **controls(session), "model_note": model_note(session), "status": status}
 
 
 # --- opening -------------------------------------------------------------------------------------------------------
@@ -163,23 +202,62 @@ def on_upload(session: ViewerSession, files: list[str] | str | None, policy: Upl
     # out of Gradio's upload folder (which it serves) into the session's own, before anything is read
     local = take_uploads(paths, session.workdir, policy)
     staged = stage_upload(local, session.workdir, replace(policy, roots=[session.workdir]))
-    return _open_staged(session, staged, policy)
+    return {**_open_staged(session, staged, policy), "upload": None}  # the next upload starts afresh
 
 
-def _open_staged(session: ViewerSession, staged: Staged, policy: UploadPolicy) -> Updates:
-    if staged.needs_choice:
+def _open_staged(
+    session: ViewerSession,
+    staged: Staged,
+    policy: UploadPolicy,
+    series: int | None = None,
+    *,
+    confirmed: bool = False,
+) -> Updates:
+    """Open ``staged`` (``series``: the chosen DICOM series): ask for a series first when there are several, and
+    ask before labels that were not exported are replaced (:func:`on_confirm_open` then opens it)."""
+    if staged.needs_choice and series is None:
         session.staged = staged
         return {
             "series": {"choices": staged.series_choices(), "value": 0, "visible": True},
             "status": f"{staged.name} holds {len(staged.series)} series: choose one and press “Open series”",
         }
-    vol = load_staged(staged, max_voxels=policy.max_voxels)
+    if session.has_unsaved_labels and not confirmed:
+        session.pending = (staged, series)
+        n = int(np.count_nonzero(session.labels))
+        name = session.volume.name if session.volume is not None else "this volume"
+        return {
+            "confirm": {"visible": True},
+            "status": (
+                f"⚠️ {name} has {n} labelled voxel(s) not exported: export them first, or press “Discard labels and "
+                f"open {staged.name}”"
+            ),
+        }
+    vol = load_staged(staged, series, max_voxels=policy.max_voxels)
     session.open(vol, staged.source_path)
-    session.staged = None
+    session.staged = session.pending = None
     return {
         **full_view(session, opened_message(session)),
         "series": {"choices": [], "value": None, "visible": False},
+        "confirm": {"visible": False},
     }
+
+
+@guarded
+def on_confirm_open(session: ViewerSession, policy: UploadPolicy) -> Updates:
+    """Open the volume that waited for the user's answer, discarding the labels."""
+    pending = session.pending
+    if pending is None:
+        return {"confirm": {"visible": False}, "status": "nothing waits to be opened"}
+    staged, series = pending
+    return _open_staged(session, staged, policy, series, confirmed=True)
+
+
+@guarded
+def on_cancel_open(session: ViewerSession) -> Updates:
+    """Keep the open volume and its labels; forget the volume that waited."""
+    pending, session.pending = session.pending, None
+    name = pending[0].name if pending is not None else "the new volume"
+    return {"confirm": {"visible": False}, "status": f"kept your labels; {name} was not opened"}
 
 
 def opened_message(session: ViewerSession) -> str:
@@ -196,13 +274,7 @@ def on_open_series(session: ViewerSession, index: int | None, policy: UploadPoli
         raise RuntimeError("no series to choose from: upload a DICOM zip or files first")
     if index is None:
         raise ValueError("choose a series first")
-    vol = load_staged(staged, int(index), max_voxels=policy.max_voxels)
-    session.open(vol, staged.source_path)
-    session.staged = None
-    return {
-        **full_view(session, opened_message(session)),
-        "series": {"choices": [], "value": None, "visible": False},
-    }
+    return _open_staged(session, staged, policy, int(index))
 
 
 @guarded
@@ -291,6 +363,56 @@ def on_model(session: ViewerSession, name: str) -> Updates:
     return full_view(session, status)
 
 
+@guarded
+def on_rename_label(session: ViewerSession, name: str) -> Updates:
+    """Rename the active label."""
+    msg = session.rename_label(session.label_set.active, name)
+    return {**full_view(session, msg), "new_label": ""}
+
+
+@guarded
+def on_delete_label(session: ViewerSession) -> Updates:
+    """Delete the active label: its voxels, prompts and name (one undoable action)."""
+    session.require_volume()
+    return full_view(session, session.delete_label(session.label_set.active))
+
+
+def _labels_update(session: ViewerSession) -> Updates:
+    return {"labels": {"choices": session.label_set.choices(), "value": session.label_set.active}}
+
+
+@guarded
+def on_command(session: ViewerSession, text: str) -> Updates:
+    """A command from the page's script (mouse wheel, label panel, brush drags): ``step:N`` (slices),
+    ``select:ID`` and ``toggle:ID`` (labels), ``stroke:X,Y;X,Y;...`` (a brush or eraser drag, display pixels)."""
+    verb, _, arg = str(text or "").partition(":")
+    if verb == "step":
+        session.step(int(arg))
+        return {**view(session), "status": ""}
+    if verb == "select":
+        session.label_set.select(int(arg))
+        session.prompts.corner = None
+        name = session.label_set.names[int(arg)]
+        return {**view(session), **_labels_update(session), "status": f"active label: {name}"}
+    if verb == "toggle":
+        shown = session.label_set.toggle(int(arg))
+        name = session.label_set.names[int(arg)]
+        return {**view(session), "status": f"{name} {'shown' if shown else 'hidden'}"}
+    if verb == "stroke":
+        session.require_volume()
+        points = []
+        for pair in arg.split(";"):
+            px, _, py = pair.partition(",")
+            xy = display_to_slice(session, [float(px), float(py)])
+            if xy is not None and (not points or points[-1] != xy):
+                points.append(xy)
+        if not points:
+            return {"status": "brush strokes must start on the image"}
+        message = session.stroke(points)  # first: the view must show the stroke
+        return {**view(session), "status": message}
+    raise ValueError(f"unknown command {verb!r}")
+
+
 # --- clicks ------------------------------------------------------------------------------------------------------------
 def display_to_slice(session: ViewerSession, index: Any) -> tuple[int, int] | None:
     """Slice pixel under a display pixel ``[X, Y]`` (a click's ``SelectData.index``)."""
@@ -335,7 +457,9 @@ def on_hover(session: ViewerSession, text: str) -> Updates:
 # --- editing and model actions ---------------------------------------------------------------------------------------
 @guarded
 def on_undo(session: ViewerSession) -> Updates:
-    return {**view(session), "status": session.undo()} if session.has_volume else {"status": session.undo()}
+    """Undo the last action, then draw the state it left (the view may move to the slice that changed back)."""
+    message = session.undo()  # first: the view below must show the undone state
+    return full_view(session, message)
 
 
 @guarded
@@ -385,10 +509,27 @@ def on_load_prompts(session: ViewerSession, file: str | None, policy: UploadPoli
 
 
 @guarded
-def on_load_labels(session: ViewerSession, file: str | None, policy: UploadPolicy) -> Updates:
-    if not file:
+def on_load_labels(session: ViewerSession, files: list[str] | str | None, policy: UploadPolicy) -> Updates:
+    """A label map, optionally with its JSON sidecar (names and colours), as :func:`on_export` writes them."""
+    if not files:
         return {"status": ""}
-    return _read_upload(session, file, policy, lambda p: actions.load_label_map(session, p))
+    paths = [Path(f) for f in ([files] if isinstance(files, str) else list(files)) if f]
+    try:
+        for path in paths:
+            check_uploaded([path], policy)
+        sidecars = [p for p in paths if p.name.lower().endswith(".json")]
+        maps = [p for p in paths if p not in sidecars]
+        if len(maps) != 1 or len(sidecars) > 1:
+            raise ValueError(
+                f"load one label map, optionally with its JSON sidecar; got {len(maps)} label map(s) and "
+                f"{len(sidecars)} JSON file(s)"
+            )
+        session.upload_name = maps[0].name
+        msg = actions.load_label_map(session, maps[0], sidecars[0] if sidecars else None)
+    finally:
+        for path in paths:
+            discard_upload(path, policy)
+    return {**full_view(session, msg), "load_labels": None}
 
 
 def _uploaded_file(file: str, policy: UploadPolicy) -> Path:

@@ -25,6 +25,7 @@ DEFAULT_DISPLAY_SIZE = 512
 _POSITIVE = (40, 220, 80)
 _NEGATIVE = (240, 60, 60)
 _BOX = (255, 210, 0)
+_MARGIN_GREY = 32
 _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 
@@ -35,18 +36,26 @@ class DisplayGeometry:
     Attributes:
         rows: slice rows (voxels).
         cols: slice columns (voxels).
-        width: drawn width in pixels.
-        height: drawn height in pixels.
+        width: drawn width of the slice in pixels.
+        height: drawn height of the slice in pixels.
+        margin: a dark band of this many pixels around the slice, where the orientation letters go (so they never
+            cover the anatomy); display pixels count from the band's outer corner.
     """
 
     rows: int
     cols: int
     width: int
     height: int
+    margin: int = 0
 
     @classmethod
     def fit(
-        cls, rows: int, cols: int, spacing_xy: tuple[float, float], size: int = DEFAULT_DISPLAY_SIZE
+        cls,
+        rows: int,
+        cols: int,
+        spacing_xy: tuple[float, float],
+        size: int = DEFAULT_DISPLAY_SIZE,
+        margin: int = 0,
     ) -> DisplayGeometry:
         """Fit the slice's physical extent (``cols * dx`` by ``rows * dy`` mm) into ``size`` pixels.
 
@@ -54,7 +63,8 @@ class DisplayGeometry:
             rows: slice rows.
             cols: slice columns.
             spacing_xy: millimetres per column step and per row step.
-            size: longest drawn side in pixels.
+            size: longest drawn side of the slice in pixels (the margin comes on top).
+            margin: band around the slice for the orientation letters, in pixels.
         """
         if rows < 1 or cols < 1:
             raise ValueError(f"slice size must be positive, got {rows} x {cols}")
@@ -62,7 +72,17 @@ class DisplayGeometry:
         if not (dx > 0 and dy > 0):
             raise ValueError(f"spacing must be positive, got {spacing_xy}")
         scale = size / max(cols * dx, rows * dy)  # pixels per mm
-        return cls(rows, cols, max(1, round(cols * dx * scale)), max(1, round(rows * dy * scale)))
+        w, h = max(1, round(cols * dx * scale)), max(1, round(rows * dy * scale))
+        return cls(rows, cols, w, h, max(0, int(margin)))
+
+    @property
+    def canvas_width(self) -> int:
+        """Width of the whole picture (slice and margins)."""
+        return self.width + 2 * self.margin
+
+    @property
+    def canvas_height(self) -> int:
+        return self.height + 2 * self.margin
 
     @property
     def sx(self) -> float:
@@ -83,7 +103,8 @@ class DisplayGeometry:
         return np.minimum(((np.arange(self.height) + 0.5) / self.sy).astype(np.int64), self.rows - 1)
 
     def to_slice(self, px: float, py: float) -> tuple[int, int] | None:
-        """Slice pixel ``(x, y)`` drawn at display pixel ``(px, py)`` (a click), or ``None`` outside the picture."""
+        """Slice pixel ``(x, y)`` drawn at display pixel ``(px, py)`` (a click), or ``None`` outside the slice."""
+        px, py = px - self.margin, py - self.margin
         if not (0 <= px < self.width and 0 <= py < self.height):
             return None
         x = min(int((math.floor(px) + 0.5) / self.sx), self.cols - 1)
@@ -92,7 +113,7 @@ class DisplayGeometry:
 
     def to_display(self, x: float, y: float) -> tuple[float, float]:
         """Display coordinates of the centre of slice pixel ``(x, y)`` (markers)."""
-        return (x + 0.5) * self.sx, (y + 0.5) * self.sy
+        return (x + 0.5) * self.sx + self.margin, (y + 0.5) * self.sy + self.margin
 
 
 def window_to_uint8(slice_2d: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -182,7 +203,7 @@ def render_slice(
         letters: edge letters (:func:`edge_letters`).
 
     Returns:
-        ``height x width x 3`` uint8 RGB.
+        ``canvas_height x canvas_width x 3`` uint8 RGB (the slice inside its margin).
     """
     if grey.shape != (geometry.rows, geometry.cols):
         raise ValueError(f"slice shape {grey.shape} != geometry {(geometry.rows, geometry.cols)}")
@@ -191,6 +212,9 @@ def render_slice(
     if labels is not None and opacity > 0:
         _blend(rgb, np.asarray(labels)[ys][:, xs], colours, float(np.clip(opacity, 0.0, 1.0)))
     out = np.clip(rgb, 0, 255).astype(np.uint8)
+    if geometry.margin:
+        m = geometry.margin
+        out = np.pad(out, ((m, m), (m, m), (0, 0)), constant_values=_MARGIN_GREY)
     if markers is None and not letters:
         return out
     from PIL import Image, ImageDraw
@@ -207,8 +231,9 @@ def render_slice(
 
 def _draw_markers(draw, markers: Markers, geometry: DisplayGeometry, r: float) -> None:  # noqa: ANN001
     for x0, y0, x1, y1 in markers.boxes:
-        a = ((x0) * geometry.sx, (y0) * geometry.sy)
-        b = ((x1 + 1) * geometry.sx - 1, (y1 + 1) * geometry.sy - 1)
+        m = geometry.margin
+        a = (x0 * geometry.sx + m, y0 * geometry.sy + m)
+        b = ((x1 + 1) * geometry.sx - 1 + m, (y1 + 1) * geometry.sy - 1 + m)
         draw.rectangle([a, b], outline=_BOX, width=2)
     for x, y, label in markers.points:
         cx, cy = geometry.to_display(x, y)
@@ -221,15 +246,23 @@ def _draw_markers(draw, markers: Markers, geometry: DisplayGeometry, r: float) -
 
 
 def _draw_letters(draw, letters: Mapping[str, str], geometry: DisplayGeometry) -> None:  # noqa: ANN001
-    size = max(10, min(geometry.width, geometry.height) // 22)
-    font = _font(size)
-    w, h, m = geometry.width, geometry.height, 4
-    spots = {
-        "left": (m, h / 2, "lm"),
-        "right": (w - m, h / 2, "rm"),
-        "top": (w / 2, m, "mt"),
-        "bottom": (w / 2, h - m, "mb"),
-    }
+    w, h, m = geometry.canvas_width, geometry.canvas_height, geometry.margin
+    if m:  # centred in the band around the slice, off the anatomy
+        font = _font(max(8, int(m * 0.8)))
+        spots = {
+            "left": (m / 2, h / 2, "mm"),
+            "right": (w - m / 2, h / 2, "mm"),
+            "top": (w / 2, m / 2, "mm"),
+            "bottom": (w / 2, h - m / 2, "mm"),
+        }
+    else:
+        font, e = _font(max(10, min(w, h) // 22)), 4
+        spots = {
+            "left": (e, h / 2, "lm"),
+            "right": (w - e, h / 2, "rm"),
+            "top": (w / 2, e, "mt"),
+            "bottom": (w / 2, h - e, "mb"),
+        }
     for edge, (x, y, anchor) in spots.items():
         if edge in letters:
             draw.text(

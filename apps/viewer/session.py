@@ -4,9 +4,11 @@
 :mod:`apps.viewer.handlers` translate events into its methods, and tests call them directly.
 
 The label map lives on the volume's RAS grid (``I x J x K`` uint16), the grid the viewer slices; it is mapped back
-to the file's own voxel grid only on export (:meth:`ViewerSession.export`). Every edit of a slice pushes the slice's
-previous labels and prompts onto that slice's undo stack; volume-wide edits (automatic segmentation of the volume,
-propagation, a loaded label map) push one snapshot per changed slice along the viewed axis.
+to the file's own voxel grid only on export (:func:`apps.viewer.actions.export`). Every change of labels, prompts or
+label names happens inside :meth:`ViewerSession.action`, which records the previous contents of only the slices it
+touched; the session keeps one undo stack of such actions (:class:`~apps.viewer.state.UndoStack`, capped in memory),
+so Undo takes back the last action whatever its scope: a click, a brush stroke, automatic segmentation of the whole
+volume, a propagation or a loaded label map.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from apps.viewer.engine import ModelRegistry, SegmentationEngine, guess_modality
+from apps.viewer.brush import stroke_mask
+from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, SegmentationEngine, guess_modality
 from apps.viewer.render import DisplayGeometry, edge_letters, markers_for, render_slice, window_to_uint8
-from apps.viewer.state import LabelSet, PromptBook, SliceHistory, Snapshot, VoxelCounts
+from apps.viewer.state import Action, LabelSet, PromptBook, UndoStack, VoxelCounts
 from salt_seg.data.volume import Volume, extract_slice, insert_slice, slice_shape
 from salt_seg.inference.segment import InferenceSettings
 from salt_seg.inference.summary import voxel_volume_mm3
@@ -38,6 +42,13 @@ TOOLS = ("positive point", "negative point", "box", "brush", "eraser", "inspect"
 PRESETS = ("auto", *("soft_tissue", "lung", "bone", "brain"))
 
 Progress = Callable[[float, str], None]
+#: the dark band around the drawn slice that holds the orientation letters (pixels).
+LETTER_MARGIN = 20
+
+
+def nice(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits (window boxes show ``4234``, not ``4234.1049``)."""
+    return float(f"{float(value):.{digits}g}")
 
 
 class ViewerSession:
@@ -84,9 +95,15 @@ class ViewerSession:
         self.tool = TOOLS[0]
         self.brush_radius = 3
         self.label_set = LabelSet()
-        self.history = SliceHistory()
+        self.undo_stack = UndoStack()
+        self._action: Action | None = None  # the action being recorded (see action)
+        self.unsaved = False  # labels changed since open, load or export (replacing the volume asks first)
         self.prompts = PromptBook()
-        self.engine: SegmentationEngine | None = None
+        self.engine: SegmentationEngine | None = None  # the chosen model (class tokens)
+        self.prompt_engine: SegmentationEngine | None = (
+            None  # what answers points and boxes (see model_roles)
+        )
+        self.pending: Any = None  # (staged upload, series) waiting for the user to discard unsaved labels
         self.engine_error: str | None = None
         self.cursor = ""
         self.staged: Any = None  # an upload waiting for the user's series choice (handlers)
@@ -114,43 +131,84 @@ class ViewerSession:
         self.counts = VoxelCounts(self.labels)
         self.axis = 2
         self.index = {a: n // 2 for a, n in enumerate(self.ras.shape)}
-        self.history.clear()
+        self.undo_stack.clear()
+        self.unsaved = False
         self.prompts.clear()
         self.label_set = LabelSet()
         self.cursor = ""
         self.set_preset("soft_tissue" if self.modality == "CT" else "auto")
         self._build_engine()
 
+    def _make_engine(self, name: str) -> SegmentationEngine:
+        assert self.volume is not None and self.ras is not None
+        return SegmentationEngine(
+            self.registry.get(name),
+            self.volume,
+            self.ras.shape,
+            modality=self.modality,
+            cache_size=self.cache_size,
+            radius=self.radius,
+        )
+
     def _build_engine(self) -> None:
-        self.engine, self.engine_error = None, None
+        self.engine, self.prompt_engine, self.engine_error = None, None, None
         if self.volume is None or self.ras is None:
             return
         try:
-            loaded = self.registry.get(self.model_name)
-            self.engine = SegmentationEngine(
-                loaded,
-                self.volume,
-                self.ras.shape,
-                modality=self.modality,
-                cache_size=self.cache_size,
-                radius=self.radius,
-            )
+            self.engine = self._make_engine(self.model_name)
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             self.engine_error = f"model {self.model_name!r} is not available: {exc}"
             log.warning("%s", self.engine_error)
             return
+        self.prompt_engine = self.engine
+        if self.engine.tokens_only and BUILTIN_MODEL in self.registry.names:
+            # a run trained on class tokens only answers a point with the whole structure its token learned;
+            # SAM's own prompt decoder (the built-in base) answers points and boxes instead
+            try:
+                self.prompt_engine = self._make_engine(BUILTIN_MODEL)
+            except (ValueError, FileNotFoundError, RuntimeError) as exc:
+                log.warning("the built-in base is not available for points and boxes: %s", exc)
         if self.engine.class_names:
             names = {**self.engine.class_names}
             self.label_set = LabelSet({**names, **self.label_set.names} if self._labels_used() else names)
-        self.engine.request_prefetch(self.axis, self.slice_index)
+        self._prefetch()
+
+    def model_roles(self) -> str:
+        """One line: which model answers points and boxes, and which class tokens (automatic segmentation)."""
+        if self.engine is None:
+            if self.engine_error:
+                return f"⚠️ {self.engine_error}"
+            return f"{self.model_name}: loads when a volume opens"
+        tokens = self.engine.token_classes
+        token_part = (
+            f"class tokens (Auto): {self.model_name}, {len(tokens)} class(es)"
+            if tokens
+            else "class tokens (Auto): none (a base model has none; give a trained run)"
+        )
+        if self.prompt_engine is not self.engine:
+            return f"points/boxes: {BUILTIN_MODEL} (SAM's prompt decoder) · {token_part}"
+        if self.engine.tokens_only:
+            return (
+                f"⚠️ points/boxes: {self.model_name}, whose decoder learned class tokens only: a point may give the "
+                f"whole structure · {token_part}"
+            )
+        kind = (
+            f"trained on {self.engine.record.prompt_mode} prompts"
+            if self.engine.trained
+            else "prompt decoder"
+        )
+        return f"points/boxes: {self.model_name} ({kind}) · {token_part}"
 
     def _labels_used(self) -> bool:
         return self.labels is not None and bool(self.labels.any())
 
+    def _engines(self) -> list[SegmentationEngine]:
+        return [e for e in dict.fromkeys((self.engine, self.prompt_engine)) if e is not None]
+
     def _drop_engine(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-        self.engine = None
+        for engine in self._engines():
+            engine.close()
+        self.engine = self.prompt_engine = None
 
     def set_model(self, name: str) -> None:
         """Switch models (the label map and prompts stay)."""
@@ -185,6 +243,13 @@ class ViewerSession:
             raise RuntimeError(self.engine_error or "no model is loaded")
         return self.engine
 
+    def require_prompt_engine(self) -> SegmentationEngine:
+        """The engine that answers points and boxes (the model's own, or the built-in base, see
+        :meth:`model_roles`)."""
+        self.require_engine()
+        assert self.prompt_engine is not None
+        return self.prompt_engine
+
     # --- navigation --------------------------------------------------------------------------------------------
     @property
     def slice_index(self) -> int:
@@ -214,8 +279,8 @@ class ViewerSession:
         self.set_slice(self.slice_index + int(delta))
 
     def _prefetch(self) -> None:
-        if self.engine is not None:
-            self.engine.request_prefetch(self.axis, self.slice_index)
+        for engine in self._engines():
+            engine.request_prefetch(self.axis, self.slice_index)
 
     # --- window -------------------------------------------------------------------------------------------------
     def set_preset(self, name: str) -> None:
@@ -224,7 +289,7 @@ class ViewerSession:
         if name == "auto":
             sample = vol.array[0][::2, ::2, ::2] if min(vol.shape) > 4 else vol.array[0]
             lo, hi = intensity_range(sample, Preprocessing(intensity="mr"))
-            self.level, self.width = (lo + hi) / 2.0, max(hi - lo, 1e-3)
+            self.level, self.width = nice((lo + hi) / 2.0), nice(max(hi - lo, 1e-3))
         else:
             self.level, self.width = window_preset(name)
         self.preset = name
@@ -249,7 +314,7 @@ class ViewerSession:
 
     def geometry(self) -> DisplayGeometry:
         rows, cols = slice_shape(self.require_volume().shape, self.axis)
-        return DisplayGeometry.fit(rows, cols, self.spacing_xy, self.display_size)
+        return DisplayGeometry.fit(rows, cols, self.spacing_xy, self.display_size, margin=LETTER_MARGIN)
 
     def image_slice(self) -> np.ndarray:
         """``rows x cols`` source intensities (HU for CT) of the viewed slice, channel 0."""
@@ -270,9 +335,12 @@ class ViewerSession:
         mark_corner = None
         if corner is not None and corner[:2] == (self.axis, self.slice_index):
             mark_corner = (corner[3], corner[4])
+        labels = self.label_slice()
+        if self.label_set.hidden:
+            labels[np.isin(labels, list(self.label_set.hidden))] = 0
         return render_slice(
             grey,
-            self.label_slice(),
+            labels,
             self.geometry(),
             colours=self.label_set.colours(),
             opacity=self.opacity,
@@ -286,14 +354,21 @@ class ViewerSession:
 
         return slice_to_voxel(self.require_volume().shape, self.axis, self.slice_index, x, y)
 
+    def source_voxel(self, x: float, y: float) -> tuple[int, int, int]:
+        """The file's own voxel index (as stored, before reorientation) under slice pixel ``(x, y)``."""
+        ras = self.require_volume()
+        world = ras.voxel_to_world(np.array(self.voxel_at(int(x), int(y))))[0]
+        assert self.volume is not None
+        i, j, k = (int(v) for v in np.round(self.volume.world_to_voxel(world)[0]))
+        return i, j, k
+
     def inspect(self, x: int, y: int) -> str:
         """Describe the voxel under slice pixel ``(x, y)``: file voxel index, RAS mm, value (HU for CT), label."""
         ras = self.require_volume()
         ijk = self.voxel_at(x, y)
         value = float(ras.array[(0, *ijk)])
         world = ras.voxel_to_world(np.array(ijk))[0]
-        assert self.volume is not None
-        src = np.round(self.volume.world_to_voxel(world)[0]).astype(int)
+        src = self.source_voxel(x, y)
         unit = " HU" if self.modality == "CT" else ""
         lab = int(self.labels[ijk]) if self.labels is not None else 0
         name = self.label_set.names.get(lab, "")
@@ -308,27 +383,112 @@ class ViewerSession:
     def _key(self, key: tuple[int, int] | None) -> tuple[int, int]:
         return (self.axis, self.slice_index) if key is None else (int(key[0]), int(key[1]))
 
-    def _snapshot(self, key: tuple[int, int] | None = None) -> None:
-        k = self._key(key)
-        assert self.labels is not None
-        self.history.push(k, Snapshot(np.array(extract_slice(self.labels, *k)), self.prompts.on_slice(*k)))
+    @contextmanager
+    def action(self, name: str, *, names: bool = False) -> Iterator[Action]:
+        """Group every label and prompt write made inside into one undoable :class:`~apps.viewer.state.Action`.
 
-    def _write_slice(self, new: np.ndarray, key: tuple[int, int] | None = None) -> None:
+        A use inside another joins the outer action. An exception inside puts back what was written so far
+        (nothing half-done) and propagates. ``names``: the action may change label names; undo restores them.
+        """
+        outer = self._action
+        if outer is not None:
+            if names and outer.names is None:
+                outer.names, outer.active = dict(self.label_set.names), self.label_set.active
+            yield outer
+            return
+        act = Action(name)
+        if names:
+            act.names, act.active = dict(self.label_set.names), self.label_set.active
+        self._action = act
+        try:
+            yield act
+        except BaseException:
+            self._action = None
+            self._restore(act)
+            raise
+        self._action = None
+        if not act.empty:
+            self.undo_stack.push(act)
+            self.unsaved = True
+
+    def _record(self, key: tuple[int, int]) -> None:
+        """Keep what slice ``key`` holds (labels, prompts) in the open action, the first time it is touched."""
+        act = self._action
+        assert act is not None, "label writes happen inside ViewerSession.action"
         assert self.labels is not None
-        k = self._key(key)
+        if key not in act.slices:
+            act.slices[key] = np.array(extract_slice(self.labels, *key))
+            act.prompts[key] = self.prompts.on_slice(*key)
+
+    def _put_slice(self, new: np.ndarray, key: tuple[int, int]) -> None:
+        assert self.labels is not None
         new = np.asarray(new).astype(self.labels.dtype)
-        self.counts.add(extract_slice(self.labels, *k), -1)
-        insert_slice(self.labels, *k, new)
+        self.counts.add(extract_slice(self.labels, *key), -1)
+        insert_slice(self.labels, *key, new)
         self.counts.add(new, +1)
 
-    def edit_slice(self, new: np.ndarray, key: tuple[int, int] | None = None) -> None:
-        """Replace a slice's labels (default: the viewed slice) as one undoable edit."""
-        self._snapshot(key)
-        self._write_slice(new, key)
+    def _write_slice(self, new: np.ndarray, key: tuple[int, int] | None = None) -> None:
+        k = self._key(key)
+        self._record(k)
+        self._put_slice(new, k)
+
+    def _restore(self, act: Action) -> int:
+        """Put back what ``act`` recorded (slices in reverse record order, then prompts and names); returns the
+        voxels that changed back."""
+        changed = 0
+        for key in reversed(list(act.slices)):
+            changed += int(np.count_nonzero(extract_slice(self.labels, *key) != act.slices[key]))
+            self._put_slice(act.slices[key], key)
+        for key, prompts in act.prompts.items():
+            self.prompts.replace_slice(*key, prompts)
+        if act.names is not None:
+            self.label_set.names = dict(act.names)
+            self.label_set.active = act.active if act.active in act.names else min(act.names)
+            self.label_set.hidden &= set(act.names)
+        return changed
+
+    def edit_slice(self, new: np.ndarray, key: tuple[int, int] | None = None, name: str = "edit") -> None:
+        """Replace a slice's labels (default: the viewed slice) as one undoable action."""
+        with self.action(name):
+            self._write_slice(new, key)
+
+    @property
+    def has_unsaved_labels(self) -> bool:
+        """Labels were drawn or changed since the volume was opened, a label map loaded, or the last export."""
+        return bool(self.unsaved and self._labels_used())
 
     def add_label(self, name: str | None = None) -> int:
         """Add a label (next free id) and make it active."""
         return self.label_set.add(name)
+
+    def rename_label(self, label_id: int, name: str) -> str:
+        """Rename a label (undoable); returns a one-line message."""
+        with self.action("rename", names=True):
+            old = self.label_set.rename(label_id, name)
+        return f"renamed {old} to {self.label_set.names[int(label_id)]}"
+
+    def delete_label(self, label_id: int) -> str:
+        """Remove a label: its voxels and prompts go, and its name (undoable as one step)."""
+        assert self.labels is not None
+        cid = int(label_id)
+        self.require_volume()
+        if cid not in self.label_set.names:
+            raise ValueError(f"unknown label {cid}; labels: {sorted(self.label_set.names)}")
+        name = self.label_set.names[cid]
+        with self.action(f"delete {name}", names=True):
+            voxels = self.counts[cid]
+            if voxels:
+                new = self.labels.copy()
+                new[new == cid] = 0
+                self.replace_labels(new)
+            for p in self.prompts.all():
+                if p.class_id == cid:
+                    key = (int(p.axis), int(p.slice_index))  # type: ignore[arg-type]
+                    self._record(key)
+                    kept = {c: q for c, q in self.prompts.on_slice(*key).items() if c != cid}
+                    self.prompts.replace_slice(*key, kept)
+            self.label_set.remove(cid)
+        return f"deleted {name} ({voxels} voxel(s)); Undo brings it back"
 
     def click(self, x: int, y: int) -> str:
         """Apply the current tool at slice pixel ``(x, y)`` of the viewed slice; returns a one-line message."""
@@ -337,10 +497,8 @@ class ViewerSession:
         if tool == "inspect":
             return self.cursor
         if tool in ("brush", "eraser"):
-            self.edit_slice(self._stamp(x, y, cid if tool == "brush" else 0))
-            self.inspect(x, y)
-            return f"{tool} at ({x}, {y})"
-        self.require_engine()
+            return self.stroke([(x, y)])
+        self.require_prompt_engine()
         a, i = self.axis, self.slice_index
         prompt = self.prompts.get(a, i, cid)
         if tool == "box":
@@ -360,65 +518,94 @@ class ViewerSession:
         self.inspect(x, y)  # the label under the cursor changed
         return message
 
+    def stroke(self, points: list[tuple[int, int]]) -> str:
+        """Brush (or erase, with the eraser tool) along slice pixels ``points`` of the viewed slice: one undoable
+        action however long the stroke. Returns a one-line message naming the file voxel where it started."""
+        if self.tool not in ("brush", "eraser"):
+            raise ValueError(f"strokes need the brush or the eraser tool, not {self.tool!r}")
+        lab = self.label_slice()
+        mask = stroke_mask(lab.shape, points, self.brush_radius)
+        value = self.label_set.active if self.tool == "brush" else 0
+        if self.tool == "eraser":
+            changed = int((mask & (lab != 0)).sum())
+        else:
+            changed = int((mask & (lab != value)).sum())
+        lab[mask] = value
+        self.edit_slice(lab, name=self.tool)
+        x, y = points[-1]
+        self.inspect(x, y)
+        where = "voxel [" + ", ".join(str(v) for v in self.source_voxel(*points[0])) + "]"
+        kind = f"{len(points)}-point stroke" if len(points) > 1 else "dab"
+        return f"{self.tool} {kind} from {where}: {changed} voxel(s) changed"
+
     def apply_prompt(self, prompt: Prompt) -> str:
-        """Make ``prompt`` its slice's prompt for its label, segment, and write the mask (undoable on that slice).
+        """Make ``prompt`` its slice's prompt for its label, segment, and write the mask (one undoable action).
 
         The label's pixels on that slice are replaced by the new mask; other labels are never overwritten.
         """
-        engine = self.require_engine()
+        engine = self.require_prompt_engine()
         assert self.labels is not None and prompt.axis is not None and prompt.slice_index is not None
         key = (int(prompt.axis), int(prompt.slice_index))
-        self._snapshot(key)
-        self.prompts.put(prompt)
         out = engine.decode(key[0], [(key[1], prompt)])[0]
         lab = np.array(extract_slice(self.labels, *key))
         cid = prompt.class_id
         lab[lab == cid] = 0
         lab[out.mask & (lab == 0)] = cid
-        self._write_slice(lab, key)
+        kind = "box" if prompt.box is not None and not prompt.points else "point"
+        with self.action(kind):
+            self._record(key)
+            self.prompts.put(prompt)
+            self._write_slice(lab, key)
         name = self.label_set.names.get(cid, str(cid))
         return f"{name}: {int(out.mask.sum())} px, predicted IoU {out.score:.2f}"
 
-    def _stamp(self, x: int, y: int, value: int) -> np.ndarray:
-        lab = self.label_slice()
-        yy, xx = np.ogrid[: lab.shape[0], : lab.shape[1]]
-        r = max(0, int(self.brush_radius))
-        lab[(xx - x) ** 2 + (yy - y) ** 2 <= r * r] = value
-        return lab
-
     def undo(self) -> str:
-        """Restore the viewed slice as it was before its last edit."""
+        """Undo the last action, whatever it touched (one slice, or many); a one-slice action is shown at once.
+
+        Returns a one-line message.
+        """
         self.require_volume()
-        key = (self.axis, self.slice_index)
-        snap = self.history.pop(key)
         self.prompts.corner = None
-        if snap is None:
-            return "nothing to undo on this slice"
-        self._write_slice(snap.labels)
-        self.prompts.replace_slice(*key, snap.prompts)
-        return f"undone ({self.history.depth(key)} more step(s) on this slice)"
+        act = self.undo_stack.pop()
+        if act is None:
+            return "nothing to undo"
+        voxels = self._restore(act)
+        self.unsaved = True
+        keys = list(act.slices)
+        if len(keys) == 1:  # show the slice that changed back
+            axis, index = keys[0]
+            self.axis, self.index[axis] = int(axis), int(index)
+            self._prefetch()
+        where = f"{AXIS_NAMES[keys[0][0]]} slice {keys[0][1]}" if len(keys) == 1 else f"{voxels} voxel(s)"
+        return f"undone: {act.name} ({where}) · {len(self.undo_stack)} more step(s) to undo"
 
     def clear_slice(self) -> str:
         """Remove every label and prompt from the viewed slice (undoable)."""
         self.require_volume()
-        self._snapshot()
-        self._write_slice(np.zeros_like(self.label_slice()))
-        self.prompts.replace_slice(self.axis, self.slice_index, {})
+        with self.action("clear slice"):
+            self._write_slice(np.zeros_like(self.label_slice()))
+            self.prompts.replace_slice(self.axis, self.slice_index, {})
         self.prompts.corner = None
         return f"cleared {AXIS_NAMES[self.axis]} slice {self.slice_index}"
 
-    def replace_labels(self, new: np.ndarray) -> int:
-        """Replace the whole label map, pushing an undo snapshot for every changed slice of the viewed axis."""
+    def replace_labels(self, new: np.ndarray, name: str = "label map") -> int:
+        """Replace the whole label map as one undoable action; returns the slices changed along the viewed axis.
+
+        Only the changed slices are kept for undo, along whichever axis has the fewest of them.
+        """
         assert self.labels is not None
-        old = self.labels
-        others = tuple(d for d in range(3) if d != self.axis)
-        changed = np.nonzero((old != new).any(axis=others))[0]
-        for i in changed:
-            key = (self.axis, int(i))
-            self.history.push(key, Snapshot(np.array(extract_slice(old, *key)), self.prompts.on_slice(*key)))
-        self.labels = np.asarray(new, dtype=np.uint16)
-        self.counts = VoxelCounts(self.labels)
-        return len(changed)
+        new = np.asarray(new, dtype=np.uint16)
+        if new.shape != self.labels.shape:
+            raise ValueError(f"label map shape {new.shape} differs from the volume {self.labels.shape}")
+        diff = self.labels != new
+        changed = {a: np.nonzero(diff.any(axis=tuple(d for d in range(3) if d != a)))[0] for a in range(3)}
+        store = min(range(3), key=lambda a: (len(changed[a]) * diff.size // diff.shape[a], a != self.axis))
+        with self.action(name):
+            for i in changed[store]:
+                self._record((store, int(i)))
+            self.labels = np.array(new)
+            self.counts = VoxelCounts(self.labels)
+        return len(changed[self.axis])
 
     # --- summary ------------------------------------------------------------------------------------------------
     def volumes(self) -> dict[str, dict]:
@@ -449,9 +636,8 @@ class ViewerSession:
         """
         arrays: list[Any] = [self.labels]
         arrays += [v.array for v in (self.volume, self.ras) if v is not None]
-        arrays += [snap.labels for snap in self.history.snapshots()]
-        engine = self.engine
-        if engine is not None:
+        arrays += self.undo_stack.arrays()
+        for engine in self._engines():
             arrays += engine.held_arrays()
 
         def base_of(a: Any) -> Any:

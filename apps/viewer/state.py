@@ -1,4 +1,4 @@
-"""Plain bookkeeping classes of one viewer session: labels, the prompts placed, per-slice undo.
+"""Plain bookkeeping classes of one viewer session: labels, the prompts placed, the undo stack.
 
 Everything here is in *display* coordinates of the RAS grid the viewer slices: a slice is ``(axis, index)`` and a
 pixel ``(x, y)`` is ``slice[y, x]`` of :func:`salt_seg.data.volume.extract_slice` (the same pixels the model's
@@ -17,8 +17,10 @@ from salt_seg.inference.sidecars import label_color
 from salt_seg.prompts import Prompt
 
 SliceKey = tuple[int, int]
-#: snapshots kept per slice for undo.
-DEFAULT_UNDO_DEPTH = 32
+#: actions kept for undo.
+DEFAULT_UNDO_DEPTH = 64
+#: memory the undo stack may hold (previous contents of the slices its actions changed).
+DEFAULT_UNDO_BYTES = 512 * 1024**2
 
 
 @dataclass
@@ -28,10 +30,14 @@ class LabelSet:
     Attributes:
         names: label id (>= 1) -> name.
         active: the id prompts, automatic segmentation of one class and the brush write to.
+        colors: label id -> RGB where it differs from the palette (a loaded sidecar's colours).
+        hidden: label ids not drawn on the image (they stay in the label map and the export).
     """
 
     names: dict[int, str] = field(default_factory=lambda: {1: "label 1"})
     active: int = 1
+    colors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    hidden: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -60,19 +66,53 @@ class LabelSet:
         self.names = dict(sorted(self.names.items()))
         return new
 
+    def rename(self, label_id: int, name: str) -> str:
+        """Give label ``label_id`` a new name (whitespace collapsed); returns the old name.
+
+        Raises:
+            ValueError: unknown id or an empty name.
+        """
+        self._check(label_id)
+        clean = " ".join(str(name or "").split())
+        if not clean:
+            raise ValueError("a label name cannot be empty")
+        old = self.names[int(label_id)]
+        self.names[int(label_id)] = clean
+        return old
+
+    def remove(self, label_id: int) -> None:
+        """Forget label ``label_id`` (its voxels are the caller's business); ``label 1`` is left when none remain."""
+        self._check(label_id)
+        del self.names[int(label_id)]
+        self.colors.pop(int(label_id), None)
+        self.hidden.discard(int(label_id))
+        if not self.names:
+            self.names = {1: "label 1"}
+        if self.active not in self.names:
+            self.active = min(self.names)
+
+    def toggle(self, label_id: int) -> bool:
+        """Show or hide label ``label_id`` on the image; returns whether it is now visible."""
+        self._check(label_id)
+        self.hidden ^= {int(label_id)}
+        return int(label_id) not in self.hidden
+
+    def _check(self, label_id: int) -> None:
+        if int(label_id) not in self.names:
+            raise ValueError(f"unknown label {label_id}; labels: {sorted(self.names)}")
+
     def select(self, label_id: int) -> None:
         """Make ``label_id`` active.
 
         Raises:
             ValueError: unknown id.
         """
-        if int(label_id) not in self.names:
-            raise ValueError(f"unknown label {label_id}; labels: {sorted(self.names)}")
+        self._check(label_id)
         self.active = int(label_id)
 
     def colours(self) -> dict[int, tuple[int, int, int]]:
         """Label id -> RGB, the palette the exported sidecars use (:func:`salt_seg.inference.sidecars.label_color`)."""
-        return {i: label_color(i) for i in self.names}
+        return {i: tuple(self.colors.get(i, label_color(i))) for i in self.names}  # type: ignore[misc]
 
     def choices(self) -> list[tuple[str, int]]:
         """``(display name, id)`` pairs for a dropdown."""
@@ -80,55 +120,83 @@ class LabelSet:
 
 
 @dataclass
-class Snapshot:
-    """One slice as it was before an edit (labels and prompts), for undo.
+class Action:
+    """One undoable action: what every slice it touched held before it, whatever the action's scope.
+
+    A click or a brush stroke touches one slice; automatic segmentation of the volume, propagation or a loaded
+    label map touch many (only the slices that changed are kept, so a volume-wide action that changed 10 slices
+    costs 10 slices). Slices are restored in the reverse of the order they were recorded, which gives back the
+    exact state before the action even when slices of different axes overlap.
 
     Attributes:
-        labels: ``rows x cols`` label ids of the slice.
-        prompts: class id -> the prompt on that slice.
+        name: what the action was (``"point"``, ``"automatic segmentation"``, ...), for the status line.
+        slices: ``(axis, index)`` -> ``rows x cols`` label ids of that slice before the action, in record order.
+        prompts: ``(axis, index)`` -> class id -> the prompt that slice held before the action.
+        names: the label names before the action, when the action changed them (else ``None``).
+        active: the active label before the action, when ``names`` is kept.
     """
 
-    labels: np.ndarray
-    prompts: dict[int, Prompt]
+    name: str
+    slices: dict[SliceKey, np.ndarray] = field(default_factory=dict)
+    prompts: dict[SliceKey, dict[int, Prompt]] = field(default_factory=dict)
+    names: dict[int, str] | None = None
+    active: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.slices.values())
+
+    @property
+    def empty(self) -> bool:
+        return not self.slices and not self.prompts and self.names is None
+
+    def arrays(self) -> list[np.ndarray]:
+        return list(self.slices.values())
 
 
-class SliceHistory:
-    """Per-slice undo stacks: each edit of slice ``(axis, index)`` pushes what the slice held before it.
+class UndoStack:
+    """One undo stack for the whole session: each entry is an :class:`Action`, whatever it touched.
 
     Args:
-        max_depth: snapshots kept per slice (the oldest is dropped).
+        max_actions: actions kept (the oldest is dropped).
+        max_bytes: what the kept slices may hold together; beyond it the oldest actions are dropped (the newest is
+            always kept, so the last action can be undone even when it alone is larger).
     """
 
-    def __init__(self, max_depth: int = DEFAULT_UNDO_DEPTH) -> None:
-        if max_depth < 1:
-            raise ValueError(f"max_depth must be >= 1, got {max_depth}")
-        self.max_depth = int(max_depth)
-        self._stacks: dict[SliceKey, list[Snapshot]] = {}
+    def __init__(self, max_actions: int = DEFAULT_UNDO_DEPTH, max_bytes: int = DEFAULT_UNDO_BYTES) -> None:
+        if max_actions < 1:
+            raise ValueError(f"max_actions must be >= 1, got {max_actions}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_actions, self.max_bytes = int(max_actions), int(max_bytes)
+        self._actions: list[Action] = []
 
-    def push(self, key: SliceKey, snapshot: Snapshot) -> None:
-        stack = self._stacks.setdefault(key, [])
-        stack.append(snapshot)
-        del stack[: max(0, len(stack) - self.max_depth)]
+    def __len__(self) -> int:
+        return len(self._actions)
 
-    def pop(self, key: SliceKey) -> Snapshot | None:
-        """The latest snapshot of the slice (removed), or ``None`` when there is nothing to undo."""
-        stack = self._stacks.get(key)
-        if not stack:
-            return None
-        snap = stack.pop()
-        if not stack:
-            del self._stacks[key]
-        return snap
+    def push(self, action: Action) -> None:
+        self._actions.append(action)
+        del self._actions[: max(0, len(self._actions) - self.max_actions)]
+        while len(self._actions) > 1 and self.nbytes > self.max_bytes:
+            del self._actions[0]
 
-    def depth(self, key: SliceKey) -> int:
-        return len(self._stacks.get(key, ()))
+    def pop(self) -> Action | None:
+        """The latest action (removed), or ``None`` when there is nothing to undo."""
+        return self._actions.pop() if self._actions else None
 
-    def snapshots(self) -> list[Snapshot]:
-        """Every snapshot held, all slices (for memory accounting)."""
-        return [snap for stack in list(self._stacks.values()) for snap in stack]
+    def peek(self) -> Action | None:
+        return self._actions[-1] if self._actions else None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._actions)
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every slice array held (for memory accounting)."""
+        return [arr for a in list(self._actions) for arr in a.arrays()]
 
     def clear(self) -> None:
-        self._stacks.clear()
+        self._actions.clear()
 
 
 class PromptBook:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +73,75 @@ def _sorted(class_names: dict[int, str]) -> list[tuple[int, str]]:
     return items
 
 
-def label_json(class_names: dict[int, str], **extra: Any) -> dict[str, Any]:
-    """The JSON sidecar's content: label names (``"0"`` = background) and colours, plus ``extra`` fields."""
+def label_json(
+    class_names: dict[int, str], *, colors: Mapping[int, Sequence[int]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The JSON sidecar's content: label names (``"0"`` = background) and colours, plus ``extra`` fields.
+
+    ``colors``: RGB per class id where it differs from the palette (:func:`label_color`).
+    """
     items = _sorted(class_names)
+    chosen = {int(k): [int(c) for c in v] for k, v in (colors or {}).items()}
     return {
         "labels": {"0": "background", **{str(k): v for k, v in items}},
-        "colors": {str(k): list(label_color(k)) for k, _ in items},
+        "colors": {str(k): chosen.get(k, list(label_color(k))) for k, _ in items},
         **extra,
     }
 
 
 def write_label_json(
-    path: str | Path, class_names: dict[int, str], *, overwrite: bool = False, **extra: Any
+    path: str | Path,
+    class_names: dict[int, str],
+    *,
+    overwrite: bool = False,
+    colors: Mapping[int, Sequence[int]] | None = None,
+    **extra: Any,
 ) -> Path:
     """Write the JSON sidecar (atomically)."""
-    text = json.dumps(label_json(class_names, **extra), indent=2) + "\n"
+    text = json.dumps(label_json(class_names, colors=colors, **extra), indent=2) + "\n"
     return atomic_write_text(check_writable(path, overwrite), text)
+
+
+def read_label_json(path: str | Path) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
+    """Label names and colours from a JSON sidecar (:func:`write_label_json`); background (0) is left out.
+
+    Returns:
+        ``(names, colors)``: class id -> name, and class id -> RGB for the ids the file gives a colour.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, no ``labels`` object, an id that is not a non-negative integer, or a colour that is
+            not three integers in 0..255 (the message names the file and the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name}: no such label sidecar")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path.name}: not a JSON label sidecar ({exc})") from None
+    labels = doc.get("labels") if isinstance(doc, dict) else None
+    if not isinstance(labels, dict):
+        raise ValueError(f'{path.name}: no \'labels\' object (expected {{"1": "name", ...}})')
+    names: dict[int, str] = {}
+    for key, name in labels.items():
+        if not str(key).isdigit():
+            raise ValueError(f"{path.name}: label id {key!r} is not a non-negative integer")
+        if int(key) > 0:
+            names[int(key)] = str(name)
+    colors: dict[int, tuple[int, int, int]] = {}
+    raw = doc.get("colors") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path.name}: 'colors' must be an object of id -> [r, g, b]")
+    for key, rgb in raw.items():
+        ok = (
+            isinstance(rgb, list) and len(rgb) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in rgb)
+        )
+        if not str(key).isdigit() or not ok:
+            raise ValueError(f"{path.name}: colour of label {key!r} must be [r, g, b] with integers 0-255")
+        if int(key) > 0:
+            colors[int(key)] = (rgb[0], rgb[1], rgb[2])
+    return dict(sorted(names.items())), colors
 
 
 def slicer_name(name: str) -> str:

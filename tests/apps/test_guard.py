@@ -137,7 +137,7 @@ def test_uploaded_files_are_never_served_and_are_deleted_once_read(server: Viewe
     assert served.status_code == 200 and served.content == Path(nii).read_bytes()
     # a label map loaded from an upload is deleted once read
     labels = write_nifti(tmp_path / "labels.nii.gz", np.zeros(arr.shape, np.uint8), las_affine())
-    assert client.predict(handle_file(str(labels)), api_name="/load_labels")[STATUS].startswith("loaded")
+    assert client.predict([handle_file(str(labels))], api_name="/load_labels")[STATUS].startswith("loaded")
     (label_upload,) = set(server.demo.upload_file_set) - before - {read}
     assert not Path(label_upload).exists()
     Path(pending).unlink()  # the test's own leftover (Gradio's folder is shared by every app on the machine)

@@ -86,7 +86,7 @@ def test_click_hits_the_voxel_under_the_cursor_on_an_anisotropic_las_volume(make
         (geo.width // 3, geo.height // 2),
         (7, geo.height - 3),
     ]:
-        out = h.on_select(s, select(px, py))
+        out = h.on_select(s, select(px + geo.margin, py + geo.margin))  # slice pixels start inside the margin
         m = re.search(r"voxel \[(\d+), (\d+), (\d+)\].*value ([\d.e+]+)", out["cursor"])
         assert m, out["cursor"]
         shown = tuple(int(g) for g in m.groups()[:3])
@@ -164,7 +164,7 @@ def test_points_accumulate_and_negative_points_are_kept(make_session, ct_nifti):
     assert np.array_equal(s.label_slice() == 1, blob)
 
 
-def test_undo_restores_labels_and_prompts_per_slice(make_session, ct_nifti):
+def test_undo_takes_back_the_last_action_on_any_slice_and_shows_it(make_session, ct_nifti):
     s = opened(make_session, ct_nifti)
     blob = ras_blob()
     centre = {}
@@ -182,15 +182,20 @@ def test_undo_restores_labels_and_prompts_per_slice(make_session, ct_nifti):
     h.on_select(s, select(*display_xy(s, *centre[11])))
     slice11 = s.label_slice()
     s.set_slice(9)
-    assert h.on_undo(s)["status"].startswith("undone (1 more")  # the brush stroke
-    assert np.array_equal(s.label_slice(), after_one)
-    assert h.on_undo(s)["status"].startswith("undone (0 more")  # the point
-    assert not s.label_slice().any()
-    assert s.prompts.on_slice(2, 9) == {}
-    assert h.on_undo(s)["status"] == "nothing to undo on this slice"
-    s.set_slice(11)  # the other slice is untouched by undo on slice 9
+    # the last action was the point on slice 11: undo takes it back and shows slice 11
+    out = h.on_undo(s)
+    assert out["status"] == "undone: point (axial slice 11) · 2 more step(s) to undo"
+    assert s.slice_index == 11 and out["slice"]["value"] == 11
+    assert not s.label_slice().any() and s.prompts.on_slice(2, 11) == {}
+    assert np.array_equal(out["image"], s.render())  # the picture sent is the undone state
+    assert h.on_undo(s)["status"] == "undone: brush (axial slice 9) · 1 more step(s) to undo"
+    assert s.slice_index == 9 and np.array_equal(s.label_slice(), after_one)
+    assert h.on_undo(s)["status"] == "undone: point (axial slice 9) · 0 more step(s) to undo"
+    assert not s.labels.any() and s.prompts.all() == []
+    assert h.on_undo(s)["status"] == "nothing to undo"
+    s.set_slice(11)
+    h.on_select(s, select(*display_xy(s, *centre[11])))
     assert np.array_equal(s.label_slice(), slice11)
-    assert len(s.prompts.on_slice(2, 11)[1].points) == 1
     h.on_clear(s)
     assert not s.label_slice().any() and s.prompts.on_slice(2, 11) == {}
     h.on_undo(s)
@@ -222,7 +227,8 @@ def test_several_labels_do_not_overwrite_each_other(make_session, ct_nifti):
     img = s.render()
     colours = s.label_set.colours()
     assert colours[1] != colours[2]
-    assert img.shape == (s.geometry().height, s.geometry().width, 3)
+    geo = s.geometry()
+    assert img.shape == (geo.height + 2 * geo.margin, geo.width + 2 * geo.margin, 3)
 
 
 # --- propagation, automatic segmentation ------------------------------------------------------------------------
@@ -253,10 +259,11 @@ def test_propagation_equals_the_library_and_covers_the_structure(make_session, c
         assert np.array_equal(lab == 1, expected), i
         if i in kept:
             assert np.array_equal(lab == 1, extract_slice(blob, 2, i)), i  # the oracle is exact
-    # one undo step per changed slice
-    s.set_slice(kept[0])
-    h.on_undo(s)
-    assert not s.label_slice().any()
+    # one undo takes back the whole propagation: only the seed slice keeps its label
+    propagated = int((s.labels == 1).sum() - (extract_slice(s.labels, 2, k) == 1).sum())
+    out = h.on_undo(s)
+    assert out["status"] == f"undone: propagation ({propagated} voxel(s)) · 1 more step(s) to undo"
+    assert np.array_equal(s.labels == 1, np.isin(np.arange(SHAPE[2]), [k])[None, None, :] & blob)
 
 
 def test_automatic_segmentation_with_class_tokens(make_session, ct_nifti):
@@ -351,7 +358,8 @@ def test_export_of_a_dicom_series_uses_its_geometry(make_session, tmp_path):
     assert out_img.shape == vol.shape
     assert np.allclose(out_img.affine, vol.affine, atol=1e-4)
     h.on_tool(s, "inspect")
-    cur = h.on_select(s, select(0, 0))["cursor"]
+    m0 = s.geometry().margin
+    cur = h.on_select(s, select(m0, m0))["cursor"]
     m = re.search(r"voxel \[(\d+), (\d+), (\d+)\].*value (-?[\d.]+) HU", cur)
     i, j, k = (int(g) for g in m.groups()[:3])
     assert float(m.group(4)) == pytest.approx(float(vol.array[0, i, j, k]))
@@ -363,13 +371,13 @@ def test_load_label_map_and_volumes_in_ml(make_session, tmp_path, ct_nifti):
     lab_path = write_nifti(tmp_path / "gt.nii.gz", (blob * 3).astype(np.uint8), las_affine())
     s = opened(make_session, ct_nifti)
     out = h.on_load_labels(s, str(lab_path), POLICY)
-    assert out["status"].startswith("loaded label map gt.nii.gz: labels [3]")
+    assert out["status"].startswith("loaded label map gt.nii.gz: labels 3 label 3 (")
     assert 3 in s.label_set.names
     assert np.array_equal(s.labels == 3, ras_blob())
     stats = s.volumes()
     assert stats["3"]["voxels"] == int(blob.sum())
     assert stats["3"]["volume_ml"] == pytest.approx(blob.sum() * 0.9 * 1.1 * 2.0 / 1000, rel=1e-3)
-    assert f"| 3 | label 3 | {int(blob.sum())} |" in out["volumes"]
+    assert "<td>3</td>" in out["volumes"] and f"<td class=num>{int(blob.sum())}</td>" in out["volumes"]
     bad = write_nifti(tmp_path / "bad.nii.gz", np.zeros((5, 5, 5), np.uint8), las_affine())
     out = h.on_load_labels(s, str(bad), POLICY)
     assert out["status"].startswith("⚠️ bad.nii.gz:") and "shape" in out["status"]

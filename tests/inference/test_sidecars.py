@@ -71,3 +71,31 @@ def test_itksnap_label_description_format(tmp_path: Path) -> None:
     assert parsed[17][-1] == "odd 'name'"  # double quotes would end the field
     assert len(parsed) == 4
     assert itksnap_labels({1: "a"}).count("\n") == text.count("\n") - 2  # two labels fewer
+
+
+def test_json_sidecar_reads_back_names_and_colours(tmp_path: Path) -> None:
+    from salt_seg.inference.sidecars import read_label_json
+
+    path = write_label_json(tmp_path / "case.json", NAMES, colors={2: (1, 2, 3)}, case="case")
+    names, colors = read_label_json(path)
+    assert names == {1: "liver", 2: "spleen tumour", 17: 'odd "name"'}
+    assert colors == {1: PALETTE[0], 2: (1, 2, 3), 17: PALETTE[16 % len(PALETTE)]}
+    assert json.loads(path.read_text())["colors"]["2"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("not json", "not a JSON label sidecar"),
+        ('{"colors": {}}', "no 'labels' object"),
+        ('{"labels": {"one": "liver"}}', "label id 'one' is not a non-negative integer"),
+        ('{"labels": {"1": "liver"}, "colors": {"1": [300, 0, 0]}}', "colour of label '1' must be [r, g, b]"),
+    ],
+)
+def test_a_bad_json_sidecar_is_one_readable_error(tmp_path: Path, text: str, problem: str) -> None:
+    from salt_seg.inference.sidecars import read_label_json
+
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"bad.json: {problem}")):
+        read_label_json(path)
