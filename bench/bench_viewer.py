@@ -31,9 +31,9 @@ import torch
 
 def load_model() -> tuple[Any, str]:
     """The built-in base, or a random ``tiny`` at 128 px when the base is not installed."""
-    from apps.viewer.engine import load_builtin
     from salt_seg.inference.loading import LoadedModel
     from salt_seg.model.variants import build_model
+    from salt_seg_apps.viewer.engine import load_builtin
 
     try:
         loaded = load_builtin("cpu")
@@ -60,7 +60,7 @@ def one_click(session: Any, px: int, py: int, cache_dir: str) -> tuple[float, fl
     """Wall and CPU seconds from the click to the PNG file Gradio serves; and the mask size."""
     from gradio.processing_utils import save_img_array_to_cache
 
-    from apps.viewer import handlers as h
+    from salt_seg_apps.viewer import handlers as h
 
     t0, c0 = time.perf_counter(), time.process_time()
     out = h.on_click_xy(session, px, py)
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from apps.viewer.engine import ModelRegistry
-    from apps.viewer.session import ViewerSession
+    from salt_seg_apps.viewer.engine import ModelRegistry
+    from salt_seg_apps.viewer.session import ViewerSession
 
     loaded, model_name = load_model()
     registry = ModelRegistry({"model": lambda: loaded})

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench_viewer import ct_phantom, load_model
     from playwright.sync_api import sync_playwright
 
-    from apps.viewer.app import ViewerApp, ViewerConfig
-    from apps.viewer.engine import ModelRegistry
+    from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
+    from salt_seg_apps.viewer.engine import ModelRegistry
 
     loaded, model_name = load_model()
     work = Path(tempfile.mkdtemp(prefix="bench-viewer-browser-"))

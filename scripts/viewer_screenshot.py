@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import nibabel as nib
     from playwright.sync_api import sync_playwright
 
-    from apps.viewer.app import ViewerApp, ViewerConfig
+    from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
 
     work = Path(tempfile.mkdtemp(prefix="viewer-shot-"))
     aal = nib.load(str(TEMPLATES / "aal.nii.gz"))

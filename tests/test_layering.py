@@ -1,4 +1,4 @@
-"""Import layering (.importlinter): data -> model -> adapters -> training -> inference -> evaluation -> commands/apps,
+"""Import layering (.importlinter): data -> model -> adapters -> training -> inference -> evaluation -> commands/salt_seg_apps,
 adapter layers that know nothing of the registry or config, and no import cycles inside a subpackage.
 
 ``lint-imports`` runs in a subprocess: in-process it reconfigures logging (``dictConfig`` disables the existing

@@ -1,7 +1,7 @@
 """``salt-seg app``: the interactive viewer (Gradio) for NIfTI and DICOM volumes.
 
-Thin on purpose: parse and validate, then start :class:`apps.viewer.app.ViewerApp`. Gradio and torch are imported
-inside :func:`run` (the ``apps`` package is never imported by ``salt_seg`` at module level).
+Thin on purpose: parse and validate, then start :class:`salt_seg_apps.viewer.app.ViewerApp`. Gradio and torch are imported
+inside :func:`run` (the ``salt_seg_apps`` package is never imported by ``salt_seg`` at module level).
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     validate(args)
-    from apps.viewer.app import ViewerApp, ViewerConfig
     from salt_seg.commands.common import resolve_device
+    from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
 
     device = resolve_device(args.device, args.threads)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests

@@ -174,16 +174,6 @@ class LabelAccumulator:
             k = self.class_ids.index(class_id)
             np.maximum(self._probs[k, index], p, out=self._probs[k, index])
 
-    @property
-    def label(self) -> np.ndarray:
-        """The label map so far (:meth:`label_map`)."""
-        return self.label_map()
-
-    @property
-    def probabilities(self) -> np.ndarray | None:
-        """The probability maps so far (:meth:`probability_maps`)."""
-        return self.probability_maps()
-
     def label_map(self) -> np.ndarray:
         """``I x J x K`` class ids (contiguous)."""
         return np.ascontiguousarray(slices_to_volume(self._label, self.axis))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from apps.viewer.engine import ModelRegistry
-from apps.viewer.session import ViewerSession
 from salt_seg.inference.loading import LoadedModel
+from salt_seg_apps.viewer.engine import ModelRegistry
+from salt_seg_apps.viewer.session import ViewerSession
 from tests.data.conftest import write_dicom_series, write_nifti  # noqa: F401 - re-exported
 from tests.inference.conftest import OracleModel, ellipsoid, las_affine, oracle_record, ras_affine  # noqa: F401
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from apps.viewer.app import ViewerApp, ViewerConfig
-from apps.viewer.engine import ModelRegistry
 from salt_seg.data.volume import extract_slice
 from salt_seg.inference.sidecars import label_color
+from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
+from salt_seg_apps.viewer.engine import ModelRegistry
 from tests.apps.conftest import ct_volume, las_affine, oracle_loaded, write_nifti
 
 CHROMIUM = "/usr/bin/chromium"

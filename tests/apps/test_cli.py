@@ -42,7 +42,7 @@ def test_bad_arguments_are_one_line_errors(argv, message, capsys: pytest.Capture
 
 
 def test_run_starts_the_viewer_with_safe_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import apps.viewer.app as app_module
+    import salt_seg_apps.viewer.app as app_module
 
     seen = {}
 
@@ -81,8 +81,8 @@ def test_run_starts_the_viewer_with_safe_defaults(monkeypatch: pytest.MonkeyPatc
 
 
 def test_launch_defaults_bind_loopback_cap_uploads_and_grant_no_paths() -> None:
-    from apps.viewer.app import ViewerApp, ViewerConfig
-    from apps.viewer.engine import ModelRegistry
+    from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
+    from salt_seg_apps.viewer.engine import ModelRegistry
     from tests.apps.conftest import oracle_loaded
 
     app = ViewerApp(ViewerConfig(max_upload_mb=7), ModelRegistry({"oracle": oracle_loaded}))

@@ -12,13 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from apps.viewer import actions
-from apps.viewer import handlers as h
-from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry
-from apps.viewer.state import Action, UndoStack
-from apps.viewer.uploads import UploadPolicy
 from salt_seg.data.volume import extract_slice
 from salt_seg.inference.sidecars import PALETTE
+from salt_seg_apps.viewer import actions
+from salt_seg_apps.viewer import handlers as h
+from salt_seg_apps.viewer.engine import BUILTIN_MODEL, ModelRegistry
+from salt_seg_apps.viewer.state import Action, UndoStack
+from salt_seg_apps.viewer.uploads import UploadPolicy
 from tests.apps.conftest import SHAPE, ct_volume, las_affine, oracle_loaded, write_nifti
 from tests.apps.test_handlers import display_xy, opened, ras_blob, select
 

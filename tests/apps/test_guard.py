@@ -1,4 +1,4 @@
-"""HTTP guards (:mod:`apps.viewer.guard`): server-issued secrets, session hashes bound to them, uploads not served."""
+"""HTTP guards (:mod:`salt_seg_apps.viewer.guard`): server-issued secrets, session hashes bound to them, uploads not served."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import requests
 
-from apps.viewer.app import ViewerApp, ViewerConfig
-from apps.viewer.engine import ModelRegistry
-from apps.viewer.guard import SessionGuard
+from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
+from salt_seg_apps.viewer.engine import ModelRegistry
+from salt_seg_apps.viewer.guard import SessionGuard
 from tests.apps.conftest import ct_volume, las_affine, oracle_loaded, write_nifti
 
 STATUS, DOWNLOAD = 5, 12  # output positions (see ViewerApp._build)
@@ -144,7 +144,7 @@ def test_uploaded_files_are_never_served_and_are_deleted_once_read(server: Viewe
 
 
 def test_taking_an_upload_leaves_no_empty_folder_behind(tmp_path: Path) -> None:
-    from apps.viewer.uploads import UploadPolicy, take_uploads
+    from salt_seg_apps.viewer.uploads import UploadPolicy, take_uploads
 
     root = tmp_path / "gradio"
     (root / "abc").mkdir(parents=True)

@@ -12,10 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from apps.viewer import actions
-from apps.viewer import handlers as h
-from apps.viewer.engine import ModelRegistry
-from apps.viewer.uploads import UploadPolicy
 from salt_seg.data import load_volume, prepare_volume
 from salt_seg.data.volume import extract_slice, voxel_to_slice
 from salt_seg.inference.backend import PredictorBackend
@@ -23,6 +19,10 @@ from salt_seg.inference.propagation import box_from_mask, propagate_many
 from salt_seg.inference.segment import segment_volume
 from salt_seg.model.predictor import Predictor
 from salt_seg.prompts import Prompt
+from salt_seg_apps.viewer import actions
+from salt_seg_apps.viewer import handlers as h
+from salt_seg_apps.viewer.engine import ModelRegistry
+from salt_seg_apps.viewer.uploads import UploadPolicy
 from tests.apps.conftest import (
     SHAPE,
     ct_volume,
@@ -118,7 +118,7 @@ def test_brush_writes_the_clicked_voxel_into_the_exported_source_grid(make_sessi
 
 
 def test_edge_letters_follow_the_radiological_convention(make_session, ct_nifti):
-    from apps.viewer.render import edge_letters
+    from salt_seg_apps.viewer.render import edge_letters
 
     s = opened(make_session, ct_nifti)
     assert s.axcodes == "RAS"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.viewer.render import DisplayGeometry, Markers, edge_letters, render_slice, window_to_uint8
+from salt_seg_apps.viewer.render import DisplayGeometry, Markers, edge_letters, render_slice, window_to_uint8
 
 
 def test_layout_keeps_millimetres_square_and_fits_the_display() -> None:

@@ -11,10 +11,10 @@ import pytest
 import requests
 from PIL import Image
 
-from apps.viewer.app import ViewerApp, ViewerConfig
-from apps.viewer.engine import ModelRegistry
 from salt_seg.data.volume import extract_slice
 from salt_seg.inference.sidecars import label_color
+from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
+from salt_seg_apps.viewer.engine import ModelRegistry
 from tests.apps.conftest import ct_volume, las_affine, oracle_loaded, write_nifti
 
 # output positions of every event (see ViewerApp._build: image, slice, info, cursor, volumes, status, ...)
@@ -159,7 +159,7 @@ def test_a_command_line_folder_with_two_series_offers_the_picker(tmp_path: Path)
         s = app.sessions.get("a")
         out = app._open_initial(s)
         assert out["series"]["visible"] is True and len(out["series"]["choices"]) == 2
-        from apps.viewer import handlers as h
+        from salt_seg_apps.viewer import handlers as h
 
         out = h.on_open_series(s, 0, app.policy)
         assert out["status"].startswith("opened series-") and s.volume.shape[2] == 3
@@ -189,8 +189,8 @@ def test_sigterm_removes_the_apps_folder(tmp_path: Path) -> None:
 
     script = tmp_path / "serve.py"
     script.write_text(
-        "from apps.viewer.app import ViewerApp, ViewerConfig\n"
-        "from apps.viewer.engine import ModelRegistry\n"
+        "from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig\n"
+        "from salt_seg_apps.viewer.engine import ModelRegistry\n"
         "from tests.apps.conftest import oracle_loaded\n"
         "app = ViewerApp(ViewerConfig(), ModelRegistry({'oracle': oracle_loaded}))\n"
         "app.launch(prevent_thread_lock=True)\n"

@@ -100,7 +100,7 @@ def test_a_well_compressed_small_zip_is_still_read(tmp_path: Path) -> None:
 
 
 def test_the_viewer_and_the_cli_share_the_zip_check() -> None:
-    import apps.viewer.uploads as uploads
     import salt_seg.data.readers  # noqa: F401 - the CLI's reader imports it lazily
+    import salt_seg_apps.viewer.uploads as uploads
 
     assert uploads.safe_extract_zip is safe_extract_zip

@@ -2,7 +2,7 @@
 
 Everything here is in *display* coordinates of the RAS grid the viewer slices: a slice is ``(axis, index)`` and a
 pixel ``(x, y)`` is ``slice[y, x]`` of :func:`salt_seg.data.volume.extract_slice` (the same pixels the model's
-prepared slices use, see :mod:`apps.viewer.engine`). No Gradio and no torch: the classes are unit-testable.
+prepared slices use, see :mod:`salt_seg_apps.viewer.engine`). No Gradio and no torch: the classes are unit-testable.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Session freeing (:mod:`apps.viewer.sessions`): memory budget and idle time, least recently used first, notes for
+"""Session freeing (:mod:`salt_seg_apps.viewer.registry`): memory budget and idle time, least recently used first, notes for
 the freed tabs; and, at server level, 20 concurrent gradio_client sessions that each keep their own volume."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from apps.viewer.app import ViewerApp, ViewerConfig
-from apps.viewer.engine import ModelRegistry
-from apps.viewer.sessions import SessionRegistry, freed_message
+from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
+from salt_seg_apps.viewer.engine import ModelRegistry
+from salt_seg_apps.viewer.registry import SessionRegistry, freed_message
 from tests.apps.conftest import ct_volume, oracle_loaded, ras_affine, write_nifti
 
 STATUS, DOWNLOAD = 5, 12  # output positions (see ViewerApp._build)
@@ -128,8 +128,8 @@ def test_limits_are_checked(tmp_path: Path) -> None:
 
 
 def test_a_session_measures_its_volume_labels_undo_and_embeddings(make_session, ct_nifti) -> None:
-    from apps.viewer import handlers as h
-    from apps.viewer.uploads import UploadPolicy
+    from salt_seg_apps.viewer import handlers as h
+    from salt_seg_apps.viewer.uploads import UploadPolicy
 
     s = make_session(radius=0)
     assert s.nbytes() == 0

@@ -2,7 +2,7 @@
 brush drags and the label panel, and the CSS that keeps the image and the main actions in view.
 
 The scripts talk to the server the way a user would: they click the page's own buttons, or write a command into a
-hidden textbox and click its hidden button (``#viewer-cmd``, handled by :func:`apps.viewer.handlers.on_command`).
+hidden textbox and click its hidden button (``#viewer-cmd``, handled by :func:`salt_seg_apps.viewer.handlers.on_command`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-tab sessions of the viewer and their freeing: by idle time and by a memory budget, least recently used first.
 
-A session is keyed by :meth:`apps.viewer.guard.SessionGuard.session_key` (a keyed hash of the server-issued secret
+A session is keyed by :meth:`salt_seg_apps.viewer.guard.SessionGuard.session_key` (a keyed hash of the server-issued secret
 and the tab's session hash, never the client's hash alone). It is created on the tab's first event and freed
 (engine thread stopped, arrays dropped, its folder removed) when
 
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.viewer.session import ViewerSession
+from salt_seg_apps.viewer.session import ViewerSession
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.viewer.session import Progress, ViewerSession
 from salt_seg.data.labels import load_label
 from salt_seg.data.volume import extract_slice, insert_slice, slice_shape
 from salt_seg.inference.coords import prompt_to_prepared, prompt_to_source, source_axis
@@ -35,6 +34,7 @@ from salt_seg.inference.summary import structure_stats
 from salt_seg.prompts import Prompt
 from salt_seg.prompts import load_prompts as read_prompt_file
 from salt_seg.prompts import save_prompts as write_prompt_file
+from salt_seg_apps.viewer.session import Progress, ViewerSession
 
 
 def _noop(fraction: float, desc: str) -> None:  # noqa: ARG001
@@ -60,7 +60,7 @@ def auto_slice(session: ViewerSession) -> str:
         if keep_class_token_mask(out, s):  # the library's rule, as salt-seg predict applies it
             acc.add(c, 0, out.probabilities)
             found.append(session.label_set.names.get(c, str(c)))
-    result = extract_slice(acc.label, a, 0)
+    result = extract_slice(acc.label_map(), a, 0)
     lab = session.label_slice()
     lab[np.isin(lab, classes)] = 0
     keep = (result > 0) & (lab == 0)

@@ -1,7 +1,7 @@
-"""Event handlers: functions of a :class:`~apps.viewer.session.ViewerSession` and one UI event.
+"""Event handlers: functions of a :class:`~salt_seg_apps.viewer.session.ViewerSession` and one UI event.
 
 Each handler returns a dict of named updates (``image``, ``slice``, ``info``, ``cursor``, ``volumes``, ``status``,
-``series``, ``labels``, ``window``, ...); :mod:`apps.viewer.app` maps the names onto components. They never
+``series``, ``labels``, ``window``, ...); :mod:`salt_seg_apps.viewer.app` maps the names onto components. They never
 raise for user mistakes: :func:`guarded` turns an error into a readable ``status`` line and the page keeps
 working. Tests call them directly (``gr.SelectData(None, {"index": [x, y], "value": None})`` for clicks).
 """
@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from apps.viewer import actions
-from apps.viewer.session import AXIS_NAMES, PRESETS, TOOLS, Progress, ViewerSession, nice
-from apps.viewer.uploads import (
+from salt_seg.data.errors import DataError
+from salt_seg_apps.viewer import actions
+from salt_seg_apps.viewer.session import AXIS_NAMES, PRESETS, TOOLS, Progress, ViewerSession, nice
+from salt_seg_apps.viewer.uploads import (
     Staged,
     UploadPolicy,
     check_uploaded,
@@ -30,7 +31,6 @@ from apps.viewer.uploads import (
     stage_upload,
     take_uploads,
 )
-from salt_seg.data.errors import DataError
 
 log = logging.getLogger(__name__)
 

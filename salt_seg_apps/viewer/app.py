@@ -3,14 +3,14 @@
 Safety defaults (see the README's Viewer section):
 
 * binds ``127.0.0.1`` unless told otherwise; no authentication, so exposing it is the operator's decision;
-* uploads are capped (``max_file_size`` for Gradio, and again in :mod:`apps.viewer.uploads` for the total of
+* uploads are capped (``max_file_size`` for Gradio, and again in :mod:`salt_seg_apps.viewer.uploads` for the total of
   several files and for what a zip expands to); only files Gradio received are read, plus the one path given on
   the command line -- the page cannot name a server path, and no ``allowed_paths`` are granted;
-* each browser tab gets its own :class:`~apps.viewer.session.ViewerSession`, with its own folder, keyed by a
+* each browser tab gets its own :class:`~salt_seg_apps.viewer.session.ViewerSession`, with its own folder, keyed by a
   server-issued secret (an ``HttpOnly`` cookie) together with the tab's session hash, and each session hash is bound
-  to the secret that first used it (:mod:`apps.viewer.guard`): a client that sends another tab's hash gets nothing;
+  to the secret that first used it (:mod:`salt_seg_apps.viewer.guard`): a client that sends another tab's hash gets nothing;
 * a session is freed when the tab closes (``unload``), after ``idle_timeout_s`` without events, or, least recently
-  used first, when the sessions together hold more than ``memory_budget_mb`` (:mod:`apps.viewer.sessions`); its
+  used first, when the sessions together hold more than ``memory_budget_mb`` (:mod:`salt_seg_apps.viewer.registry`); its
   tab's next event says so;
 * uploads are moved out of Gradio's upload folder into the session's folder before they are read (a label map or
   prompt file is deleted once read), and files that came through the upload route are never served back;
@@ -35,13 +35,13 @@ from typing import Any
 import gradio as gr
 from starlette.middleware import Middleware
 
-from apps.viewer import handlers as h
-from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
-from apps.viewer.guard import SECRET_HEADER, GuardMiddleware, SessionGuard, upload_checker
-from apps.viewer.page import CSS, HOVER_SCRIPT, PAGE_SCRIPT
-from apps.viewer.session import PRESETS, TOOLS, ViewerSession
-from apps.viewer.sessions import SessionRegistry, freed_message
-from apps.viewer.uploads import Staged, UploadPolicy, load_staged, stage_upload
+from salt_seg_apps.viewer import handlers as h
+from salt_seg_apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
+from salt_seg_apps.viewer.guard import SECRET_HEADER, GuardMiddleware, SessionGuard, upload_checker
+from salt_seg_apps.viewer.page import CSS, HOVER_SCRIPT, PAGE_SCRIPT
+from salt_seg_apps.viewer.registry import SessionRegistry, freed_message
+from salt_seg_apps.viewer.session import PRESETS, TOOLS, ViewerSession
+from salt_seg_apps.viewer.uploads import Staged, UploadPolicy, load_staged, stage_upload
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """One browser tab's viewer: the volume, the view, the label map, and the editing actions on them.
 
 :class:`ViewerSession` is a plain class (no Gradio, no ``nn.Module``): the Gradio handlers in
-:mod:`apps.viewer.handlers` translate events into its methods, and tests call them directly.
+:mod:`salt_seg_apps.viewer.handlers` translate events into its methods, and tests call them directly.
 
 The label map lives on the volume's RAS grid (``I x J x K`` uint16), the grid the viewer slices; it is mapped back
-to the file's own voxel grid only on export (:func:`apps.viewer.actions.export`). Every change of labels, prompts or
+to the file's own voxel grid only on export (:func:`salt_seg_apps.viewer.actions.export`). Every change of labels, prompts or
 label names happens inside :meth:`ViewerSession.action`, which records the previous contents of only the slices it
-touched; the session keeps one undo stack of such actions (:class:`~apps.viewer.state.UndoStack`, capped in memory),
+touched; the session keeps one undo stack of such actions (:class:`~salt_seg_apps.viewer.state.UndoStack`, capped in memory),
 so Undo takes back the last action whatever its scope: a click, a brush stroke, automatic segmentation of the whole
 volume, a propagation or a loaded label map.
 """
@@ -23,15 +23,21 @@ from typing import Any
 
 import numpy as np
 
-from apps.viewer.brush import stroke_mask
-from apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, SegmentationEngine, guess_modality
-from apps.viewer.render import DisplayGeometry, edge_letters, markers_for, render_slice, window_to_uint8
-from apps.viewer.state import Action, LabelSet, PromptBook, UndoStack, VoxelCounts
 from salt_seg.data.volume import Volume, extract_slice, insert_slice, slice_shape
 from salt_seg.inference.segment import InferenceSettings
 from salt_seg.inference.summary import voxel_volume_mm3
 from salt_seg.preprocessing import Preprocessing, intensity_range, window_preset
 from salt_seg.prompts import Prompt, box_from_points
+from salt_seg_apps.viewer.brush import stroke_mask
+from salt_seg_apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, SegmentationEngine, guess_modality
+from salt_seg_apps.viewer.render import (
+    DisplayGeometry,
+    edge_letters,
+    markers_for,
+    render_slice,
+    window_to_uint8,
+)
+from salt_seg_apps.viewer.state import Action, LabelSet, PromptBook, UndoStack, VoxelCounts
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +391,7 @@ class ViewerSession:
 
     @contextmanager
     def action(self, name: str, *, names: bool = False) -> Iterator[Action]:
-        """Group every label and prompt write made inside into one undoable :class:`~apps.viewer.state.Action`.
+        """Group every label and prompt write made inside into one undoable :class:`~salt_seg_apps.viewer.state.Action`.
 
         A use inside another joins the outer action. An exception inside puts back what was written so far
         (nothing half-done) and propagates. ``names``: the action may change label names; undo restores them.
