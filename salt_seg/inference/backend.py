@@ -82,6 +82,16 @@ def slice_array(prepared: PreparedVolume, index: int) -> np.ndarray:
     return s[0] if s.shape[0] == 1 else np.moveaxis(s, 0, -1)
 
 
+def check_backend_inputs(batch_size: int, prepared: PreparedVolume, image_size: int) -> None:
+    """A volume backend's arguments: a positive batch size, a volume prepared at the model's input size."""
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if prepared.record.image_size != image_size:
+        raise ValueError(
+            f"{prepared.name}: prepared for image_size {prepared.record.image_size}, the model takes {image_size}"
+        )
+
+
 class ModelBackend:
     """Batched, cached slice embeddings of one prepared volume on a :class:`~salt_seg.model.sam.SamModel`.
 
@@ -111,13 +121,7 @@ class ModelBackend:
         mirror: bool = False,
         precision: str = "fp32",
     ) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if prepared.record.image_size != model.image_size:
-            raise ValueError(
-                f"{prepared.name}: prepared for image_size {prepared.record.image_size}, the model takes "
-                f"{model.image_size}"
-            )
+        check_backend_inputs(batch_size, prepared, model.image_size)
         if device is not None:
             model = model.to(device)
         self.model = model.eval()

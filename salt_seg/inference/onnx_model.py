@@ -45,7 +45,7 @@ from torch import nn
 
 from salt_seg.configio import from_dict
 from salt_seg.data.pipeline import PreparedVolume
-from salt_seg.inference.backend import SliceOutput, stability_score
+from salt_seg.inference.backend import SliceOutput, check_backend_inputs, stability_score
 from salt_seg.inference.loading import LoadedModel
 from salt_seg.model.hires import ImageFeatures
 from salt_seg.model.predictor import Predictor, clip_probabilities_to_box
@@ -397,13 +397,7 @@ class OnnxBackend:
         batch_size: int = 8,
         cache_slices: int | None = None,
     ) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if prepared.record.image_size != model.image_size:
-            raise ValueError(
-                f"{prepared.name}: prepared for image_size {prepared.record.image_size}, the model takes "
-                f"{model.image_size}"
-            )
+        check_backend_inputs(batch_size, prepared, model.image_size)
         self.model = model
         self.prepared = prepared
         self.batch_size = int(batch_size)
