@@ -78,7 +78,9 @@ def page_point(page, px: float, py: float) -> tuple[float, float]:  # noqa: ANN0
     return box["x"] + ox + (px + 0.5) * s, box["y"] + oy + (py + 0.5) * s
 
 
-def wait_text(page, selector: str, text: str, timeout_ms: int = 30000) -> str:  # noqa: ANN001
+def wait_text(page, selector: str, text: str, timeout_ms: int = 120_000) -> str:  # noqa: ANN001
+    """The element's text once it contains ``text``; the timeout only guards against a hang (generous: a loaded
+    machine can take tens of seconds for a whole-volume action)."""
     page.wait_for_function(
         "([sel, t]) => { const e = document.querySelector(sel); return e && e.innerText.includes(t); }",
         arg=[selector, text],
@@ -87,7 +89,7 @@ def wait_text(page, selector: str, text: str, timeout_ms: int = 30000) -> str:  
     return page.locator(selector).inner_text()
 
 
-def settled_shot(page, image, old_src: str | None, name: str, timeout_s: float = 30.0) -> np.ndarray:  # noqa: ANN001
+def settled_shot(page, image, old_src: str | None, name: str, timeout_s: float = 120.0) -> np.ndarray:  # noqa: ANN001
     """Screenshot of ``image`` once its picture has been swapped (new ``src``, decoded) and the page has stopped
     repainting it: two consecutive screenshots agree. Gradio swaps the picture and clears its loading veil after
     the status text, at a time that depends on machine load, so a fixed sleep is not enough."""
