@@ -166,8 +166,8 @@ def test_upload_click_overlay_export_in_chromium(server: ViewerApp, page, tmp_pa
     page.locator("#viewer-export").click()
     wait_text(page, "#viewer-status", "exported ct_labels.nii.gz")
     link = page.locator('#viewer-download a[download="ct_labels.nii.gz"]').first
-    link.wait_for(timeout=30000)
-    with page.expect_download(timeout=30000) as info:
+    link.wait_for(timeout=120_000)
+    with page.expect_download(timeout=120_000) as info:
         link.click()
     target = tmp_path / "downloaded.nii.gz"
     info.value.save_as(str(target))

@@ -62,7 +62,7 @@ def wait_slider(page, value: int) -> None:  # noqa: ANN001
         "(v) => { const i = document.querySelector('#viewer-slice input[type=number]');"
         " return i && Number(i.value) === v; }",
         arg=value,
-        timeout=30000,
+        timeout=120_000,
     )
 
 
@@ -230,8 +230,8 @@ def test_export_then_reload_keeps_names_and_colours_in_chromium(
     files = []
     for name in ("ct_labels.nii.gz", "ct_labels.json"):
         link = page.locator(f'#viewer-download a[download="{name}"]').first
-        link.wait_for(timeout=30000)
-        with page.expect_download(timeout=30000) as info:
+        link.wait_for(timeout=120_000)
+        with page.expect_download(timeout=120_000) as info:
             link.click()
         target = tmp_path / "downloads" / name
         target.parent.mkdir(exist_ok=True)
