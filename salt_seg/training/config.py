@@ -23,6 +23,7 @@ from salt_seg.preprocessing import Preprocessing
 
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "galore")
 PROMPT_MIX = ("box", "points", "auto", "mixed", "geometric")
 #: the split's settings as a config spells them (``data.holdout: volumes`` is ``level='volume'``), so that split
 #: errors and warnings raised under ``train`` name the keys the user writes
@@ -145,6 +146,13 @@ class TrainSection:
         seed: initialisation, augmentation and prompt seed.
         num_workers: data-loader workers (0 keeps runs bit-reproducible on CPU).
         overlays: validation overlays drawn into ``plots/``.
+        optimizer: ``adamw`` or ``galore`` (:class:`salt_seg.training.galore.GaLoreAdamW`: AdamW whose moments
+            of each 2-D weight matrix live in a rank-``galore_rank`` subspace of its gradient, for full
+            fine-tuning in less memory; smaller tensors get plain AdamW).
+        galore_rank: projection rank (clipped to the matrix's smaller side).
+        galore_update_interval: steps between refreshes of the projection (SVD of the gradient).
+        galore_scale: factor on the projected-back update (GaLore's alpha).
+        galore_min_dim: matrices whose smaller side is below this use plain AdamW.
     """
 
     steps: int = 200
@@ -169,6 +177,11 @@ class TrainSection:
     num_workers: int = 0
     overlays: int = 4
     grad_clip: float = 1.0
+    optimizer: str = "adamw"
+    galore_rank: int = 128
+    galore_update_interval: int = 200
+    galore_scale: float = 0.25
+    galore_min_dim: int = 64
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.val_every < 1:
@@ -191,6 +204,13 @@ class TrainSection:
             raise ValueError(f"train.points must be >= 1, got {self.points}")
         if not 0 <= self.box_jitter < 1:
             raise ValueError(f"train.box_jitter must be in [0, 1), got {self.box_jitter}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer: {self.optimizer!r} is not one of {list(OPTIMIZERS)}")
+        for name in ("galore_rank", "galore_update_interval", "galore_min_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.galore_scale > 0:
+            raise ValueError(f"train.galore_scale must be > 0, got {self.galore_scale}")
 
 
 @dataclass

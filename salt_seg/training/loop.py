@@ -111,6 +111,30 @@ def param_groups(model: torch.nn.Module, tc) -> list[dict[str, Any]]:  # noqa: A
     return list(groups.values())
 
 
+def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer:  # noqa: ANN001 - TrainSection
+    """The optimizer ``train.optimizer`` names, over :func:`param_groups` (same groups and learning rates)."""
+    if tc.optimizer == "galore":
+        from salt_seg.training.galore import GaLoreAdamW, galore_eligible
+
+        projected = sum(galore_eligible(p, tc.galore_min_dim) for g in groups for p in g["params"])
+        log.info(
+            "GaLore: %d weight matrices projected to rank <= %d (refresh every %d steps, scale %g)",
+            projected,
+            tc.galore_rank,
+            tc.galore_update_interval,
+            tc.galore_scale,
+        )
+        return GaLoreAdamW(
+            groups,
+            weight_decay=tc.weight_decay,
+            rank=tc.galore_rank,
+            update_interval=tc.galore_update_interval,
+            scale=tc.galore_scale,
+            min_dim=tc.galore_min_dim,
+        )
+    return torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+
+
 def _fetch(
     ds: Any, indices: list[int], seed: int, step: int, augment: bool
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -328,7 +352,7 @@ def _train(
         "base_checkpoint": cfg.model.checkpoint or "run:base.safetensors",
     }
 
-    optimizer = torch.optim.AdamW(param_groups(model, tc), weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(param_groups(model, tc), tc)
     scheduler = warmup_cosine(optimizer, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
     use_amp = tc.amp != "none" and device.type == "cuda"
     if tc.amp != "none" and not use_amp:
