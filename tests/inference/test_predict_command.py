@@ -443,6 +443,24 @@ def test_mirror_flag_is_recorded_and_changes_the_probabilities(tmp_path: Path, t
     assert float(np.abs(probs[True] - probs[False]).max()) > 1e-3  # the mirror view was averaged in
 
 
+def _predict_boxes_on_slices(tmp_path: Path, path: Path, out: Path, fmt: str) -> np.ndarray:
+    """``predict --format fmt`` with one box on slices 3, 4 and 6 of ``path``; the NIfTI label map it wrote."""
+    save_prompts(tmp_path / "p.json", [Prompt(box=(8, 4, 40, 30), slice_index=k, axis=2) for k in (3, 4, 6)])
+    args = [
+        "predict",
+        "--model",
+        "x",
+        "--input",
+        str(path),
+        "--out",
+        str(out),
+        "--prompts",
+        str(tmp_path / "p.json"),
+    ]
+    assert main([*args, "--format", fmt, *QUIET]) == 0
+    return np.asanyarray(nib.load(str(out / "series.nii.gz")).dataobj)
+
+
 @pytest.mark.parametrize("kind", ["dicom", "dicom-zip"])
 def test_dicom_seg_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli, kind: str) -> None:
     """``--format dicom-seg`` on a DICOM series (folder or zip): the SEG read back with highdicom is the NIfTI
@@ -452,21 +470,8 @@ def test_dicom_seg_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli,
 
     shape = (S, 48, 10)
     path, _ = write_case(tmp_path, kind, cuboid(shape, (10, 6, 2), (30, 20, 8)))
-    save_prompts(tmp_path / "p.json", [Prompt(box=(8, 4, 40, 30), slice_index=k, axis=2) for k in (3, 4, 6)])
     out = tmp_path / "out"
-    args = [
-        "predict",
-        "--model",
-        "x",
-        "--input",
-        str(path),
-        "--output",
-        str(out),
-        "--prompts",
-        str(tmp_path / "p.json"),
-    ]
-    assert main([*args, "--format", "dicom-seg", *QUIET]) == 0
-    nifti = np.asanyarray(nib.load(str(out / "series.nii.gz")).dataobj)
+    nifti = _predict_boxes_on_slices(tmp_path, path, out, "dicom-seg")
     assert nifti.sum() == 3 * 20 * 14
     seg, names = read_dicom_seg(out / "series.seg.dcm", load_volume(path))
     np.testing.assert_array_equal(seg, nifti)
@@ -540,21 +545,8 @@ def test_rtstruct_output_equals_the_nifti_label_map(tmp_path: Path, oracle_cli) 
     path = tmp_path / "series"
     orientation = (np.cos(t), np.sin(t), 0.0, -np.sin(t), np.cos(t), 0.0)
     write_dicom_series(path, frames, pixel_spacing=(0.7, 0.7), orientation=orientation)
-    save_prompts(tmp_path / "p.json", [Prompt(box=(8, 4, 40, 30), slice_index=k, axis=2) for k in (3, 4, 6)])
     out = tmp_path / "out"
-    args = [
-        "predict",
-        "--model",
-        "x",
-        "--input",
-        str(path),
-        "--output",
-        str(out),
-        "--prompts",
-        str(tmp_path / "p.json"),
-    ]
-    assert main([*args, "--format", "rtstruct", *QUIET]) == 0
-    nifti = np.asanyarray(nib.load(str(out / "series.nii.gz")).dataobj)
+    nifti = _predict_boxes_on_slices(tmp_path, path, out, "rtstruct")
     from salt_seg.data import load_volume
 
     back, names = read_rtstruct(out / "series.rtstruct.dcm", load_volume(path))
