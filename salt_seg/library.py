@@ -296,36 +296,57 @@ class LibraryModels:
         self._key: tuple[Any, ...] | None = None
         self._switcher: AdapterSwitcher | None = None
 
-    def load(self, name: str, *, merge: bool = True) -> Any:  # -> LoadedModel
-        """Entry ``name`` ready for inference, as :func:`salt_seg.inference.load_inference_model` returns it."""
-        from salt_seg.adapters import read_adapter_metadata
-        from salt_seg.configio import from_dict
-        from salt_seg.inference.loading import LoadedModel, _class_names
+    def _switcher_for(self, meta: dict[str, Any], image_size: int) -> AdapterSwitcher:
+        """The switcher whose base fits ``meta`` (reads the base when none does yet)."""
         from salt_seg.model.checkpoint import load_base_model
         from salt_seg.model.hires import HIRES_PREFIX
-        from salt_seg.preprocessing import Preprocessing
 
-        path = self.library.adapter_path(name)
-        meta = read_adapter_metadata(path)
-        record = from_dict(Preprocessing, meta["preprocessing"])
         hires = True if any(k.startswith(HIRES_PREFIX) for k in meta["tensors"]) else None
         variant = meta.get("base_variant") or None
-        key = (variant, record.image_size, hires)
+        key = (variant, image_size, hires)
         if self._switcher is None or key != self._key:
             shape = meta["tensors"].get("class_tokens.weight")
             base = self.library.base_checkpoint()
             model, info = load_base_model(
-                variant,
-                base,
-                image_size=record.image_size,
-                num_classes=int(shape[0]) if shape else 0,
-                hires=hires,
+                variant, base, image_size=image_size, num_classes=int(shape[0]) if shape else 0, hires=hires
             )
             model = model.to(self.device).eval()
             self._switcher = AdapterSwitcher(model, info.content_hash if info is not None else None)
             self._key = key
             self.base_loads += 1
-        self._switcher.activate(path, merge=merge)
+        return self._switcher
+
+    def load(self, name: str, *, merge: bool = True, copy: bool = False) -> Any:  # -> LoadedModel
+        """Entry ``name`` ready for inference, as :func:`salt_seg.inference.load_inference_model` returns it.
+
+        Args:
+            name: the entry.
+            merge: fold the adapter into the weights.
+            copy: a model of its own, built from the base already in memory (no read, no SVD beyond the cache),
+                that later loads leave alone (the viewer's sessions share models read-only); by default the one
+                model in memory is switched to ``name``.
+        """
+        import copy as copying
+
+        from salt_seg.adapters import read_adapter_metadata
+        from salt_seg.configio import from_dict
+        from salt_seg.inference.loading import LoadedModel, _class_names
+        from salt_seg.preprocessing import Preprocessing
+
+        path = self.library.adapter_path(name)
+        meta = read_adapter_metadata(path)
+        record = from_dict(Preprocessing, meta["preprocessing"])
+        switcher = self._switcher_for(meta, record.image_size)
+        if copy:
+            from salt_seg.adapters import remove_adapters
+
+            switcher.active = None
+            remove_adapters(switcher.model)
+            private = AdapterSwitcher.__new__(AdapterSwitcher)
+            private.model = copying.deepcopy(switcher.model)
+            private.base_hash, private._base, private.active = switcher.base_hash, switcher._base, None
+            switcher = private
+        switcher.activate(path, merge=merge)
         full = {
             **meta,
             "adapter_path": str(path),
@@ -333,7 +354,7 @@ class LibraryModels:
             "merged": merge,
             "library_name": name,
         }
-        return LoadedModel(self._switcher.model, record, _class_names(meta, record), full)
+        return LoadedModel(switcher.model, record, _class_names(meta, record), full)
 
 
 @dataclass
@@ -520,12 +541,17 @@ def format_compression(report: CompressionReport) -> str:
         "errors: relative Frobenius error of the reconstructed updates / relative difference of the mask logits on "
         "a synthetic input (not Dice: no evaluation data here)",
     ]
-    header = f"{'rank':>6} {'size':>12} {'vs dense':>9}  " + "  ".join(f"{n[:20]:>20}" for n in report.names)
+    header = f"{'rank':>6} {'size':>12} {'vs dense':>9} {'vs files':>9}  " + "  ".join(
+        f"{n[:20]:>20}" for n in report.names
+    )
     lines.append(header)
     for row in report.rows:
         ratio = row["bytes"] / report.dense_bytes if report.dense_bytes else float("nan")
         cells = "  ".join(
             f"{row['weight_error'][n]:>9.2e}/{row['output_error'][n]:<10.2e}" for n in report.names
         )
-        lines.append(f"{row['rank']!s:>6} {mb(row['bytes']):>12} {ratio:>9.3f}  {cells}")
+        files = row["bytes"] / report.adapter_bytes if report.adapter_bytes else float("nan")
+        lines.append(
+            f"{row['rank']!s:>6} {mb(row['bytes']):>12} {ratio:>9.3f} {files:>9.3f}  {cells}".rstrip()
+        )
     return "\n".join(lines)

@@ -215,3 +215,48 @@ def test_compress_full_rank_reproduces_and_lower_ranks_shrink(runs: dict[str, Pa
         nbytes = sum(4 * math.prod(f.get_slice(k).get_shape()) for k in keys)
     assert meta["rank"] == "1" and json.loads(meta["entries"]) == ["kidney", "liver", "spleen"]
     assert nbytes == sizes[-1]  # the stated size is what the file holds
+
+
+def test_copies_share_the_base_read_and_are_left_alone(runs: dict[str, Path], tmp_path: Path) -> None:
+    lib = Library.open(tmp_path / "lib")
+    for name in ("liver", "kidney"):
+        lib.add(runs[name], name)
+    models = LibraryModels(lib)
+    liver = models.load("liver", copy=True)
+    expected = outputs(liver.model)
+    kidney = models.load("kidney", copy=True)
+    assert kidney.model is not liver.model and models.base_loads == 1
+    models.load("kidney")  # switching the shared model does not touch the copies
+    torch.testing.assert_close(outputs(liver.model), expected, rtol=0, atol=0)
+
+
+def test_the_viewer_lists_library_entries(runs: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("gradio")
+    from salt_seg.inference import load_inference_model
+    from salt_seg_apps.viewer.app import ViewerConfig, default_registry
+
+    lib = Library.open(tmp_path / "lib")
+    for name in ("liver", "spleen"):
+        lib.add(runs[name], name)
+    registry = default_registry(ViewerConfig(library=str(lib.root), builtin=False))
+    assert registry.names == ["library: liver", "library: spleen"]
+    spleen = registry.get("library: spleen")
+    torch.testing.assert_close(
+        outputs(spleen.model), outputs(load_inference_model(runs["spleen"]).model), rtol=0, atol=0
+    )
+    assert registry.get("library: liver").model is not spleen.model
+
+
+def test_compress_cli_prints_the_rank_table(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from salt_seg.cli import main
+
+    lib = str(tmp_path / "lib")
+    for name in ("liver", "spleen"):
+        assert main(["library", "add", str(runs[name]), "--name", name, "--library", lib]) == 0
+    capsys.readouterr()
+    assert main(["library", "compress", "--library", lib, "--rank", "8", "--rank", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 adapters" in out and "not Dice" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[2:3] == ["MiB"]]
+    assert [r[0] for r in rows] == ["8", "2"]
+    assert main(["library", "compress", "--library", lib, "--rank", "0"]) == 2
