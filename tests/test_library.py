@@ -260,3 +260,24 @@ def test_compress_cli_prints_the_rank_table(runs: dict[str, Path], tmp_path: Pat
     rows = [line.split() for line in out.splitlines() if line.split()[2:3] == ["MiB"]]
     assert [r[0] for r in rows] == ["8", "2"]
     assert main(["library", "compress", "--library", lib, "--rank", "0"]) == 2
+
+
+def test_predict_cli_takes_a_library_name(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    from salt_seg.cli import main
+    from tests.data.conftest import write_nifti
+
+    lib = tmp_path / "lib"
+    assert main(["library", "add", str(runs["liver"]), "--name", "liver", "--library", str(lib)]) == 0
+    volume = write_nifti(
+        tmp_path / "case.nii.gz", np.random.default_rng(0).random((S, S, 2)).astype(np.float32)
+    )
+    common = ["--input", str(volume), "--device", "cpu", "--no-progress", "--library", str(lib)]
+    assert main(["predict", "--model", "liver", "--out", str(tmp_path / "by_name"), *common]) == 0
+    assert main(["predict", "--model", str(runs["liver"]), "--out", str(tmp_path / "by_path"), *common]) == 0
+    a = (tmp_path / "by_name" / "case.nii.gz").read_bytes()
+    assert a == (tmp_path / "by_path" / "case.nii.gz").read_bytes()
+    capsys.readouterr()
+    assert main(["predict", "--model", "nope", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "'nope' is not in the adapter library" in capsys.readouterr().err
