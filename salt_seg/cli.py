@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "predict": "salt_seg.commands.predict",
     "export-onnx": "salt_seg.commands.export_onnx",
     "params": "salt_seg.commands.params",
+    "library": "salt_seg.commands.library",
     "app": "salt_seg.commands.app",
 }
 

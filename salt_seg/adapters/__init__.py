@@ -25,6 +25,7 @@ from salt_seg.adapters.inject import (
     get_record,
     inject_adapters,
     merge_adapters,
+    remove_adapters,
     trainable_parameters,
     unmerge_adapters,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "inject_adapters",
     "load_adapter",
     "merge_adapters",
+    "remove_adapters",
     "model_base_hash",
     "read_adapter_metadata",
     "resolve_rank",

@@ -308,6 +308,19 @@ def unmerge_adapters(model: nn.Module) -> None:
             layer.unmerge()
 
 
+def remove_adapters(model: nn.Module) -> None:
+    """Undo :func:`inject_adapters`: unmerge, put every wrapped base layer back and drop the record.
+
+    Parts the adapter declared trainable (norms, decoder, class tokens) keep their current values: a caller that
+    swaps adapters restores them from its own copy of the base weights.
+    """
+    unmerge_adapters(model)
+    for name, layer in adapter_layers(model).items():
+        _replace(model, name, layer.base_layer)
+    if get_record(model) is not None:
+        object.__delattr__(model, RECORD_ATTR)
+
+
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base model's state dict under its original (un-wrapped) keys, without adapter tensors.
 

@@ -61,7 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="close a session after M minutes without activity (default 240)",
     )
     parser.add_argument(
-        "--no-builtin", action="store_true", help="offer only the --model, not the built-in base"
+        "--library",
+        default=None,
+        metavar="DIR",
+        help="also offer every adapter of this library (see salt-seg library); they share one base in memory",
+    )
+    parser.add_argument(
+        "--no-builtin", action="store_true", help="offer only the --model/--library, not the built-in base"
     )
     add_runtime_flags(parser)
 
@@ -85,8 +91,12 @@ def validate(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.path}: no such file or folder")
     if args.model is not None and not Path(args.model).exists():
         raise FileNotFoundError(f"{args.model}: no such run directory or adapter file")
-    if args.no_builtin and args.model is None:
-        raise ValueError("--no-builtin needs --model RUN_OR_ADAPTER")
+    if args.library is not None and not (Path(args.library) / "index.json").is_file():
+        raise FileNotFoundError(
+            f"{args.library}: not an adapter library (no index.json; see salt-seg library)"
+        )
+    if args.no_builtin and args.model is None and args.library is None:
+        raise ValueError("--no-builtin needs --model RUN_OR_ADAPTER or --library DIR")
     if not args.host or any(c.isspace() for c in args.host):
         raise ValueError(f"--host: {args.host!r} is not a host name or address")
 
@@ -123,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_minutes * 60.0,
         device=str(device),
         builtin=not args.no_builtin,
+        library=args.library,
     )
     app = ViewerApp(config)
     try:

@@ -124,6 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="load the adapter even if the base weights differ from the ones it was trained on",
     )
+    parser.add_argument(
+        "--library",
+        default=None,
+        metavar="DIR",
+        help="adapter library that --model NAME is looked up in when NAME is not a path (default "
+        "$SALT_SEG_LIBRARY or ~/.salt_seg/library; see salt-seg library)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--backend",
@@ -233,8 +240,11 @@ def run(args: argparse.Namespace) -> int:
 
         loaded = load_onnx_model(args.model, threads=args.threads)
     elif args.model is not None:
+        from salt_seg.library import resolve_model
+
+        model_path, checkpoint = resolve_model(args.model, args.checkpoint, args.library)
         loaded = load_inference_model(
-            args.model, args.variant, args.checkpoint, device, allow_base_mismatch=args.allow_base_mismatch
+            model_path, args.variant, checkpoint, device, allow_base_mismatch=args.allow_base_mismatch
         )
     else:
         from salt_seg.inference import LoadedModel, load_base_for_prompts

@@ -36,7 +36,13 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from salt_seg_apps.viewer import handlers as h
-from salt_seg_apps.viewer.engine import BUILTIN_MODEL, ModelRegistry, load_builtin, load_trained
+from salt_seg_apps.viewer.engine import (
+    BUILTIN_MODEL,
+    ModelRegistry,
+    library_loaders,
+    load_builtin,
+    load_trained,
+)
 from salt_seg_apps.viewer.guard import SECRET_HEADER, GuardMiddleware, SessionGuard, upload_checker
 from salt_seg_apps.viewer.page import CSS, HOVER_SCRIPT, PAGE_SCRIPT
 from salt_seg_apps.viewer.registry import SessionRegistry, freed_message
@@ -65,6 +71,8 @@ class ViewerConfig:
             the least recently used sessions are freed.
         max_sessions: sessions kept at once (a guard against floods of empty sessions; empty ones are freed first).
         builtin: offer the built-in base.
+        library: an adapter library folder (:mod:`salt_seg.library`) whose entries are offered as
+            ``library: NAME``; they share one base read from disk once.
     """
 
     path: str | None = None
@@ -80,6 +88,7 @@ class ViewerConfig:
     memory_budget_mb: int = 8192
     max_sessions: int = 256
     builtin: bool = True
+    library: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_upload_mb < 1:
@@ -92,16 +101,19 @@ class ViewerConfig:
             raise ValueError(f"memory_budget_mb must be >= 1, got {self.memory_budget_mb}")
         if not self.idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
-        if not self.builtin and self.model is None:
-            raise ValueError("no model to offer: keep the built-in base or give a trained model")
+        if not self.builtin and self.model is None and self.library is None:
+            raise ValueError("no model to offer: keep the built-in base or give a trained model or a library")
 
 
 def default_registry(config: ViewerConfig) -> ModelRegistry:
-    """The built-in base and, when given, the trained model (named by its folder or file)."""
+    """The built-in base and, when given, the trained model (named by its folder or file) and the entries of an
+    adapter library (``library: NAME``)."""
     loaders: dict[str, Callable[[], Any]] = {}
     if config.model is not None:
         path = str(config.model)
         loaders[f"trained: {Path(path).name}"] = lambda: load_trained(path, config.device)
+    if config.library is not None:
+        loaders.update(library_loaders(config.library, config.device))
     if config.builtin:
         loaders[BUILTIN_MODEL] = lambda: load_builtin(config.device)
     return ModelRegistry(loaders)

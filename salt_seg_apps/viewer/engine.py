@@ -85,6 +85,32 @@ def load_trained(path: str, device: Any = "cpu") -> LoadedModel:
     return load_inference_model(path, device=device)
 
 
+def library_loaders(library: str, device: Any = "cpu") -> dict[str, Callable[[], LoadedModel]]:
+    """Menu name (``library: NAME``) -> loader, for each entry of an adapter library (:mod:`salt_seg.library`).
+
+    The entries share one :class:`~salt_seg.library.LibraryModels`: the base is read from disk once, and each
+    entry gets its own copy of it with its adapter merged (sessions use models read-only and concurrently, so
+    one model is not switched under them).
+
+    Raises:
+        ValueError: not a library index.
+    """
+    from salt_seg.library import Library, LibraryModels
+
+    lib = Library.open(library)
+    models = LibraryModels(lib, device)
+    lock = threading.Lock()
+
+    def loader(name: str) -> Callable[[], LoadedModel]:
+        def load() -> LoadedModel:
+            with lock:
+                return models.load(name, copy=True)  # type: ignore[no-any-return]
+
+        return load
+
+    return {f"library: {name}": loader(name) for name in lib.entries()}
+
+
 class ModelRegistry:
     """The models a viewer offers, loaded once on first use and shared read-only by all sessions.
 

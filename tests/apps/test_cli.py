@@ -32,7 +32,11 @@ def test_app_is_registered_and_help_is_instant(capsys: pytest.CaptureFixture[str
         (["app", "--max-upload-mb", "0"], "--max-upload-mb must be >= 1, got 0"),
         (["app", "--memory-budget-mb", "0"], "--memory-budget-mb must be >= 1, got 0"),
         (["app", "--idle-minutes", "0"], "--idle-minutes must be > 0, got 0.0"),
-        (["app", "--no-builtin"], "--no-builtin needs --model RUN_OR_ADAPTER"),
+        (["app", "--no-builtin"], "--no-builtin needs --model RUN_OR_ADAPTER or --library DIR"),
+        (
+            ["app", "--library", "/no/such/lib"],
+            "/no/such/lib: not an adapter library (no index.json; see salt-seg library)",
+        ),
         (["app", "--model", "/no/such/run"], "/no/such/run: no such run directory or adapter file"),
     ],
 )

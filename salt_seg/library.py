@@ -1,0 +1,557 @@
+"""An adapter library: several adapters trained on one base, kept side by side and swapped without reloading it.
+
+A library is a folder (default ``~/.salt_seg/library``, ``$SALT_SEG_LIBRARY``, or ``--library DIR``) holding
+
+* ``NAME.safetensors``: a copy of each adapter file, unchanged;
+* ``index.json`` (written atomically): the library's ``base_hash``, ``base_name`` and ``base_checkpoint`` (a
+  built-in name, an absolute path, or ``bases/HASH.safetensors``, a copy of a run's own random base), and per
+  entry its name, base hash, base name, classes, adapter method, parameter count and the time it was added.
+
+The first adapter fixes the base; an adapter trained on other base weights (another canonical state-dict hash) is
+refused. :class:`LibraryModels` keeps one base model in memory and swaps the library's adapters in and out of it
+(:class:`AdapterSwitcher`); :func:`compress_library` measures how far the adapters' weight updates share a basis
+(a joint SVD per layer, Sub-MoE's Experts Union Decomposition).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from salt_seg.io import atomic_write_bytes, atomic_write_json
+
+INDEX = "index.json"
+FORMAT = "salt_seg.library"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+BASES = "bases"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def default_library_dir() -> Path:
+    """``$SALT_SEG_LIBRARY``, else ``~/.salt_seg/library``."""
+    env = os.environ.get("SALT_SEG_LIBRARY")
+    return Path(env).expanduser() if env else Path.home() / ".salt_seg" / "library"
+
+
+def check_name(name: str) -> str:
+    """A library entry name: letters, digits, ``.``, ``_``, ``-``; 1-64 characters, starting alphanumeric.
+
+    Raises:
+        ValueError: anything else (path separators, spaces, a leading dot...).
+    """
+    if not _NAME.match(name) or name.endswith(SUFFIX):
+        raise ValueError(
+            f"library name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"(no path, no {SUFFIX} suffix)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Library:
+    """A library folder (it need not exist until the first :meth:`add`)."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | Path | None = None) -> Library:
+        return cls(Path(root).expanduser() if root is not None else default_library_dir())
+
+    # -- index ------------------------------------------------------------------------------------------------
+
+    def index(self) -> dict[str, Any]:
+        """The parsed ``index.json`` (an empty index when the folder has none).
+
+        Raises:
+            ValueError: the index is not a salt_seg library index.
+        """
+        f = self.root / INDEX
+        if not f.is_file():
+            return {"format": FORMAT, "format_version": FORMAT_VERSION, "base_hash": None, "entries": {}}
+        try:
+            data = json.loads(f.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{f}: not a readable library index ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{f}: not a salt_seg adapter library index")
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(
+                f"{f}: library format {data['format_version']} is newer than this salt_seg reads"
+            )
+        return data
+
+    def _write_index(self, data: dict[str, Any]) -> None:
+        atomic_write_json(self.root / INDEX, data, sort_keys=True)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Entry name -> its index record, sorted by name."""
+        return dict(sorted(self.index()["entries"].items()))
+
+    @property
+    def base_hash(self) -> str | None:
+        return self.index().get("base_hash")
+
+    def adapter_path(self, name: str) -> Path:
+        """The adapter file of an entry.
+
+        Raises:
+            KeyError-like ``ValueError``: no such entry (the message lists the library's names).
+        """
+        entries = self.entries()
+        if check_name(name) not in entries:
+            known = ", ".join(entries) or "none"
+            raise ValueError(f"{name!r} is not in the adapter library {self.root} (entries: {known})")
+        return self.root / f"{name}{SUFFIX}"
+
+    def base_checkpoint(self) -> str | None:
+        """The base weights all entries were trained on: a built-in name or a file path (``None``: empty)."""
+        named = self.index().get("base_checkpoint")
+        if not named:
+            return None
+        if named.startswith(BASES + "/"):
+            return str(self.root / named)
+        return str(named)
+
+    # -- changes ----------------------------------------------------------------------------------------------
+
+    def add(self, source: str | Path, name: str, *, force: bool = False) -> dict[str, Any]:
+        """Copy a run's (or an adapter file's) adapter into the library as ``name``.
+
+        Raises:
+            ValueError: a bad name, not an adapter, no preprocessing record, or an adapter of another base than
+                the library's (the message names the file and both hashes).
+            FileExistsError: ``name`` is taken and ``force`` is not set.
+            FileNotFoundError: no such run or adapter, or its base cannot be found.
+        """
+        from salt_seg.adapters import read_adapter_metadata
+        from salt_seg.inference.loading import resolve_base_checkpoint
+        from salt_seg.model.builtin import is_builtin
+        from salt_seg.runs import find_adapter
+
+        check_name(name)
+        adapter = find_adapter(source)
+        meta = read_adapter_metadata(adapter)
+        if not meta.get("preprocessing"):
+            raise ValueError(
+                f"{adapter}: the adapter holds no preprocessing record; it cannot be used for inference"
+            )
+        data = self.index()
+        entries: dict[str, Any] = data["entries"]
+        stored = str(meta.get("base_hash") or "")
+        if not stored:
+            raise ValueError(f"{adapter}: the adapter records no base hash; it cannot join a library")
+        lib_hash = data.get("base_hash")
+        if lib_hash and entries and stored != lib_hash:
+            raise ValueError(
+                f"{adapter}: trained on base {stored[:12]}…, but the library {self.root} holds adapters of base "
+                f"{lib_hash[:12]}… (canonical state-dict hashes); use another --library for another base"
+            )
+        if name in entries and not force:
+            raise FileExistsError(
+                f"{name!r} is already in the library {self.root}; pass --force to replace it"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not entries:  # the first adapter fixes the base
+            named = str((meta.get("extra") or {}).get("base_checkpoint") or "")
+            base = resolve_base_checkpoint(adapter, meta, None)
+            if is_builtin(named):
+                base_ref, base_name = named, named
+            elif base is None:
+                raise FileNotFoundError(f"{adapter}: no base checkpoint found for it")
+            elif named.startswith("run:"):  # the run's own base: keep a copy, the run may go away
+                base_ref = f"{BASES}/{stored[:16]}{SUFFIX}"
+                atomic_write_bytes(self.root / base_ref, Path(base).read_bytes())
+                base_name = f"{Path(base).name} of {adapter.parent}"
+            else:
+                base_ref, base_name = str(Path(base).resolve()), Path(base).name
+            data.update(
+                base_hash=stored,
+                base_checkpoint=base_ref,
+                base_name=base_name,
+                base_variant=meta["base_variant"],
+            )
+        config = meta.get("config") or {}
+        record = {
+            "name": name,
+            "base_hash": stored,
+            "base_name": data.get("base_name"),
+            "classes": meta.get("class_names"),
+            "method": config.get("name"),
+            "parameters": int(meta["num_parameters"]),
+            "added": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": str(Path(adapter).resolve()),
+        }
+        atomic_write_bytes(self.root / f"{name}{SUFFIX}", Path(adapter).read_bytes())
+        entries[name] = record
+        self._write_index(data)
+        return record
+
+    def remove(self, name: str) -> None:
+        """Drop an entry (the last one also frees the library's base).
+
+        Raises:
+            ValueError: no such entry.
+        """
+        path = self.adapter_path(name)
+        data = self.index()
+        del data["entries"][name]
+        if not data["entries"]:
+            for key in ("base_hash", "base_checkpoint", "base_name", "base_variant"):
+                data.pop(key, None)
+            shutil.rmtree(self.root / BASES, ignore_errors=True)
+        self._write_index(data)
+        path.unlink(missing_ok=True)
+
+
+def resolve_model(
+    model: str | Path, checkpoint: str | None = None, library: str | Path | None = None
+) -> tuple[str, str | None]:
+    """``predict --model``: an existing path is used as is; otherwise a library entry name -> its adapter file and
+    (unless ``checkpoint`` is given) the library's base. Anything else is returned unchanged, for the loader to
+    report."""
+    text = str(model)
+    if Path(text).exists() or not _NAME.match(text):
+        return text, checkpoint
+    lib = Library.open(library)
+    if text not in lib.entries():
+        if library is not None:
+            lib.adapter_path(text)  # raises, naming the entries
+        return text, checkpoint
+    return str(lib.adapter_path(text)), checkpoint or lib.base_checkpoint()
+
+
+class AdapterSwitcher:
+    """One base model in memory, adapters swapped in and out of it without reading the base again.
+
+    The switcher keeps a copy of the base weights (learned class tokens aside); :meth:`activate` takes the current
+    adapter out (:func:`~salt_seg.adapters.remove_adapters`), restores every base tensor (parts an adapter trained,
+    such as norms or the mask decoder, included), loads the next adapter and merges it. The result equals loading
+    that adapter onto a freshly read base.
+
+    Args:
+        model: a base model without adapters (eval mode, on its device).
+        base_hash: the base checkpoint's content hash (else computed from the model once).
+    """
+
+    def __init__(self, model: Any, base_hash: str | None = None) -> None:
+        from salt_seg.adapters import get_record
+        from salt_seg.adapters.io import NON_BASE_PREFIXES, model_base_hash
+
+        if get_record(model) is not None:
+            raise ValueError("AdapterSwitcher needs a base model without adapters")
+        self.model = model
+        self.base_hash = base_hash or model_base_hash(model)
+        self._base = {
+            k: v.detach().clone()
+            for k, v in model.state_dict().items()
+            if not k.startswith(NON_BASE_PREFIXES)
+        }
+        self.active: Path | None = None
+
+    @torch.no_grad()
+    def activate(self, adapter: str | Path, *, merge: bool = True) -> dict[str, Any]:
+        """Swap ``adapter`` in; returns its metadata (:func:`~salt_seg.adapters.read_adapter_metadata`).
+
+        Raises:
+            ValueError: the adapter does not fit the base (another base hash, variant or shapes).
+        """
+        from salt_seg.adapters import load_adapter, merge_adapters, remove_adapters
+
+        model = self.model
+        remove_adapters(model)
+        self.active = None
+        state = model.state_dict()
+        for k, v in self._base.items():
+            state[k].copy_(v)
+        meta = load_adapter(adapter, model, expected_base_hash=self.base_hash, progress=False)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        if merge:
+            merge_adapters(model)
+        self.active = Path(adapter)
+        return meta
+
+
+class LibraryModels:
+    """The library's adapters on one base model: :meth:`load` a name, then another, reading the base once.
+
+    The base is read again only when an entry needs another input size or the full-resolution branch (a
+    different architecture); :attr:`base_loads` counts the reads.
+    """
+
+    def __init__(self, library: Library, device: torch.device | str = "cpu") -> None:
+        self.library = library
+        self.device = device
+        self.base_loads = 0
+        self._key: tuple[Any, ...] | None = None
+        self._switcher: AdapterSwitcher | None = None
+
+    def _switcher_for(self, meta: dict[str, Any], image_size: int) -> AdapterSwitcher:
+        """The switcher whose base fits ``meta`` (reads the base when none does yet)."""
+        from salt_seg.model.checkpoint import load_base_model
+        from salt_seg.model.hires import HIRES_PREFIX
+
+        hires = True if any(k.startswith(HIRES_PREFIX) for k in meta["tensors"]) else None
+        variant = meta.get("base_variant") or None
+        key = (variant, image_size, hires)
+        if self._switcher is None or key != self._key:
+            shape = meta["tensors"].get("class_tokens.weight")
+            base = self.library.base_checkpoint()
+            model, info = load_base_model(
+                variant, base, image_size=image_size, num_classes=int(shape[0]) if shape else 0, hires=hires
+            )
+            model = model.to(self.device).eval()
+            self._switcher = AdapterSwitcher(model, info.content_hash if info is not None else None)
+            self._key = key
+            self.base_loads += 1
+        return self._switcher
+
+    def load(self, name: str, *, merge: bool = True, copy: bool = False) -> Any:  # -> LoadedModel
+        """Entry ``name`` ready for inference, as :func:`salt_seg.inference.load_inference_model` returns it.
+
+        Args:
+            name: the entry.
+            merge: fold the adapter into the weights.
+            copy: a model of its own, built from the base already in memory (no read, no SVD beyond the cache),
+                that later loads leave alone (the viewer's sessions share models read-only); by default the one
+                model in memory is switched to ``name``.
+        """
+        import copy as copying
+
+        from salt_seg.adapters import read_adapter_metadata
+        from salt_seg.configio import from_dict
+        from salt_seg.inference.loading import LoadedModel, _class_names
+        from salt_seg.preprocessing import Preprocessing
+
+        path = self.library.adapter_path(name)
+        meta = read_adapter_metadata(path)
+        record = from_dict(Preprocessing, meta["preprocessing"])
+        switcher = self._switcher_for(meta, record.image_size)
+        if copy:
+            from salt_seg.adapters import remove_adapters
+
+            switcher.active = None
+            remove_adapters(switcher.model)
+            private = AdapterSwitcher.__new__(AdapterSwitcher)
+            private.model = copying.deepcopy(switcher.model)
+            private.base_hash, private._base, private.active = switcher.base_hash, switcher._base, None
+            switcher = private
+        switcher.activate(path, merge=merge)
+        full = {
+            **meta,
+            "adapter_path": str(path),
+            "base_checkpoint": self.library.base_checkpoint(),
+            "merged": merge,
+            "library_name": name,
+        }
+        return LoadedModel(switcher.model, record, _class_names(meta, record), full)
+
+
+@dataclass
+class CompressionReport:
+    """What :func:`compress_library` measured.
+
+    Attributes:
+        names: the entries, in order.
+        layers: the adapted layers (union over the entries).
+        dense_bytes: the entries' per-layer weight updates ``ΔW_k`` stored densely in fp32, all entries together.
+        adapter_bytes: the entries' adapter tensors as trained (fp32), all entries together.
+        private_bytes: the entries' tensors that are not updates of a wrapped layer (class tokens, norms, decoder
+            parts), kept per entry in every compressed size.
+        rows: one per shared rank: ``rank`` (``"full"`` or an int), ``bytes`` (shared bases + per-entry
+            coefficients + private tensors, fp32), ``weight_error`` and ``output_error`` (name -> relative
+            Frobenius error of the reconstructed ``ΔW`` over all layers, and relative L2 difference of the mask
+            logits on a fixed synthetic input against the uncompressed adapter).
+    """
+
+    names: list[str]
+    layers: list[str]
+    dense_bytes: int
+    adapter_bytes: int
+    private_bytes: int
+    rows: list[dict[str, Any]]
+
+
+def _synthetic_batch(model: Any) -> tuple[torch.Tensor, list[Any]]:
+    from salt_seg.model.sam import InputPrompt
+
+    s = int(model.image_size)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, s, s, generator=g)
+    box = torch.tensor([0.1 * s, 0.15 * s, 0.6 * s, 0.7 * s])
+    second = InputPrompt(class_id=1) if getattr(model, "num_classes", 0) else InputPrompt(box=box * 0.8)
+    return images, [InputPrompt(box=box), second]
+
+
+@torch.no_grad()
+def _logits(model: Any, batch: tuple[torch.Tensor, list[Any]]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    images, prompts = batch
+    logits, _ = model(images.to(device), prompts)
+    return logits.float().cpu()
+
+
+@torch.no_grad()
+def compress_library(
+    library: Library,
+    ranks: list[int | None] | None = None,
+    *,
+    out: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> CompressionReport:
+    """Joint SVD of the library's weight updates, one shared basis per layer (Experts Union Decomposition).
+
+    For every adapted layer, the entries' updates ``ΔW_k`` (merged weight minus base weight, ``out x fan_in``)
+    are concatenated along the columns, ``[ΔW_1 … ΔW_K] = U S Vᵀ``; at shared rank ``R`` the layer keeps
+    ``U_R`` (``out x R``) once and each entry its coefficients ``V_k = U_Rᵀ ΔW_k`` (``R x fan_in``), so
+    ``ΔW_k ≈ U_R V_k``. At full rank (``min(out, K·fan_in)``) this is exact up to float rounding. Entries' other
+    tensors (class tokens, norms, decoder parts) are kept as they are.
+
+    Args:
+        library: a library with at least one entry.
+        ranks: shared ranks to measure (``None`` = full; larger ones are clipped to full per layer); default
+            full, 64, 32, 16, 8, 4.
+        out: write the compressed library at the last rank of ``ranks`` to this safetensors file (analysis
+            output: ``predict`` does not load it).
+        device: where the models run (the SVDs run on the CPU in float64).
+
+    Raises:
+        ValueError: an empty library, or a rank below 1.
+    """
+    from safetensors.torch import load_file
+    from safetensors.torch import save as save_tensors
+
+    from salt_seg.adapters import adapter_layers
+
+    names = list(library.entries())
+    if not names:
+        raise ValueError(f"{library.root}: the library is empty; nothing to compress")
+    wanted: list[int | None] = list(ranks) if ranks else [None, 64, 32, 16, 8, 4]
+    if any(r is not None and r < 1 for r in wanted):
+        raise ValueError(f"--rank must be >= 1, got {wanted}")
+    models = LibraryModels(library, device)
+    deltas: dict[str, dict[str, torch.Tensor]] = {}  # layer -> name -> ΔW (fp32, out x fan_in, CPU)
+    shapes: dict[str, tuple[int, int]] = {}
+    private: dict[str, dict[str, torch.Tensor]] = {}
+    adapter_bytes = 0
+    for name in names:
+        loaded = models.load(name)
+        switcher = models._switcher
+        assert switcher is not None
+        layers = adapter_layers(loaded.model)
+        for lname, layer in layers.items():
+            merged = layer.base_layer.weight.detach().float().cpu()
+            base = switcher._base[f"{lname}.weight"].float().cpu()
+            d = (merged - base).reshape(merged.shape[0], -1)
+            deltas.setdefault(lname, {})[name] = d
+            shapes[lname] = (d.shape[0], d.shape[1])
+        own = load_file(str(library.adapter_path(name)))
+        adapter_bytes += sum(t.numel() * 4 for t in own.values())
+        private[name] = {k: v for k, v in own.items() if not any(k.startswith(n + ".") for n in layers)}
+    layer_names = sorted(deltas)
+    k = len(names)
+    dense_bytes = sum(out_ * fan * 4 * k for out_, fan in shapes.values())
+    private_bytes = sum(t.numel() * 4 for p in private.values() for t in p.values())
+    bases: dict[str, torch.Tensor] = {}
+    for lname in layer_names:
+        out_, fan = shapes[lname]
+        stacked = torch.cat(
+            [deltas[lname].get(n, torch.zeros(out_, fan)).double() for n in names], dim=1
+        )  # out x K·fan
+        u, _, _ = torch.linalg.svd(stacked, full_matrices=False)
+        bases[lname] = u  # out x min(out, K·fan)
+
+    def rank_of(lname: str, r: int | None) -> int:
+        full = bases[lname].shape[1]
+        return full if r is None else min(r, full)
+
+    rows: list[dict[str, Any]] = []
+    for r in wanted:
+        size = private_bytes + sum((shapes[n][0] + k * shapes[n][1]) * rank_of(n, r) * 4 for n in layer_names)
+        rows.append(
+            {"rank": "full" if r is None else r, "bytes": size, "weight_error": {}, "output_error": {}}
+        )
+    for name in names:
+        loaded = models.load(name)
+        batch = _synthetic_batch(loaded.model)
+        reference = _logits(loaded.model, batch)
+        switcher = models._switcher
+        assert switcher is not None
+        layers = adapter_layers(loaded.model)
+        for r, row in zip(wanted, rows, strict=True):
+            err = norm = 0.0
+            for lname in layer_names:
+                d = deltas[lname].get(name)
+                if d is None:
+                    continue
+                u = bases[lname][:, : rank_of(lname, r)]
+                recon = u @ (u.T @ d.double())
+                err += float((d.double() - recon).pow(2).sum())
+                norm += float(d.double().pow(2).sum())
+                weight = layers[lname].base_layer.weight
+                base = switcher._base[f"{lname}.weight"].double().cpu()
+                weight.copy_((base + recon.reshape(base.shape)).to(weight.dtype))
+            row["weight_error"][name] = (err / norm) ** 0.5 if norm > 0 else 0.0
+            got = _logits(loaded.model, batch)
+            row["output_error"][name] = float((got - reference).norm() / reference.norm().clamp_min(1e-12))
+    if out is not None:
+        r = wanted[-1]
+        tensors: dict[str, torch.Tensor] = {}
+        for lname in layer_names:
+            u = bases[lname][:, : rank_of(lname, r)]
+            tensors[f"U/{lname}"] = u.float().contiguous()
+            for name in names:
+                d = deltas[lname].get(name)
+                if d is not None:
+                    tensors[f"V/{name}/{lname}"] = (u.T @ d.double()).float().contiguous()
+        for name, p in private.items():
+            for key, t in p.items():
+                tensors[f"private/{name}/{key}"] = t.contiguous()
+        metadata = {
+            "format": "salt_seg.library.compressed",
+            "format_version": "1",
+            "base_hash": str(library.base_hash),
+            "rank": "full" if r is None else str(r),
+            "entries": json.dumps(names),
+        }
+        atomic_write_bytes(out, save_tensors(tensors, metadata=metadata))
+    return CompressionReport(names, layer_names, dense_bytes, adapter_bytes, private_bytes, rows)
+
+
+def format_compression(report: CompressionReport) -> str:
+    """The report as a table: one row per shared rank, size and per-entry weight and output errors."""
+
+    def mb(n: int) -> str:
+        return f"{n / 2**20:.2f} MiB"
+
+    lines = [
+        f"{len(report.names)} adapters, {len(report.layers)} adapted layers; dense updates {mb(report.dense_bytes)}, "
+        f"adapter files {mb(report.adapter_bytes)} (fp32), of which per-adapter private tensors "
+        f"{mb(report.private_bytes)}",
+        "errors: relative Frobenius error of the reconstructed updates / relative difference of the mask logits on "
+        "a synthetic input (not Dice: no evaluation data here)",
+    ]
+    header = f"{'rank':>6} {'size':>12} {'vs dense':>9} {'vs files':>9}  " + "  ".join(
+        f"{n[:20]:>20}" for n in report.names
+    )
+    lines.append(header)
+    for row in report.rows:
+        ratio = row["bytes"] / report.dense_bytes if report.dense_bytes else float("nan")
+        cells = "  ".join(
+            f"{row['weight_error'][n]:>9.2e}/{row['output_error'][n]:<10.2e}" for n in report.names
+        )
+        files = row["bytes"] / report.adapter_bytes if report.adapter_bytes else float("nan")
+        lines.append(
+            f"{row['rank']!s:>6} {mb(row['bytes']):>12} {ratio:>9.3f} {files:>9.3f}  {cells}".rstrip()
+        )
+    return "\n".join(lines)
