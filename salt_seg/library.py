@@ -340,10 +340,9 @@ class LibraryModels:
         if copy:
             from salt_seg.adapters import remove_adapters
 
-            switcher.active = None
-            remove_adapters(switcher.model)
             private = AdapterSwitcher.__new__(AdapterSwitcher)
-            private.model = copying.deepcopy(switcher.model)
+            private.model = copying.deepcopy(switcher.model)  # the shared model keeps its adapter
+            remove_adapters(private.model)
             private.base_hash, private._base, private.active = switcher.base_hash, switcher._base, None
             switcher = private
         switcher.activate(path, merge=merge)

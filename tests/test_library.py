@@ -222,7 +222,10 @@ def test_copies_share_the_base_read_and_are_left_alone(runs: dict[str, Path], tm
     for name in ("liver", "kidney"):
         lib.add(runs[name], name)
     models = LibraryModels(lib)
+    shared = models.load("kidney")
+    before = outputs(shared.model)
     liver = models.load("liver", copy=True)
+    torch.testing.assert_close(outputs(shared.model), before, rtol=0, atol=0)  # a copy leaves the shared one
     expected = outputs(liver.model)
     kidney = models.load("kidney", copy=True)
     assert kidney.model is not liver.model and models.base_loads == 1
