@@ -308,9 +308,8 @@ def _read_dicom(root: Path, strict: bool) -> Dataset:
 def _segment_classes(labels: list[Path]) -> dict[int, str]:
     """Label value -> segment (DICOM-SEG) or ROI (RTSTRUCT, values 1, 2, ... in file order) name over the DICOM
     label files (the first name of a value wins)."""
-    import pydicom
-
     from salt_seg.data.dicom_seg import dicom_modality, segment_names
+    from salt_seg.data.rtstruct import roi_names
 
     names: dict[int, str] = {}
     for path in labels:
@@ -321,8 +320,7 @@ def _segment_classes(labels: list[Path]) -> dict[int, str]:
         if modality == "SEG":
             found = segment_names(path)
         elif modality == "RTSTRUCT":
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            found = {i: str(r.ROIName) for i, r in enumerate(ds.get("StructureSetROISequence", []), start=1)}
+            found = roi_names(path)
         for value, name in found.items():
             names.setdefault(value, name)
     return dict(sorted(names.items()))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from salt_seg.data.dicom_seg import dicom_modality, is_dicom_seg, read_dicom_seg
+from salt_seg.data.dicom_seg import dicom_modality, read_dicom_seg
 from salt_seg.data.errors import DataError
 from salt_seg.data.readers import (
     DEFAULT_MAX_VOXELS,
@@ -53,12 +53,12 @@ def load_label(
         is_2d = False
     elif kind in ("itk", "picture"):
         array, affine, is_2d = read_itk_array(path, max_voxels, raw=True)
-    elif kind == "dicom" and dicom_modality(path) in ("SEG", "RTSTRUCT"):
+    elif kind == "dicom" and (modality := dicom_modality(path)) in ("SEG", "RTSTRUCT"):
         if like is None:
             raise DataError(
                 path, "a DICOM-SEG or RTSTRUCT label map is read onto its image series; give the image"
             )
-        if is_dicom_seg(path):
+        if modality == "SEG":
             seg_array, _ = read_dicom_seg(path, like)
         else:
             from salt_seg.data.rtstruct import read_rtstruct

@@ -106,6 +106,23 @@ def write_rtstruct(
     return out_path
 
 
+def roi_names(rt_path: str | Path) -> dict[int, str]:
+    """``{label value: ROI name}`` of an RT Structure Set, values 1, 2, ... in the file's order (as
+    :func:`read_rtstruct` gives them); needs only pydicom.
+
+    Raises:
+        DataError: not a readable RT Structure Set.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(rt_path, stop_before_pixels=True)
+        rois = list(ds.StructureSetROISequence)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for foreign files
+        raise DataError(Path(rt_path), f"not a readable RT Structure Set ({type(exc).__name__})") from None
+    return {value: str(r.ROIName) for value, r in enumerate(rois, start=1)}
+
+
 def read_rtstruct(rt_path: str | Path, like: Any) -> tuple[np.ndarray, dict[int, str]]:
     """An RT Structure Set as ``(label map on the voxel grid of the image volume like, {value: ROI name})``.
 
