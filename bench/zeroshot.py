@@ -11,7 +11,7 @@ clipped to the box, :func:`salt_seg.model.predictor.clip_logits_to_box`); ``box 
 the share of its pixels that lie outside the box (``raw out``); recall and precision are the clipped mask's. The "fill the box" baseline (every pixel of
 the box) says how much the box alone explains. Bases are compared side by side in one run.
 
-    python bench/zeroshot.py --data data/colin27-aal --bases builtin_v1 builtin --axis 1 --every 2
+    python bench/zeroshot.py --data data/colin27-aal --bases builtin_v1 builtin --axis 2 --every 2 --mirror
 
 Prints a table and writes JSON (``--out``).
 """
@@ -44,7 +44,9 @@ def interior_point(mask: np.ndarray) -> tuple[float, float]:
     return float(x), float(y)
 
 
-def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: str) -> dict:
+def score_base(
+    checkpoint: str, data: Path, axis: int, every: int, intensity: str, mirror: bool = False
+) -> dict:
     import dataclasses
 
     import torch
@@ -59,7 +61,7 @@ def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: st
     model, record = load_base_for_prompts(checkpoint, intensity=intensity)
     ds = load_dataset(data)
     record = dataclasses.replace(record, axis=axis, classes=dict(ds.classes))
-    predictor = Predictor(model, record, cache_size=2)
+    predictor = Predictor(model, record, cache_size=2, mirror=mirror)
     rows: list[dict] = []
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -116,6 +118,7 @@ def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: st
             } | {"n": len(sel)}
     return {
         "checkpoint": checkpoint,
+        "mirror": mirror,
         "hires": model.hires is not None,
         "n": len(rows),
         "seconds": time.perf_counter() - t0,
@@ -123,6 +126,10 @@ def score_base(checkpoint: str, data: Path, axis: int, every: int, intensity: st
         "per_class": per_class,
         "by_size": by_size,
     }
+
+
+def _name(r: dict) -> str:
+    return Path(r["checkpoint"]).name + (" (mirror)" if r["mirror"] else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,27 +141,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--axis", type=int, default=2, help="slice axis of the RAS volume (2 axial, 1 coronal)")
     ap.add_argument("--every", type=int, default=2, help="score every n-th slice (default 2)")
     ap.add_argument("--intensity", default="mr", help="intensity normalisation for the base (default mr)")
+    ap.add_argument(
+        "--mirror",
+        action="store_true",
+        help="also score each base with test-time mirroring (Predictor(mirror=True), the viewer's --mirror)",
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    results = [score_base(b, Path(args.data), args.axis, args.every, args.intensity) for b in args.bases]
+    views = (False, True) if args.mirror else (False,)
+    results = [
+        score_base(b, Path(args.data), args.axis, args.every, args.intensity, mirror=m)
+        for b in args.bases
+        for m in views
+    ]
     print(f"zero-shot on {args.data} (axis {args.axis}, every {args.every} slice(s))")
     print(
-        f"{'base':28s} {'n':>6s} {'box':>7s} {'box raw':>8s} {'point':>7s} {'fill-box':>9s} "
+        f"{'base':34s} {'n':>6s} {'box':>7s} {'box raw':>8s} {'point':>7s} {'fill-box':>9s} "
         f"{'raw out':>8s} {'recall':>7s} {'prec':>6s} {'s':>6s}"
     )
     for r in results:
         print(
-            f"{Path(r['checkpoint']).name:28s} {r['n']:6d} {r['box']:7.3f} {r['box_raw']:8.3f} {r['point']:7.3f} "
+            f"{_name(r):34s} {r['n']:6d} {r['box']:7.3f} {r['box_raw']:8.3f} {r['point']:7.3f} "
             f"{r['fill_box']:9.3f} {r['raw_outside']:8.3f} {r['recall']:7.3f} {r['precision']:6.3f} "
             f"{r['seconds']:6.0f}"
         )
     print("box (clipped) / fill-the-box by structure size in slice pixels:")
     for r in results:
         cells = [f"{k}: {v['box']:.2f}/{v['fill_box']:.2f} (n {v['n']})" for k, v in r["by_size"].items()]
-        print(f"  {Path(r['checkpoint']).name:26s} " + "; ".join(cells))
+        print(f"  {_name(r):32s} " + "; ".join(cells))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

@@ -358,3 +358,15 @@ def prompt_from_world(
 def box_from_points(p0: Sequence[float], p1: Sequence[float]) -> tuple[float, float, float, float]:
     """Box with inclusive corners from two clicked points in any order."""
     return (min(p0[0], p1[0]), min(p0[1], p1[1]), max(p0[0], p1[0]), max(p0[1], p1[1]))
+
+
+def mirror_prompt(prompt: Prompt, width: int) -> Prompt:
+    """``prompt`` on the slice mirrored left-right (columns reversed; ``width`` columns)."""
+    import dataclasses
+
+    last = width - 1
+    box = None
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        box = (last - x1, y0, last - x0, y1)
+    return dataclasses.replace(prompt, points=[(last - x, y) for x, y in prompt.points], box=box)

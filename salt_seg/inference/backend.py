@@ -26,7 +26,7 @@ from salt_seg.model.precision import autocast, check_precision, to_float
 from salt_seg.model.predictor import Predictor, clip_probabilities_to_box
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import SliceTransform, logits_to_original, prepare_slice
-from salt_seg.prompts import Prompt
+from salt_seg.prompts import Prompt, mirror_prompt
 
 #: SAM's stability-score thresholds (logits +1 / -1) expressed as probabilities
 _STABLE_HI = float(1.0 / (1.0 + np.exp(-1.0)))
@@ -256,18 +256,6 @@ class PredictorBackend:
         return out
 
 
-def mirror_prompt(prompt: Prompt, width: int) -> Prompt:
-    """``prompt`` on the slice mirrored left-right (columns reversed; ``width`` columns)."""
-    import dataclasses
-
-    last = width - 1
-    box = None
-    if prompt.box is not None:
-        x0, y0, x1, y1 = prompt.box
-        box = (last - x1, y0, last - x0, y1)
-    return dataclasses.replace(prompt, points=[(last - x, y) for x, y in prompt.points], box=box)
-
-
 def make_backend(
     model: Any,
     prepared: PreparedVolume,
@@ -281,8 +269,8 @@ def make_backend(
     ``backend_for(prepared, batch_size=...)``, e.g. :class:`salt_seg.inference.onnx_model.OnnxModel`) or an
     existing backend (returned as is). ``precision`` applies to a :class:`SamModel` (a predictor has its own).
 
-    ``mirror`` (test-time mirroring, :class:`ModelBackend`) needs a model: the interactive predictor and the ONNX
-    backends do not average views.
+    ``mirror`` (test-time mirroring, :class:`ModelBackend`) needs a model, or a predictor made with ``mirror=True``;
+    the ONNX backends do not average views.
     """
     if hasattr(model, "prefetch") and hasattr(model, "decode") and hasattr(model, "prepared"):
         if model.prepared is not prepared:
@@ -291,9 +279,9 @@ def make_backend(
             raise ValueError("mirroring was asked for, but the given backend does not mirror")
         return model
     if isinstance(model, Predictor):
-        if mirror:
+        if mirror and not model.mirror:
             raise ValueError(
-                "test-time mirroring needs the model (batched backend), not an interactive Predictor"
+                "mirroring was asked for, but the predictor does not mirror (Predictor(mirror=True))"
             )
         return PredictorBackend(model, prepared, batch_size=batch_size)
     if hasattr(model, "backend_for"):

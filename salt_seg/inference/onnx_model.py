@@ -457,20 +457,23 @@ class OnnxPredictor(Predictor):
     :class:`OnnxModel`: what the viewer needs to offer ``--backend onnx`` (``set_image``, ``compute_embedding``,
     ``add_embedding``, ``is_cached``, ``clear``, ``predict``). Cached "embeddings" are tuples of numpy arrays."""
 
-    def __init__(self, model: OnnxModel, cache_size: int = 16, threshold: float = 0.0) -> None:
+    def __init__(
+        self, model: OnnxModel, cache_size: int = 16, threshold: float = 0.0, mirror: bool = False
+    ) -> None:
         self.model = model  # type: ignore[assignment]
         self.record = model.record
         self.device = torch.device("cpu")
         self.cache_size = int(cache_size)
         self.threshold = float(threshold)
         self.precision = "fp32"
+        self.mirror = bool(mirror)
         self._cache: OrderedDict[Hashable, tuple[Any, SliceTransform]] = OrderedDict()
         self._current: Hashable | None = None
 
-    def compute_embedding(
-        self, slice_2d: np.ndarray, value_range: tuple[float, float] | None = None
+    def _encode(
+        self, slice_2d: np.ndarray, value_range: tuple[float, float] | None
     ) -> tuple[Any, SliceTransform]:
-        image, tf = prepare_slice(slice_2d, self.record, value_range)
+        image, tf = prepare_slice(np.ascontiguousarray(slice_2d), self.record, value_range)
         return cast(Any, self.model).encode(image[None].numpy())[0], tf
 
     def _decode(

@@ -19,7 +19,7 @@ from salt_seg.model.hires import ImageFeatures
 from salt_seg.model.precision import autocast, check_precision, to_float
 from salt_seg.model.sam import InputPrompt, SamModel
 from salt_seg.preprocessing import Preprocessing, SliceTransform, logits_to_original, prepare_slice
-from salt_seg.prompts import Prompt
+from salt_seg.prompts import Prompt, mirror_prompt
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Prediction:
         mask: ``H x W`` bool mask at the slice's original size.
         score: predicted IoU of the returned mask.
         low_res_logits: ``1 x h x w`` logits in model-input space (``h = w = S/4``, or ``S`` when the model has
-            the full-resolution branch).
+            the full-resolution branch); with ``mirror``, the unmirrored view's.
         probabilities: ``H x W`` float32 sigmoid probabilities at the original size.
     """
 
@@ -39,6 +39,17 @@ class Prediction:
     low_res_logits: torch.Tensor
     probabilities: np.ndarray
 
+
+@dataclass
+class MirroredEmbedding:
+    """A slice's embedding and that of its left-right mirror image (a :class:`Predictor` with ``mirror``)."""
+
+    plain: Any
+    mirrored: Any
+
+
+#: what :meth:`Predictor.compute_embedding` returns and the cache holds for one slice
+Embedding = torch.Tensor | ImageFeatures | MirroredEmbedding
 
 #: the logit given to pixels outside a prompt's box (probability 0, background at any threshold)
 OUTSIDE_BOX_LOGIT = float("-inf")
@@ -89,6 +100,9 @@ class Predictor:
         threshold: logit threshold for the binary mask (0 = probability 0.5).
         precision: ``fp32``, ``bf16`` or ``fp16``: autocast of the encoder and the decoder
             (:mod:`salt_seg.model.precision`; logits are cast back to float32 before the sigmoid).
+        mirror: test-time mirroring, as ``predict --mirror`` does for whole volumes: each slice is also embedded
+            mirrored left-right, each prompt is decoded on both (mirrored with its slice) and the two probability
+            maps are averaged. Twice the encoder time per slice and the decoder time per click.
     """
 
     def __init__(
@@ -99,6 +113,7 @@ class Predictor:
         cache_size: int = 16,
         threshold: float = 0.0,
         precision: str = "fp32",
+        mirror: bool = False,
     ) -> None:
         if record.image_size != model.image_size:
             raise ValueError(
@@ -110,9 +125,8 @@ class Predictor:
         self.cache_size = int(cache_size)
         self.threshold = float(threshold)
         self.precision = check_precision(precision, self.device)
-        self._cache: OrderedDict[Hashable, tuple[torch.Tensor | ImageFeatures, SliceTransform]] = (
-            OrderedDict()
-        )
+        self.mirror = bool(mirror)
+        self._cache: OrderedDict[Hashable, tuple[Embedding, SliceTransform]] = OrderedDict()
         self._current: Hashable | None = None
 
     @torch.no_grad()
@@ -139,13 +153,22 @@ class Predictor:
     @torch.no_grad()
     def compute_embedding(
         self, slice_2d: np.ndarray, value_range: tuple[float, float] | None = None
-    ) -> tuple[torch.Tensor | ImageFeatures, SliceTransform]:
+    ) -> tuple[Embedding, SliceTransform]:
         """The ``1 x C x h x w`` image embedding of a slice, without touching the cache.
 
         It only reads the model, so a background thread may call it while another thread decodes prompts (the
         viewer precomputes nearby slices this way and hands the result to :meth:`add_embedding`).
         """
-        image, tf = prepare_slice(slice_2d, self.record, value_range)
+        emb, tf = self._encode(slice_2d, value_range)
+        if self.mirror:
+            return MirroredEmbedding(emb, self._encode(slice_2d[:, ::-1], value_range)[0]), tf
+        return emb, tf
+
+    def _encode(
+        self, slice_2d: np.ndarray, value_range: tuple[float, float] | None
+    ) -> tuple[Any, SliceTransform]:
+        """One view's embedding (subclasses with another runtime replace this)."""
+        image, tf = prepare_slice(np.ascontiguousarray(slice_2d), self.record, value_range)
         with autocast(self.precision, self.device):
             return self.model.encode_images(image[None].to(self.device)), tf
 
@@ -159,9 +182,7 @@ class Predictor:
             )
         return to_float(logits), to_float(iou)
 
-    def add_embedding(
-        self, key: Hashable, embedding: torch.Tensor | ImageFeatures, transform: SliceTransform
-    ) -> None:
+    def add_embedding(self, key: Hashable, embedding: Embedding, transform: SliceTransform) -> None:
         """Store an embedding from :meth:`compute_embedding` under ``key`` (LRU; the current slice is unchanged)."""
         self._cache[key] = (embedding, transform)
         self._cache.move_to_end(key)
@@ -199,16 +220,37 @@ class Predictor:
         if self._current is None:
             raise RuntimeError("call set_image() before predict()")
         emb, tf = self._cache[self._current]
-        logits, iou = self._decode(emb, InputPrompt.from_prompt(prompt, tf), multimask_output)
-        best = int(iou[0].argmax())
-        low = logits[0, best : best + 1]
-        full = logits_to_original(low, tf)[0]
-        if clip_to_box and prompt.box is not None:
-            full = clip_logits_to_box(full, prompt.box)
-        probs = torch.sigmoid(full).cpu().numpy().astype(np.float32)
+        views = [(emb, prompt, False)]
+        if isinstance(emb, MirroredEmbedding):
+            views = [
+                (emb.plain, prompt, False),
+                (emb.mirrored, mirror_prompt(prompt, tf.original_size[1]), True),
+            ]
+        probs_sum: torch.Tensor | None = None
+        scores, lows = [], []
+        for view_emb, view_prompt, flipped in views:
+            logits, iou = self._decode(view_emb, InputPrompt.from_prompt(view_prompt, tf), multimask_output)
+            best = int(iou[0].argmax())
+            low = logits[0, best : best + 1]
+            full = logits_to_original(low, tf)[0]
+            if flipped:
+                full = full.flip(-1)
+            if clip_to_box and prompt.box is not None:
+                full = clip_logits_to_box(full, prompt.box)
+            p = torch.sigmoid(full)
+            probs_sum = p if probs_sum is None else probs_sum + p
+            scores.append(float(iou[0, best]))
+            lows.append(low)
+        assert probs_sum is not None
+        if len(views) == 1:
+            mask = (full > self.threshold).cpu().numpy()
+            probs = probs_sum.cpu().numpy().astype(np.float32)
+        else:
+            probs = (probs_sum / len(views)).cpu().numpy().astype(np.float32)
+            mask = probs > float(torch.sigmoid(torch.tensor(self.threshold)))
         return Prediction(
-            mask=(full > self.threshold).cpu().numpy(),
-            score=float(iou[0, best]),
-            low_res_logits=low.cpu(),
+            mask=mask,
+            score=float(np.mean(scores)),
+            low_res_logits=lows[0].cpu(),
             probabilities=probs,
         )

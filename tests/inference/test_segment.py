@@ -191,7 +191,7 @@ def _mirrored_volume(vol: Volume, axis: int = 2) -> Volume:
 def test_mirroring_averages_a_slice_with_its_mirror_image_and_mirrors_prompts() -> None:
     """Test-time mirroring: the probabilities are the mean of the slice's and of its mirror image's (taken from a
     volume mirrored in the data, prompts mirrored with it), in the original frame; twice the slices encoded."""
-    from salt_seg.inference.backend import mirror_prompt
+    from salt_seg.prompts import mirror_prompt
     from salt_seg.model import build_model
 
     torch.manual_seed(11)
@@ -238,8 +238,15 @@ def test_mirroring_is_a_setting_of_segment_volume_and_needs_the_model() -> None:
     np.testing.assert_array_equal(
         mirrored.label_map, segment_volume(OracleModel(), record, prepared).label_map
     )
-    with pytest.raises(ValueError, match="not an interactive Predictor"):
-        from salt_seg.model import build_model
+    from salt_seg.model import build_model
 
-        net = build_model("tiny", image_size=64, num_classes=1)
+    net = build_model("tiny", image_size=64, num_classes=1)
+    with pytest.raises(ValueError, match="predictor does not mirror"):
         segment_volume(Predictor(net, record), record, prepared, settings=InferenceSettings(mirror=True))
+    # a predictor that mirrors is taken, and gives what the batched backend gives
+    mirrored_settings = InferenceSettings(mirror=True)
+    via_predictor = segment_volume(
+        Predictor(net, record, mirror=True), record, prepared, settings=mirrored_settings, probabilities=True
+    )
+    via_model = segment_volume(net, record, prepared, settings=mirrored_settings, probabilities=True)
+    np.testing.assert_allclose(via_predictor.probabilities, via_model.probabilities, atol=1e-5)

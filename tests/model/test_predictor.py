@@ -90,3 +90,36 @@ def test_box_prompt_answer_stays_in_the_box_unless_asked(tiny_model, slice_2d) -
     # points alone are never clipped
     pt = pred.predict(Prompt(points=[(140.0, 85.0)], point_labels=[1]))
     assert pt.mask.all()
+
+
+def test_mirroring_predictor_averages_the_slice_and_its_mirror_image(tiny_model, slice_2d) -> None:
+    """``Predictor(mirror=True)``: the probabilities are the mean of the plain predictor's on the slice and on its
+    mirror image (prompt mirrored, answer flipped back); a box still bounds the answer; two encodings per slice."""
+    from salt_seg.prompts import mirror_prompt
+
+    record = Preprocessing(image_size=256, intensity="ct", window_level=100, window_width=600)
+    plain, both = Predictor(tiny_model, record), Predictor(tiny_model, record, mirror=True)
+    flipped = np.ascontiguousarray(slice_2d[:, ::-1])
+    width = slice_2d.shape[1]
+    calls = []
+    orig = tiny_model.encode_images
+    tiny_model.encode_images = lambda x: calls.append(1) or orig(x)  # type: ignore[method-assign]
+    try:
+        both.set_image(slice_2d, key="s")
+    finally:
+        del tiny_model.encode_images
+    assert len(calls) == 2
+    for prompt in (Prompt(box=(100, 60, 199, 119)), Prompt(points=[(120.0, 80.0)], point_labels=[1])):
+        got = both.predict(prompt)
+        plain.set_image(slice_2d)
+        a = plain.predict(prompt)
+        plain.set_image(flipped)
+        b = plain.predict(mirror_prompt(prompt, width))
+        expect = (a.probabilities + b.probabilities[:, ::-1]) / 2
+        np.testing.assert_allclose(got.probabilities, expect, atol=1e-5)
+        np.testing.assert_array_equal(got.mask, got.probabilities > 0.5)
+        assert got.score == pytest.approx((a.score + b.score) / 2, abs=1e-5)
+        torch.testing.assert_close(got.low_res_logits, a.low_res_logits)
+        assert not np.allclose(a.probabilities, b.probabilities[:, ::-1], atol=1e-3)  # the views differ
+        if prompt.box is not None:
+            assert not got.mask[:, :100].any() and not got.mask[:, 200:].any()
