@@ -227,7 +227,10 @@ def export(session: ViewerSession, out_dir: str | Path | None = None, fmt: str =
                     f"{session.volume.name}: RTSTRUCT export needs a folder holding this series alone (the upload "
                     "holds several); export DICOM-SEG, or upload this series by itself"
                 )
-            write_rtstruct(labels, folder, names, first, colors=colors)
+            try:
+                write_rtstruct(labels, folder, names, first, colors=colors)
+            except ImportError as exc:  # the rtstruct extra is missing: a user-facing line, not a crash
+                raise ValueError(str(exc)) from None
     side = write_label_json(
         out / f"{stem}.json",
         names,
@@ -302,7 +305,10 @@ def load_label_map(session: ViewerSession, path: str | Path, sidecar: str | Path
     dicom_names = _dicom_label_names(session, Path(path))
     names, colors = read_label_json(sidecar) if sidecar is not None else ({}, {})
     names = {**dicom_names, **names}
-    label = load_label(path, like=session.volume).to_ras()
+    try:
+        label = load_label(path, like=session.volume).to_ras()
+    except ImportError as exc:  # an RTSTRUCT without the rtstruct extra (OpenCV)
+        raise ValueError(str(exc)) from None
     if label.shape != session.ras.shape:
         raise ValueError(
             f"{Path(path).name}: label grid {label.shape} differs from the image {session.ras.shape}"

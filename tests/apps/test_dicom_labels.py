@@ -214,3 +214,15 @@ def test_dicom_seg_export_through_the_page(ct_files: list[Path]) -> None:
         np.testing.assert_array_equal(back, session.volume.geometry.from_ras(session.labels))
     finally:
         app.close()
+
+
+def test_rtstruct_without_its_extra_is_a_one_line_message(
+    make_session, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    s = labelled_ct(make_session, ct_files)
+    monkeypatch.setitem(sys.modules, "rt_utils", None)  # import fails
+    out = h.on_export(s, "RTSTRUCT")
+    assert out["status"] == "⚠️ RTSTRUCT needs rt-utils, an optional extra: pip install 'salt-seg[rtstruct]'"
+    assert not list(s.workdir.glob("export/*"))
