@@ -40,6 +40,7 @@ def test_readme_lists_exactly_the_commands_that_take_each_shared_flag() -> None:
         "--threads",
         "--set",
         "--precision",
+        "--backend",
     }
     assert table["--threads"] == {"train", "pretrain", "predict", "evaluate", "app"}
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices

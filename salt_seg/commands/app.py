@@ -11,17 +11,24 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from salt_seg.commands.common import add_runtime_flags, add_trained_model_flag
+from salt_seg.commands.common import (
+    add_backend_flag,
+    add_precision_flag,
+    add_runtime_flags,
+    add_trained_model_flag,
+    check_backend,
+)
 
 log = logging.getLogger(__name__)
 
-HELP = "interactive viewer: open NIfTI/DICOM, segment with clicks, propagate, export NIfTI"
+HELP = "interactive viewer: open NIfTI/DICOM, segment with clicks, propagate, export NIfTI/DICOM-SEG/RTSTRUCT"
 DESCRIPTION = (
     "Start the clinician-facing viewer in the browser: open a NIfTI file or a DICOM series (upload or PATH), view "
     "axial/coronal/sagittal slices in radiological convention with window/level presets, segment with positive/"
     "negative points, boxes or class tokens, correct with brush and eraser, propagate a slice's result through the "
-    "volume, and export the label map as NIfTI in the source geometry. Binds 127.0.0.1 by default; uploads are "
-    "size-limited and the page cannot read server paths."
+    "volume, and export the label map as NIfTI in the source geometry (or, for a DICOM series, as DICOM-SEG or "
+    "RTSTRUCT); load a NIfTI, DICOM-SEG or RTSTRUCT label map onto the open volume. --precision and --backend as "
+    "for predict. Binds 127.0.0.1 by default; uploads are size-limited and the page cannot read server paths."
 )
 
 
@@ -69,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-builtin", action="store_true", help="offer only the --model/--library, not the built-in base"
     )
+    add_backend_flag(parser)
+    add_precision_flag(parser)
     add_runtime_flags(parser)
 
 
@@ -99,6 +108,9 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--no-builtin needs --model RUN_OR_ADAPTER or --library DIR")
     if not args.host or any(c.isspace() for c in args.host):
         raise ValueError(f"--host: {args.host!r} is not a host name or address")
+    check_backend(args)
+    if args.backend == "onnx" and args.library is not None:
+        raise ValueError("--backend onnx runs the one exported --model folder; drop --library")
 
 
 def is_loopback(host: str) -> bool:
@@ -112,10 +124,12 @@ def is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     validate(args)
-    from salt_seg.commands.common import resolve_device
+    from salt_seg.commands.common import resolve_backend_device
+    from salt_seg.model.precision import check_precision
     from salt_seg_apps.viewer.app import ViewerApp, ViewerConfig
 
-    device = resolve_device(args.device, args.threads)
+    device = resolve_backend_device(args.backend, args.device, args.threads)
+    check_precision(args.precision, device)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     if not is_loopback(args.host):
         log.warning(
@@ -134,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         device=str(device),
         builtin=not args.no_builtin,
         library=args.library,
+        precision=args.precision,
+        backend=args.backend,
+        threads=args.threads,
     )
     app = ViewerApp(config)
     try:

@@ -8,6 +8,7 @@
 | ``--device`` | ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` |
 | ``--threads`` | CPU threads for torch (default: torch's choice) |
 | ``--precision`` | ``fp32``, ``bf16`` or ``fp16`` inference (autocast; ``salt_seg.model.precision``) |
+| ``--backend`` | ``torch`` or ``onnx`` (ONNX Runtime on an ``export-onnx`` folder given as ``--model``) |
 | ``--set key=value`` | override an experiment config key (repeatable) |
 """
 
@@ -48,6 +49,41 @@ def add_precision_flag(parser: argparse.ArgumentParser) -> None:
         help="inference precision (default fp32): bf16/fp16 autocast on CUDA; on a CPU bf16 only (faster where the "
         "CPU has AVX512-BF16 or AMX, else a warning that it is emulated), fp16 is refused there",
     )
+
+
+def add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch (default) or onnx: ONNX Runtime on the CPU with the folder `salt-seg export-onnx` wrote "
+        "(--model EXPORT_DIR, or a run directory holding onnx/); fp32 only",
+    )
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """The ``--backend onnx`` rules, shared by every command that takes the flag (one-line ``ValueError``)."""
+    if getattr(args, "backend", "torch") != "onnx":
+        return
+    if args.model is None:
+        raise ValueError("--backend onnx needs --model: a folder written by `salt-seg export-onnx`")
+    if getattr(args, "precision", "fp32") != "fp32":
+        raise ValueError(f"--precision {args.precision}: the onnx backend runs fp32; use --backend torch")
+    if getattr(args, "checkpoint", None) is not None or getattr(args, "variant", None) is not None:
+        raise ValueError(
+            "--backend onnx: the exported folder holds the merged weights; drop --checkpoint/--variant"
+        )
+
+
+def resolve_backend_device(backend: str, name: str = "auto", threads: int | None = None):  # -> torch.device
+    """:func:`resolve_device` for ``--backend``: ONNX Runtime runs on the CPU, so there ``auto`` is the CPU and
+    another device is refused (one-line ``ValueError``)."""
+    if backend != "onnx":
+        return resolve_device(name, threads)
+    device = resolve_device("cpu" if name == "auto" else name, threads)
+    if device.type != "cpu":
+        raise ValueError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), not {device}")
+    return device
 
 
 def add_set_flag(parser: argparse.ArgumentParser) -> None:

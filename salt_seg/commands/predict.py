@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from salt_seg.commands.common import (
+    add_backend_flag,
     add_base_model_flags,
     add_precision_flag,
     add_runtime_flags,
@@ -132,13 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "$SALT_SEG_LIBRARY or ~/.salt_seg/library; see salt-seg library)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="torch (default) or onnx: ONNX Runtime on the CPU with the folder `salt-seg export-onnx` wrote "
-        "(--model EXPORT_DIR, or a run directory holding onnx/); fp32 only",
-    )
+    add_backend_flag(parser)
     add_precision_flag(parser)
     add_runtime_flags(parser)
 
@@ -177,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from salt_seg.commands.common import resolve_device
+    from salt_seg.commands.common import check_backend, resolve_backend_device
     from salt_seg.inference import PredictOptions, find_cases, load_inference_model, predict_cases
     from salt_seg.inference.batch import attach_prompts
 
@@ -197,15 +192,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: --out must be a folder")
-    if args.backend == "onnx":
-        if args.model is None:
-            raise ValueError("--backend onnx needs --model: a folder written by `salt-seg export-onnx`")
-        if args.precision != "fp32":
-            raise ValueError(f"--precision {args.precision}: the onnx backend runs fp32; use --backend torch")
-        if args.checkpoint is not None or args.variant is not None:
-            raise ValueError(
-                "--backend onnx: the exported folder holds the merged weights; drop --checkpoint/--variant"
-            )
+    check_backend(args)
     options = PredictOptions(
         mode=mode,
         probabilities=args.probabilities,
@@ -220,10 +207,7 @@ def run(args: argparse.Namespace) -> int:
     attach_prompts(cases, args.prompts)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    # ONNX Runtime runs on the CPU: there --device auto means the CPU
-    device = resolve_device(
-        "cpu" if args.backend == "onnx" and args.device == "auto" else args.device, args.threads
-    )
+    device = resolve_backend_device(args.backend, args.device, args.threads)
     if world > 1 and device.type == "cuda" and device.index is None:
         import torch
 
@@ -234,9 +218,6 @@ def run(args: argparse.Namespace) -> int:
         check_precision(args.precision, device)
     if args.backend == "onnx":
         from salt_seg.inference.onnx_model import load_onnx_model
-
-        if device.type != "cpu":
-            raise ValueError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), not {device}")
 
         loaded = load_onnx_model(args.model, threads=args.threads)
     elif args.model is not None:

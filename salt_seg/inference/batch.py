@@ -286,7 +286,7 @@ def predict_case(
     """
     from salt_seg.data import prepare_volume
     from salt_seg.inference.coords import prompts_to_prepared, source_axis
-    from salt_seg.inference.outputs import export_case
+    from salt_seg.inference.outputs import algorithm_record, export_case
     from salt_seg.inference.segment import segment_volume
     from salt_seg.prompts import load_prompts
 
@@ -340,13 +340,7 @@ def predict_case(
         overwrite=options.overwrite,
         extra=extra,
         fmt=options.format,
-        algorithm={
-            "model": str(meta.get("adapter_path") or meta.get("base_checkpoint") or ""),
-            "adapter": str((meta.get("config") or {}).get("name", ""))
-            if isinstance(meta.get("config"), dict)
-            else "",
-            "base_hash": str(meta.get("base_hash") or ""),
-        },
+        algorithm=algorithm_record(meta),
     )
     return summary
 

@@ -44,6 +44,17 @@ def case_outputs(
     return files
 
 
+def algorithm_record(meta: dict[str, Any]) -> dict[str, str]:
+    """What a DICOM-SEG records as the algorithm's parameters, from a loaded model's ``meta``
+    (:class:`~salt_seg.inference.loading.LoadedModel`): the model, the adapter kind and the base hash."""
+    config = meta.get("config")
+    return {
+        "model": str(meta.get("adapter_path") or meta.get("base_checkpoint") or ""),
+        "adapter": str(config.get("name", "")) if isinstance(config, dict) else "",
+        "base_hash": str(meta.get("base_hash") or ""),
+    }
+
+
 def check_dicom_seg_source(source_path: str | Path | None, fmt: str | None) -> None:
     """DICOM-SEG output needs the DICOM series the volume was read from (a folder or zip of its files)."""
     if source_path is None or fmt != "dicom":

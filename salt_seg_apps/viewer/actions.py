@@ -7,11 +7,15 @@
   the viewed slice;
 * :func:`export` -- the label map back on the file's own grid (:meth:`~salt_seg.data.volume.Geometry.from_ras`),
   written by :func:`salt_seg.inference.write_label_map` with the source NIfTI header
-  (:func:`salt_seg.inference.read_source_header`) and the JSON sidecar, as ``salt-seg predict`` writes them;
+  (:func:`salt_seg.inference.read_source_header`) and the JSON sidecar, as ``salt-seg predict`` writes them; for a
+  volume read from a DICOM series also as a DICOM Segmentation (:func:`salt_seg.data.dicom_seg.write_dicom_seg`) or
+  an RT Structure Set (:func:`salt_seg.data.rtstruct.write_rtstruct`) of that series, as ``predict --format`` does;
 * :func:`save_prompts` / :func:`load_prompts` -- the project's prompt file in source voxel coordinates
   (:func:`salt_seg.inference.prompt_to_source` / :func:`~salt_seg.inference.prompt_to_prepared`);
 * :func:`load_label_map` -- :func:`salt_seg.data.load_label` checked against the open volume, with the names and
-  colours of its JSON sidecar when one comes with it (:func:`salt_seg.inference.sidecars.read_label_json`).
+  colours of its JSON sidecar when one comes with it (:func:`salt_seg.inference.sidecars.read_label_json`); a
+  DICOM-SEG or RTSTRUCT is placed onto the open series' grid by the dataset readers, its segment / ROI names
+  (:func:`salt_seg.data.dicom_seg.segment_names`, :func:`salt_seg.data.rtstruct.roi_names`) become the label names.
 
 Each is one undoable action (:meth:`ViewerSession.action`): Undo takes back the whole of it, and a failure part-way
 leaves the labels as they were.
@@ -23,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_seg.data.dicom_seg import dicom_modality
 from salt_seg.data.labels import load_label
 from salt_seg.data.volume import extract_slice, insert_slice, slice_shape
 from salt_seg.inference.coords import prompt_to_prepared, prompt_to_source, source_axis
 from salt_seg.inference.export import read_source_header, write_label_map
+from salt_seg.inference.outputs import DICOM_FORMATS, algorithm_record
 from salt_seg.inference.propagation import box_from_mask, propagate_many
 from salt_seg.inference.segment import LabelAccumulator, keep_class_token_mask, segment_volume
 from salt_seg.inference.sidecars import read_label_json, write_label_json
@@ -142,19 +148,89 @@ def propagate(session: ViewerSession, progress: Progress = _noop) -> str:
     return "propagated " + "; ".join(parts)
 
 
-def export(session: ViewerSession, out_dir: str | Path | None = None) -> list[Path]:
-    """Write the label map in the source geometry (NIfTI) and its JSON sidecar; returns both paths."""
+#: the viewer's export choices: shown name -> ``salt-seg predict --format`` value
+EXPORT_FORMATS = {"NIfTI": "nifti", "DICOM-SEG": "dicom-seg", "RTSTRUCT": "rtstruct"}
+
+
+def dicom_source(session: ViewerSession) -> tuple[Path, str | None]:
+    """The DICOM series folder (or file) the open volume was read from, and its series key.
+
+    Raises:
+        ValueError: the volume did not come from a DICOM series (a NIfTI file, say), or its files are gone.
+    """
+    session.require_volume()
+    assert session.volume is not None
+    meta = session.volume.meta
+    if session.dicom_source is None:
+        kind = str(meta.get("format") or "non-DICOM")
+        raise ValueError(
+            f"{session.volume.name}: DICOM-SEG and RTSTRUCT export need a volume opened from a DICOM series; this "
+            f"one is a {kind} image: export NIfTI"
+        )
+    if not session.dicom_source.exists():
+        raise ValueError(
+            f"{session.volume.name}: the DICOM files of this series are gone from the server; open it again"
+        )
+    key = meta.get("series_key")
+    return session.dicom_source, str(key) if key else None
+
+
+def export(session: ViewerSession, out_dir: str | Path | None = None, fmt: str = "nifti") -> list[Path]:
+    """Write the label map in the source geometry and its JSON sidecar; returns ``[label file, sidecar]``.
+
+    ``fmt``: ``nifti`` (the default), or for a volume read from a DICOM series ``dicom-seg`` (a DICOM Segmentation
+    of that series, one named segment per label) or ``rtstruct`` (an RT Structure Set, one ROI per non-empty
+    label) -- the writers of ``salt-seg predict --format``. Each file is written atomically; the DICOM file first,
+    so a series the writer refuses leaves nothing written.
+
+    Raises:
+        ValueError: an unknown ``fmt``, a DICOM ``fmt`` for a volume not read from DICOM, an empty label map for a
+            DICOM ``fmt``.
+        DataError: the DICOM writer's checks of the series.
+    """
+    if fmt not in EXPORT_FORMATS.values():
+        raise ValueError(f"export format {fmt!r} is not one of {list(EXPORT_FORMATS.values())}")
     session.require_volume()
     assert session.volume is not None and session.labels is not None
+    source = dicom_source(session) if fmt != "nifti" else None
     out = Path(out_dir) if out_dir is not None else session.workdir / "export"
     out.mkdir(parents=True, exist_ok=True)
     geometry = session.volume.geometry
     labels = geometry.from_ras(session.labels)
     names = dict(session.label_set.names)
     names.update({int(i): f"label {i}" for i in np.unique(labels) if i and int(i) not in names})
-    header = read_source_header(session.source_path) if session.source_path is not None else None
     stem = f"{session.volume.name}_labels"
-    nii = write_label_map(out / f"{stem}.nii.gz", labels, geometry, names, header=header, overwrite=True)
+    if source is None:
+        header = read_source_header(session.source_path) if session.source_path is not None else None
+        first = write_label_map(
+            out / f"{stem}.nii.gz", labels, geometry, names, header=header, overwrite=True
+        )
+    else:
+        if not labels.any():
+            raise ValueError(f"nothing to export as {fmt}: the label map is empty")
+        first = out / f"{stem}{DICOM_FORMATS[fmt][1]}"
+        colors = session.label_set.colours()
+        folder, series = source
+        if fmt == "dicom-seg":
+            from salt_seg.data.dicom_seg import write_dicom_seg
+
+            meta = session.registry.get(session.model_name).meta if session.engine is not None else {}
+            write_dicom_seg(
+                labels, folder, names, first, algorithm=algorithm_record(meta), series=series, colors=colors
+            )
+        else:
+            from salt_seg.data.dicom import list_dicom_series
+            from salt_seg.data.rtstruct import write_rtstruct
+
+            if folder.is_dir() and len(list_dicom_series(folder)) > 1:
+                raise ValueError(
+                    f"{session.volume.name}: RTSTRUCT export needs a folder holding this series alone (the upload "
+                    "holds several); export DICOM-SEG, or upload this series by itself"
+                )
+            try:
+                write_rtstruct(labels, folder, names, first, colors=colors)
+            except ImportError as exc:  # the rtstruct extra is missing: a user-facing line, not a crash
+                raise ValueError(str(exc)) from None
     side = write_label_json(
         out / f"{stem}.json",
         names,
@@ -164,19 +240,75 @@ def export(session: ViewerSession, out_dir: str | Path | None = None) -> list[Pa
         summary={"structures": structure_stats(labels, geometry, names)},
     )
     session.unsaved = False
-    return [nii, side]
+    return [first, side]
+
+
+def _referenced_series(path: Path, modality: str) -> list[str]:
+    """The Series Instance UIDs a DICOM-SEG or RTSTRUCT says it was drawn on (empty when it does not say)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if modality == "SEG":
+        return [str(r.SeriesInstanceUID) for r in ds.get("ReferencedSeriesSequence", [])]
+    return [
+        str(series.SeriesInstanceUID)
+        for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
+        for study in frame.get("RTReferencedStudySequence", [])
+        for series in study.get("RTReferencedSeriesSequence", [])
+    ]
+
+
+def _dicom_label_names(session: ViewerSession, path: Path) -> dict[int, str]:
+    """For a DICOM-SEG or RTSTRUCT: checked to be of the open series, its ``{label value: segment name}``;
+    for any other file ``{}``.
+
+    Raises:
+        ValueError: the file references another series than the open one.
+    """
+    from salt_seg.data.readers import file_kind
+
+    modality = dicom_modality(path) if file_kind(path) == "dicom" else None
+    if modality not in ("SEG", "RTSTRUCT"):
+        return {}
+    assert session.volume is not None
+    from salt_seg.data.dicom import series_key
+
+    open_key = session.volume.meta.get("series_key")
+    refs = sorted({series_key(u) for u in _referenced_series(path, modality)})
+    if open_key and refs and open_key not in refs:
+        kind = "DICOM-SEG" if modality == "SEG" else "RTSTRUCT"
+        raise ValueError(
+            f"{path.name}: this {kind} was drawn on series {', '.join(refs)}, not on the open series {open_key}; "
+            "open its series first"
+        )
+    if modality == "SEG":
+        from salt_seg.data.dicom_seg import segment_names
+
+        return segment_names(path)
+    from salt_seg.data.rtstruct import roi_names
+
+    return roi_names(path)
 
 
 def load_label_map(session: ViewerSession, path: str | Path, sidecar: str | Path | None = None) -> str:
     """Load a label map (ground truth or an earlier export) on the open volume's grid, replacing the current one.
+
+    A DICOM-SEG or RTSTRUCT (by its Modality) must reference the open series when it says which it was drawn on;
+    :func:`salt_seg.data.load_label` places it onto the series' voxel grid and its segment / ROI names become the
+    label names (a sidecar's names, when given, win).
 
     ``sidecar``: its JSON sidecar (what :func:`export` writes beside it); its names and colours replace those of
     the ids it lists. Everything is checked before anything changes; the load is one undoable action.
     """
     session.require_volume()
     assert session.volume is not None and session.ras is not None
+    dicom_names = _dicom_label_names(session, Path(path))
     names, colors = read_label_json(sidecar) if sidecar is not None else ({}, {})
-    label = load_label(path, like=session.volume).to_ras()
+    names = {**dicom_names, **names}
+    try:
+        label = load_label(path, like=session.volume).to_ras()
+    except ImportError as exc:  # an RTSTRUCT without the rtstruct extra (OpenCV)
+        raise ValueError(str(exc)) from None
     if label.shape != session.ras.shape:
         raise ValueError(
             f"{Path(path).name}: label grid {label.shape} differs from the image {session.ras.shape}"
@@ -194,6 +326,7 @@ def load_label_map(session: ViewerSession, path: str | Path, sidecar: str | Path
     session.unsaved = False  # what is shown is what the file holds
     listed = ", ".join(f"{i} {session.label_set.names[i]}" for i in ids) if ids else "none"
     named = f" (names from {Path(sidecar).name})" if sidecar is not None else ""
+    named = named or (" (segment names kept)" if dicom_names else "")
     return f"loaded label map {Path(path).name}{named}: labels {listed} ({n} slice(s) changed)"
 
 

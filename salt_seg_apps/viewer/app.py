@@ -36,11 +36,13 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from salt_seg_apps.viewer import handlers as h
+from salt_seg_apps.viewer.actions import EXPORT_FORMATS
 from salt_seg_apps.viewer.engine import (
     BUILTIN_MODEL,
     ModelRegistry,
     library_loaders,
     load_builtin,
+    load_exported,
     load_trained,
 )
 from salt_seg_apps.viewer.guard import SECRET_HEADER, GuardMiddleware, SessionGuard, upload_checker
@@ -73,6 +75,10 @@ class ViewerConfig:
         builtin: offer the built-in base.
         library: an adapter library folder (:mod:`salt_seg.library`) whose entries are offered as
             ``library: NAME``; they share one base read from disk once.
+        precision: ``fp32``, ``bf16`` or ``fp16`` inference of the PyTorch models (:mod:`salt_seg.model.precision`).
+        backend: ``torch``, or ``onnx``: ``model`` is a folder ``salt-seg export-onnx`` wrote, run on ONNX Runtime
+            (:func:`salt_seg.inference.onnx_model.load_onnx_model`); the built-in base stays on PyTorch.
+        threads: intra-op threads of the ONNX Runtime sessions (default: torch's thread count).
     """
 
     path: str | None = None
@@ -89,6 +95,9 @@ class ViewerConfig:
     max_sessions: int = 256
     builtin: bool = True
     library: str | None = None
+    precision: str = "fp32"
+    backend: str = "torch"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_upload_mb < 1:
@@ -103,6 +112,10 @@ class ViewerConfig:
             raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
         if not self.builtin and self.model is None and self.library is None:
             raise ValueError("no model to offer: keep the built-in base or give a trained model or a library")
+        if self.backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be torch or onnx, got {self.backend!r}")
+        if self.backend == "onnx" and self.model is None:
+            raise ValueError("--backend onnx needs --model: a folder written by `salt-seg export-onnx`")
 
 
 def default_registry(config: ViewerConfig) -> ModelRegistry:
@@ -111,7 +124,10 @@ def default_registry(config: ViewerConfig) -> ModelRegistry:
     loaders: dict[str, Callable[[], Any]] = {}
     if config.model is not None:
         path = str(config.model)
-        loaders[f"trained: {Path(path).name}"] = lambda: load_trained(path, config.device)
+        if config.backend == "onnx":
+            loaders[f"onnx: {Path(path).name}"] = lambda: load_exported(path, config.threads)
+        else:
+            loaders[f"trained: {Path(path).name}"] = lambda: load_trained(path, config.device)
     if config.library is not None:
         loaders.update(library_loaders(config.library, config.device))
     if config.builtin:
@@ -158,6 +174,7 @@ class ViewerApp:
             display_size=self.config.display_size,
             cache_size=self.config.cache_size,
             radius=self.config.radius,
+            precision=self.config.precision,
         )
 
     def _stage_path(self, path: Path) -> Staged:
@@ -180,7 +197,7 @@ class ViewerApp:
         with self._initial_lock:  # one copy of the command-line volume, shared read-only by the tabs
             if self._initial_volume is None:
                 self._initial_volume = load_staged(staged, max_voxels=self.policy.max_voxels)
-        session.open(self._initial_volume, staged.source_path, shared=True)
+        session.open(self._initial_volume, staged.source_path, shared=True, dicom_source=staged.path)
         return h.full_view(session, h.opened_message(session))
 
     # --- sessions ---------------------------------------------------------------------------------------------------
@@ -285,9 +302,10 @@ class ViewerApp:
                         width = gr.Slider(1, 4000, value=400, label="Width", elem_id="viewer-width")
                     with gr.Accordion("Files: label maps and prompts", open=False):
                         load_labels = gr.File(
-                            label="Load a label map (with its .json sidecar for names and colours)",
+                            label="Load a label map: NIfTI (with its .json sidecar for names and colours), or a "
+                            "DICOM-SEG / RTSTRUCT of the open series",
                             file_count="multiple",
-                            file_types=[".nii", ".gz", ".nrrd", ".mha", ".json"],
+                            file_types=[".nii", ".gz", ".nrrd", ".mha", ".json", ".dcm"],
                             elem_id="viewer-load-labels",
                             height=110,
                         )
@@ -298,6 +316,12 @@ class ViewerApp:
                             height=110,
                         )
                         save_prompts = gr.Button("Save prompts", elem_id="viewer-save-prompts")
+                        export_format = gr.Radio(
+                            list(EXPORT_FORMATS),
+                            value="NIfTI",
+                            label="Export as (DICOM-SEG and RTSTRUCT: volumes opened from a DICOM series)",
+                            elem_id="viewer-export-format",
+                        )
                 with gr.Column(scale=2, elem_id="viewer-main"):
                     with gr.Row(elem_id="viewer-actions"):
                         undo = gr.Button("↶ Undo (Ctrl+Z)", size="sm", elem_id="viewer-undo")
@@ -305,9 +329,7 @@ class ViewerApp:
                         auto_slice = gr.Button("Auto: slice", size="sm", elem_id="viewer-auto-slice")
                         auto_volume = gr.Button("Auto: volume", size="sm", elem_id="viewer-auto-volume")
                         propagate = gr.Button("Propagate", size="sm", elem_id="viewer-propagate")
-                        export = gr.Button(
-                            "Export NIfTI", size="sm", variant="primary", elem_id="viewer-export"
-                        )
+                        export = gr.Button("Export", size="sm", variant="primary", elem_id="viewer-export")
                     status = gr.Markdown(elem_id="viewer-status")
                     with gr.Row(visible=False, elem_id="viewer-confirm") as confirm:
                         confirm_open = gr.Button(
@@ -477,7 +499,9 @@ class ViewerApp:
             auto_slice.click(bind(h.on_auto_slice, n=0), None, outputs, api_name="auto_slice", **busy)
             auto_volume.click(bind_progress(h.on_auto_volume), None, outputs, api_name="auto_volume", **busy)
             propagate.click(bind_progress(h.on_propagate), None, outputs, api_name="propagate", **busy)
-            export.click(bind(h.on_export, n=0), None, outputs, api_name="export", show_progress_on=[status])
+            export.click(
+                bind(h.on_export), export_format, outputs, api_name="export", show_progress_on=[status]
+            )
             save_prompts.click(
                 bind(h.on_save_prompts, n=0),
                 None,

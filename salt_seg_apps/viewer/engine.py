@@ -85,6 +85,15 @@ def load_trained(path: str, device: Any = "cpu") -> LoadedModel:
     return load_inference_model(path, device=device)
 
 
+def load_exported(path: str, threads: int | None = None) -> LoadedModel:
+    """A folder ``salt-seg export-onnx`` wrote (or a run holding ``onnx/``), on ONNX Runtime
+    (:func:`salt_seg.inference.onnx_model.load_onnx_model`): the engine runs it through
+    :class:`~salt_seg.inference.onnx_model.OnnxPredictor`."""
+    from salt_seg.inference.onnx_model import load_onnx_model
+
+    return load_onnx_model(path, threads=threads)
+
+
 def library_loaders(library: str, device: Any = "cpu") -> dict[str, Callable[[], LoadedModel]]:
     """Menu name (``library: NAME``) -> loader, for each entry of an adapter library (:mod:`salt_seg.library`).
 
@@ -157,6 +166,9 @@ class SegmentationEngine:
         cache_size: slice embeddings kept (LRU).
         radius: slices on each side of the viewed one embedded in the background, after the viewed slice itself
             (0: no background embedding at all).
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast of a PyTorch model (:class:`Predictor`); a model on ONNX
+            Runtime (:class:`~salt_seg.inference.onnx_model.OnnxModel`) runs fp32 through
+            :class:`~salt_seg.inference.onnx_model.OnnxPredictor`.
 
     Raises:
         ValueError: the prepared grid differs from the display grid.
@@ -172,6 +184,7 @@ class SegmentationEngine:
         modality: str = "image",
         cache_size: int = 48,
         radius: int = 3,
+        precision: str = "fp32",
     ) -> None:
         self.model = loaded.model
         record = loaded.record if loaded.record is not None else base_record(modality, self.model.image_size)
@@ -189,8 +202,7 @@ class SegmentationEngine:
                 f"prepared grid {tuple(first.image.shape[1:])} differs from the display grid {display_shape}"
             )
         self._prepared: dict[int, PreparedVolume] = {2: first}
-        param = next(iter(self.model.parameters()))
-        self.predictor = Predictor(self.model, self.record, device=param.device, cache_size=cache_size)
+        self.predictor = _predictor(self.model, self.record, cache_size, precision)
         self.lock = threading.RLock()
         self.prefetcher = Prefetcher(self, radius)
 
@@ -264,7 +276,8 @@ class SegmentationEngine:
             cached = [
                 emb for emb, _ in self.predictor._cache.values()
             ]  # the predictor has no public view of it
-        return prepared + cached
+        # an ONNX Runtime predictor caches a tuple of arrays per slice
+        return prepared + [a for emb in cached for a in (emb if isinstance(emb, tuple) else (emb,))]
 
     def close(self) -> None:
         """Stop prefetching and drop the cached embeddings."""
@@ -272,6 +285,20 @@ class SegmentationEngine:
         with self.lock:
             self.predictor.clear()
         self._prepared.clear()
+
+
+def _predictor(model: Any, record: Preprocessing, cache_size: int, precision: str) -> Predictor:
+    """The session's predictor: PyTorch's (on the model's device, at ``precision``) or ONNX Runtime's."""
+    from salt_seg.inference.onnx_model import OnnxModel, OnnxPredictor
+
+    if isinstance(model, OnnxModel):
+        if precision != "fp32":
+            raise ValueError(f"--precision {precision}: the onnx backend runs fp32; use --backend torch")
+        predictor = OnnxPredictor(model, cache_size=cache_size)
+        predictor.record = record  # the engine's (native in-plane grid), as the PyTorch predictor gets it
+        return predictor
+    param = next(iter(model.parameters()))
+    return Predictor(model, record, device=param.device, cache_size=cache_size, precision=precision)
 
 
 class Prefetcher:

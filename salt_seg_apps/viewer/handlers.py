@@ -233,7 +233,7 @@ def _open_staged(
             ),
         }
     vol = load_staged(staged, series, max_voxels=policy.max_voxels)
-    session.open(vol, staged.source_path)
+    session.open(vol, staged.source_path, dicom_source=staged.path)
     session.staged = session.pending = None
     return {
         **full_view(session, opened_message(session)),
@@ -487,11 +487,16 @@ def on_propagate(session: ViewerSession, progress: Progress) -> Updates:
 
 
 @guarded
-def on_export(session: ViewerSession) -> Updates:
-    files = actions.export(session)
+def on_export(session: ViewerSession, choice: str | None = "NIfTI") -> Updates:
+    """Export as the page's choice (:data:`actions.EXPORT_FORMATS`: NIfTI, DICOM-SEG or RTSTRUCT)."""
+    fmt = actions.EXPORT_FORMATS.get(str(choice or "NIfTI"))
+    if fmt is None:
+        raise ValueError(f"unknown export format {choice!r}; choose one of {list(actions.EXPORT_FORMATS)}")
+    files = actions.export(session, fmt=fmt)
+    where = "source geometry" if fmt == "nifti" else "of the open DICOM series"
     return {
         "download": [str(f) for f in files],
-        "status": f"exported {files[0].name} (source geometry) and {files[1].name}",
+        "status": f"exported {files[0].name} ({where}) and {files[1].name}",
     }
 
 

@@ -68,6 +68,7 @@ class ViewerSession:
         cache_size: slice embeddings kept per session.
         radius: neighbouring slices embedded in the background on each side.
         settings: thresholds for automatic segmentation and propagation (the library's calibrated defaults).
+        precision: ``fp32``, ``bf16`` or ``fp16`` inference of the session's PyTorch models.
     """
 
     def __init__(
@@ -80,8 +81,10 @@ class ViewerSession:
         cache_size: int = 48,
         radius: int = 3,
         settings: InferenceSettings | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.registry = registry
+        self.precision = str(precision)
         self.model_name = model_name or registry.names[0]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +95,7 @@ class ViewerSession:
         self.ras: Volume | None = None
         self.labels: np.ndarray | None = None
         self.source_path: Path | None = None
+        self.dicom_source: Path | None = None  # the DICOM series folder (or file) the volume was read from
         self.modality = "image"
         self.axcodes = "RAS"
         self.axis = 2
@@ -119,16 +123,26 @@ class ViewerSession:
         self.counts = VoxelCounts()  # voxels per label id, kept up to date on every write
 
     # --- volume ------------------------------------------------------------------------------------------------
-    def open(self, volume: Volume, source_path: str | Path | None = None, *, shared: bool = False) -> None:
+    def open(
+        self,
+        volume: Volume,
+        source_path: str | Path | None = None,
+        *,
+        shared: bool = False,
+        dicom_source: str | Path | None = None,
+    ) -> None:
         """Show a freshly loaded volume: RAS grid, empty label map, middle slices, a window for its modality.
 
         The model engine is (re)built for it; a model that fails to load leaves the viewer usable without one
         (:attr:`engine_error` says why). ``shared``: the volume is the app's, read by several sessions (the
-        command-line ``PATH``); :meth:`nbytes` leaves it out.
+        command-line ``PATH``); :meth:`nbytes` leaves it out. ``dicom_source``: the folder (or file) a DICOM
+        volume was read from, kept for DICOM-SEG and RTSTRUCT export (:func:`salt_seg_apps.viewer.actions.export`).
         """
         self._drop_engine()
         self.volume = volume
         self.shared_volume = bool(shared)
+        is_dicom = volume.meta.get("format") == "dicom" and dicom_source is not None
+        self.dicom_source = Path(dicom_source) if is_dicom else None  # type: ignore[arg-type]
         self.ras = volume.to_ras()
         self.source_path = Path(source_path) if source_path is not None else None
         self.modality = guess_modality(volume)
@@ -154,7 +168,14 @@ class ViewerSession:
             modality=self.modality,
             cache_size=self.cache_size,
             radius=self.radius,
+            precision=self.precision if self._runs_torch(name) else "fp32",
         )
+
+    def _runs_torch(self, name: str) -> bool:
+        """Whether the model ``name`` runs on PyTorch (a model on ONNX Runtime runs fp32)."""
+        from salt_seg.inference.onnx_model import OnnxModel
+
+        return not isinstance(self.registry.get(name).model, OnnxModel)
 
     def _build_engine(self) -> None:
         self.engine, self.prompt_engine, self.engine_error = None, None, None
