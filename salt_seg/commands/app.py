@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_backend_flag(parser)
     add_precision_flag(parser)
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="test-time mirroring: each slice is also encoded mirrored left-right and every click, box and "
+        "propagation step is averaged over both views (predict --mirror's averaging; better single clicks on "
+        "left-right symmetric anatomy, twice the encoding time per slice)",
+    )
     add_runtime_flags(parser)
 
 
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         backend=args.backend,
         threads=args.threads,
+        mirror=args.mirror,
     )
     app = ViewerApp(config)
     try:

@@ -79,6 +79,7 @@ class ViewerConfig:
         backend: ``torch``, or ``onnx``: ``model`` is a folder ``salt-seg export-onnx`` wrote, run on ONNX Runtime
             (:func:`salt_seg.inference.onnx_model.load_onnx_model`); the built-in base stays on PyTorch.
         threads: intra-op threads of the ONNX Runtime sessions (default: torch's thread count).
+        mirror: test-time mirroring of slices and prompts (:class:`~salt_seg.model.predictor.Predictor`).
     """
 
     path: str | None = None
@@ -98,6 +99,7 @@ class ViewerConfig:
     precision: str = "fp32"
     backend: str = "torch"
     threads: int | None = None
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.max_upload_mb < 1:
@@ -175,6 +177,7 @@ class ViewerApp:
             cache_size=self.config.cache_size,
             radius=self.config.radius,
             precision=self.config.precision,
+            mirror=self.config.mirror,
         )
 
     def _stage_path(self, path: Path) -> Staged:

@@ -27,7 +27,7 @@ from salt_seg.data.volume import Volume
 from salt_seg.inference.backend import PredictorBackend, SliceOutput, slice_array
 from salt_seg.inference.loading import LoadedModel
 from salt_seg.model.builtin import BUILTINS
-from salt_seg.model.predictor import Predictor
+from salt_seg.model.predictor import MirroredEmbedding, Predictor
 from salt_seg.preprocessing import Preprocessing
 from salt_seg.prompts import Prompt
 
@@ -169,6 +169,7 @@ class SegmentationEngine:
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast of a PyTorch model (:class:`Predictor`); a model on ONNX
             Runtime (:class:`~salt_seg.inference.onnx_model.OnnxModel`) runs fp32 through
             :class:`~salt_seg.inference.onnx_model.OnnxPredictor`.
+        mirror: test-time mirroring of every slice and prompt (twice the encoder time per slice).
 
     Raises:
         ValueError: the prepared grid differs from the display grid.
@@ -185,6 +186,7 @@ class SegmentationEngine:
         cache_size: int = 48,
         radius: int = 3,
         precision: str = "fp32",
+        mirror: bool = False,
     ) -> None:
         self.model = loaded.model
         record = loaded.record if loaded.record is not None else base_record(modality, self.model.image_size)
@@ -202,7 +204,7 @@ class SegmentationEngine:
                 f"prepared grid {tuple(first.image.shape[1:])} differs from the display grid {display_shape}"
             )
         self._prepared: dict[int, PreparedVolume] = {2: first}
-        self.predictor = _predictor(self.model, self.record, cache_size, precision)
+        self.predictor = _predictor(self.model, self.record, cache_size, precision, mirror)
         self.lock = threading.RLock()
         self.prefetcher = Prefetcher(self, radius)
 
@@ -276,8 +278,13 @@ class SegmentationEngine:
             cached = [
                 emb for emb, _ in self.predictor._cache.values()
             ]  # the predictor has no public view of it
-        # an ONNX Runtime predictor caches a tuple of arrays per slice
-        return prepared + [a for emb in cached for a in (emb if isinstance(emb, tuple) else (emb,))]
+        # a mirroring predictor caches two views per slice; an ONNX Runtime predictor a tuple of arrays per view
+        views = [
+            v
+            for emb in cached
+            for v in ((emb.plain, emb.mirrored) if isinstance(emb, MirroredEmbedding) else (emb,))
+        ]
+        return prepared + [a for emb in views for a in (emb if isinstance(emb, tuple) else (emb,))]
 
     def close(self) -> None:
         """Stop prefetching and drop the cached embeddings."""
@@ -287,18 +294,23 @@ class SegmentationEngine:
         self._prepared.clear()
 
 
-def _predictor(model: Any, record: Preprocessing, cache_size: int, precision: str) -> Predictor:
-    """The session's predictor: PyTorch's (on the model's device, at ``precision``) or ONNX Runtime's."""
+def _predictor(
+    model: Any, record: Preprocessing, cache_size: int, precision: str, mirror: bool = False
+) -> Predictor:
+    """The session's predictor: PyTorch's (on the model's device, at ``precision``) or ONNX Runtime's; with
+    ``mirror``, test-time mirroring (:class:`~salt_seg.model.predictor.Predictor`)."""
     from salt_seg.inference.onnx_model import OnnxModel, OnnxPredictor
 
     if isinstance(model, OnnxModel):
         if precision != "fp32":
             raise ValueError(f"--precision {precision}: the onnx backend runs fp32; use --backend torch")
-        predictor = OnnxPredictor(model, cache_size=cache_size)
+        predictor = OnnxPredictor(model, cache_size=cache_size, mirror=mirror)
         predictor.record = record  # the engine's (native in-plane grid), as the PyTorch predictor gets it
         return predictor
     param = next(iter(model.parameters()))
-    return Predictor(model, record, device=param.device, cache_size=cache_size, precision=precision)
+    return Predictor(
+        model, record, device=param.device, cache_size=cache_size, precision=precision, mirror=mirror
+    )
 
 
 class Prefetcher:

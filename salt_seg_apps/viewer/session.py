@@ -69,6 +69,7 @@ class ViewerSession:
         radius: neighbouring slices embedded in the background on each side.
         settings: thresholds for automatic segmentation and propagation (the library's calibrated defaults).
         precision: ``fp32``, ``bf16`` or ``fp16`` inference of the session's PyTorch models.
+        mirror: test-time mirroring of slices and prompts (``salt-seg app --mirror``).
     """
 
     def __init__(
@@ -82,9 +83,11 @@ class ViewerSession:
         radius: int = 3,
         settings: InferenceSettings | None = None,
         precision: str = "fp32",
+        mirror: bool = False,
     ) -> None:
         self.registry = registry
         self.precision = str(precision)
+        self.mirror = bool(mirror)
         self.model_name = model_name or registry.names[0]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +172,7 @@ class ViewerSession:
             cache_size=self.cache_size,
             radius=self.radius,
             precision=self.precision if self._runs_torch(name) else "fp32",
+            mirror=self.mirror,
         )
 
     def _runs_torch(self, name: str) -> bool:

@@ -170,3 +170,38 @@ def test_backend_and_precision_errors_are_one_line(
     assert main(["app", *[str(tmp_path) if a == "LIB" else a for a in extra]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"salt-seg app: error: {message}") and "\n" not in err
+
+
+def test_mirrored_session_averages_each_click_over_the_mirror_image(make_session, tiny_run: Path) -> None:  # noqa: F811
+    """``salt-seg app --mirror``: the session's predictor mirrors, and each click's probabilities are the mean of
+    the plain click's and of the mirrored click's on the mirrored slice (the slices the engine prepared)."""
+    from salt_seg.inference.backend import slice_array
+    from salt_seg.model.predictor import Predictor
+    from salt_seg.prompts import mirror_prompt
+
+    plain = _session(make_session, lambda: load_trained(str(tiny_run)))
+    both = _session(make_session, lambda: load_trained(str(tiny_run)), mirror=True)
+    assert both.engine.predictor.mirror and not plain.engine.predictor.mirror
+    p_both, m_both = _outputs(both)
+    p_plain, _ = _outputs(plain)
+    engine = plain.require_prompt_engine()
+    one_view = Predictor(engine.model, engine.record)
+    p_flip = []
+    for p in _clicks(plain):
+        image = slice_array(engine.prepared(2), p.slice_index)
+        one_view.set_image(np.ascontiguousarray(image[:, ::-1]), None, (0.0, 1.0))
+        p_flip.append(one_view.predict(mirror_prompt(p, image.shape[1])).probabilities[:, ::-1])
+    np.testing.assert_allclose(p_both, (p_plain + np.stack(p_flip)) / 2, atol=1e-5)
+    assert not np.allclose(p_plain, np.stack(p_flip), atol=1e-3)  # the two views differ
+    np.testing.assert_array_equal(m_both, p_both > 0.5)
+    assert "--mirror" in _app_help()
+
+
+def _app_help() -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main(["app", "--help"])
+    return buf.getvalue()

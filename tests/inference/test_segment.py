@@ -191,8 +191,8 @@ def _mirrored_volume(vol: Volume, axis: int = 2) -> Volume:
 def test_mirroring_averages_a_slice_with_its_mirror_image_and_mirrors_prompts() -> None:
     """Test-time mirroring: the probabilities are the mean of the slice's and of its mirror image's (taken from a
     volume mirrored in the data, prompts mirrored with it), in the original frame; twice the slices encoded."""
-    from salt_seg.prompts import mirror_prompt
     from salt_seg.model import build_model
+    from salt_seg.prompts import mirror_prompt
 
     torch.manual_seed(11)
     model = build_model("tiny", image_size=64, num_classes=2).eval()  # not mirror-symmetric
