@@ -84,7 +84,7 @@ class Geometry:
     def into_ras(self, array: np.ndarray) -> np.ndarray:
         """Map ``I x J x K`` (or ``C x I x J x K``) on this grid onto its RAS form (:meth:`to_ras`), exactly.
 
-        An already-RAS grid returns the array itself (no copy).
+        On an already-RAS grid the result shares the array's memory (no copy).
         """
         return _reorient(array, self.shape, _to_ras_ornt(self.affine), "grid")
 
