@@ -105,6 +105,7 @@ class Preprocessing:
             ("input_scaling", INPUT_SCALINGS),
             ("resize", RESIZE_MODES),
             ("prompt_mode", PROMPT_MODES),
+            ("orientation", ("RAS",)),  # the volume pipeline reorients to RAS only
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(

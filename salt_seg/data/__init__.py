@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "DataError": "salt_seg.data.errors",
     "Volume": "salt_seg.data.volume",
     "Geometry": "salt_seg.data.volume",
-    "LPS_TO_RAS": "salt_seg.data.volume",
+    "LPS_TO_RAS": "salt_seg.geometry",
     "extract_slice": "salt_seg.data.volume",
     "insert_slice": "salt_seg.data.volume",
     "slice_to_voxel": "salt_seg.data.volume",

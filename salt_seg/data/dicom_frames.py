@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
-from salt_seg.data.volume import LPS_TO_RAS
+from salt_seg.geometry import LPS_TO_RAS
 
 #: slice gaps may differ from their median by this fraction (plus 0.01 mm) before the series is refused.
 SPACING_TOLERANCE = 0.05

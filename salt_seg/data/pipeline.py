@@ -3,9 +3,12 @@
 ``load -> channel-first -> orientation (RAS) -> optional in-plane resampling -> intensity to [0, 1]``
 
 * Loading uses this package's readers (every bad-input check applies) and yields channel-first
-  ``MetaTensor`` s carrying the affine, so MONAI's ``Orientationd``/``Spacingd`` do the geometry.
-* Resampling (``Preprocessing.spacing``) changes only the two in-plane axes of the slice axis; the image is
-  interpolated bilinearly, labels with nearest neighbour, so label maps stay integral.
+  ``MetaTensor`` s carrying the affine.
+* Geometry (:class:`ToPreparedGridd`) goes one way there and back: reorientation is
+  :meth:`Geometry.into_ras <salt_seg.data.volume.Geometry.into_ras>` (nibabel's axis permutes/flips, exact) and
+  :meth:`~salt_seg.data.volume.Geometry.from_ras` back; resampling (``Preprocessing.spacing``, only the two
+  in-plane axes of the slice axis, onto :func:`in_plane_grid`) is :func:`resample` (MONAI's ``SpatialResample``)
+  both ways. The image is interpolated bilinearly, labels with nearest neighbour, so label maps stay integral.
 * Intensity follows the preprocessing record, per channel and **once per volume** (CT window in HU, MR
   percentiles, min-max): ``intensity_range`` + ``normalize_intensity`` from :mod:`salt_seg.preprocessing`. The
   record's ``channels`` pick which source channels feed SAM's three inputs.
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, Orientationd, Spacingd
+from monai.transforms import Compose, MapTransform
 
 from salt_seg.data.errors import DataError
 from salt_seg.data.labels import load_label
@@ -192,20 +195,77 @@ class LabelToIntd(MapTransform):
         return d
 
 
-def volume_transforms(record: Preprocessing, *, keys: Sequence[str] = ("image", "label")) -> Compose:
-    """Orientation -> optional resampling -> intensity, as a MONAI ``Compose`` over channel-first MetaTensors."""
-    steps: list[Any] = [
-        Orientationd(keys=list(keys), axcodes=record.orientation, labels=None, allow_missing_keys=True)
-    ]
-    if record.spacing is not None:
-        pixdim = [float(record.spacing)] * 3
-        pixdim[record.axis] = -1.0  # non-positive: keep the through-plane spacing
-        modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-        steps.append(
-            Spacingd(
-                keys=list(keys), pixdim=pixdim, mode=modes, padding_mode="border", allow_missing_keys=True
+def in_plane_grid(ras: Geometry, spacing: float, axis: int) -> Geometry:
+    """The grid ``ras`` is resampled onto for ``Preprocessing.spacing``: the same axis directions, ``spacing`` mm
+    along the two in-plane axes of ``axis``, the through-plane spacing kept (MONAI ``Spacing``'s grid).
+
+    The extent between the first and last voxel centres is kept: ``n`` voxels of ``d`` mm become
+    ``round((n - 1) * d / spacing) + 1``; a spacing within MONAI's ``AFFINE_TOL`` of the target is kept as is.
+    """
+    from monai.data.utils import AFFINE_TOL, affine_to_spacing, compute_shape_offset, zoom_affine
+
+    pixdim = np.full(3, float(spacing))
+    pixdim[axis] = -1.0  # non-positive: keep the through-plane spacing
+    original = affine_to_spacing(ras.affine, 3, pixdim.dtype)
+    pixdim = np.where(np.abs(original - pixdim) <= AFFINE_TOL, original, pixdim)
+    affine = zoom_affine(ras.affine, pixdim, diagonal=False)
+    shape, offset = compute_shape_offset(ras.shape, ras.affine, affine)
+    affine[:3, 3] = offset[:3]
+    return Geometry(affine, tuple(int(s) for s in shape))  # type: ignore[arg-type]
+
+
+#: interpolation order -> MONAI resampling mode
+RESAMPLE_MODES = {0: "nearest", 1: "bilinear"}
+
+
+def resample(array: np.ndarray | torch.Tensor, src: Geometry, dst: Geometry, *, order: int) -> torch.Tensor:
+    """Values of ``C x I x J x K`` on grid ``src`` at the voxel centres of grid ``dst`` (float32).
+
+    MONAI's ``SpatialResample`` (what ``Spacing`` runs): ``order`` 0 nearest neighbour (label maps), 1 linear;
+    voxels beyond ``src`` take its border values. Used both ways: onto the prepared grid and back.
+    """
+    from monai.transforms import SpatialResample
+
+    if order not in RESAMPLE_MODES:
+        raise ValueError(f"resample: order must be one of {list(RESAMPLE_MODES)}, got {order}")
+    img = MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(src.affine))
+    out = SpatialResample(mode=RESAMPLE_MODES[order], padding_mode="border")(
+        img, dst_affine=torch.as_tensor(dst.affine), spatial_size=dst.shape
+    )
+    assert isinstance(out, MetaTensor)
+    return out.as_tensor()
+
+
+class ToPreparedGridd(MapTransform):
+    """Source grid -> prepared grid: reorient to RAS (exact), then resample in-plane if ``record.spacing`` is set.
+
+    Images are interpolated linearly, ``label`` with nearest neighbour. :meth:`PreparedVolume.to_source` is the
+    inverse (the same two functions backwards).
+    """
+
+    def __init__(self, record: Preprocessing, keys: Sequence[Hashable] = ("image", "label")) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.record = record
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            source = Geometry(np.asarray(img.affine, dtype=np.float64), tuple(img.shape[1:]))
+            grid = source.to_ras()
+            arr: np.ndarray | torch.Tensor = source.into_ras(np.asarray(img))
+            if self.record.spacing is not None:
+                target = in_plane_grid(grid, self.record.spacing, self.record.axis)
+                arr, grid = resample(arr, grid, target, order=0 if key == "label" else 1), target
+            d[key] = MetaTensor(
+                torch.as_tensor(arr), affine=torch.as_tensor(grid.affine), meta={"space": "RAS"}
             )
-        )
+        return d
+
+
+def volume_transforms(record: Preprocessing, *, keys: Sequence[str] = ("image", "label")) -> Compose:
+    """Prepared grid (:class:`ToPreparedGridd`) -> intensity, as a MONAI ``Compose`` over channel-first MetaTensors."""
+    steps: list[Any] = [ToPreparedGridd(record, keys)]
     if "label" in keys:
         steps.append(LabelToIntd())
     steps.append(NormalizeVolumed(record))
@@ -282,14 +342,10 @@ class PreparedVolume:
         if arr.shape != tuple(self.image.shape[1:]):
             raise ValueError(f"to_source: array shape {arr.shape} != prepared shape {self.image.shape[1:]}")
         ras = self.source.to_ras()
-        if arr.shape != ras.shape or not np.allclose(self.affine, ras.affine, atol=1e-4):
-            from scipy.ndimage import affine_transform
-
-            m = np.linalg.inv(self.affine) @ ras.affine  # RAS-grid voxel -> prepared-grid voxel
-            src = arr.astype(np.float32) if order > 0 else arr
-            arr = affine_transform(
-                src, m[:3, :3], m[:3, 3], output_shape=ras.shape, order=order, mode="nearest"
-            )
+        grid = Geometry(self.affine, arr.shape)
+        if grid.shape != ras.shape or not np.allclose(grid.affine, ras.affine, atol=1e-4):
+            back = resample(arr[None], grid, ras, order=order)[0].numpy()
+            arr = back.astype(arr.dtype) if order == 0 else back  # nearest copies values: exact
         return self.source.from_ras(arr)
 
 

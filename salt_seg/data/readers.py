@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from salt_seg.data.errors import DataError
-from salt_seg.data.volume import LPS_TO_RAS, Volume, check_affine, same_geometry
+from salt_seg.data.volume import Volume, check_affine, same_geometry
+from salt_seg.geometry import LPS_TO_RAS
 
 logger = logging.getLogger(__name__)
 

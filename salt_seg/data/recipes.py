@@ -60,13 +60,11 @@ class Recipe:
 
 
 def _nifti_volume(img: Any, name: str, modality: str = "image", label: bool = False) -> Volume:
-    """A canonical (RAS) Volume from a nibabel image."""
-    import nibabel as nib
-
-    img = nib.as_closest_canonical(img)
+    """A canonical (RAS, :meth:`Volume.to_ras`) Volume from a nibabel image."""
     data = np.asanyarray(img.dataobj)
     data = np.rint(data).astype(np.int16) if label else data.astype(np.float32)
-    return Volume(data, img.affine, modality=modality, name=name)
+    ras = Volume(data, img.affine).to_ras()
+    return Volume(ras.array, ras.affine, modality=modality, name=name)
 
 
 def _same_grid(a: Any, b: Any) -> bool:
@@ -192,7 +190,7 @@ def build_colin27_aal(
 
     Left and right are separate classes by default because a box or point prompt asks for one object: a merged
     bilateral class would give boxes spanning both hemispheres. Both files are brought to RAS with
-    ``nibabel.as_closest_canonical`` and must then share one grid.
+    :meth:`Volume.to_ras <salt_seg.data.volume.Volume.to_ras>` and must then share one grid.
     """
     import nibabel as nib
 

@@ -7,10 +7,13 @@ Conventions (shared by readers, pipelines, predict and the viewer):
   RAS form shows the picture the right way up (see :func:`extract_slice`).
 * ``Volume.affine`` maps voxel indices ``(i, j, k, 1)`` to **world RAS+ millimetres** (nibabel's convention:
   x grows towards the patient's right, y anterior, z superior). Images read through ITK/DICOM, whose world is
-  LPS, are converted with :data:`LPS_TO_RAS`.
+  LPS, are converted with :data:`salt_seg.geometry.LPS_TO_RAS`.
 * :meth:`Volume.to_ras` permutes/flips voxel axes (never resamples) so the axes point R, A, S as closely as the
   affine allows; an oblique affine stays oblique. :meth:`Volume.restore_orientation` is its exact inverse, used
-  to write predicted masks in the file's own voxel grid.
+  to write predicted masks in the file's own voxel grid. Both are nibabel's orientation transforms
+  (``io_orientation``), applied by :meth:`Geometry.into_ras` and :meth:`Geometry.from_ras`: the one way arrays move
+  between a file's grid and its RAS form, here, in the volume pipeline (:mod:`salt_seg.data.pipeline`) and in
+  every writer of results.
 * A 2-D slice of an RAS array along ``axis`` is shown in the radiological display convention
   (:func:`extract_slice`): patient right on the image's left, anterior (axial) or superior (coronal, sagittal)
   at the top, anterior on the left for sagittal slices. Slice pixels are addressed ``slice[y, x]`` with
@@ -26,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
-from salt_seg.geometry import LPS_TO_RAS  # noqa: F401 - re-exported by salt_seg.data
 
 #: affine entries may differ by this much (mm) between an image and its label and still count as equal.
 GEOMETRY_ATOL_MM = 1e-3
@@ -71,22 +73,24 @@ class Geometry:
 
     def to_ras(self) -> Geometry:
         """The grid after :meth:`Volume.to_ras` (axes permuted/flipped towards R, A, S)."""
+        import nibabel.orientations as nio
+
         ornt = _to_ras_ornt(self.affine)
         shape = [0, 0, 0]
         for i, (j, _) in enumerate(ornt):
             shape[int(j)] = int(self.shape[i])
-        return Geometry(self.affine @ _inv_ornt_aff(ornt, self.shape), tuple(shape))  # type: ignore[arg-type]
+        return Geometry(self.affine @ nio.inv_ornt_aff(ornt, self.shape), tuple(shape))  # type: ignore[arg-type]
+
+    def into_ras(self, array: np.ndarray) -> np.ndarray:
+        """Map ``I x J x K`` (or ``C x I x J x K``) on this grid onto its RAS form (:meth:`to_ras`), exactly.
+
+        On an already-RAS grid the result shares the array's memory (no copy).
+        """
+        return _reorient(array, self.shape, _to_ras_ornt(self.affine), "grid")
 
     def from_ras(self, array: np.ndarray) -> np.ndarray:
         """Map ``I x J x K`` (or ``C x I x J x K``) from this grid's RAS form back onto this grid, exactly."""
-        arr = np.asarray(array)
-        squeeze = arr.ndim == 3
-        if squeeze:
-            arr = arr[None]
-        if arr.shape[1:] != self.to_ras().shape:
-            raise ValueError(f"array shape {arr.shape[1:]} is not the RAS grid {self.to_ras().shape}")
-        out = _apply_ornt(arr, _invert_ornt(_to_ras_ornt(self.affine)))
-        return out[0] if squeeze else out
+        return _reorient(array, self.to_ras().shape, _to_ras_ornt(self.affine, back=True), "RAS grid")
 
 
 @dataclass
@@ -208,18 +212,22 @@ class Volume:
             A volume whose ``source_affine``/``source_shape`` remember this volume's grid, so
             :meth:`restore_orientation` maps arrays back exactly. Already-RAS volumes share their array.
         """
-        transform = _to_ras_ornt(self.affine)
         src_affine = self.affine if self.source_affine is None else self.source_affine
         src_shape = self.shape if self.source_shape is None else self.source_shape
         if self.source_affine is not None and not np.allclose(
-            self.affine, _ras_affine(src_affine, src_shape)
+            self.affine, Geometry(src_affine, src_shape).to_ras().affine
         ):
             raise RuntimeError(
                 f"{self.name}: to_ras() on a volume that was changed after an earlier to_ras()"
             )
-        array = _apply_ornt(self.array, transform)
-        affine = self.affine @ _inv_ornt_aff(transform, self.shape)
-        return replace(self, array=array, affine=affine, source_affine=src_affine, source_shape=src_shape)
+        ras = self.geometry.to_ras()
+        return replace(
+            self,
+            array=self.geometry.into_ras(self.array),
+            affine=ras.affine,
+            source_affine=src_affine,
+            source_shape=src_shape,
+        )
 
     def restore_orientation(self, array: np.ndarray) -> np.ndarray:
         """Map an array on this (RAS) grid back to the source file's voxel grid, exactly.
@@ -231,13 +239,11 @@ class Volume:
             The same values laid out as the source file's voxels (shape ``source_shape`` [with ``C``]).
         """
         arr = np.asarray(array)
-        squeeze = arr.ndim == 3
-        if squeeze:
-            arr = arr[None]
-        if arr.shape[1:] != self.array.shape[1:]:
-            raise ValueError(f"restore_orientation: array shape {arr.shape[1:]} != volume shape {self.shape}")
-        out = arr if self.source_affine is None else self.source_geometry.from_ras(arr)
-        return out[0] if squeeze else out
+        if arr.ndim not in (3, 4) or arr.shape[-3:] != self.shape:
+            raise ValueError(
+                f"restore_orientation: array shape {arr.shape[-3:]} != volume shape {self.shape}"
+            )
+        return arr if self.source_affine is None else self.source_geometry.from_ras(arr)
 
     def source_volume(self, array: np.ndarray, **changes: Any) -> Volume:
         """A volume in the source file's grid holding ``array`` (given on this RAS grid); for writing masks."""
@@ -326,34 +332,25 @@ def voxel_to_slice(shape: tuple[int, ...], axis: int, ijk: tuple[int, int, int])
 
 
 # --- orientation helpers (nibabel's ornt arrays: row i = (output axis of input axis i, +1/-1 flip)) ----------
-def _to_ras_ornt(affine: np.ndarray) -> np.ndarray:
+def _to_ras_ornt(affine: np.ndarray, *, back: bool = False) -> np.ndarray:
+    """nibabel's orientation transform from the grid of ``affine`` to its RAS form (``back``: the reverse)."""
     import nibabel.orientations as nio
 
-    return nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt("RAS"))
+    grid, ras = nio.io_orientation(affine), nio.axcodes2ornt("RAS")
+    return nio.ornt_transform(ras, grid) if back else nio.ornt_transform(grid, ras)
 
 
-def _apply_ornt(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """Apply an orientation transform to the spatial axes of ``C x I x J x K``."""
+def _reorient(array: np.ndarray, shape: tuple[int, ...], ornt: np.ndarray, grid: str) -> np.ndarray:
+    """Apply an orientation transform to the spatial axes of ``I x J x K`` or ``C x I x J x K`` (on ``grid``)."""
     import nibabel.orientations as nio
 
-    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
-        return array
-    moved = nio.apply_orientation(np.moveaxis(array, 0, -1), ornt)
-    return np.ascontiguousarray(np.moveaxis(moved, -1, 0))
-
-
-def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
-    inv = np.zeros_like(ornt)
-    for i, (j, flip) in enumerate(ornt):
-        inv[int(j)] = (i, flip)
-    return inv
-
-
-def _inv_ornt_aff(ornt: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    import nibabel.orientations as nio
-
-    return nio.inv_ornt_aff(ornt, shape)
-
-
-def _ras_affine(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    return affine @ _inv_ornt_aff(_to_ras_ornt(affine), shape)
+    arr = np.asarray(array)
+    squeeze = arr.ndim == 3
+    if squeeze:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[1:] != tuple(shape):
+        raise ValueError(f"array shape {arr.shape[1:]} is not the {grid} {tuple(shape)}")
+    if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        moved = nio.apply_orientation(np.moveaxis(arr, 0, -1), ornt)
+        arr = np.ascontiguousarray(np.moveaxis(moved, -1, 0))
+    return arr[0] if squeeze else arr

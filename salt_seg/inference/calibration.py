@@ -210,6 +210,6 @@ def trace_volume(
     prepared = prepare_volume(Volume(image, np.eye(4) if affine is None else affine), record)
     prompt = prompt_to_prepared(middle_box_prompt(obj, 2), prepared)
     res = propagate(model, prepared, prompt, settings=NO_STOP, batch_size=batch_size)
-    ras = Volume(obj.astype(np.uint8), prepared.source.affine).to_ras().data.astype(bool)
+    ras = prepared.source.into_ras(obj.astype(bool))
     truth = np.stack([extract_slice(ras, prepared.axis, i) for i in range(prepared.n_slices)])
     return trace_from_result(res, truth)

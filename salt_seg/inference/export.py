@@ -4,7 +4,7 @@
 * NIfTI inputs: the source header is copied, so qform and sform matrices *and codes*, pixdim, units and
   orientation are the file's own; only the data type, scaling, intent and description change.
 * Other inputs (DICOM series, NRRD/MHA, zips): the affine is the reader's RAS matrix (DICOM's LPS direction
-  cosines, spacing and origin converted with ``diag(-1, -1, 1)``); it is stored as sform (code 1, scanner) and as
+  cosines, spacing and origin converted with :data:`salt_seg.geometry.LPS_TO_RAS`); it is stored as sform (code 1, scanner) and as
   qform when a qform can hold it exactly (no shear), otherwise the qform code is 0 so readers use the sform.
 * Label maps are ``uint8`` (``uint16`` when a class id exceeds 255) with NIfTI intent ``label``.
 * Probability maps are one 4-D file (x, y, z, class in class-id order), stored as ``uint8`` with

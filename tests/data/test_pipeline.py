@@ -29,7 +29,7 @@ def test_prepared_volume_is_ras_normalised_and_integral(las_pair):
     ras = image.to_ras()
     assert prep.image.shape == (1, *ras.shape) and prep.image.dtype == np.float32
     assert 0.0 <= prep.image.min() and prep.image.max() <= 1.0
-    assert np.allclose(prep.affine, ras.affine)  # MONAI Orientationd == Volume.to_ras
+    assert np.allclose(prep.affine, ras.affine)  # the pipeline's grid is Volume.to_ras's
     assert prep.label.dtype == np.int64 and np.array_equal(prep.label, label.to_ras().data)
     assert prep.value_range == [(-160.0, 240.0)]
     # the CT window maps HU as the record says: -160 -> 0, 40 -> 0.5, 240 -> 1
@@ -121,20 +121,81 @@ def test_ct_window_presets(las_pair, preset):
     assert np.allclose(prep.image[0][inside], (image.to_ras().data[inside] - lo) / width, atol=1e-5)
 
 
-@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
-def test_monai_orientation_matches_volume_to_ras_for_oblique_permuted_grids(perm):
+def _grid(perm, flips, spacing=(0.8, 1.3, 2.5), angle_deg=0.0, lps=False):
+    """An affine with permuted/flipped voxel axes, anisotropic voxels, optionally oblique or given in LPS."""
+    from salt_seg.geometry import LPS_TO_RAS
+
     from .conftest import oblique_affine
 
-    aff = oblique_affine(angle_deg=35)
-    aff[:3, :3] = aff[:3, list(perm)] * [-1, 1, -1]
+    aff = oblique_affine(spacing=spacing, angle_deg=angle_deg)
+    aff[:3, :3] = aff[:3, list(perm)] * flips
+    return LPS_TO_RAS @ aff if lps else aff
+
+
+GRIDS = [
+    ((0, 1, 2), (1, 1, 1), 0.0, False),
+    ((0, 1, 2), (-1, 1, 1), 0.0, False),  # LAS
+    ((0, 1, 2), (1, 1, 1), 0.0, True),  # an LPS (DICOM/ITK) grid
+    ((2, 0, 1), (-1, 1, -1), 35.0, False),  # permuted, flipped, oblique
+    ((1, 2, 0), (1, -1, 1), 20.0, True),
+    ((2, 1, 0), (-1, -1, -1), 10.0, True),
+]
+
+
+@pytest.mark.parametrize(("perm", "flips", "angle", "lps"), GRIDS)
+def test_prepared_grid_and_to_source_are_exact_inverses(perm, flips, angle, lps):
+    """Forward (source -> RAS grid) and back (``to_source``) go through the same Geometry mapping: exact."""
+    aff = _grid(perm, flips, angle_deg=angle, lps=lps)
     arr = np.random.default_rng(1).integers(0, 4, (5, 6, 7)).astype(np.int16)
-    vol = Volume(arr.astype(np.float32), aff)
+    vol = Volume(arr.astype(np.float32) / 3, aff)  # in [0, 1]: intensity "none" keeps the values
     prep = prepare_volume(
         vol,
         Preprocessing(intensity="none", image_size=32, classes={1: "a", 2: "b", 3: "c"}),
         Volume(arr, aff),
     )
-    ras = vol.to_ras()
-    assert np.allclose(prep.affine, ras.affine)
-    assert np.array_equal(prep.label, ras.data.astype(np.int64))
+    ras = Volume(arr, aff).to_ras()
+    assert ras.axcodes == "RAS"  # an oblique grid points as near R, A, S as it can
+    assert np.array_equal(prep.affine, ras.affine) and np.array_equal(prep.label, ras.data)
+    assert np.array_equal(prep.image[0], vol.to_ras().data)
+    # every voxel keeps its world position
+    ijk = np.argwhere(np.ones(arr.shape, bool))
+    back = np.rint(ras.world_to_voxel(vol.voxel_to_world(ijk))).astype(int)
+    assert np.array_equal(ras.data[tuple(back.T)], arr[tuple(ijk.T)])
     assert np.array_equal(prep.to_source(prep.label), arr)
+    probs = np.random.default_rng(2).random(prep.label.shape).astype(np.float32)
+    assert np.array_equal(vol.geometry.into_ras(prep.to_source(probs, order=1)), probs)
+
+
+@pytest.mark.parametrize(("perm", "flips", "angle", "lps"), GRIDS)
+@pytest.mark.parametrize("axis", [0, 2])
+def test_resampled_grid_maps_back_exactly_when_it_refines_the_source(perm, flips, angle, lps, axis):
+    """In-plane spacing half the source's: every source voxel centre is a prepared voxel centre, so the way
+    back (same resampler, nearest for labels, linear for probabilities) returns the source values exactly."""
+    aff = _grid(perm, flips, spacing=(2.0, 2.0, 2.0), angle_deg=angle, lps=lps)
+    lab = np.random.default_rng(3).integers(0, 4, (5, 6, 7)).astype(np.int16)
+    rec = Preprocessing(
+        intensity="none", image_size=32, spacing=1.0, axis=axis, classes={1: "a", 2: "b", 3: "c"}
+    )
+    prep = prepare_volume(Volume(lab.astype(np.float32) / 3, aff), rec, Volume(lab, aff))
+    ras = Volume(lab, aff).to_ras()
+    expect = [2 * n - 1 if d != axis else n for d, n in enumerate(ras.shape)]
+    assert list(prep.label.shape) == expect
+    assert np.allclose(
+        np.linalg.norm(prep.affine[:3, :3], axis=0), [2.0 if d == axis else 1.0 for d in range(3)]
+    )
+    every_other = tuple(slice(None, None, 2) if d != axis else slice(None) for d in range(3))
+    assert np.array_equal(prep.label[every_other], ras.data)  # source voxel centres keep their values
+    assert np.array_equal(prep.to_source(prep.label), lab)
+    assert np.allclose(prep.to_source(prep.image[0], order=1), lab / 3, atol=1e-6)
+
+
+def test_to_source_refuses_unknown_interpolation_orders(las_pair):
+    image, _ = las_pair
+    prep = prepare_volume(image, Preprocessing(image_size=32, spacing=0.5))
+    with pytest.raises(ValueError, match="order must be one of"):
+        prep.to_source(prep.image[0], order=3)
+
+
+def test_only_ras_is_a_pipeline_orientation():
+    with pytest.raises(ValueError, match="orientation"):
+        Preprocessing(orientation="LPS")
