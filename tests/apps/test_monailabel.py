@@ -125,6 +125,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         run = builtin_run(tmp / "run")
     port = free_port()
     log = tmp / "server.log"
+    # to the console (captured in server.log), not MONAI Label's default apps/monailabel/logs/ in the checkout
+    log_config = tmp / "logging.json"
+    handler = {"class": "logging.StreamHandler", "formatter": "plain"}
+    log_config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "formatters": {"plain": {"format": "[%(asctime)s] [%(levelname)s] (%(name)s) - %(message)s"}},
+                "handlers": {"console": handler},
+                "root": {"level": "INFO", "handlers": ["console"]},
+            }
+        )
+    )
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -133,7 +147,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
     }
     cmd = [sys.executable, str(APP_DIR / "serve.py"), "--studies", str(studies), "-c", "run", str(run)]
-    cmd += ["-c", "device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += [
+        "-c",
+        "device",
+        "cpu",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log_config",
+        str(log_config),
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
