@@ -40,7 +40,6 @@ class SaltSegApp(MONAILabelApp):
             conf.get("device", "auto"),
         )
         self.batch_size = int(conf.get("batch_size", 8))
-        names = dict(self.loaded.class_names)
         source = conf.get("run") or f"base {self.loaded.meta.get('base_checkpoint')}"
         super().__init__(
             app_dir=app_dir,
@@ -49,7 +48,8 @@ class SaltSegApp(MONAILabelApp):
             name="salt_seg",
             description=f"salt_seg ({source}): SAM with SALT adapters, slice by slice",
             version="1",
-            labels={name: int(cid) for cid, name in sorted(names.items())},
+            # no labels: MONAI Label lists the tasks' labels, "background" included, as DeepEdit apps do; Slicer's
+            # DeepEdit mode sends the clicks of each listed label's segment, so background's are the negative ones
         )
 
     def init_infers(self) -> dict[str, SaltSegInfer]:

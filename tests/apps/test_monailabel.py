@@ -217,7 +217,7 @@ def test_info_lists_the_interactive_and_the_automatic_task(server: Server) -> No
     assert models["salt_seg_interactive"]["labels"] == {"blob": 1, "rest": 2, "background": 0}
     assert models["salt_seg_auto"]["type"] == "segmentation"
     assert models["salt_seg_auto"]["labels"] == {"blob": 1, "rest": 2}
-    assert info["labels"] == {"blob": 1, "rest": 2}
+    assert info["labels"] == ["background", "blob", "rest"]  # what Slicer's DeepEdit mode sends clicks for
 
 
 def test_a_foreground_click_segments_the_object_in_the_image_geometry(server: Server) -> None:
