@@ -26,14 +26,19 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from salt_seg.inference.loading import LoadedModel
 from salt_seg.inference.segment import MODES, InferenceSettings
+
+if TYPE_CHECKING:
+    from salt_seg.data.pipeline import PreparedVolume
+    from salt_seg.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +282,23 @@ def _geometry_summary(prepared: Any) -> dict[str, Any]:
 
 
 def predict_case(
-    loaded: LoadedModel, case: InputCase, out_dir: Path, options: PredictOptions
+    loaded: LoadedModel,
+    case: InputCase,
+    out_dir: Path,
+    options: PredictOptions,
+    *,
+    prompts_for: Callable[[PreparedVolume], list[Prompt]] | None = None,
 ) -> dict[str, Any]:
     """Segment one case and write its outputs; returns its summary (``status: ok``).
+
+    Args:
+        loaded: the model.
+        case: the input.
+        out_dir: the output folder.
+        options: how to predict.
+        prompts_for: ``prompts``/``propagate`` modes: gives the prompts (source voxel coordinates, as a prompt file
+            holds them) from the prepared volume, instead of reading ``case.prompts`` -- for callers whose prompts
+            arrive as voxel clicks (the MONAI Label app), which need the model's slicing axis to place them.
 
     Raises:
         Any error of reading, prompting or writing (the batch runner records it as a failed case).
@@ -300,13 +319,18 @@ def predict_case(
     prepared = prepare_volume(volume, record)
     prompts = None
     if options.mode != "auto":
-        if case.prompts is None:
+        if prompts_for is not None:
+            raw = prompts_for(prepared)
+        elif case.prompts is None:
             raise ValueError(f"{case.name}: mode {options.mode!r} needs a prompt file ({case.name}.json)")
-        raw, _ = load_prompts(case.prompts, affine=prepared.source.affine, default_axis=source_axis(prepared))
+        else:
+            raw, _ = load_prompts(
+                case.prompts, affine=prepared.source.affine, default_axis=source_axis(prepared)
+            )
         try:
             prompts = prompts_to_prepared(raw, prepared)
         except ValueError as exc:
-            raise ValueError(f"{case.prompts}: {exc}") from None
+            raise ValueError(f"{case.prompts or case.name}: {exc}") from None
     result = segment_volume(
         model,
         record,
