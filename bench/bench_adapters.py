@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_adapters.py [--part layers|encoder|floor|ratios|all] [--repeats 5] [--tokens 1024 4096]
+    python bench/bench_adapters.py [--part layers|encoder|merged|floor|layer-floor|ratios|all] [--repeats 5] [--tokens 1024 4096]
                                    [--encoder-repeats 3] [--inference-repeats 11] [--floor-repeats 9]
                                    [--image-size 256] [--batch 2] [--threads N] [--json]
 
@@ -163,30 +163,6 @@ def bench_encoder(variant: str, image_size: int, batch: int, repeats: int, infer
     ranks = sorted({r for r in models["salt"]._salt_seg_adapter.ranks.values() if r is not None})
     del models, steps
 
-    # merged inference vs the plain encoder
-    plain = _encoder_model(variant, image_size, None).eval()
-    merged = _encoder_model(variant, image_size, configs["salt"]).eval()
-    merge_adapters(merged)
-    with torch.inference_mode():
-        inf = _median_interleaved(
-            {"plain": lambda: plain.image_encoder(x), "salt_merged": lambda: merged.image_encoder(x)},
-            inference_repeats,
-        )
-        # what a merged wrapper adds per call: one Python-level dispatch to its plain nn.Linear (a 1-token input,
-        # so the product itself is negligible), times the number of wrappers, against the plain pass
-        wrappers = list(adapter_layers(merged).values())
-        one = wrappers[0]
-        assert all(w.merged and type(w.base_layer) in (nn.Linear, nn.Conv2d) for w in wrappers)
-        xs = torch.randn(1, one.fan_in)
-        calls = 2000
-        per_call = _median_interleaved(
-            {
-                "plain": lambda: [one.base_layer(xs) for _ in range(calls)],
-                "merged": lambda: [one(xs) for _ in range(calls)],
-            },
-            inference_repeats,
-        )
-    wrapper_s = max(per_call["merged"] - per_call["plain"], 0.0) / calls
     return {
         "variant": variant,
         "image_size": image_size,
@@ -195,6 +171,41 @@ def bench_encoder(variant: str, image_size: int, batch: int, repeats: int, infer
         "train_step_s": med,
         "trainable_params": n_trainable,
         "ref_vs_salt": med["salt_ref"] / med["salt"],
+        **bench_merged(variant, image_size, batch, inference_repeats),
+    }
+
+
+def bench_merged(variant: str, image_size: int, batch: int, repeats: int) -> dict:
+    """Merged SALT inference against the plain encoder (ABBA rounds), and what a merged wrapper adds per call."""
+    x = torch.randn(batch, 3, image_size, image_size)
+    plain = _encoder_model(variant, image_size, None).eval()
+    merged = _encoder_model(
+        variant, image_size, AdapterConfig(name="salt", r_lora=4, train_class_tokens=False)
+    )
+    merged.eval()
+    merge_adapters(merged)
+    wrappers = list(adapter_layers(merged).values())
+    assert all(w.merged and type(w.base_layer) in (nn.Linear, nn.Conv2d) for w in wrappers)
+    # the dispatch a merged wrapper adds (AdapterLayer.forward -> its plain nn.Linear), timed on a 4 x 4 layer
+    # so that the product itself is negligible
+    small = nn.Linear(4, 4).requires_grad_(False)
+    small_wrapper = SaltLayer(small, compute_svd(small.weight), 2, 1)
+    small_wrapper.merge()
+    xs = torch.randn(1, 4)
+    calls = 5000
+    with torch.inference_mode():
+        inf = _median_interleaved(
+            {"plain": lambda: plain.image_encoder(x), "salt_merged": lambda: merged.image_encoder(x)}, repeats
+        )
+        per_call = _median_interleaved(
+            {
+                "plain": lambda: [small(xs) for _ in range(calls)],
+                "merged": lambda: [small_wrapper(xs) for _ in range(calls)],
+            },
+            repeats,
+        )
+    wrapper_s = (per_call["merged"] - per_call["plain"]) / calls
+    return {
         "inference_s": inf,
         "merged_vs_plain": inf["salt_merged"] / inf["plain"],
         "merged_wrappers": len(wrappers),
@@ -404,7 +415,9 @@ def main() -> None:
     global _VERBOSE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--part", choices=["layers", "encoder", "floor", "layer-floor", "ratios", "all"], default="all"
+        "--part",
+        choices=["layers", "encoder", "merged", "floor", "layer-floor", "ratios", "all"],
+        default="all",
     )
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds per layer cell")
     ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])
@@ -438,6 +451,8 @@ def main() -> None:
         result["encoder"] = bench_encoder(
             args.variant, args.image_size, args.batch, args.encoder_repeats, args.inference_repeats
         )
+    if args.part == "merged":
+        result["merged"] = bench_merged(args.variant, args.image_size, args.batch, args.inference_repeats)
     if args.part == "layer-floor":
         ranks = [int(r) for r in args.ranks if r != "released" and int(r) <= 64]
         result["layer_floor"] = bench_layer_floor(args.tokens, args.floor_repeats, ranks)
@@ -471,6 +486,14 @@ def main() -> None:
         print(
             f"  merged wrapper dispatch {e['merged_wrapper_overhead_us_per_call']:.1f} us x {e['merged_wrappers']} "
             f"= {100 * e['merged_wrapper_overhead_fraction']:.3f} % of the plain pass"
+        )
+    if "merged" in result:
+        m = result["merged"]
+        print(
+            f"merged inference / plain = {m['merged_vs_plain']:.4f} ({m['inference_s']['salt_merged']:.3f} s vs "
+            f"{m['inference_s']['plain']:.3f} s); merged wrapper dispatch "
+            f"{m['merged_wrapper_overhead_us_per_call']:.2f} us x {m['merged_wrappers']} "
+            f"= {100 * m['merged_wrapper_overhead_fraction']:.4f} % of the plain pass"
         )
     if "layer_floor" in result:
         print(
