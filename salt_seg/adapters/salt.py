@@ -33,6 +33,57 @@ from salt_seg.adapters.terms import Term, frobenius, low_rank_frobenius
 REFERENCE_INIT_STD = 0.01
 
 
+class _SvdBasisLinear(torch.autograd.Function):
+    """``y = ((x Vᵀ) ⊙ s + ((x V_resᵀ) Yᵀ) Xᵀ ⊕ 0) U ᵀ + b`` for ``x`` of shape ``N x in`` (``relu="diagonal"``).
+
+    ``s`` is the modified spectrum ``[ReLU(α⊙σ_r+β), σ_res]``; ``X``, ``Y`` may be ``None`` (``r = k``). The same
+    products autograd would run for :meth:`SaltLayer.svd_basis_forward`, in fewer passes over the ``N x k``
+    activations: ``g`` is written once (no per-block outputs and concatenation), the backward writes the
+    ``N x k`` input-side gradient once instead of zero-padding each block's gradient and summing them, and only
+    ``h = x Vᵀ`` (plus the ``N x r_lora`` intermediate) is saved. Inputs after ``x``: ``Vh`` (``k x in``),
+    ``Ut`` (``k x out``), ``bias``, ``top`` (``r``, carries the gradient to α, β), ``s_res``, ``X``, ``Y``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, Vh, Ut, bias, top, s_res, X, Y):
+        r = top.shape[0]
+        h = x @ Vh.T  # N x k
+        s = torch.cat([top, s_res]) if s_res.numel() else top
+        g = h * s
+        t = None
+        if X is not None:
+            t = h[:, r:] @ Y.T  # N x q
+            g[:, r:].addmm_(t, X.T)
+        y = torch.addmm(bias, g, Ut) if bias is not None else g @ Ut
+        ctx.r = r
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(h, t, s, Vh, Ut, X, Y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        h, t, s, Vh, Ut, X, Y = ctx.saved_tensors
+        r = ctx.r
+        need = ctx.needs_input_grad
+        gg = gy @ Ut.T  # N x k
+        grad_top = (gg[:, :r] * h[:, :r]).sum(0) if need[4] else None
+        # gg becomes the gradient of h in place, block by block (the residual block is read unscaled first)
+        gg[:, :r].mul_(s[:r])
+        grad_X = grad_Y = None
+        if X is not None:
+            gg_res, h_res = gg[:, r:], h[:, r:]
+            ggx = gg_res @ X  # N x q
+            # short-wide outputs (q x m), transposed where needed: the tall-skinny forms are far slower on CPU
+            grad_X = (t.T @ gg_res).T if need[6] else None
+            grad_Y = ggx.T @ h_res if need[7] else None
+            gg_res.mul_(s[r:])
+            gg_res.addmm_(ggx, Y)
+        gh = gg
+        grad_x = gh @ Vh if need[0] else None
+        grad_bias = gy.sum(0) if ctx.has_bias and need[3] else None
+        return grad_x, None, None, grad_bias, grad_top, None, grad_X, grad_Y
+
+
 class SaltLayer(AdapterLayer):
     """SALT around a frozen ``nn.Linear`` / ``nn.Conv2d``.
 
@@ -163,7 +214,9 @@ class SaltLayer(AdapterLayer):
                 out.append(Term(self.U_res, self.Vh_res, self.residual_core()))
             else:  # rank-r_lora form: (U_res X)(Y V_resᵀ)
                 X, Y = self._low_rank()
-                out.append(Term(self.U_res @ X, Y @ self.Vh_res))
+                # U_res X computed as (Xᵀ U_resᵀ)ᵀ from the row-major Uᵀ: the same products, ~10x faster on the
+                # CPU than the column-major U_res times a 4-column X (and likewise for its gradient)
+                out.append(Term((X.T.contiguous() @ self.Ut[self.rank :]).T, Y @ self.Vh_res))
         return out
 
     def term_shapes(self) -> list[TermShape]:
@@ -219,6 +272,8 @@ class SaltLayer(AdapterLayer):
         """
         dtype = self._compute_dtype(x)
         x = x.to(dtype)
+        if not self.is_conv and self.relu == "diagonal":
+            return self._svd_basis_linear(x, dtype)
         h = self._project_in(x, self.Vh.to(dtype))
         cdim = 1 if self.is_conv else -1
         parts = []
@@ -242,6 +297,32 @@ class SaltLayer(AdapterLayer):
         if self.is_conv:
             return F.conv2d(g, U.contiguous()[:, :, None, None], bias)
         return F.linear(g, U, bias)
+
+    def _svd_basis_linear(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`svd_basis_forward` for a linear layer with the diagonal ReLU, through :class:`_SvdBasisLinear`."""
+        if self.rank:
+            alpha, beta = self._scale_shift()
+            top = F.relu(alpha * self.S_r + beta).to(dtype)
+        else:
+            top = self.S.new_zeros(0, dtype=dtype)
+        X = Y = None
+        if self.X is not None:
+            X, Y = (p.to(dtype) for p in self._low_rank())
+        bias = self.base_layer.bias
+        bias = bias.to(dtype) if bias is not None else None
+        lead = x.shape[:-1]
+        with torch.autocast(x.device.type, enabled=False):  # every operand is already in ``dtype``
+            y = _SvdBasisLinear.apply(
+                x.reshape(-1, x.shape[-1]),
+                self.Vh.to(dtype),
+                self.Ut.to(dtype),
+                bias,
+                top,
+                self.S_res.to(dtype),
+                X,
+                Y,
+            )
+        return y.reshape(*lead, self.out_features)
 
     def mode_costs(self, n: int, training: bool) -> dict[str, float]:
         costs = super().mode_costs(n, training)

@@ -152,3 +152,39 @@ def test_rank_equal_k_leaves_no_residual_term() -> None:
     layer = _layer(rank=40)
     assert layer.X is None and layer.Y is None
     assert sum(p.numel() for p in layer.adapter_parameters()) == 80
+
+
+@pytest.mark.parametrize(("rank", "r_lora"), [(7, 3), (0, 2), (40, 3), (38, 5), (36, 6)])
+def test_fused_svd_basis_matches_the_dense_formula(rank: int, r_lora: int) -> None:
+    """The fused SVD-basis forward of a linear layer (one autograd node) gives the output and the gradients of
+    ``x (W + ΔW)ᵀ + b`` with ``ΔW = U_r diag(ReLU(α⊙σ_r+β) − σ_r) V_rᵀ + U_res X Y V_resᵀ``, for r = 0, r = k,
+    r_lora below, at and above k − r."""
+    torch.manual_seed(0)
+    base = nn.Linear(40, 56)  # k = 40
+    base.requires_grad_(False)
+    factors = compute_svd(base.weight)
+    fused = SaltLayer(base, factors, rank, r_lora, init="reference", compute="svd_basis")
+    torch.manual_seed(1)
+    for p in fused.adapter_parameters():
+        p.data.add_(torch.randn_like(p) * 0.2)
+    x = torch.randn(3, 5, 40, requires_grad=True)
+    gy = torch.randn(3, 5, 56)
+    (fused(x) * gy).sum().backward()
+    got = [x.grad.clone()] + [p.grad.clone() for p in fused.adapter_parameters()]
+    x.grad = None
+    params = [p.detach().clone().requires_grad_(True) for p in fused.adapter_parameters()]
+    names = [n for n, _ in fused.named_parameters() if not n.startswith("base_layer.")]
+    p = dict(zip(names, params, strict=True))
+    U, S, Vh = factors.U, factors.S, factors.Vh
+    delta = torch.zeros(56, 40)
+    if rank:
+        dsig = F.relu(p["alpha"] * S[:rank] + p["beta"]) - S[:rank]
+        delta = delta + U[:, :rank] @ torch.diag(dsig) @ Vh[:rank]
+    if rank < 40:
+        delta = delta + U[:, rank:] @ p["X"] @ p["Y"] @ Vh[rank:]
+    y_ref = F.linear(x, base.weight + delta, base.bias)
+    (y_ref * gy).sum().backward()
+    want = [x.grad] + [q.grad for q in params]
+    assert (fused(x) - y_ref).abs().max().item() < 1e-5
+    for g, w in zip(got, want, strict=True):
+        assert (g - w).abs().max().item() < 1e-4 * max(1.0, w.abs().max().item())
