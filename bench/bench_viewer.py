@@ -71,13 +71,18 @@ def one_click(session: Any, px: int, py: int, cache_dir: str) -> tuple[float, fl
     return dt, dc, int(session.label_slice().astype(bool).sum())
 
 
+def add_phantom_args(parser: argparse.ArgumentParser, slices: int) -> None:
+    """The CT phantom's size and the JSON output: the options every viewer benchmark shares."""
+    parser.add_argument("--side", type=int, default=512, help="slice side in voxels (default 512)")
+    parser.add_argument("--slices", type=int, default=slices, help=f"slices in the volume (default {slices})")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clicks", type=int, default=30, help="clicks per case (default 30)")
-    parser.add_argument("--side", type=int, default=512, help="slice side in voxels (default 512)")
-    parser.add_argument("--slices", type=int, default=80, help="slices in the volume (default 80)")
+    add_phantom_args(parser, slices=80)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -31,12 +31,12 @@ import torch
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clicks", type=int, default=30, help="clicks per backend and case (default 30)")
-    parser.add_argument("--side", type=int, default=512, help="slice side in voxels (default 512)")
-    parser.add_argument("--slices", type=int, default=40, help="slices in the volume (default 40)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_viewer import add_phantom_args
+
+    add_phantom_args(parser, slices=40)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import onnxruntime
     from bench_viewer import ct_phantom, load_model, one_click
 

@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--clicks", type=int, default=25, help="clicks measured (default 25), after 3 warm-up clicks"
     )
-    parser.add_argument("--side", type=int, default=512, help="slice side in voxels (default 512)")
-    parser.add_argument("--slices", type=int, default=40, help="slices in the volume (default 40)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_viewer import add_phantom_args
+
+    add_phantom_args(parser, slices=40)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_viewer import ct_phantom, load_model
     from playwright.sync_api import sync_playwright
 
