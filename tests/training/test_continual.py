@@ -3,6 +3,7 @@ union of classes in the adapter, resume."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -230,6 +231,12 @@ def test_cli_continue_trains_on_a_new_dataset(tmp_path, capsys) -> None:
         "5": "cuboid",
         "6": "cylinder",
     }
+    # evaluate scores the new dataset's classes through their ids in the continued model
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(tmp_path / "b"), "--out", str(out), "--threads", "1"]) == 0
+    assert "test case(s) of" in capsys.readouterr().out
+    scored = json.loads((out / "evaluation.json").read_text())["summary"]["slice"]
+    assert {k for k in scored if k != "all"} == {"4", "5", "6"}
     # a path that is not a run: one line, exit 2 (the CLI's rule for bad input)
     assert main(["train", "--continue", str(tmp_path / "ds"), "--out", str(tmp_path / "c"), *args]) != 0
     assert "not a run directory" in capsys.readouterr().err
