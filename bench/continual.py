@@ -22,7 +22,7 @@ all tasks and the training time. Then the paired bootstrap interval of OSFT's fo
 per (seed, earlier task, test slice, class).
 
 Usage (one thread, resumable: finished runs are reused, results appended to --results):
-    python bench/continual.py --seeds 0 1 2 --steps 100
+    python bench/continual.py --seeds 0 1 --steps 80
     python bench/continual.py --report          # table + plot (docs/continual.png) from the results file
 """
 
@@ -236,6 +236,7 @@ def run_seed(seed: int, opts: argparse.Namespace, results: Path) -> None:
             "method": method,
             "seed": seed,
             "steps": opts.steps,
+            "val_every": opts.val_every,
             "shots": opts.shots,
             "base": opts.base,
             "image_size": opts.image_size,
@@ -366,7 +367,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--steps", type=int, default=100, help="training steps per task (default 100)")
-    ap.add_argument("--val-every", type=int, default=25)
+    ap.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        help="validation interval (default: --steps, a fixed budget: the run's adapter is its last step unless "
+        "the untrained start validates better). Validation counts a class absent from both prediction and truth "
+        "as Dice 1, so on a many-class task (colin27-aal) an early all-empty model can win best-checkpoint "
+        "selection and stand for the run",
+    )
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--guard-mm", type=float, default=5.0)
     ap.add_argument("--base", default="builtin128")
@@ -382,6 +391,7 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only print the table and draw the plot")
     ap.add_argument("--plot", default=str(ROOT / "docs" / "continual.png"))
     OPTS = ap.parse_args()
+    OPTS.val_every = OPTS.val_every or OPTS.steps
     results = Path(OPTS.results)
     if OPTS.report:
         report(results, Path(OPTS.plot))

@@ -155,10 +155,11 @@ class Continuation:
         self.osft: Any = None
         self.model: Any = None
 
-    def metadata(self) -> dict[str, Any]:
-        """``extra.continual`` of the adapter files: the tasks so far, each with its label -> model id map."""
+    def metadata(self, run_dir: str | Path) -> dict[str, Any]:
+        """``extra.continual`` of the adapter files: the tasks so far, each with the run that learned it and its
+        label -> model id map."""
         task = {
-            "run": str(self.cfg.train.continue_from),
+            "run": str(run_dir),
             "dataset": self.cfg.data.path,
             "class_map": {str(k): v for k, v in self.mapping.items()},
         }

@@ -367,7 +367,7 @@ def _train(
         "base_checkpoint": cfg.model.checkpoint or "run:base.safetensors",
     }
     if continuation is not None:
-        meta["continual"] = continuation.metadata()
+        meta["continual"] = continuation.metadata(run_dir)
 
     optimizer = build_optimizer(param_groups(model, tc), tc)
     scheduler = warmup_cosine(optimizer, tc.steps, tc.warmup_steps, tc.min_lr_ratio)

@@ -118,6 +118,7 @@ def test_continued_model_answers_both_tasks(tmp_path, method) -> None:
     tasks = meta["extra"]["continual"]["tasks"]
     assert meta["extra"]["continual"]["method"] == method
     assert [t["class_map"] for t in tasks] == [{"1": 1, "2": 2}, {"1": 3, "2": 4}]
+    assert [t["run"] for t in tasks] == [str(tmp_path / "a"), str(tmp_path / "b")]
 
     # the continued model loads like any run and answers task A's classes by their ids
     from salt_seg.inference.loading import load_inference_model
