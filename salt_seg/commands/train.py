@@ -21,6 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly"
     )
     parser.add_argument(
+        "--continue",
+        dest="continue_from",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a finished run on this config's dataset with its new classes (continual training; the "
+        "run's classes are kept); the config defaults to the run's own, --set data.path=... names the new "
+        "dataset, train.continual picks sequential or osft",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -58,7 +67,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    cfg = load_config(args.config, args.overrides)
+    if args.continue_from:
+        prior = Path(args.continue_from)
+        if not (prior / RUN_MARKER).is_file():
+            raise FileNotFoundError(f"{prior}: not a run directory (no {RUN_MARKER})")
+        if args.seeds:
+            raise ValueError("--continue trains one run; do not combine it with --seeds")
+        base_config = args.config if args.config else prior / RUN_MARKER
+        cfg = load_config(base_config, [*args.overrides, f"train.continue_from={prior}"])
+    else:
+        cfg = load_config(args.config, args.overrides)
     if not args.seeds:
         res = train(cfg, args.out, device=device, progress=not args.no_progress)
         print(

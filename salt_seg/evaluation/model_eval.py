@@ -50,6 +50,20 @@ def gt_prompts(label: np.ndarray, class_ids: list[int], slices: list[int], axis:
     return out
 
 
+def continual_lut(meta: dict, data_path: str) -> np.ndarray | None:
+    """A continued run's label -> model-id lookup table for ``data_path`` (the latest task on that dataset path,
+    else the last task), ``None`` for other runs."""
+    tasks = (meta.get("extra") or {}).get("continual", {}).get("tasks")
+    if not tasks:
+        return None
+    task = next((t for t in reversed(tasks) if str(t.get("dataset")) == data_path), tasks[-1])
+    cmap = {int(k): int(v) for k, v in task["class_map"].items()}
+    lut = np.zeros(max(cmap) + 1, dtype=np.int64)
+    for k, v in cmap.items():
+        lut[k] = v
+    return lut
+
+
 def evaluate_run(
     model_path: str | Path,
     *,
@@ -128,6 +142,11 @@ def evaluate_run(
         raise ValueError(f"{adapter}: the model has no class tokens; evaluate it with --prompt box or point")
     dataset = load_dataset(data_path, fmt)
     class_ids = list(record.class_ids)
+    # a continued run (salt-seg train --continue) names its classes in the model's ids: score this dataset's
+    # classes through its task's label -> model-id map
+    lut = continual_lut(loaded.meta, str(data_path))
+    if lut is not None:
+        class_ids = sorted(int(v) for v in lut[lut > 0].tolist())
     test = split.slices(part)
     settings = settings or EvaluationSettings()
     if settings.slice_axis is None:
@@ -142,6 +161,8 @@ def evaluate_run(
             label = prepared.label
             if label is None:
                 raise ValueError(f"{case_id}: a test case without a label cannot be scored")
+            if lut is not None:
+                label = lut[np.clip(label, 0, len(lut) - 1)] * (label < len(lut))
             slices = list(range(prepared.n_slices)) if wanted is None else list(wanted)
             if prompt == "auto":
                 res = segment_volume(

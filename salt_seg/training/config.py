@@ -24,6 +24,8 @@ from salt_seg.preprocessing import Preprocessing
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "galore")
+#: how ``train.continue_from`` continues a run (:mod:`salt_seg.training.continual`)
+CONTINUAL = ("sequential", "osft")
 PROMPT_MIX = ("box", "points", "auto", "mixed", "geometric")
 #: the split's settings as a config spells them (``data.holdout: volumes`` is ``level='volume'``), so that split
 #: errors and warnings raised under ``train`` name the keys the user writes
@@ -153,6 +155,14 @@ class TrainSection:
         galore_update_interval: steps between refreshes of the projection (SVD of the gradient).
         galore_scale: factor on the projected-back update (GaLore's alpha).
         galore_min_dim: matrices whose smaller side is below this use plain AdamW.
+        continue_from: a finished run to continue on this config's dataset and classes (``salt-seg train
+            --continue RUN``): its trained tensors and class tokens are the start, its classes are kept (their
+            tokens frozen) and this dataset's classes get new ids after them (:mod:`salt_seg.training.continual`).
+        continual: how to continue: ``sequential`` (train on as before: full fine-tuning continues a ``full``
+            run, SALT a SALT run) or ``osft`` (Sculpting Subspaces: every weight matrix's leading singular
+            directions protected, updates projected orthogonal to them; needs an ``adapter.name: full`` run).
+        osft_min_retain / osft_max_retain: fraction of each weight's singular directions protected in the least /
+            most important layer (layer importance from input-output similarity, :mod:`salt_seg.training.osft`).
     """
 
     steps: int = 200
@@ -182,6 +192,10 @@ class TrainSection:
     galore_update_interval: int = 200
     galore_scale: float = 0.25
     galore_min_dim: int = 64
+    continue_from: str | None = None
+    continual: str = "sequential"
+    osft_min_retain: float = 0.1
+    osft_max_retain: float = 0.8
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.val_every < 1:
@@ -211,6 +225,13 @@ class TrainSection:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not self.galore_scale > 0:
             raise ValueError(f"train.galore_scale must be > 0, got {self.galore_scale}")
+        if self.continual not in CONTINUAL:
+            raise ValueError(f"train.continual: {self.continual!r} is not one of {list(CONTINUAL)}")
+        if not 0 <= self.osft_min_retain <= self.osft_max_retain <= 1:
+            raise ValueError(
+                "train.osft_min_retain and train.osft_max_retain must satisfy 0 <= min <= max <= 1, got "
+                f"{self.osft_min_retain} and {self.osft_max_retain}"
+            )
 
 
 @dataclass

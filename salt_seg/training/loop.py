@@ -322,6 +322,15 @@ def _train(
             f"{cfg.data.path or 'dataset'}: no training slices with foreground; check the labels/split"
         )
 
+    continuation = None
+    if (
+        tc.continue_from
+    ):  # continual training: the earlier run's classes kept, this dataset's renamed after them
+        from salt_seg.training.continual import Continuation
+
+        continuation = Continuation(cfg, data)
+        data, record = continuation.data, continuation.data.record
+
     # -- model: base + class tokens + adapter, all initialised from the seed without touching global RNG (the same
     # function ``salt-seg params --config`` counts with)
     from salt_seg.training.model import build_training_model
@@ -331,8 +340,10 @@ def _train(
     )  # a randomly initialised base was saved with the run
     built = build_training_model(
         cfg,
-        len(data.class_ids),
-        checkpoint=str(run_dir / "base.safetensors") if own_base else None,
+        continuation.num_classes if continuation is not None else len(data.class_ids),
+        checkpoint=str(run_dir / "base.safetensors")
+        if own_base
+        else (continuation.base_checkpoint if continuation is not None else None),
         progress=progress and dist.is_main,
     )
     model, base_hash = built.model, built.base_hash
@@ -342,7 +353,11 @@ def _train(
         base_sd = {k: v.contiguous() for k, v in built.base_state.items()}
         atomic_write_bytes(run_dir / "base.safetensors", save(base_sd, metadata={"base_hash": base_hash}))
         ck.fault("base-written")
+    if continuation is not None:  # before a resumed unit is loaded: the constraints come from the earlier run
+        continuation.attach(model, base_hash, progress=progress and dist.is_main)
     model.to(device)
+    if continuation is not None:
+        continuation.to(device)
     ceiling = output_ceiling(data, record.image_size, model.output_size) if dist.is_main else {}
     params = trainable_parameters(model)
     n_trainable = sum(p.numel() for p in params)
@@ -351,6 +366,8 @@ def _train(
         "base_hash": base_hash,
         "base_checkpoint": cfg.model.checkpoint or "run:base.safetensors",
     }
+    if continuation is not None:
+        meta["continual"] = continuation.metadata(run_dir)
 
     optimizer = build_optimizer(param_groups(model, tc), tc)
     scheduler = warmup_cosine(optimizer, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
@@ -505,6 +522,8 @@ def _train(
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
             scaler.unscale_(optimizer)
+        if continuation is not None:
+            continuation.before_step()
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         if scaler is not None:
@@ -512,6 +531,8 @@ def _train(
             scaler.update()
         else:
             optimizer.step()
+        if continuation is not None:
+            continuation.after_step()
         scheduler.step()
         step += 1
         mean_loss = float(all_reduce_mean(torch.tensor(np.mean(losses)), dist))
