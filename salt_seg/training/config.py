@@ -23,7 +23,7 @@ from salt_seg.preprocessing import Preprocessing
 
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "galore")
+OPTIMIZERS = ("adamw", "galore", "q-galore")
 PROMPT_MIX = ("box", "points", "auto", "mixed", "geometric")
 #: the split's settings as a config spells them (``data.holdout: volumes`` is ``level='volume'``), so that split
 #: errors and warnings raised under ``train`` name the keys the user writes
@@ -153,6 +153,17 @@ class TrainSection:
         galore_update_interval: steps between refreshes of the projection (SVD of the gradient).
         galore_scale: factor on the projected-back update (GaLore's alpha).
         galore_min_dim: matrices whose smaller side is below this use plain AdamW.
+            The four ``galore_*`` keys apply to ``q-galore`` too
+            (:class:`salt_seg.training.qgalore.QGaLoreAdamW`: GaLore with an INT4 projector, INT8 weights
+            updated by stochastic rounding and a per-matrix refresh interval that lengthens once the subspace
+            stops moving; ``galore_update_interval`` is the starting interval).
+        qgalore_proj_bits: bits of the projector's codes (4: INT4).
+        qgalore_group_size: entries per quantization group (projector and INT8 weights).
+        qgalore_int8_weights: keep each projected matrix as INT8 codes updated by stochastic rounding.
+        qgalore_cos_threshold: a refresh is "stable" when the leading singular vector's absolute cosine
+            similarity to the previous refresh's is at least this.
+        qgalore_patience: stable refreshes in a row after which a matrix's interval grows.
+        qgalore_interval_growth: factor on the interval then (2: doubled).
     """
 
     steps: int = 200
@@ -182,6 +193,12 @@ class TrainSection:
     galore_update_interval: int = 200
     galore_scale: float = 0.25
     galore_min_dim: int = 64
+    qgalore_proj_bits: int = 4
+    qgalore_group_size: int = 256
+    qgalore_int8_weights: bool = True
+    qgalore_cos_threshold: float = 0.4
+    qgalore_patience: int = 5
+    qgalore_interval_growth: int = 2
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.val_every < 1:
@@ -211,6 +228,15 @@ class TrainSection:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not self.galore_scale > 0:
             raise ValueError(f"train.galore_scale must be > 0, got {self.galore_scale}")
+        if not 2 <= self.qgalore_proj_bits <= 8:
+            raise ValueError(f"train.qgalore_proj_bits must be in 2..8, got {self.qgalore_proj_bits}")
+        for name in ("qgalore_group_size", "qgalore_patience", "qgalore_interval_growth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not -1 <= self.qgalore_cos_threshold <= 1:
+            raise ValueError(
+                f"train.qgalore_cos_threshold must be in [-1, 1], got {self.qgalore_cos_threshold}"
+            )
 
 
 @dataclass
