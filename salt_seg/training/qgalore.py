@@ -31,7 +31,7 @@ is as in :class:`salt_seg.training.galore.GaLoreAdamW`; Adam's moments stay fp32
 tensor's position in the optimizer, its step), so a resumed run draws the same numbers and continues bit-exactly.
 
 Why not the ``q-galore-torch`` package (1.0): it declares ``transformers`` and ``bitsandbytes`` as requirements
-(``pip install q-galore-torch`` would add transformers 5.24, bitsandbytes 0.50 and a CUDA 13 wheel stack), its
+(``pip install q-galore-torch`` would add transformers 5.24 and bitsandbytes 0.50; numpy would stay 2.x), its
 ``__init__`` imports ``bitsandbytes`` unconditionally (without it: ``ModuleNotFoundError: No module named
 'bitsandbytes'``), its optimizer subclasses bitsandbytes' ``Optimizer2State`` and calls ``torch.cuda.synchronize()``
 every step (no CPU training), its INT8 weights need the authors' quantized linear layers (not in the package), and
