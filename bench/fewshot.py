@@ -31,6 +31,18 @@ METHODS = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_rand
 #: the paper's setting (issue 12, item 6): the mask decoder frozen, so that only the encoder adapter, the class
 #: tokens and the full-resolution branch train; ``none_fd`` (tokens and branch only) isolates the encoder adapters
 FROZEN_DECODER = ("salt_fd", "lora_fd", "ssam_fd", "none_fd")
+#: ``full`` trained with another optimizer (issue 18): the ``train`` settings of each variant; plain ``full`` is
+#: AdamW. ``full_qgalore_t25`` starts every matrix's refresh interval at 25 steps and lengthens it after 2 stable
+#: refreshes, so that Q-GaLore's lazy rule acts within a few-shot run's few hundred steps
+FULL_OPTIMIZERS = {
+    "full_galore": ["train.optimizer=galore"],
+    "full_qgalore": ["train.optimizer=q-galore"],
+    "full_qgalore_t25": [
+        "train.optimizer=q-galore",
+        "train.galore_update_interval=25",
+        "train.qgalore_patience=2",
+    ],
+}
 
 #: slice axis and split fractions per dataset (the guard stays 10 mm everywhere). colin27-aal is one volume whose
 #: 12 deep structures sit at different heights: along the axial axis a contiguous test block holds only
@@ -116,6 +128,8 @@ def one_run(
         )
     else:
         adapter = {"full_random": "full"}.get(method, method.removesuffix("_fd"))
+        if method in FULL_OPTIMIZERS:
+            adapter = "full"
         config = ROOT / "configs" / f"builtin_{adapter}.yaml"
         sets = [
             f"data.path={dataset}",
@@ -138,6 +152,8 @@ def one_run(
             sets.append("model.checkpoint=null")
         if method in FROZEN_DECODER:
             sets.append("adapter.train_mask_decoder=false")
+        if method in FULL_OPTIMIZERS:
+            sets += FULL_OPTIMIZERS[method]
         train_cmd = [
             sys.executable,
             "-m",
@@ -193,6 +209,8 @@ def one_run(
         "train_seconds": summary.get("seconds"),
         "total_seconds": seconds,
         "reused_training": reuse,
+        "svd_refreshes": summary.get("svd_refreshes"),
+        "svd_refreshes_fixed_schedule": summary.get("svd_refreshes_fixed_schedule"),
         "summary": ev["summary"],
         "per_case": ev.get("per_case"),
         "class_names": ev.get("class_names"),
@@ -246,7 +264,12 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["mni152-tissue", "colin27-aal"])
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 20])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + FROZEN_DECODER)
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS + FROZEN_DECODER + tuple(FULL_OPTIMIZERS),
+    )
     ap.add_argument("--steps", type=int, default=600, help="step cap (default 600)")
     ap.add_argument(
         "--patience", type=int, default=3, help="validations without improvement before stopping (default 3)"

@@ -23,7 +23,7 @@ from salt_seg.preprocessing import Preprocessing
 
 LOSSES = ("dice_focal", "dice_ce")
 AMP_MODES = ("none", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "galore")
+OPTIMIZERS = ("adamw", "galore", "q-galore")
 #: how ``train.continue_from`` continues a run (:mod:`salt_seg.training.continual`)
 CONTINUAL = ("sequential", "osft")
 PROMPT_MIX = ("box", "points", "auto", "mixed", "geometric")
@@ -163,6 +163,17 @@ class TrainSection:
             directions protected, updates projected orthogonal to them; needs an ``adapter.name: full`` run).
         osft_min_retain / osft_max_retain: fraction of each weight's singular directions protected in the least /
             most important layer (layer importance from input-output similarity, :mod:`salt_seg.training.osft`).
+            The four ``galore_*`` keys apply to ``q-galore`` too
+            (:class:`salt_seg.training.qgalore.QGaLoreAdamW`: GaLore with an INT4 projector, INT8 weights
+            updated by stochastic rounding and a per-matrix refresh interval that lengthens once the subspace
+            stops moving; ``galore_update_interval`` is the starting interval).
+        qgalore_proj_bits: bits of the projector's codes (4: INT4).
+        qgalore_group_size: entries per quantization group (projector and INT8 weights).
+        qgalore_int8_weights: keep each projected matrix as INT8 codes updated by stochastic rounding.
+        qgalore_cos_threshold: a refresh is "stable" when the leading singular vector's absolute cosine
+            similarity to the previous refresh's is at least this.
+        qgalore_patience: stable refreshes in a row after which a matrix's interval grows.
+        qgalore_interval_growth: factor on the interval then (2: doubled).
     """
 
     steps: int = 200
@@ -196,6 +207,12 @@ class TrainSection:
     continual: str = "sequential"
     osft_min_retain: float = 0.1
     osft_max_retain: float = 0.8
+    qgalore_proj_bits: int = 4
+    qgalore_group_size: int = 256
+    qgalore_int8_weights: bool = True
+    qgalore_cos_threshold: float = 0.4
+    qgalore_patience: int = 5
+    qgalore_interval_growth: int = 2
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.val_every < 1:
@@ -231,6 +248,15 @@ class TrainSection:
             raise ValueError(
                 "train.osft_min_retain and train.osft_max_retain must satisfy 0 <= min <= max <= 1, got "
                 f"{self.osft_min_retain} and {self.osft_max_retain}"
+            )
+        if not 2 <= self.qgalore_proj_bits <= 8:
+            raise ValueError(f"train.qgalore_proj_bits must be in 2..8, got {self.qgalore_proj_bits}")
+        for name in ("qgalore_group_size", "qgalore_patience", "qgalore_interval_growth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not -1 <= self.qgalore_cos_threshold <= 1:
+            raise ValueError(
+                f"train.qgalore_cos_threshold must be in [-1, 1], got {self.qgalore_cos_threshold}"
             )
 
 

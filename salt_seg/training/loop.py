@@ -132,6 +132,35 @@ def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer: 
             scale=tc.galore_scale,
             min_dim=tc.galore_min_dim,
         )
+    if tc.optimizer == "q-galore":
+        from salt_seg.training.qgalore import QGaLoreAdamW
+
+        log.info(
+            "Q-GaLore: rank <= %d, INT%d projector, %s weights, refresh every %d steps (x%d after %d refreshes "
+            "with cosine >= %g)",
+            tc.galore_rank,
+            tc.qgalore_proj_bits,
+            "INT8" if tc.qgalore_int8_weights else "float",
+            tc.galore_update_interval,
+            tc.qgalore_interval_growth,
+            tc.qgalore_patience,
+            tc.qgalore_cos_threshold,
+        )
+        return QGaLoreAdamW(
+            groups,
+            weight_decay=tc.weight_decay,
+            rank=tc.galore_rank,
+            update_interval=tc.galore_update_interval,
+            scale=tc.galore_scale,
+            min_dim=tc.galore_min_dim,
+            proj_bits=tc.qgalore_proj_bits,
+            group_size=tc.qgalore_group_size,
+            int8_weights=tc.qgalore_int8_weights,
+            cos_threshold=tc.qgalore_cos_threshold,
+            patience=tc.qgalore_patience,
+            interval_growth=tc.qgalore_interval_growth,
+            seed=tc.seed,
+        )
     return torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
 
 
@@ -567,6 +596,14 @@ def _train(
     bar.close()
     finished = step >= tc.steps or stopped_early
     seconds = elapsed()
+    svd: dict[str, int] = {}
+    if hasattr(optimizer, "svd_counts"):  # Q-GaLore: SVDs done vs a fixed refresh schedule
+        svd["svd_refreshes"], svd["svd_refreshes_fixed_schedule"] = optimizer.svd_counts()
+        log.info(
+            "Q-GaLore: %d SVDs (a fixed schedule: %d)",
+            svd["svd_refreshes"],
+            svd["svd_refreshes_fixed_schedule"],
+        )
     if dist.is_main and finished:
         best_unit = runs.unit_path(run_dir, best_step) / "adapter.safetensors"
         atomic_write_bytes(run_dir / "adapter.safetensors", best_unit.read_bytes())
@@ -586,7 +623,8 @@ def _train(
                 "seconds": seconds,
                 "adapter": adapter_cfg.name,
                 "resolution_ceiling": ceiling,
-            },
+            }
+            | svd,
             default=str,
         )
     barrier(dist)
