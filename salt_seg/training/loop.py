@@ -181,7 +181,9 @@ def _fetch(
 
 @torch.no_grad()
 def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistInfo, keep: int = 0):
-    """Mean hard Dice over the validation slices and classes (fixed prompts), reduced across ranks.
+    """Mean hard Dice over the validation slices and classes (fixed prompts), reduced across ranks; (slice, class)
+    pairs where both the ground truth and the answer are empty are left out (they would score 1 for any model that
+    answers nothing).
 
     Returns:
         (mean Dice, per-class mean Dice, up to ``keep`` examples ``(image, label, prediction)`` for overlays).
@@ -205,7 +207,12 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
         logits, _ = model(images.to(device), pb.prompts, pb.image_index)
         up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         dice = soft_dice(up.cpu(), pb.targets)
-        for d, cid in zip(dice.tolist(), pb.class_ids, strict=True):
+        # a class absent from both the slice and the answer says nothing about the model: with many classes
+        # (colin27-aal's 12) such pairs, scored 1, made an untrained, empty-answering model the best checkpoint
+        informative = ((up.cpu() > 0).flatten(1).any(1) | pb.targets.flatten(1).bool().any(1)).tolist()
+        for d, cid, use in zip(dice.tolist(), pb.class_ids, informative, strict=True):
+            if not use:
+                continue
             k = data.class_ids.index(cid) + 1
             sums[k] += d
             counts[k] += 1

@@ -76,3 +76,26 @@ def test_run_dir_is_never_silently_overwritten(tmp_path, data) -> None:
 def test_resume_of_a_non_run_is_an_error(tmp_path, data) -> None:
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         train(tiny_config(steps=1), tmp_path / "nothing", data=data, progress=False, resume=True)
+
+
+class _AnswersNothing(torch.nn.Module):
+    """A model whose every answer is empty (an untrained class token's typical answer)."""
+
+    def forward(self, images, prompts, image_index):
+        return torch.full((len(prompts), 1, 32, 32), -10.0), torch.zeros(len(prompts), 1)
+
+
+def test_validation_leaves_out_classes_absent_from_both_slice_and_answer(data) -> None:
+    """With class-token prompts every class is asked on every slice; a class absent from the slice and from the
+    answer must not count as a perfect score, or a model that answers nothing looks best (it did on colin27-aal's
+    12 classes: validation 0.667 at step 0, test Dice 0 after "early stopping")."""
+    import numpy as np
+
+    from salt_seg.training.distributed import DistInfo
+    from salt_seg.training.loop import validate
+
+    absent = [i for i in range(len(data.val)) if not (np.asarray(data.val[i]["label"]) == 2).any()]
+    assert absent and len(absent) < len(data.val)  # class 2 is missing from some slices, present on others
+    cfg = tiny_config(prompt="auto")
+    dice, per_class, _ = validate(_AnswersNothing(), data, cfg, "cpu", DistInfo())
+    assert dice == 0.0 and per_class == {1: 0.0, 2: 0.0}
