@@ -42,6 +42,34 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     )
 
 
+def check_adam_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """The argument checks :class:`torch.optim.AdamW` makes, for the GaLore family."""
+    if lr < 0 or eps < 0 or weight_decay < 0:
+        raise ValueError("lr, eps and weight_decay must be >= 0")
+    if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+        raise ValueError(f"betas must be in [0, 1), got {betas}")
+
+
+def adam_moments(
+    state: dict[str, Any], grad: torch.Tensor, group: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Advance Adam's moments of ``grad`` (full or projected) in ``state``, as torch.optim.AdamW's single-tensor
+    arithmetic does, in its order; returns ``(exp_avg, denom, step_size)`` for ``p -= step_size * exp_avg / denom``."""
+    beta1, beta2 = group["betas"]
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    state["step"] += 1
+    step_t = state["step"].item()
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step_t
+    bias_correction2_sqrt = (1 - beta2**step_t) ** 0.5
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+    return exp_avg, denom, group["lr"] / bias_correction1
+
+
 class GaLoreAdamW(torch.optim.Optimizer):
     """AdamW with GaLore gradient projection for large 2-D weights (module docstring).
 
@@ -66,10 +94,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         scale: float = 0.25,
         min_dim: int = 64,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError("lr, eps and weight_decay must be >= 0")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        check_adam_args(lr, betas, eps, weight_decay)
         if rank < 1 or update_interval < 1 or min_dim < 1:
             raise ValueError("rank, update_interval and min_dim must be >= 1")
         defaults = {
@@ -107,8 +132,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -127,20 +151,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
                         state["projector"] = self._projector(grad, min(group["rank"], *p.shape))
                         state["refreshes"] = state.get("refreshes", 0) + 1
                     grad = self._project(grad, state["projector"])
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] += 1
-                step_t = state["step"].item()
-                # torch.optim.AdamW's single-tensor arithmetic, in this order
                 p.mul_(1 - lr * wd)
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                bias_correction1 = 1 - beta1**step_t
-                bias_correction2_sqrt = (1 - beta2**step_t) ** 0.5
-                step_size = lr / bias_correction1
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                exp_avg, denom, step_size = adam_moments(state, grad, group)
                 if low_rank:
                     update = self._project_back(exp_avg / denom, state["projector"], p.shape)
                     p.add_(update, alpha=-step_size * group["scale"])

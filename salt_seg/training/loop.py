@@ -113,6 +113,13 @@ def param_groups(model: torch.nn.Module, tc) -> list[dict[str, Any]]:  # noqa: A
 
 def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer:  # noqa: ANN001 - TrainSection
     """The optimizer ``train.optimizer`` names, over :func:`param_groups` (same groups and learning rates)."""
+    galore = {  # what GaLore and Q-GaLore share
+        "weight_decay": tc.weight_decay,
+        "rank": tc.galore_rank,
+        "update_interval": tc.galore_update_interval,
+        "scale": tc.galore_scale,
+        "min_dim": tc.galore_min_dim,
+    }
     if tc.optimizer == "galore":
         from salt_seg.training.galore import GaLoreAdamW, galore_eligible
 
@@ -124,14 +131,7 @@ def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer: 
             tc.galore_update_interval,
             tc.galore_scale,
         )
-        return GaLoreAdamW(
-            groups,
-            weight_decay=tc.weight_decay,
-            rank=tc.galore_rank,
-            update_interval=tc.galore_update_interval,
-            scale=tc.galore_scale,
-            min_dim=tc.galore_min_dim,
-        )
+        return GaLoreAdamW(groups, **galore)
     if tc.optimizer == "q-galore":
         from salt_seg.training.qgalore import QGaLoreAdamW
 
@@ -148,11 +148,7 @@ def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer: 
         )
         return QGaLoreAdamW(
             groups,
-            weight_decay=tc.weight_decay,
-            rank=tc.galore_rank,
-            update_interval=tc.galore_update_interval,
-            scale=tc.galore_scale,
-            min_dim=tc.galore_min_dim,
+            **galore,
             proj_bits=tc.qgalore_proj_bits,
             group_size=tc.qgalore_group_size,
             int8_weights=tc.qgalore_int8_weights,

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from salt_seg.training.galore import GaLoreAdamW, galore_eligible
+from salt_seg.training.galore import GaLoreAdamW, adam_moments, check_adam_args, galore_eligible
 
 __all__ = [
     "QGaLoreAdamW",
@@ -173,10 +173,7 @@ class QGaLoreAdamW(torch.optim.Optimizer):
         interval_growth: int = 2,
         seed: int = 0,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError("lr, eps and weight_decay must be >= 0")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        check_adam_args(lr, betas, eps, weight_decay)
         if min(rank, update_interval, min_dim, group_size, patience) < 1:
             raise ValueError("rank, update_interval, min_dim, group_size and patience must be >= 1")
         if not 2 <= proj_bits <= 8:
@@ -261,8 +258,7 @@ class QGaLoreAdamW(torch.optim.Optimizer):
                 loss = closure()
         index = -1
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
                 index += 1
                 if p.grad is None:
@@ -286,18 +282,7 @@ class QGaLoreAdamW(torch.optim.Optimizer):
                         self._refresh(grad, state, group, step)
                     proj = self._proj(state, group).to(grad.dtype)
                     grad = GaLoreAdamW._project(grad, proj)
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] += 1
-                step_t = state["step"].item()
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                bias_correction1 = 1 - beta1**step_t
-                bias_correction2_sqrt = (1 - beta2**step_t) ** 0.5
-                step_size = lr / bias_correction1
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                exp_avg, denom, step_size = adam_moments(state, grad, group)
                 if not low_rank:
                     p.mul_(1 - lr * wd)
                     p.addcdiv_(exp_avg, denom, value=-step_size)
