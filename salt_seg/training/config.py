@@ -145,8 +145,14 @@ class TrainSection:
         early_stop: stop after this many validations without improvement (0 = never).
         amp: ``none``, ``bf16`` or ``fp16`` (GPU only; ignored on CPU with a warning).
         grad_checkpoint: recompute encoder blocks in backward to save memory (large variants).
+        time_limit: a wall-clock budget in seconds for the whole run, validation included (0 = none). The cosine
+            decay then follows whichever is further along, the steps or the budget, and training ends at the first
+            step past the budget (validated, checkpointed and exported like the last step). Such a run's length
+            depends on the machine: it is not bit-reproducible, and its summary records the steps it made.
         seed: initialisation, augmentation and prompt seed.
-        num_workers: data-loader workers (0 keeps runs bit-reproducible on CPU).
+        num_workers: worker processes that make the coming steps' batches ahead (:mod:`salt_seg.training.prefetch`);
+            every batch is a function of (seed, step), so the run is the same as with 0 (made in the training
+            process), only faster where making samples is slow.
         overlays: validation overlays drawn into ``plots/``.
         optimizer: ``adamw`` or ``galore`` (:class:`salt_seg.training.galore.GaLoreAdamW`: AdamW whose moments
             of each 2-D weight matrix live in a rank-``galore_rank`` subspace of its gradient, for full
@@ -194,6 +200,7 @@ class TrainSection:
     early_stop: int = 0
     amp: str = "none"
     grad_checkpoint: bool = False
+    time_limit: float = 0.0
     seed: int = 0
     num_workers: int = 0
     overlays: int = 4
@@ -219,6 +226,10 @@ class TrainSection:
             raise ValueError(
                 "train.steps, train.batch_size, train.grad_accum and train.val_every must be >= 1"
             )
+        if not self.time_limit >= 0:
+            raise ValueError(f"train.time_limit must be >= 0 seconds (0 = none), got {self.time_limit}")
+        if self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         for name in ("lr_decoder", "lr_class_tokens", "lr_hires"):

@@ -26,7 +26,7 @@ from salt_seg import runs
 from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
-from salt_seg.training.batching import batch_indices, derive_seed, make_prompts, shard
+from salt_seg.training.batching import derive_seed, make_prompts
 from salt_seg.training.config import ExperimentConfig, load_config
 from salt_seg.training.distributed import (
     DistInfo,
@@ -37,6 +37,7 @@ from salt_seg.training.distributed import (
     init_distributed,
 )
 from salt_seg.training.losses import build_loss, mask_iou, soft_dice
+from salt_seg.training.prefetch import StepBatches, fetch, step_batches
 from salt_seg.training.schedule import warmup_cosine
 from salt_seg.training.types import TrainData
 
@@ -160,21 +161,6 @@ def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer: 
     return torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
 
 
-def _fetch(
-    ds: Any, indices: list[int], seed: int, step: int, augment: bool
-) -> tuple[torch.Tensor, torch.Tensor, list]:
-    images, labels, seeds = [], [], []
-    for i in indices:
-        s = derive_seed("sample", seed, step, i)
-        if augment and hasattr(ds, "set_random_state"):
-            ds.set_random_state(s)
-        item = ds[i]
-        images.append(item["image"])
-        labels.append(item["label"])
-        seeds.append(s)
-    return torch.stack(images), torch.stack(labels), seeds
-
-
 @torch.no_grad()
 def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistInfo, keep: int = 0):
     """Mean hard Dice over the validation slices and classes (fixed prompts), reduced across ranks; (slice, class)
@@ -193,7 +179,7 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
     bs = max(1, cfg.train.batch_size)
     for start in range(0, len(mine), bs):
         idx = mine[start : start + bs]
-        images, labels, _ = _fetch(data.val, idx, cfg.train.seed, -1, augment=False)
+        images, labels, _ = fetch(data.val, idx, cfg.train.seed, -1, augment=False)
         seeds = [derive_seed("val", cfg.train.seed, i) for i in idx]
         pb = make_prompts(
             labels, data.class_ids, cfg.train.prompt, seeds, box_jitter=0.0, n_points=cfg.train.points
@@ -402,7 +388,6 @@ def _train(
         meta["continual"] = continuation.metadata(run_dir)
 
     optimizer = build_optimizer(param_groups(model, tc), tc)
-    scheduler = warmup_cosine(optimizer, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
     use_amp = tc.amp != "none" and device.type == "cuda"
     if tc.amp != "none" and not use_amp:
         log.warning("train.amp=%s ignored on %s", tc.amp, device.type)
@@ -418,6 +403,14 @@ def _train(
 
     def elapsed() -> float:
         return earlier_seconds + time.perf_counter() - t_start
+
+    scheduler = warmup_cosine(
+        optimizer,
+        tc.steps,
+        tc.warmup_steps,
+        tc.min_lr_ratio,
+        time_fraction=(lambda: elapsed() / tc.time_limit) if tc.time_limit > 0 else None,
+    )
 
     if unit is not None:
         load_adapter(unit.adapter, model, expected_base_hash=base_hash)
@@ -502,7 +495,18 @@ def _train(
         offset = rd.append_metrics(run_dir, {"step": 0, "val_dice": init_dice}) if dist.is_main else 0
         save_checkpoint(0, offset)
     history = runs.read_metrics(run_dir) if dist.is_main else []
-    n_train = len(data.train)
+    batch_iter = step_batches(
+        StepBatches(
+            data.train,
+            tc,
+            data.class_ids,
+            cfg.data.augment,
+            dist.rank,
+            dist.world_size,
+            first_step=start_step,
+        ),
+        tc.num_workers,
+    )
     bar = tqdm(
         total=tc.steps,
         initial=start_step,
@@ -515,23 +519,18 @@ def _train(
     step = start_step
     # a run resumed from the checkpoint that stopped it early is finished (killed while exporting)
     stopped_early = bool(tc.early_stop and bad >= tc.early_stop)
-    while step < tc.steps and not stopped_early:
+    timed_out = bool(tc.time_limit) and not fresh and elapsed() >= tc.time_limit
+    while step < tc.steps and not stopped_early and not timed_out:
         if stop_after is not None and step >= stop_after:
             break
         ck.fault("step")
         ddp_model.train()
         optimizer.zero_grad(set_to_none=True)
-        global_idx = batch_indices(step, tc.batch_size * tc.grad_accum, n_train, tc.seed)
         losses = []
         seen = 0
-        for micro in range(tc.grad_accum):
-            chunk = global_idx[micro * tc.batch_size : (micro + 1) * tc.batch_size]
-            idx = shard(chunk, dist.rank, dist.world_size)
-            seen += len(idx)
-            images, labels, seeds = _fetch(data.train, idx, tc.seed, step, cfg.data.augment)
-            pb = make_prompts(
-                labels, data.class_ids, tc.prompt, seeds, box_jitter=tc.box_jitter, n_points=tc.points
-            )
+        for mb in next(batch_iter):
+            images, labels, pb = mb.images, mb.labels, mb.prompts
+            seen += mb.samples
             ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext()
             with ctx:
                 if pb.prompts:
@@ -571,7 +570,8 @@ def _train(
         row: dict[str, Any] = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
         if dist.enabled:  # how many samples each rank processed (they split the global batch)
             row["rank_samples"] = all_gather_objects(seen, dist)
-        validated = step % tc.val_every == 0 or step == tc.steps
+        timed_out = bool(tc.time_limit) and elapsed() >= tc.time_limit
+        validated = step % tc.val_every == 0 or step == tc.steps or timed_out
         if validated:
             val, per_class, examples = validate(
                 model, data, cfg, device, dist, keep=tc.overlays if dist.is_main else 0
@@ -596,8 +596,17 @@ def _train(
         if stopped_early:
             log.info("early stop at step %d (best %.4f at %d)", step, best, best_step)
             break
+        if timed_out:
+            log.info(
+                "time limit of %g s reached at step %d (best %.4f at %d)",
+                tc.time_limit,
+                step,
+                best,
+                best_step,
+            )
     bar.close()
-    finished = step >= tc.steps or stopped_early
+    batch_iter.close()  # stops the workers of a run that ends before its last step
+    finished = step >= tc.steps or stopped_early or timed_out
     seconds = elapsed()
     svd: dict[str, int] = {}
     if hasattr(optimizer, "svd_counts"):  # Q-GaLore: SVDs done vs a fixed refresh schedule
@@ -622,6 +631,7 @@ def _train(
                 "initial_val_dice": init_dice,
                 "steps": step,
                 "stopped_early": stopped_early,
+                "time_limited": timed_out,
                 "trainable_parameters": n_trainable,
                 "seconds": seconds,
                 "adapter": adapter_cfg.name,

@@ -154,11 +154,12 @@ def evaluate_prompted(model, ds, shape: tuple[int, int]) -> ObjectnessScores:
     model.eval()
     n_images = len(ds)
     tf = SliceTransform.create(shape, model.image_size, "longest")
+    device = next(model.parameters()).device
     box_d, fill_d, pt_d = [], [], []
     for i in range(n_images):
         item = ds[i]
         inst = item["label"].numpy()
-        emb = model.encode_images(item["image"][None])
+        emb = model.encode_images(item["image"][None].to(device))
         for k in range(1, int(inst.max()) + 1):
             m = inst == k
             if not m.any():
@@ -196,7 +197,7 @@ def _upsample(low: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
 
     up = F.interpolate(low[None, None].float(), size=shape, mode="bilinear", align_corners=False)[0, 0]
-    return (up > 0).numpy()
+    return (up > 0).cpu().numpy()
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -321,7 +322,7 @@ def run_pretraining(
 
     expected = info.content_hash if info is not None else None
     load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=expected, progress=False)
-    model.eval()
+    model.to(device).eval()
     scores = evaluate_objectness(model, heldout, params=heldout_params)
     anatomy = evaluate_prompted(model, heldout_anatomy(image_size, heldout), (image_size, image_size))
     meta = {
