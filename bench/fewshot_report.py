@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "nnunet", "floor")
 #: the frozen-decoder sweep (the paper's setting): compared with each other, ``salt_fd`` as the reference
 FROZEN = ("salt_fd", "lora_fd", "ssam_fd", "none_fd")
-ORDER = ORDER[:7] + FROZEN + ORDER[7:]
+#: full fine-tuning with a low-memory optimizer (issue 18): compared with ``full`` (AdamW)
+LOWMEM = ("full_galore", "full_qgalore", "full_qgalore_t25")
+ORDER = ORDER[:6] + LOWMEM + ORDER[6:7] + FROZEN + ORDER[7:]
+REFERENCES = (
+    ("salt", "SALT", lambda m: m not in FROZEN and m not in LOWMEM),
+    ("salt_fd", "SALT with the decoder frozen", lambda m: m in FROZEN),
+    ("full", "Full fine-tuning with AdamW", lambda m: m in LOWMEM),
+)
 
 
 PROMPTS = {"auto": "class tokens, no user input", "box": "one box per structure from the ground truth"}
@@ -99,12 +106,14 @@ def main() -> None:
                 statistics.fmean(dice),
                 statistics.stdev(dice) if len(dice) > 1 else 0,
             )
-        for ref, label in (("salt", "SALT"), ("salt_fd", "SALT with the decoder frozen")):
+        for ref, label, compared in REFERENCES:
             if ref not in methods:
                 continue
-            others = [m for m in ORDER if m in methods and m != ref and (m in FROZEN) == (ref in FROZEN)]
+            others = [m for m in ORDER if m in methods and m != ref and compared(m)]
             if ref in FROZEN and "salt" in methods:
                 others.append("salt")  # the same adapter with the decoder training
+            if not others:
+                continue
             print(f"\n{label} minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
             for m in others:
                 diffs = []
@@ -117,7 +126,7 @@ def main() -> None:
                         base = base / protocol
                     base = base / f"shots{shots}" / f"seed{r['seed']}"
                     a, b = per_slice(base / ref, prompt), per_slice(base / m, prompt)
-                    diffs += [a[k] - b[k] for k in a.keys() & b.keys()]
+                    diffs += [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
                 if diffs:
                     mean, lo, hi = bootstrap_ci(np.array(diffs))
                     print(f"- vs {m}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)} slice-class pairs)")
