@@ -1,9 +1,10 @@
 """Training checkpoints that survive ``kill -9`` and a full disk: one unit per step, published by one rename.
 
 A unit is the folder ``checkpoints/step-NNNNNN`` holding ``adapter.safetensors`` (the trainable tensors) and
-``state.pt`` (optimizer, scheduler, scaler, RNG, step, best step and Dice, and ``metrics_bytes``, the length of
-``metrics.jsonl`` when the unit was taken). It is written into ``checkpoints/.tmp-step-NNNNNN``, flushed to the
-disk, and renamed into place: a reader sees a whole unit or none. Nothing else points at it:
+``state.pt`` (:class:`TrainState`: optimizer, scheduler, scaler, RNG, step, best step and Dice, and
+``metrics_bytes``, the length of ``metrics.jsonl`` when the unit was taken). It is written into
+``checkpoints/.tmp-step-NNNNNN``, flushed to the disk, and renamed into place: a reader sees a whole unit or none.
+Nothing else points at it:
 
 - ``last`` is the unit with the highest step;
 - ``best`` is the unit its state names (``best_step``); when a step improves on the best, its unit is both, so the
@@ -29,10 +30,11 @@ import contextlib
 import errno
 import io
 import logging
+import math
 import os
 import shutil
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +78,78 @@ def fault(point: str, path: str | Path | None = None, before: Any = None) -> Non
 
 
 @dataclass
+class TrainState:
+    """The resume state of a training run: what a unit's ``state.pt`` holds (:meth:`to_dict`) and what ``--resume``
+    reads back (:meth:`from_dict`).
+
+    The training loop keeps its counters here; the optimizer, scheduler and scaler state dicts and torch's RNG state
+    are filled in when a unit is taken (empty in between).
+    """
+
+    step: int = 0
+    best_val_dice: float = math.nan
+    best_step: int = 0
+    bad_validations: int = 0  # validations in a row without improvement (``train.early_stop``)
+    initial_val_dice: float = math.nan  # the untrained adapter's, at step 0
+    seconds: float = 0.0  # training time so far, all segments of a resumed run together
+    metrics_bytes: int = 0  # metrics.jsonl's length at this step: a resumed run cuts it back to this
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)  # empty without fp16 gradient scaling
+    torch_rng: torch.Tensor | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``state.pt`` holds (format :data:`STATE_FORMAT`; plain types and tensors, so that it loads under
+        ``torch.load(weights_only=True)``)."""
+        return {
+            "format": STATE_FORMAT,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "step": self.step,
+            "best_val_dice": self.best_val_dice,
+            "best_step": self.best_step,
+            "bad_validations": self.bad_validations,
+            "initial_val_dice": self.initial_val_dice,
+            "torch_rng": self.torch_rng,
+            "seconds": self.seconds,
+            "metrics_bytes": self.metrics_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
+        """The state of a ``state.pt`` (:func:`load_last` checked its format); ``seconds`` is 0 in units written
+        before it was recorded."""
+        return cls(
+            step=int(state["step"]),
+            best_val_dice=float(state["best_val_dice"]),
+            best_step=int(state["best_step"]),
+            bad_validations=int(state["bad_validations"]),
+            initial_val_dice=float(state["initial_val_dice"]),
+            seconds=float(state.get("seconds", 0.0)),
+            metrics_bytes=int(state["metrics_bytes"]),
+            optimizer=state["optimizer"],
+            scheduler=state["scheduler"],
+            scaler=state["scaler"] or {},
+            torch_rng=state["torch_rng"],
+        )
+
+
+@dataclass
 class Unit:
     """A published checkpoint unit."""
 
     path: Path
     step: int
-    state: dict[str, Any]
+    state: dict[str, Any]  # state.pt as read; :attr:`train_state` is its typed form
 
     @property
     def adapter(self) -> Path:
         return self.path / "adapter.safetensors"
+
+    @property
+    def train_state(self) -> TrainState:
+        return TrainState.from_dict(self.state)
 
 
 def write_unit(run_dir: Path, step: int, adapter_bytes: bytes, state: dict[str, Any]) -> Path:

@@ -4,13 +4,16 @@ set up (run dir, device, ranks) -> base model -> adapter -> data -> optimiser ->
 (step 0, the first candidate for best) and checkpoint it -> for each step: batch, prompts, loss, step; every
 ``val_every`` steps: validate, plot, checkpoint -> final adapter (the best checkpoint's) + summary.
 
-Checkpoints are whole units published by one rename (:mod:`salt_seg.training.checkpoints`), so a run killed at any
-moment resumes (``resume=True``) to the very result of an uninterrupted one.
+These are the methods of :class:`Trainer`, whose one state object (:class:`~salt_seg.training.checkpoints.TrainState`)
+is what a checkpoint saves. Checkpoints are whole units published by one rename
+(:mod:`salt_seg.training.checkpoints`), so a run killed at any moment resumes (``resume=True``) to the very result of
+an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -37,7 +40,7 @@ from salt_seg.training.distributed import (
     init_distributed,
 )
 from salt_seg.training.losses import build_loss, mask_iou, soft_dice
-from salt_seg.training.prefetch import StepBatches, fetch, step_batches
+from salt_seg.training.prefetch import MicroBatch, StepBatches, fetch, step_batches
 from salt_seg.training.schedule import warmup_cosine
 from salt_seg.training.types import TrainData
 
@@ -54,34 +57,6 @@ class TrainResult:
     trainable_parameters: int
     seconds: float
     history: list[dict[str, Any]]
-
-
-def _state_to_save(
-    optimizer,
-    scheduler,
-    scaler,
-    step: int,
-    best: float,
-    best_step: int,
-    bad: int,
-    init_dice: float,
-    seconds: float,
-    metrics_bytes: int,
-):
-    return {
-        "format": ck.STATE_FORMAT,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "step": step,
-        "best_val_dice": best,
-        "best_step": best_step,
-        "bad_validations": bad,
-        "initial_val_dice": init_dice,
-        "torch_rng": torch.get_rng_state(),
-        "seconds": seconds,  # training time so far, all segments of a resumed run together
-        "metrics_bytes": metrics_bytes,  # metrics.jsonl's length at this step: a resumed run cuts it back to this
-    }
 
 
 def _improves(val: float, best: float) -> bool:
@@ -270,7 +245,17 @@ def train(
     unused = not resume and (not existed or not any(run_dir.iterdir()))
     try:
         with rd.writing(run_dir):
-            return _train(cfg, run_dir, resume, device, dist, data, progress, stop_after, t_start)
+            trainer = Trainer(
+                cfg,
+                run_dir,
+                resume=resume,
+                device=device,
+                dist=dist,
+                data=data,
+                progress=progress,
+                t_start=t_start,
+            )
+            return trainer.run(stop_after)
     except (ValueError, TypeError, LookupError, FileNotFoundError):  # the user's config or data
         if unused and dist.is_main and run_dir.is_dir() and not runs.published_steps(run_dir):
             # refused before its first checkpoint: leave --out as it was, so that the corrected command can use it
@@ -290,273 +275,349 @@ def train(
         cleanup(dist)
 
 
-def _train(
-    cfg: ExperimentConfig,
-    run_dir: Path,
-    resume: bool,
-    device: torch.device,
-    dist: DistInfo,
-    data: TrainData | None,
-    progress: bool,
-    stop_after: int | None,
-    t_start: float,
-) -> TrainResult:
-    from tqdm.auto import tqdm
+class Trainer:
+    """One training run.
 
-    from salt_seg.adapters import (
-        adapter_regularization,
-        encode_adapter,
-        load_adapter,
-        trainable_parameters,
-    )
+    The constructor sets the run up: the run directory (and the last checkpoint unit when resuming), the data, the
+    model with its adapter, the optimizer and schedule, and restores the unit. :meth:`run` trains: one
+    :meth:`step` at a time, validating and checkpointing every ``val_every`` steps, then exports the best adapter
+    and the summary (:meth:`finish`).
 
-    if dist.is_main:
-        rd.prepare_run_dir(run_dir, resume=resume, config=cfg.to_dict())
-        ck.fault("configured")
-    barrier(dist)
-    if resume:
-        # compared through the typed config, so a key added since the run started takes its default
-        if load_config(run_dir / runs.RUN_MARKER) != cfg:
+    :attr:`state` (:class:`~salt_seg.training.checkpoints.TrainState`) holds the run's counters; each checkpoint
+    unit saves it with the optimizer's, scheduler's, scaler's and RNG's states (:meth:`save_checkpoint`) beside the
+    adapter, and ``--resume`` starts from the one it reads (:meth:`_restore`).
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run_dir: Path,
+        *,
+        resume: bool,
+        device: torch.device,
+        dist: DistInfo,
+        data: TrainData | None,
+        progress: bool,
+        t_start: float,
+    ) -> None:
+        self.cfg, self.tc = cfg, cfg.train
+        self.run_dir, self.device, self.dist, self.progress = run_dir, device, dist, progress
+        self.t_start = t_start
+        self.earlier_seconds = 0.0  # time spent by the segments before a resume (up to their last checkpoint)
+        self.state = ck.TrainState()
+        unit = self._open_run_dir(resume)
+        self.fresh = unit is None
+        self.data, self.record, self.continuation = self._load_data(data)
+        self._build_model()
+        self._build_optimizer()
+        if unit is not None:
+            self._restore(unit)
+        self._write_run_files(resume)
+        self.ddp_model: torch.nn.Module = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp_model = DistributedDataParallel(self.model, find_unused_parameters=True)
+        self.loss_fn = build_loss(self.tc.loss)
+        self.reg_weight = float(cfg.adapter.reg_weight or 0.0)
+
+    def elapsed(self) -> float:
+        """Training time so far, the segments before a resume included."""
+        return self.earlier_seconds + time.perf_counter() - self.t_start
+
+    # --- set-up -----------------------------------------------------------------------------------------------------
+    def _open_run_dir(self, resume: bool) -> ck.Unit | None:
+        """Create (or check, when resuming) the run directory; the last checkpoint unit, checked whole, or ``None``
+        (a fresh run, or one killed before its first unit: it starts again from step 0)."""
+        cfg, run_dir = self.cfg, self.run_dir
+        if self.dist.is_main:
+            rd.prepare_run_dir(run_dir, resume=resume, config=cfg.to_dict())
+            ck.fault("configured")
+        barrier(self.dist)
+        if resume:
+            # compared through the typed config, so a key added since the run started takes its default
+            if load_config(run_dir / runs.RUN_MARKER) != cfg:
+                raise ValueError(
+                    f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
+                )
+        unit = ck.load_last(run_dir) if resume else None
+        if resume and unit is None:
+            log.info("%s: no checkpoint yet; starting again from step 0", run_dir)
+        return unit
+
+    def _load_data(self, data: TrainData | None) -> tuple[TrainData, Any, Any]:
+        """The datasets, the preprocessing record and, for continual training, the
+        :class:`~salt_seg.training.continual.Continuation` (the earlier run's classes kept, this dataset's renamed
+        after them)."""
+        cfg = self.cfg
+        record = cfg.preprocessing
+        if data is None:
+            from salt_seg.training.data import build_train_data
+
+            data = build_train_data(cfg, record)
+        if data.record is not None:
+            record = data.record
+        if len(data.train) == 0:
             raise ValueError(
-                f"{run_dir}: --resume with a different config; resume takes the run's own config.yaml"
+                f"{cfg.data.path or 'dataset'}: no training slices with foreground; check the labels/split"
             )
-    # the last checkpoint unit, checked whole; a run killed before its first one starts again from step 0
-    unit = ck.load_last(run_dir) if resume else None
-    fresh = unit is None
-    if resume and fresh:
-        log.info("%s: no checkpoint yet; starting again from step 0", run_dir)
-    record = cfg.preprocessing
-    adapter_cfg = cfg.adapter
-    tc = cfg.train
+        continuation = None
+        if self.tc.continue_from:
+            from salt_seg.training.continual import Continuation
 
-    if data is None:
-        from salt_seg.training.data import build_train_data
+            continuation = Continuation(cfg, data)
+            data, record = continuation.data, continuation.data.record
+        return data, record, continuation
 
-        data = build_train_data(cfg, record)
-    if data.record is not None:
-        record = data.record
-    if len(data.train) == 0:
-        raise ValueError(
-            f"{cfg.data.path or 'dataset'}: no training slices with foreground; check the labels/split"
+    def _build_model(self) -> None:
+        """Base + class tokens + adapter, all initialised from the seed without touching global RNG (the same
+        function ``salt-seg params --config`` counts with); a randomly initialised base is saved with the run."""
+        from salt_seg.adapters import trainable_parameters
+        from salt_seg.training.model import build_training_model
+
+        cfg, dist, continuation = self.cfg, self.dist, self.continuation
+        own_base = (
+            cfg.model.checkpoint is None and not self.fresh
+        )  # a randomly initialised base saved with the run
+        if own_base:
+            checkpoint: str | None = str(self.run_dir / "base.safetensors")
+        else:
+            checkpoint = continuation.base_checkpoint if continuation is not None else None
+        built = build_training_model(
+            cfg,
+            continuation.num_classes if continuation is not None else len(self.data.class_ids),
+            checkpoint=checkpoint,
+            progress=self.progress and dist.is_main,
+        )
+        self.model, self.base_hash = built.model, built.base_hash
+        if cfg.model.checkpoint is None and dist.is_main and self.fresh:
+            from safetensors.torch import save
+
+            base_sd = {k: v.contiguous() for k, v in built.base_state.items()}
+            atomic_write_bytes(
+                self.run_dir / "base.safetensors", save(base_sd, metadata={"base_hash": self.base_hash})
+            )
+            ck.fault("base-written")
+        if (
+            continuation is not None
+        ):  # before a resumed unit is loaded: the constraints come from the earlier run
+            continuation.attach(self.model, self.base_hash, progress=self.progress and dist.is_main)
+        self.model.to(self.device)
+        if continuation is not None:
+            continuation.to(self.device)
+        self.ceiling = (
+            output_ceiling(self.data, self.record.image_size, self.model.output_size) if dist.is_main else {}
+        )
+        self.params = trainable_parameters(self.model)
+        self.n_trainable = sum(p.numel() for p in self.params)
+        self.meta: dict[str, Any] = {
+            "base_variant": self.model.variant,
+            "base_hash": self.base_hash,
+            "base_checkpoint": cfg.model.checkpoint or "run:base.safetensors",
+        }
+        if continuation is not None:
+            self.meta["continual"] = continuation.metadata(self.run_dir)
+
+    def _build_optimizer(self) -> None:
+        """The optimizer, mixed precision (and fp16's gradient scaler), gradient checkpointing, and the schedule
+        (which follows the clock too under ``train.time_limit``)."""
+        tc, device = self.tc, self.device
+        self.optimizer = build_optimizer(param_groups(self.model, tc), tc)
+        self.use_amp = tc.amp != "none" and device.type == "cuda"
+        if tc.amp != "none" and not self.use_amp:
+            log.warning("train.amp=%s ignored on %s", tc.amp, device.type)
+        self.amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and tc.amp == "fp16" else None
+        if tc.grad_checkpoint:
+            from salt_seg.training.memory import enable_grad_checkpointing
+
+            enable_grad_checkpointing(self.model)
+        self.scheduler = warmup_cosine(
+            self.optimizer,
+            tc.steps,
+            tc.warmup_steps,
+            tc.min_lr_ratio,
+            time_fraction=(lambda: self.elapsed() / tc.time_limit) if tc.time_limit > 0 else None,
         )
 
-    continuation = None
-    if (
-        tc.continue_from
-    ):  # continual training: the earlier run's classes kept, this dataset's renamed after them
-        from salt_seg.training.continual import Continuation
+    def _restore(self, unit: ck.Unit) -> None:
+        """Continue from a checkpoint unit: its adapter, optimizer, scheduler, scaler and RNG, its counters, and
+        ``metrics.jsonl`` cut back to the unit's length."""
+        from salt_seg.adapters import load_adapter
 
-        continuation = Continuation(cfg, data)
-        data, record = continuation.data, continuation.data.record
+        load_adapter(unit.adapter, self.model, expected_base_hash=self.base_hash)
+        saved = unit.train_state
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.scheduler.load_state_dict(saved.scheduler)
+        if self.scaler is not None and saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        assert saved.torch_rng is not None
+        torch.set_rng_state(saved.torch_rng)
+        self.earlier_seconds = saved.seconds
+        # the counters; the optimizer's and the others' states live in their objects until the next unit
+        self.state = dataclasses.replace(saved, optimizer={}, scheduler={}, scaler={}, torch_rng=None)
+        if self.dist.is_main:
+            rd.truncate_metrics(self.run_dir, saved.metrics_bytes)
+            ck.prune(self.run_dir, keep={saved.step, saved.best_step})
 
-    # -- model: base + class tokens + adapter, all initialised from the seed without touching global RNG (the same
-    # function ``salt-seg params --config`` counts with)
-    from salt_seg.training.model import build_training_model
-
-    own_base = (
-        cfg.model.checkpoint is None and not fresh
-    )  # a randomly initialised base was saved with the run
-    built = build_training_model(
-        cfg,
-        continuation.num_classes if continuation is not None else len(data.class_ids),
-        checkpoint=str(run_dir / "base.safetensors")
-        if own_base
-        else (continuation.base_checkpoint if continuation is not None else None),
-        progress=progress and dist.is_main,
-    )
-    model, base_hash = built.model, built.base_hash
-    if cfg.model.checkpoint is None and dist.is_main and fresh:
-        from safetensors.torch import save
-
-        base_sd = {k: v.contiguous() for k, v in built.base_state.items()}
-        atomic_write_bytes(run_dir / "base.safetensors", save(base_sd, metadata={"base_hash": base_hash}))
-        ck.fault("base-written")
-    if continuation is not None:  # before a resumed unit is loaded: the constraints come from the earlier run
-        continuation.attach(model, base_hash, progress=progress and dist.is_main)
-    model.to(device)
-    if continuation is not None:
-        continuation.to(device)
-    ceiling = output_ceiling(data, record.image_size, model.output_size) if dist.is_main else {}
-    params = trainable_parameters(model)
-    n_trainable = sum(p.numel() for p in params)
-    meta = {
-        "base_variant": model.variant,
-        "base_hash": base_hash,
-        "base_checkpoint": cfg.model.checkpoint or "run:base.safetensors",
-    }
-    if continuation is not None:
-        meta["continual"] = continuation.metadata(run_dir)
-
-    optimizer = build_optimizer(param_groups(model, tc), tc)
-    use_amp = tc.amp != "none" and device.type == "cuda"
-    if tc.amp != "none" and not use_amp:
-        log.warning("train.amp=%s ignored on %s", tc.amp, device.type)
-    amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and tc.amp == "fp16" else None
-    if tc.grad_checkpoint:
-        from salt_seg.training.memory import enable_grad_checkpointing
-
-        enable_grad_checkpointing(model)
-
-    start_step, best, best_step, bad, init_dice = 0, math.nan, 0, 0, math.nan
-    earlier_seconds = 0.0  # time spent by the segments before a resume (up to their last checkpoint)
-
-    def elapsed() -> float:
-        return earlier_seconds + time.perf_counter() - t_start
-
-    scheduler = warmup_cosine(
-        optimizer,
-        tc.steps,
-        tc.warmup_steps,
-        tc.min_lr_ratio,
-        time_fraction=(lambda: elapsed() / tc.time_limit) if tc.time_limit > 0 else None,
-    )
-
-    if unit is not None:
-        load_adapter(unit.adapter, model, expected_base_hash=base_hash)
-        state = unit.state
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        start_step, best, best_step = (
-            int(state["step"]),
-            float(state["best_val_dice"]),
-            int(state["best_step"]),
-        )
-        bad, init_dice = int(state["bad_validations"]), float(state["initial_val_dice"])
-        torch.set_rng_state(state["torch_rng"])
-        earlier_seconds = float(state.get("seconds", 0.0))
-        if dist.is_main:
-            rd.truncate_metrics(run_dir, int(state["metrics_bytes"]))
-            ck.prune(run_dir, keep={start_step, best_step})
-    if dist.is_main and resume:  # temporary files of writes the interruption cut short
-        rd.remove_leftovers(run_dir)
-        rd.remove_leftovers(run_dir / "plots")
-    if fresh and dist.is_main:
-        rd.truncate_metrics(run_dir, 0)  # rows of a run killed before its first checkpoint
-        atomic_write_json(
-            run_dir / "provenance.json",
-            rd.provenance(
-                {
-                    "seed": tc.seed,
-                    "device": str(device),
-                    "world_size": dist.world_size,
-                    "dataset_hash": data.dataset_hash,
-                    "base_hash": base_hash,
-                    "trainable_parameters": n_trainable,
-                }
-            ),
-            default=str,
-        )
-        if data.split:
-            atomic_write_json(run_dir / "split.json", data.split, default=str)
-
-    ddp_model = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(model, find_unused_parameters=True)
-    loss_fn = build_loss(tc.loss)
-    reg_weight = float(adapter_cfg.reg_weight or 0.0)
-
-    def save_checkpoint(step: int, metrics_bytes: int) -> None:
-        """One unit: the adapter, the training state and the metrics offset, published by one rename."""
-        if not dist.is_main:
+    def _write_run_files(self, resume: bool) -> None:
+        """Leftovers of an interrupted run removed; a fresh run's provenance and split."""
+        if not self.dist.is_main:
             return
-        blob = encode_adapter(
-            model,
-            adapter_cfg,
-            base_variant=model.variant,
-            base_hash=base_hash,
-            preprocessing=record,
-            class_names=record.classes,
-            extra={**meta, "step": step, "best_step": best_step},
-        )
-        state = _state_to_save(
-            optimizer, scheduler, scaler, step, best, best_step, bad, init_dice, elapsed(), metrics_bytes
-        )
-        ck.write_unit(run_dir, step, blob, state)
+        run_dir, data = self.run_dir, self.data
+        if resume:  # temporary files of writes the interruption cut short
+            rd.remove_leftovers(run_dir)
+            rd.remove_leftovers(run_dir / "plots")
+        if self.fresh:
+            rd.truncate_metrics(run_dir, 0)  # rows of a run killed before its first checkpoint
+            atomic_write_json(
+                run_dir / "provenance.json",
+                rd.provenance(
+                    {
+                        "seed": self.tc.seed,
+                        "device": str(self.device),
+                        "world_size": self.dist.world_size,
+                        "dataset_hash": data.dataset_hash,
+                        "base_hash": self.base_hash,
+                        "trainable_parameters": self.n_trainable,
+                    }
+                ),
+                default=str,
+            )
+            if data.split:
+                atomic_write_json(run_dir / "split.json", data.split, default=str)
 
-    def plot_best(examples: list) -> None:
-        if dist.is_main and examples:
-            from salt_seg.training.plots import plot_overlays
+    # --- training ---------------------------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``train.steps`` (or early stop, or the time limit; ``stop_after``: stop as if interrupted after
+        that many steps in total), then :meth:`finish`."""
+        from tqdm.auto import tqdm
 
-            plot_overlays(run_dir / "plots" / "val_overlays.png", examples, record)
-
-    if fresh:
-        # step 0: the untrained adapter is the first candidate for best, and the first checkpoint
-        init_dice, _, examples = validate(
-            model, data, cfg, device, dist, keep=tc.overlays if dist.is_main else 0
+        tc, dist, state = self.tc, self.dist, self.state
+        if self.fresh:
+            self.validate_untrained()
+        history = runs.read_metrics(self.run_dir) if dist.is_main else []
+        batch_iter = step_batches(
+            StepBatches(
+                self.data.train,
+                tc,
+                self.data.class_ids,
+                self.cfg.data.augment,
+                dist.rank,
+                dist.world_size,
+                first_step=state.step,
+            ),
+            tc.num_workers,
         )
-        best, best_step = init_dice, 0
-        ck.fault("initial-validation")
-        plot_best(examples)
-        offset = rd.append_metrics(run_dir, {"step": 0, "val_dice": init_dice}) if dist.is_main else 0
-        save_checkpoint(0, offset)
-    history = runs.read_metrics(run_dir) if dist.is_main else []
-    batch_iter = step_batches(
-        StepBatches(
-            data.train,
-            tc,
-            data.class_ids,
-            cfg.data.augment,
-            dist.rank,
-            dist.world_size,
-            first_step=start_step,
-        ),
-        tc.num_workers,
-    )
-    bar = tqdm(
-        total=tc.steps,
-        initial=start_step,
-        disable=not (progress and dist.is_main),
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    last_val = best
-    step = start_step
-    # a run resumed from the checkpoint that stopped it early is finished (killed while exporting)
-    stopped_early = bool(tc.early_stop and bad >= tc.early_stop)
-    timed_out = bool(tc.time_limit) and not fresh and elapsed() >= tc.time_limit
-    while step < tc.steps and not stopped_early and not timed_out:
-        if stop_after is not None and step >= stop_after:
-            break
-        ck.fault("step")
-        ddp_model.train()
-        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(
+            total=tc.steps,
+            initial=state.step,
+            disable=not (self.progress and dist.is_main),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        last_val = state.best_val_dice
+        # a run resumed from the checkpoint that stopped it early is finished (killed while exporting)
+        stopped_early = bool(tc.early_stop and state.bad_validations >= tc.early_stop)
+        timed_out = bool(tc.time_limit) and not self.fresh and self.elapsed() >= tc.time_limit
+        while state.step < tc.steps and not stopped_early and not timed_out:
+            if stop_after is not None and state.step >= stop_after:
+                break
+            ck.fault("step")
+            row = self.step(next(batch_iter))
+            timed_out = bool(tc.time_limit) and self.elapsed() >= tc.time_limit
+            validated = state.step % tc.val_every == 0 or state.step == tc.steps or timed_out
+            if validated:
+                last_val = self.validate_step(row)
+                if tc.early_stop and state.bad_validations >= tc.early_stop:
+                    stopped_early = True
+            offset = 0
+            if dist.is_main:  # the row goes in before the checkpoint that records the file's length
+                offset = rd.append_metrics(self.run_dir, row)
+                history.append(row)
+            if validated:
+                self.save_checkpoint(offset)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", val_dice=f"{last_val:.3f}", refresh=False)
+            bar.update(1)
+            if stopped_early:
+                log.info(
+                    "early stop at step %d (best %.4f at %d)",
+                    state.step,
+                    state.best_val_dice,
+                    state.best_step,
+                )
+                break
+            if timed_out:
+                log.info(
+                    "time limit of %g s reached at step %d (best %.4f at %d)",
+                    tc.time_limit,
+                    state.step,
+                    state.best_val_dice,
+                    state.best_step,
+                )
+        bar.close()
+        batch_iter.close()  # stops the workers of a run that ends before its last step
+        finished = state.step >= tc.steps or stopped_early or timed_out
+        return self.finish(history, finished=finished, stopped_early=stopped_early, timed_out=timed_out)
+
+    def step(self, micro_batches: list[MicroBatch]) -> dict[str, Any]:
+        """One optimizer step over a step's micro-batches (gradients accumulated); its metrics row."""
+        self.ddp_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
         losses = []
         seen = 0
-        for mb in next(batch_iter):
-            images, labels, pb = mb.images, mb.labels, mb.prompts
+        for mb in micro_batches:
             seen += mb.samples
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-            with ctx:
-                if pb.prompts:
-                    logits, iou_pred = ddp_model(images.to(device), pb.prompts, pb.image_index)
-                    up = F.interpolate(
-                        logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
-                    )
-                    targets = pb.targets.to(device)
-                    # SAM's IoU head (part of the mask decoder) learns the quality of its own mask where the decoder
-                    # trains (adapter.train_mask_decoder); inference reads it only with confidence "iou" or a
-                    # propagation IoU threshold, both off by default
-                    iou_loss = F.mse_loss(iou_pred[:, 0].float(), mask_iou(up.detach(), targets))
-                    loss = loss_fn(up, targets) + iou_loss
-                else:  # nothing to prompt on this rank's share: keep DDP in step with a zero loss
-                    loss = sum(p.sum() * 0.0 for p in params)
-                if reg_weight > 0:
-                    loss = loss + reg_weight * adapter_regularization(model)
-            losses.append(float(loss.detach()))
-            loss = loss / tc.grad_accum
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            losses.append(self._backward(mb))
+        self._apply_gradients()
+        self.state.step += 1
+        mean_loss = float(all_reduce_mean(torch.tensor(np.mean(losses)), self.dist))
+        row: dict[str, Any] = {
+            "step": self.state.step,
+            "loss": mean_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        if self.dist.enabled:  # how many samples each rank processed (they split the global batch)
+            row["rank_samples"] = all_gather_objects(seen, self.dist)
+        return row
+
+    def _backward(self, mb: MicroBatch) -> float:
+        """Forward and backward of one micro-batch (its gradients scaled for accumulation); its loss."""
+        from salt_seg.adapters import adapter_regularization
+
+        device, pb = self.device, mb.prompts
+        ctx = torch.autocast(device.type, dtype=self.amp_dtype) if self.use_amp else contextlib.nullcontext()
+        with ctx:
+            if pb.prompts:
+                logits, iou_pred = self.ddp_model(mb.images.to(device), pb.prompts, pb.image_index)
+                up = F.interpolate(
+                    logits.float(), size=mb.labels.shape[-2:], mode="bilinear", align_corners=False
+                )
+                targets = pb.targets.to(device)
+                # SAM's IoU head (part of the mask decoder) learns the quality of its own mask where the decoder
+                # trains (adapter.train_mask_decoder); inference reads it only with confidence "iou" or a
+                # propagation IoU threshold, both off by default
+                iou_loss = F.mse_loss(iou_pred[:, 0].float(), mask_iou(up.detach(), targets))
+                loss = self.loss_fn(up, targets) + iou_loss
+            else:  # nothing to prompt on this rank's share: keep DDP in step with a zero loss
+                loss = sum(p.sum() * 0.0 for p in self.params)
+            if self.reg_weight > 0:
+                loss = loss + self.reg_weight * adapter_regularization(self.model)
+        value = float(loss.detach())
+        loss = loss / self.tc.grad_accum
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return value
+
+    def _apply_gradients(self) -> None:
+        """Unscale, constrain (continual training), clip, step the optimizer and the schedule."""
+        optimizer, scaler, continuation = self.optimizer, self.scaler, self.continuation
         if scaler is not None:
             scaler.unscale_(optimizer)
         if continuation is not None:
             continuation.before_step()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        if self.tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.tc.grad_clip)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -564,81 +625,117 @@ def _train(
             optimizer.step()
         if continuation is not None:
             continuation.after_step()
-        scheduler.step()
-        step += 1
-        mean_loss = float(all_reduce_mean(torch.tensor(np.mean(losses)), dist))
-        row: dict[str, Any] = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
-        if dist.enabled:  # how many samples each rank processed (they split the global batch)
-            row["rank_samples"] = all_gather_objects(seen, dist)
-        timed_out = bool(tc.time_limit) and elapsed() >= tc.time_limit
-        validated = step % tc.val_every == 0 or step == tc.steps or timed_out
-        if validated:
-            val, per_class, examples = validate(
-                model, data, cfg, device, dist, keep=tc.overlays if dist.is_main else 0
-            )
-            row.update({"val_dice": val, "val_dice_per_class": per_class})
-            last_val = val
-            if _improves(val, best):
-                best, best_step, bad = val, step, 0
-                plot_best(examples)
-            else:
-                bad += 1
-            if tc.early_stop and bad >= tc.early_stop:
-                stopped_early = True
-        offset = 0
-        if dist.is_main:  # the row goes in before the checkpoint that records the file's length
-            offset = rd.append_metrics(run_dir, row)
-            history.append(row)
-        if validated:
-            save_checkpoint(step, offset)
-        bar.set_postfix(loss=f"{mean_loss:.4f}", val_dice=f"{last_val:.3f}", refresh=False)
-        bar.update(1)
-        if stopped_early:
-            log.info("early stop at step %d (best %.4f at %d)", step, best, best_step)
-            break
-        if timed_out:
-            log.info(
-                "time limit of %g s reached at step %d (best %.4f at %d)",
-                tc.time_limit,
-                step,
-                best,
-                best_step,
-            )
-    bar.close()
-    batch_iter.close()  # stops the workers of a run that ends before its last step
-    finished = step >= tc.steps or stopped_early or timed_out
-    seconds = elapsed()
-    svd: dict[str, int] = {}
-    if hasattr(optimizer, "svd_counts"):  # Q-GaLore: SVDs done vs a fixed refresh schedule
-        svd["svd_refreshes"], svd["svd_refreshes_fixed_schedule"] = optimizer.svd_counts()
-        log.info(
-            "Q-GaLore: %d SVDs (a fixed schedule: %d)",
-            svd["svd_refreshes"],
-            svd["svd_refreshes_fixed_schedule"],
-        )
-    if dist.is_main and finished:
-        best_unit = runs.unit_path(run_dir, best_step) / "adapter.safetensors"
-        atomic_write_bytes(run_dir / "adapter.safetensors", best_unit.read_bytes())
-        ck.fault("exported")
-        from salt_seg.training.plots import plot_curves
+        self.scheduler.step()
 
-        plot_curves(run_dir / "plots" / "curves.png", history)
-        atomic_write_json(
-            run_dir / "summary.json",
-            {
-                "best_val_dice": best,
-                "best_step": best_step,
-                "initial_val_dice": init_dice,
-                "steps": step,
-                "stopped_early": stopped_early,
-                "time_limited": timed_out,
-                "trainable_parameters": n_trainable,
-                "seconds": seconds,
-                "adapter": adapter_cfg.name,
-                "resolution_ceiling": ceiling,
-            }
-            | svd,
-            default=str,
+    # --- validation and checkpoints ---------------------------------------------------------------------------------
+    def _validate(self) -> tuple[float, dict[int, float], list]:
+        keep = self.tc.overlays if self.dist.is_main else 0
+        return validate(self.model, self.data, self.cfg, self.device, self.dist, keep=keep)
+
+    def validate_untrained(self) -> None:
+        """Step 0: the untrained adapter is the first candidate for best, and the first checkpoint."""
+        init_dice, _, examples = self._validate()
+        self.state.initial_val_dice = self.state.best_val_dice = init_dice
+        self.state.best_step = 0
+        ck.fault("initial-validation")
+        self._plot_best(examples)
+        offset = (
+            rd.append_metrics(self.run_dir, {"step": 0, "val_dice": init_dice}) if self.dist.is_main else 0
         )
-    barrier(dist)
-    return TrainResult(run_dir, best, best_step, step, init_dice, n_trainable, seconds, history)
+        self.save_checkpoint(offset)
+
+    def validate_step(self, row: dict[str, Any]) -> float:
+        """Validate after a step (the Dice goes into ``row``), keep the best; the validation Dice."""
+        val, per_class, examples = self._validate()
+        row.update({"val_dice": val, "val_dice_per_class": per_class})
+        state = self.state
+        if _improves(val, state.best_val_dice):
+            state.best_val_dice, state.best_step, state.bad_validations = val, state.step, 0
+            self._plot_best(examples)
+        else:
+            state.bad_validations += 1
+        return val
+
+    def _plot_best(self, examples: list) -> None:
+        if self.dist.is_main and examples:
+            from salt_seg.training.plots import plot_overlays
+
+            plot_overlays(self.run_dir / "plots" / "val_overlays.png", examples, self.record)
+
+    def save_checkpoint(self, metrics_bytes: int) -> None:
+        """One unit of the current step: the adapter and :attr:`state` with the optimizer's, scheduler's, scaler's
+        and RNG's states, published by one rename (rank 0)."""
+        if not self.dist.is_main:
+            return
+        from salt_seg.adapters import encode_adapter
+
+        state, model, record = self.state, self.model, self.record
+        blob = encode_adapter(
+            model,
+            self.cfg.adapter,
+            base_variant=model.variant,
+            base_hash=self.base_hash,
+            preprocessing=record,
+            class_names=record.classes,
+            extra={**self.meta, "step": state.step, "best_step": state.best_step},
+        )
+        state.seconds, state.metrics_bytes = self.elapsed(), metrics_bytes
+        unit = dataclasses.replace(
+            state,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else {},
+            torch_rng=torch.get_rng_state(),
+        )
+        ck.write_unit(self.run_dir, state.step, blob, unit.to_dict())
+
+    # --- the end ----------------------------------------------------------------------------------------------------
+    def finish(
+        self, history: list[dict[str, Any]], *, finished: bool, stopped_early: bool, timed_out: bool
+    ) -> TrainResult:
+        """A finished run: the best unit's adapter as the run's adapter, the curves and ``summary.json``."""
+        state = self.state
+        seconds = self.elapsed()
+        svd: dict[str, int] = {}
+        if hasattr(self.optimizer, "svd_counts"):  # Q-GaLore: SVDs done vs a fixed refresh schedule
+            svd["svd_refreshes"], svd["svd_refreshes_fixed_schedule"] = self.optimizer.svd_counts()
+            log.info(
+                "Q-GaLore: %d SVDs (a fixed schedule: %d)",
+                svd["svd_refreshes"],
+                svd["svd_refreshes_fixed_schedule"],
+            )
+        if self.dist.is_main and finished:
+            best_unit = runs.unit_path(self.run_dir, state.best_step) / "adapter.safetensors"
+            atomic_write_bytes(self.run_dir / "adapter.safetensors", best_unit.read_bytes())
+            ck.fault("exported")
+            from salt_seg.training.plots import plot_curves
+
+            plot_curves(self.run_dir / "plots" / "curves.png", history)
+            atomic_write_json(
+                self.run_dir / "summary.json",
+                {
+                    "best_val_dice": state.best_val_dice,
+                    "best_step": state.best_step,
+                    "initial_val_dice": state.initial_val_dice,
+                    "steps": state.step,
+                    "stopped_early": stopped_early,
+                    "time_limited": timed_out,
+                    "trainable_parameters": self.n_trainable,
+                    "seconds": seconds,
+                    "adapter": self.cfg.adapter.name,
+                    "resolution_ceiling": self.ceiling,
+                }
+                | svd,
+                default=str,
+            )
+        barrier(self.dist)
+        return TrainResult(
+            self.run_dir,
+            state.best_val_dice,
+            state.best_step,
+            state.step,
+            state.initial_val_dice,
+            self.n_trainable,
+            seconds,
+            history,
+        )

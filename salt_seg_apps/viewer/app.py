@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -243,8 +244,9 @@ class ViewerApp:
         return out
 
     # --- page -------------------------------------------------------------------------------------------------------
-    def _build(self) -> gr.Blocks:  # noqa: PLR0915 - one linear layout
-        names = self.registry.names
+    def _build(self) -> gr.Blocks:
+        """The page: the controls on the left, the slice on the right, and the events wired to the handlers."""
+        ui = SimpleNamespace()  # the page's components by name, filled by the panel builders
         with gr.Blocks(title="salt-seg viewer", analytics_enabled=False) as demo:  # no calls home
             gr.Markdown(
                 "### salt-seg viewer · SAM with SALT adapters on NIfTI / DICOM · research use only, not a "
@@ -253,273 +255,221 @@ class ViewerApp:
             )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=330, elem_id="viewer-controls"):
-                    upload = gr.File(
-                        label="Open a volume: NIfTI, DICOM zip, or several DICOM files (replaces the open one)",
-                        file_count="multiple",  # no file_types: DICOM files often have no extension
-                        elem_id="viewer-upload",
-                        height=110,
-                    )
-                    series = gr.Dropdown(
-                        label="DICOM series", choices=[], visible=False, elem_id="viewer-series"
-                    )
-                    open_series = gr.Button("Open series", visible=False, elem_id="viewer-open-series")
-                    model = gr.Dropdown(label="Model", choices=names, value=names[0], elem_id="viewer-model")
-                    model_note = gr.Markdown(elem_id="viewer-model-note")
-                    with gr.Row():
-                        view_axis = gr.Radio(
-                            list(h.VIEW_NAMES), value="Axial", label="View", elem_id="viewer-view", scale=3
-                        )
-                    tool = gr.Radio(
-                        list(TOOLS),
-                        value=TOOLS[0],
-                        label="Click tool (keys P N B R E I)",
-                        elem_id="viewer-tool",
-                    )
-                    brush = gr.Slider(0, 30, value=3, step=1, label="Brush / eraser radius (voxels)")
-                    with gr.Group(elem_id="viewer-label-box"):
-                        label = gr.Dropdown(
-                            label="Active label", choices=[("1: label 1", 1)], value=1, elem_id="viewer-label"
-                        )
-                        volumes = gr.HTML(elem_id="viewer-volumes")
-                        new_label = gr.Textbox(
-                            label="Label name",
-                            placeholder="e.g. liver",
-                            elem_id="viewer-new-label",
-                        )
-                        with gr.Row():
-                            add_label = gr.Button("Add", size="sm", elem_id="viewer-add-label")
-                            rename_label = gr.Button(
-                                "Rename active", size="sm", elem_id="viewer-rename-label"
-                            )
-                            delete_label = gr.Button(
-                                "Delete active", size="sm", elem_id="viewer-delete-label"
-                            )
-                    opacity = gr.Slider(
-                        0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="viewer-opacity"
-                    )
-                    with gr.Accordion("Window / level", open=False):
-                        preset = gr.Dropdown(
-                            [(h.PRESET_NAMES[p], p) for p in PRESETS], value="auto", label="Preset"
-                        )
-                        level = gr.Slider(-1024, 3071, value=40, label="Level", elem_id="viewer-level")
-                        width = gr.Slider(1, 4000, value=400, label="Width", elem_id="viewer-width")
-                    with gr.Accordion("Files: label maps and prompts", open=False):
-                        load_labels = gr.File(
-                            label="Load a label map: NIfTI (with its .json sidecar for names and colours), or a "
-                            "DICOM-SEG / RTSTRUCT of the open series",
-                            file_count="multiple",
-                            file_types=[".nii", ".gz", ".nrrd", ".mha", ".json", ".dcm"],
-                            elem_id="viewer-load-labels",
-                            height=110,
-                        )
-                        load_prompts = gr.File(
-                            label="Load prompts (JSON)",
-                            file_types=[".json"],
-                            elem_id="viewer-load-prompts",
-                            height=110,
-                        )
-                        save_prompts = gr.Button("Save prompts", elem_id="viewer-save-prompts")
-                        export_format = gr.Radio(
-                            list(EXPORT_FORMATS),
-                            value="NIfTI",
-                            label="Export as (DICOM-SEG and RTSTRUCT: volumes opened from a DICOM series)",
-                            elem_id="viewer-export-format",
-                        )
+                    self._volume_panel(ui)
+                    self._tool_panel(ui)
+                    self._label_panel(ui)
+                    self._window_panel(ui)
+                    self._files_panel(ui)
                 with gr.Column(scale=2, elem_id="viewer-main"):
-                    with gr.Row(elem_id="viewer-actions"):
-                        undo = gr.Button("↶ Undo (Ctrl+Z)", size="sm", elem_id="viewer-undo")
-                        clear = gr.Button("Clear slice", size="sm", elem_id="viewer-clear")
-                        auto_slice = gr.Button("Auto: slice", size="sm", elem_id="viewer-auto-slice")
-                        auto_volume = gr.Button("Auto: volume", size="sm", elem_id="viewer-auto-volume")
-                        propagate = gr.Button("Propagate", size="sm", elem_id="viewer-propagate")
-                        export = gr.Button("Export", size="sm", variant="primary", elem_id="viewer-export")
-                    status = gr.Markdown(elem_id="viewer-status")
-                    with gr.Row(visible=False, elem_id="viewer-confirm") as confirm:
-                        confirm_open = gr.Button(
-                            "Discard labels and open the new volume",
-                            variant="stop",
-                            size="sm",
-                            elem_id="viewer-confirm-open",
-                        )
-                        cancel_open = gr.Button(
-                            "Keep working on this one", size="sm", elem_id="viewer-cancel-open"
-                        )
-                    image = gr.Image(
-                        format="png",
-                        type="numpy",
-                        interactive=False,
-                        show_label=False,
-                        elem_id="viewer-image",
-                        buttons=["fullscreen"],
-                    )
-                    with gr.Row(equal_height=True):
-                        prev = gr.Button("◀ Prev", scale=0, min_width=80, size="sm", elem_id="viewer-prev")
-                        slider = gr.Slider(
-                            0, 1, value=0, step=1, label="Slice (wheel, ↑ ↓)", elem_id="viewer-slice", scale=4
-                        )
-                        nxt = gr.Button("Next ▶", scale=0, min_width=80, size="sm", elem_id="viewer-next")
-                    cursor = gr.Markdown(elem_id="viewer-cursor")
-                    info = gr.Markdown(elem_id="viewer-info")
-                    download = gr.File(
-                        label="Download",
-                        file_count="multiple",
-                        interactive=False,
-                        elem_id="viewer-download",  # hidden by the CSS until there is something to download
-                    )
-                    hover = gr.Textbox(visible="hidden", elem_id="viewer-hover")
-                    hover_btn = gr.Button("hover", visible="hidden", elem_id="viewer-hover-btn")
-                    command = gr.Textbox(visible="hidden", elem_id="viewer-cmd")
-                    command_btn = gr.Button("command", visible="hidden", elem_id="viewer-cmd-btn")
-                    click_x = gr.Number(visible=False)
-                    click_y = gr.Number(visible=False)
-                    click_btn = gr.Button("click", visible=False)
-
-            comps: dict[str, Any] = {
-                "image": image,
-                "slice": slider,
-                "info": info,
-                "cursor": cursor,
-                "volumes": volumes,
-                "status": status,
-                "series": series,
-                "labels": label,
-                "view_axis": view_axis,
-                "level": level,
-                "width": width,
-                "preset": preset,
-                "download": download,
-                "model_note": model_note,
-                "confirm": confirm,
-                "upload": upload,
-                "load_labels": load_labels,
-                "new_label": new_label,
-            }
-            outputs = [*comps.values(), open_series]
-
-            def to_gradio(updates: h.Updates) -> dict[Any, Any]:
-                out: dict[Any, Any] = {}
-                for key, value in updates.items():
-                    comp = comps[key]
-                    out[comp] = gr.update(**value) if isinstance(value, dict) else value
-                    if key == "series" and isinstance(value, dict) and "visible" in value:
-                        out[open_series] = gr.update(visible=value["visible"])
-                return out
-
-            def bind(
-                handler: Callable[..., h.Updates], *extra: Any, n: int = 1
-            ) -> Callable[..., dict[Any, Any]]:
-                """An event function with ``n`` component inputs (Gradio needs fixed signatures to inject the
-                request), running ``handler(session, *inputs, *extra)`` under the tab's lock."""
-
-                def call(request: gr.Request, args: tuple[Any, ...]) -> dict[Any, Any]:
-                    return to_gradio(self.run_event(request, lambda s: handler(s, *args, *extra)))
-
-                if n == 0:
-
-                    def fn0(request: gr.Request) -> dict[Any, Any]:
-                        return call(request, ())
-
-                    return fn0
-                if n == 1:
-
-                    def fn1(a: Any, request: gr.Request) -> dict[Any, Any]:
-                        return call(request, (a,))
-
-                    return fn1
-
-                def fn2(a: Any, b: Any, request: gr.Request) -> dict[Any, Any]:
-                    return call(request, (a, b))
-
-                return fn2
-
-            def bind_progress(handler: Callable[..., h.Updates]) -> Callable[..., dict[Any, Any]]:
-                def fn(
-                    request: gr.Request, progress: gr.Progress = gr.Progress(track_tqdm=True)
-                ) -> dict[Any, Any]:  # noqa: B008
-                    return to_gradio(
-                        self.run_event(request, lambda s: handler(s, lambda f, d: progress(f, desc=d)))
-                    )
-
-                return fn
-
-            def on_select(request: gr.Request, evt: gr.SelectData) -> dict[Any, Any]:
-                return to_gradio(self.run_event(request, lambda s: h.on_select(s, evt)))
-
-            def on_hover(text: str, request: gr.Request) -> dict[Any, Any]:
-                out = self.run_event(request, lambda s: h.on_hover(s, text), note=False, lock=False)
-                return to_gradio({"cursor": out.get("cursor", "")})
-
-            def on_load(request: gr.Request) -> dict[Any, Any]:
-                return to_gradio(self.run_event(request, self._open_initial))
-
-            def on_unload(request: gr.Request) -> None:
-                try:
-                    self.sessions.close(self.session_key(request))
-                except PermissionError:
-                    pass
-
-            quiet = {"show_progress": "hidden"}
-            busy = {"show_progress_on": [image]}  # progress on the picture, not on every output
-            demo.load(on_load, None, outputs, api_name="load")
-            demo.unload(on_unload)
-            upload.upload(bind(h.on_upload, self.policy), upload, outputs, api_name="upload", **busy)
-            open_series.click(
-                bind(h.on_open_series, self.policy), series, outputs, api_name="open_series", **busy
-            )
-            model.input(bind(h.on_model), model, outputs, api_name="model", **busy)
-            view_axis.input(bind(h.on_axis), view_axis, outputs, api_name="view", **quiet)
-            preset.input(bind(h.on_preset), preset, outputs, api_name="preset", **quiet)
-            level.release(bind(h.on_window, n=2), [level, width], outputs, api_name="window", **quiet)
-            width.release(bind(h.on_window, n=2), [level, width], outputs, api_name=False, **quiet)
-            tool.input(bind(h.on_tool), tool, outputs, api_name="tool", **quiet)
-            brush.release(bind(h.on_brush), brush, outputs, api_name="brush", **quiet)
-            label.input(bind(h.on_label), label, outputs, api_name="label", **quiet)
-            add_label.click(
-                bind(h.on_add_label), new_label, outputs, api_name="add_label", show_progress_on=[status]
-            )
-            opacity.release(bind(h.on_opacity), opacity, outputs, api_name="opacity", **quiet)
-            slider.input(
-                bind(h.on_slice), slider, outputs, api_name="slice", trigger_mode="always_last", **quiet
-            )
-            prev.click(bind(h.on_step, -1, n=0), None, outputs, api_name="prev", **quiet)
-            nxt.click(bind(h.on_step, 1, n=0), None, outputs, api_name="next", **quiet)
-            image.select(on_select, None, outputs, api_name=False, **quiet)
-            click_btn.click(bind(h.on_click_xy, n=2), [click_x, click_y], outputs, api_name="click")
-            hover_btn.click(
-                on_hover, hover, [cursor], api_name=False, queue=False, trigger_mode="always_last", **quiet
-            )
-            undo.click(bind(h.on_undo, n=0), None, outputs, api_name="undo", **quiet)
-            confirm_open.click(
-                bind(h.on_confirm_open, self.policy, n=0), None, outputs, api_name="confirm_open", **busy
-            )
-            cancel_open.click(bind(h.on_cancel_open, n=0), None, outputs, api_name="cancel_open", **quiet)
-            rename_label.click(bind(h.on_rename_label), new_label, outputs, api_name="rename_label", **quiet)
-            delete_label.click(bind(h.on_delete_label, n=0), None, outputs, api_name="delete_label", **quiet)
-            command_btn.click(
-                bind(h.on_command), command, outputs, api_name="command", trigger_mode="multiple", **quiet
-            )
-            clear.click(bind(h.on_clear, n=0), None, outputs, api_name="clear", **quiet)
-            auto_slice.click(bind(h.on_auto_slice, n=0), None, outputs, api_name="auto_slice", **busy)
-            auto_volume.click(bind_progress(h.on_auto_volume), None, outputs, api_name="auto_volume", **busy)
-            propagate.click(bind_progress(h.on_propagate), None, outputs, api_name="propagate", **busy)
-            export.click(
-                bind(h.on_export), export_format, outputs, api_name="export", show_progress_on=[status]
-            )
-            save_prompts.click(
-                bind(h.on_save_prompts, n=0),
-                None,
-                outputs,
-                api_name="save_prompts",
-                show_progress_on=[status],
-            )
-            load_prompts.upload(
-                bind(h.on_load_prompts, self.policy), load_prompts, outputs, api_name="load_prompts", **busy
-            )
-            load_labels.upload(
-                bind(h.on_load_labels, self.policy), load_labels, outputs, api_name="load_labels", **busy
-            )
+                    self._action_bar(ui)
+                    self._image_panel(ui)
+                    _script_bridge(ui)
+            self._wire_events(demo, ui, _Events(self, ui))
         demo.queue(default_concurrency_limit=8)
         return demo
+
+    def _volume_panel(self, ui: SimpleNamespace) -> None:
+        """Open a volume (upload, or the choice of a DICOM series) and choose the model."""
+        names = self.registry.names
+        ui.upload = gr.File(
+            label="Open a volume: NIfTI, DICOM zip, or several DICOM files (replaces the open one)",
+            file_count="multiple",  # no file_types: DICOM files often have no extension
+            elem_id="viewer-upload",
+            height=110,
+        )
+        ui.series = gr.Dropdown(label="DICOM series", choices=[], visible=False, elem_id="viewer-series")
+        ui.open_series = gr.Button("Open series", visible=False, elem_id="viewer-open-series")
+        ui.model = gr.Dropdown(label="Model", choices=names, value=names[0], elem_id="viewer-model")
+        ui.model_note = gr.Markdown(elem_id="viewer-model-note")
+
+    @staticmethod
+    def _tool_panel(ui: SimpleNamespace) -> None:
+        """The view (axial, coronal, sagittal) and the click tool with its brush radius."""
+        with gr.Row():
+            ui.view_axis = gr.Radio(
+                list(h.VIEW_NAMES), value="Axial", label="View", elem_id="viewer-view", scale=3
+            )
+        ui.tool = gr.Radio(
+            list(TOOLS),
+            value=TOOLS[0],
+            label="Click tool (keys P N B R E I)",
+            elem_id="viewer-tool",
+        )
+        ui.brush = gr.Slider(0, 30, value=3, step=1, label="Brush / eraser radius (voxels)")
+
+    @staticmethod
+    def _label_panel(ui: SimpleNamespace) -> None:
+        """The active label, the labels' volumes, adding, renaming and deleting labels, and the overlay opacity."""
+        with gr.Group(elem_id="viewer-label-box"):
+            ui.label = gr.Dropdown(
+                label="Active label", choices=[("1: label 1", 1)], value=1, elem_id="viewer-label"
+            )
+            ui.volumes = gr.HTML(elem_id="viewer-volumes")
+            ui.new_label = gr.Textbox(
+                label="Label name",
+                placeholder="e.g. liver",
+                elem_id="viewer-new-label",
+            )
+            with gr.Row():
+                ui.add_label = gr.Button("Add", size="sm", elem_id="viewer-add-label")
+                ui.rename_label = gr.Button("Rename active", size="sm", elem_id="viewer-rename-label")
+                ui.delete_label = gr.Button("Delete active", size="sm", elem_id="viewer-delete-label")
+        ui.opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="viewer-opacity")
+
+    @staticmethod
+    def _window_panel(ui: SimpleNamespace) -> None:
+        """Window / level: a preset or the two sliders."""
+        with gr.Accordion("Window / level", open=False):
+            ui.preset = gr.Dropdown([(h.PRESET_NAMES[p], p) for p in PRESETS], value="auto", label="Preset")
+            ui.level = gr.Slider(-1024, 3071, value=40, label="Level", elem_id="viewer-level")
+            ui.width = gr.Slider(1, 4000, value=400, label="Width", elem_id="viewer-width")
+
+    @staticmethod
+    def _files_panel(ui: SimpleNamespace) -> None:
+        """Label maps and prompts in and out, and the export format."""
+        with gr.Accordion("Files: label maps and prompts", open=False):
+            ui.load_labels = gr.File(
+                label="Load a label map: NIfTI (with its .json sidecar for names and colours), or a "
+                "DICOM-SEG / RTSTRUCT of the open series",
+                file_count="multiple",
+                file_types=[".nii", ".gz", ".nrrd", ".mha", ".json", ".dcm"],
+                elem_id="viewer-load-labels",
+                height=110,
+            )
+            ui.load_prompts = gr.File(
+                label="Load prompts (JSON)",
+                file_types=[".json"],
+                elem_id="viewer-load-prompts",
+                height=110,
+            )
+            ui.save_prompts = gr.Button("Save prompts", elem_id="viewer-save-prompts")
+            ui.export_format = gr.Radio(
+                list(EXPORT_FORMATS),
+                value="NIfTI",
+                label="Export as (DICOM-SEG and RTSTRUCT: volumes opened from a DICOM series)",
+                elem_id="viewer-export-format",
+            )
+
+    @staticmethod
+    def _action_bar(ui: SimpleNamespace) -> None:
+        """Undo, clear, automatic segmentation, propagation and export; the status line; the confirmation asked
+        before an open volume with labels is replaced."""
+        with gr.Row(elem_id="viewer-actions"):
+            ui.undo = gr.Button("↶ Undo (Ctrl+Z)", size="sm", elem_id="viewer-undo")
+            ui.clear = gr.Button("Clear slice", size="sm", elem_id="viewer-clear")
+            ui.auto_slice = gr.Button("Auto: slice", size="sm", elem_id="viewer-auto-slice")
+            ui.auto_volume = gr.Button("Auto: volume", size="sm", elem_id="viewer-auto-volume")
+            ui.propagate = gr.Button("Propagate", size="sm", elem_id="viewer-propagate")
+            ui.export = gr.Button("Export", size="sm", variant="primary", elem_id="viewer-export")
+        ui.status = gr.Markdown(elem_id="viewer-status")
+        with gr.Row(visible=False, elem_id="viewer-confirm") as ui.confirm:
+            ui.confirm_open = gr.Button(
+                "Discard labels and open the new volume",
+                variant="stop",
+                size="sm",
+                elem_id="viewer-confirm-open",
+            )
+            ui.cancel_open = gr.Button("Keep working on this one", size="sm", elem_id="viewer-cancel-open")
+
+    @staticmethod
+    def _image_panel(ui: SimpleNamespace) -> None:
+        """The slice with its overlay, slice navigation, the cursor readout, the volume's info and the downloads."""
+        ui.image = gr.Image(
+            format="png",
+            type="numpy",
+            interactive=False,
+            show_label=False,
+            elem_id="viewer-image",
+            buttons=["fullscreen"],
+        )
+        with gr.Row(equal_height=True):
+            ui.prev = gr.Button("◀ Prev", scale=0, min_width=80, size="sm", elem_id="viewer-prev")
+            ui.slider = gr.Slider(
+                0, 1, value=0, step=1, label="Slice (wheel, ↑ ↓)", elem_id="viewer-slice", scale=4
+            )
+            ui.nxt = gr.Button("Next ▶", scale=0, min_width=80, size="sm", elem_id="viewer-next")
+        ui.cursor = gr.Markdown(elem_id="viewer-cursor")
+        ui.info = gr.Markdown(elem_id="viewer-info")
+        ui.download = gr.File(
+            label="Download",
+            file_count="multiple",
+            interactive=False,
+            elem_id="viewer-download",  # hidden by the CSS until there is something to download
+        )
+
+    def _wire_events(self, demo: gr.Blocks, ui: SimpleNamespace, ev: _Events) -> None:
+        """Each control's event to its handler (:mod:`salt_seg_apps.viewer.handlers`); every event updates
+        :attr:`_Events.outputs`."""
+        outputs, bind, bind_progress, policy = ev.outputs, ev.bind, ev.bind_progress, self.policy
+        quiet = {"show_progress": "hidden"}
+        busy = {"show_progress_on": [ui.image]}  # progress on the picture, not on every output
+        demo.load(ev.on_load, None, outputs, api_name="load")
+        demo.unload(ev.on_unload)
+        ui.upload.upload(bind(h.on_upload, policy), ui.upload, outputs, api_name="upload", **busy)
+        ui.open_series.click(
+            bind(h.on_open_series, policy), ui.series, outputs, api_name="open_series", **busy
+        )
+        ui.model.input(bind(h.on_model), ui.model, outputs, api_name="model", **busy)
+        ui.view_axis.input(bind(h.on_axis), ui.view_axis, outputs, api_name="view", **quiet)
+        ui.preset.input(bind(h.on_preset), ui.preset, outputs, api_name="preset", **quiet)
+        window = [ui.level, ui.width]
+        ui.level.release(bind(h.on_window, n=2), window, outputs, api_name="window", **quiet)
+        ui.width.release(bind(h.on_window, n=2), window, outputs, api_name=False, **quiet)
+        ui.tool.input(bind(h.on_tool), ui.tool, outputs, api_name="tool", **quiet)
+        ui.brush.release(bind(h.on_brush), ui.brush, outputs, api_name="brush", **quiet)
+        ui.label.input(bind(h.on_label), ui.label, outputs, api_name="label", **quiet)
+        ui.add_label.click(
+            bind(h.on_add_label), ui.new_label, outputs, api_name="add_label", show_progress_on=[ui.status]
+        )
+        ui.opacity.release(bind(h.on_opacity), ui.opacity, outputs, api_name="opacity", **quiet)
+        ui.slider.input(
+            bind(h.on_slice), ui.slider, outputs, api_name="slice", trigger_mode="always_last", **quiet
+        )
+        ui.prev.click(bind(h.on_step, -1, n=0), None, outputs, api_name="prev", **quiet)
+        ui.nxt.click(bind(h.on_step, 1, n=0), None, outputs, api_name="next", **quiet)
+        ui.image.select(ev.on_select, None, outputs, api_name=False, **quiet)
+        ui.click_btn.click(bind(h.on_click_xy, n=2), [ui.click_x, ui.click_y], outputs, api_name="click")
+        ui.hover_btn.click(
+            ev.on_hover,
+            ui.hover,
+            [ui.cursor],
+            api_name=False,
+            queue=False,
+            trigger_mode="always_last",
+            **quiet,
+        )
+        ui.undo.click(bind(h.on_undo, n=0), None, outputs, api_name="undo", **quiet)
+        ui.confirm_open.click(
+            bind(h.on_confirm_open, policy, n=0), None, outputs, api_name="confirm_open", **busy
+        )
+        ui.cancel_open.click(bind(h.on_cancel_open, n=0), None, outputs, api_name="cancel_open", **quiet)
+        ui.rename_label.click(
+            bind(h.on_rename_label), ui.new_label, outputs, api_name="rename_label", **quiet
+        )
+        ui.delete_label.click(bind(h.on_delete_label, n=0), None, outputs, api_name="delete_label", **quiet)
+        ui.command_btn.click(
+            bind(h.on_command), ui.command, outputs, api_name="command", trigger_mode="multiple", **quiet
+        )
+        ui.clear.click(bind(h.on_clear, n=0), None, outputs, api_name="clear", **quiet)
+        ui.auto_slice.click(bind(h.on_auto_slice, n=0), None, outputs, api_name="auto_slice", **busy)
+        ui.auto_volume.click(bind_progress(h.on_auto_volume), None, outputs, api_name="auto_volume", **busy)
+        ui.propagate.click(bind_progress(h.on_propagate), None, outputs, api_name="propagate", **busy)
+        ui.export.click(
+            bind(h.on_export), ui.export_format, outputs, api_name="export", show_progress_on=[ui.status]
+        )
+        ui.save_prompts.click(
+            bind(h.on_save_prompts, n=0),
+            None,
+            outputs,
+            api_name="save_prompts",
+            show_progress_on=[ui.status],
+        )
+        ui.load_prompts.upload(
+            bind(h.on_load_prompts, policy), ui.load_prompts, outputs, api_name="load_prompts", **busy
+        )
+        ui.load_labels.upload(
+            bind(h.on_load_labels, policy), ui.load_labels, outputs, api_name="load_labels", **busy
+        )
 
     # --- running ------------------------------------------------------------------------------------------------------
     def launch_kwargs(self) -> dict[str, Any]:
@@ -580,6 +530,114 @@ class ViewerApp:
             if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
                 self._previous_sigterm = None
+
+
+def _script_bridge(ui: SimpleNamespace) -> None:
+    """Hidden inputs through which the page's script (:mod:`salt_seg_apps.viewer.page`) sends the hovered voxel,
+    keyboard commands and clicks in image coordinates."""
+    ui.hover = gr.Textbox(visible="hidden", elem_id="viewer-hover")
+    ui.hover_btn = gr.Button("hover", visible="hidden", elem_id="viewer-hover-btn")
+    ui.command = gr.Textbox(visible="hidden", elem_id="viewer-cmd")
+    ui.command_btn = gr.Button("command", visible="hidden", elem_id="viewer-cmd-btn")
+    ui.click_x = gr.Number(visible=False)
+    ui.click_y = gr.Number(visible=False)
+    ui.click_btn = gr.Button("click", visible=False)
+
+
+class _Events:
+    """The event functions of one page: each runs a handler on the tab's session
+    (:meth:`ViewerApp.run_event`) and turns the handler's updates, keyed by name, into Gradio's.
+
+    :attr:`outputs` is what every event updates, in this order (tests read the positions): the components of
+    :attr:`comps`, then the "Open series" button (shown with the series choice).
+    """
+
+    def __init__(self, app: ViewerApp, ui: SimpleNamespace) -> None:
+        self.app = app
+        self.comps: dict[str, Any] = {
+            "image": ui.image,
+            "slice": ui.slider,
+            "info": ui.info,
+            "cursor": ui.cursor,
+            "volumes": ui.volumes,
+            "status": ui.status,
+            "series": ui.series,
+            "labels": ui.label,
+            "view_axis": ui.view_axis,
+            "level": ui.level,
+            "width": ui.width,
+            "preset": ui.preset,
+            "download": ui.download,
+            "model_note": ui.model_note,
+            "confirm": ui.confirm,
+            "upload": ui.upload,
+            "load_labels": ui.load_labels,
+            "new_label": ui.new_label,
+        }
+        self.open_series = ui.open_series
+        self.outputs = [*self.comps.values(), ui.open_series]
+
+    def to_gradio(self, updates: h.Updates) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for key, value in updates.items():
+            comp = self.comps[key]
+            out[comp] = gr.update(**value) if isinstance(value, dict) else value
+            if key == "series" and isinstance(value, dict) and "visible" in value:
+                out[self.open_series] = gr.update(visible=value["visible"])
+        return out
+
+    def bind(
+        self, handler: Callable[..., h.Updates], *extra: Any, n: int = 1
+    ) -> Callable[..., dict[Any, Any]]:
+        """An event function with ``n`` component inputs (Gradio needs fixed signatures to inject the request),
+        running ``handler(session, *inputs, *extra)`` under the tab's lock."""
+
+        def call(request: gr.Request, args: tuple[Any, ...]) -> dict[Any, Any]:
+            return self.to_gradio(self.app.run_event(request, lambda s: handler(s, *args, *extra)))
+
+        if n == 0:
+
+            def fn0(request: gr.Request) -> dict[Any, Any]:
+                return call(request, ())
+
+            return fn0
+        if n == 1:
+
+            def fn1(a: Any, request: gr.Request) -> dict[Any, Any]:
+                return call(request, (a,))
+
+            return fn1
+
+        def fn2(a: Any, b: Any, request: gr.Request) -> dict[Any, Any]:
+            return call(request, (a, b))
+
+        return fn2
+
+    def bind_progress(self, handler: Callable[..., h.Updates]) -> Callable[..., dict[Any, Any]]:
+        """An event function without inputs whose handler reports progress (shown on the image)."""
+
+        def fn(request: gr.Request, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> dict[Any, Any]:  # noqa: B008
+            return self.to_gradio(
+                self.app.run_event(request, lambda s: handler(s, lambda f, d: progress(f, desc=d)))
+            )
+
+        return fn
+
+    def on_select(self, request: gr.Request, evt: gr.SelectData) -> dict[Any, Any]:
+        return self.to_gradio(self.app.run_event(request, lambda s: h.on_select(s, evt)))
+
+    def on_hover(self, text: str, request: gr.Request) -> dict[Any, Any]:
+        out = self.app.run_event(request, lambda s: h.on_hover(s, text), note=False, lock=False)
+        return self.to_gradio({"cursor": out.get("cursor", "")})
+
+    def on_load(self, request: gr.Request) -> dict[Any, Any]:
+        return self.to_gradio(self.app.run_event(request, self.app._open_initial))
+
+    def on_unload(self, request: gr.Request) -> None:
+        try:
+            self.app.sessions.close(self.app.session_key(request))
+        except PermissionError:
+            pass
 
 
 def _upload_roots() -> list[Path]:

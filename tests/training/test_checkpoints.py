@@ -163,6 +163,65 @@ def test_reference_run_keeps_the_best_and_the_last_unit(reference) -> None:
     assert unit.state["metrics_bytes"] == (reference / "metrics.jsonl").stat().st_size
 
 
+def _same(a, b) -> bool:
+    """Equal values, tensors compared exactly, dicts with their keys in the same order, NaN equal to NaN."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and a != a:
+        return isinstance(b, float) and b != b
+    return type(a) is type(b) and a == b
+
+
+def test_train_state_is_what_state_pt_holds(reference, tmp_path) -> None:
+    """``TrainState.to_dict`` writes exactly what a unit's ``state.pt`` holds and ``from_dict`` reads it back; both
+    round-trip through ``torch.load(weights_only=True)``."""
+    for step in runs.published_steps(reference):
+        raw = torch.load(runs.unit_path(reference, step) / "state.pt", weights_only=True)
+        state = ck.TrainState.from_dict(raw)
+        assert state.step == step and state.best_step == 6 and state.seconds > 0
+        assert state.optimizer["state"] and state.scheduler["last_epoch"] == step
+        assert _same(state.to_dict(), raw)  # the same keys in the same order, the same values
+        torch.save(state.to_dict(), tmp_path / "state.pt")
+        again = ck.TrainState.from_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+        assert _same(again.to_dict(), raw)
+    # a state of every kind: NaN Dice (no validation slices), an fp16 scaler, a fresh RNG state
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    scaler = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000}
+    state = ck.TrainState(
+        step=7,
+        best_val_dice=float("nan"),
+        best_step=7,
+        bad_validations=2,
+        initial_val_dice=float("nan"),
+        seconds=1.5,
+        metrics_bytes=321,
+        optimizer=opt.state_dict(),
+        scheduler={"last_epoch": 7, "_last_lr": [1e-3]},
+        scaler=scaler | {"_growth_tracker": 3},
+        torch_rng=torch.get_rng_state(),
+    )
+    torch.save(state.to_dict(), tmp_path / "kinds.pt")
+    raw = torch.load(tmp_path / "kinds.pt", weights_only=True)
+    assert raw["format"] == ck.STATE_FORMAT
+    again = ck.TrainState.from_dict(raw)
+    assert _same(again.to_dict(), state.to_dict())
+    assert (
+        again.step == 7
+        and again.scaler["_growth_tracker"] == 3
+        and again.best_val_dice != again.best_val_dice
+    )
+    # a unit written before the training time was recorded resumes with 0 s so far
+    old = {k: v for k, v in raw.items() if k != "seconds"}
+    assert ck.TrainState.from_dict(old).seconds == 0.0
+
+
 def test_sigkill_between_publishing_and_pruning_resumes_exactly(run_config, reference, tmp_path) -> None:
     """One kill (fast): the second unit (step 3) is published, the superseded step 0 not yet deleted."""
     run = tmp_path / "run"
