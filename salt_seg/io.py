@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,6 @@ def nifti_image(
     units: bool = True,
 ) -> Any:
     """A NIfTI image of ``array`` on ``affine`` (see :func:`save_nifti` for the arguments)."""
-    import nibabel as nib
 
     arr = np.asarray(array)
     if dtype is not None:
@@ -332,7 +332,6 @@ def save_nifti(
         ValueError: ``path`` is not a NIfTI name.
         OSError: the write failed, naming ``path``; an existing file keeps its content and nothing is left behind.
     """
-    import nibabel as nib
 
     suffix = nifti_suffix(path)
     img = nifti_image(array, affine, dtype=dtype, header=header, units=units)

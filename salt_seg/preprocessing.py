@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:  # torch is imported lazily so the CLI stays fast
     import torch
@@ -245,8 +247,6 @@ def prepare_slice(
     Raises:
         ValueError: the slice is not 2-D (or 2-D + channels) or holds NaN/Inf.
     """
-    import torch
-    import torch.nn.functional as F
 
     arr = np.asarray(slice_2d)
     if arr.ndim == 2:
@@ -283,7 +283,6 @@ def prepare_slice(
 def logits_to_original(logits: torch.Tensor, transform: SliceTransform) -> torch.Tensor:
     """Map mask logits (``... x h x w``, low resolution or at the input size) back to the slice's original
     ``H x W`` (bilinear)."""
-    import torch.nn.functional as F
 
     lead = logits.shape[:-2]
     x = logits.reshape(-1, 1, *logits.shape[-2:]).float()

@@ -26,6 +26,7 @@ the model's slices.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -362,7 +363,6 @@ def box_from_points(p0: Sequence[float], p1: Sequence[float]) -> tuple[float, fl
 
 def mirror_prompt(prompt: Prompt, width: int) -> Prompt:
     """``prompt`` on the slice mirrored left-right (columns reversed; ``width`` columns)."""
-    import dataclasses
 
     last = width - 1
     box = None

@@ -37,6 +37,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from salt_seg.adapters import read_adapter_metadata
+
 #: the file whose presence makes a folder a run directory (written first)
 RUN_MARKER = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -86,7 +88,6 @@ def published_steps(run_dir: Path) -> list[int]:
 
 def best_adapter(run_dir: Path) -> Path | None:
     """The best checkpoint's adapter file of an unfinished run (``None`` when it has no unit)."""
-    from salt_seg.adapters import read_adapter_metadata
 
     steps = published_steps(run_dir)
     if not steps:

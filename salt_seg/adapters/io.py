@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 
+from salt_seg import __version__
 from salt_seg.adapters.config import AdapterConfig
 from salt_seg.adapters.inject import adapter_layers, base_state_dict, get_record, inject_adapters
 from salt_seg.configio import from_dict
 from salt_seg.io import atomic_write_bytes
+from salt_seg.model.checkpoint import state_dict_hash
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +35,6 @@ NON_BASE_PREFIXES = ("class_tokens.",)
 
 
 def _state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
-    from salt_seg.model.checkpoint import state_dict_hash  # lazy: checkpoint imports the model stack
-
     return state_dict_hash(state_dict)
 
 
@@ -84,9 +86,6 @@ def encode_adapter(
         ValueError: ``config`` differs from the injected one, or metadata is not JSON-serialisable.
         RuntimeError: no adapter injected.
     """
-    from safetensors.torch import save
-
-    from salt_seg import __version__
 
     record = get_record(model)
     if record is None:
@@ -165,7 +164,6 @@ def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: no such file.
         ValueError: not a salt_seg adapter file, or written by a newer format version.
     """
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -236,7 +234,6 @@ def load_adapter(
             fit the model (names or shapes).
         RuntimeError: the model's adapters are merged.
     """
-    from safetensors.torch import load_file
 
     meta = read_adapter_metadata(path)
     config = from_dict(AdapterConfig, meta["config"])

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
+
+from salt_seg.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +101,6 @@ def _probe_ok(weight: torch.Tensor, f: SVDFactors) -> bool:
 
 
 def _load_cached(path: Path, weight: torch.Tensor) -> SVDFactors | None:
-    from safetensors.torch import load_file
 
     try:
         t = load_file(str(path))
@@ -114,9 +117,6 @@ def _load_cached(path: Path, weight: torch.Tensor) -> SVDFactors | None:
 
 
 def _store(path: Path, f: SVDFactors) -> None:
-    from safetensors.torch import save
-
-    from salt_seg.io import atomic_write_bytes
 
     try:
         atomic_write_bytes(path, save({"U": f.U.cpu(), "S": f.S.cpu(), "Vh": f.Vh.cpu()}))
@@ -143,7 +143,6 @@ def decompose_layers(
     Returns:
         layer name -> fp32 factors on the weight's device.
     """
-    from tqdm.auto import tqdm
 
     root: Path | None
     if cache_dir is True:

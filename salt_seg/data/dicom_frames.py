@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from salt_seg.data.errors import DataError
+from salt_seg.data.volume import Volume
 from salt_seg.geometry import LPS_TO_RAS
 
 #: slice gaps may differ from their median by this fraction (plus 0.01 mm) before the series is refused.
@@ -127,7 +128,6 @@ def monochrome1(arr: np.ndarray, ds: Any) -> np.ndarray:
 def frames_to_volume(
     stack: np.ndarray, affine: np.ndarray, ds: Any, name: str, meta: dict[str, Any]
 ):  # -> Volume
-    from salt_seg.data.volume import Volume
 
     if stack.ndim == 4:  # frames x rows x cols x samples -> samples x cols x rows x frames
         array = np.ascontiguousarray(np.transpose(stack, (3, 2, 1, 0)))

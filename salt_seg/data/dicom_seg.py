@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+import salt_seg
+from salt_seg.data.archive import safe_extract_zip
+from salt_seg.data.dicom import series_files_in_volume_order
 from salt_seg.data.errors import DataError
 from salt_seg.geometry import LPS_TO_RAS
 from salt_seg.io import atomic_path
@@ -48,8 +51,6 @@ def series_folder(path: str | Path) -> Iterator[Path]:
     """The folder of a DICOM input (a series folder, or a zip extracted to a temporary folder meanwhile)."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".zip":
-        from salt_seg.data.archive import safe_extract_zip
-
         with tempfile.TemporaryDirectory(prefix="salt-seg-seg-") as tmp:
             safe_extract_zip(path, Path(tmp))
             yield Path(tmp)
@@ -60,8 +61,6 @@ def series_folder(path: str | Path) -> Iterator[Path]:
 def source_datasets(path: str | Path, series: int | str | None = None) -> list[Any]:
     """The pydicom datasets of the series a DICOM input was read from, in the label map's frame order."""
     import pydicom
-
-    from salt_seg.data.dicom import series_files_in_volume_order
 
     with series_folder(path) as folder:
         if folder.is_file():
@@ -107,8 +106,6 @@ def write_dicom_seg(
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    import salt_seg
 
     source = Path(source)
     datasets = source_datasets(source, series)
@@ -165,7 +162,6 @@ def write_dicom_seg(
 def _segmentation(
     hd: Any, datasets: list[Any], masks: np.ndarray, descriptions: list[Any], params: dict
 ) -> Any:
-    import salt_seg
 
     return hd.seg.Segmentation(
         source_images=datasets,

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from salt_seg.data.dataset import SPLIT_HINTS, Case, Dataset, parse_classes, read_json
+from salt_seg.data.dicom_seg import dicom_modality, segment_names
 from salt_seg.data.errors import DataError
 from salt_seg.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, strip_suffix
+from salt_seg.data.rtstruct import roi_names
 
 LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_seg", "_segmentation", "_gt")
 _IMAGE_FILE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".zip")
@@ -308,8 +310,6 @@ def _read_dicom(root: Path, strict: bool) -> Dataset:
 def _segment_classes(labels: list[Path]) -> dict[int, str]:
     """Label value -> segment (DICOM-SEG) or ROI (RTSTRUCT, values 1, 2, ... in file order) name over the DICOM
     label files (the first name of a value wins)."""
-    from salt_seg.data.dicom_seg import dicom_modality, segment_names
-    from salt_seg.data.rtstruct import roi_names
 
     names: dict[int, str] = {}
     for path in labels:

@@ -18,6 +18,7 @@ from salt_seg.data.readers import (
     read_nifti_array,
     strip_suffix,
 )
+from salt_seg.data.rtstruct import read_rtstruct
 from salt_seg.data.volume import Volume, same_geometry
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ def load_label(
         if modality == "SEG":
             seg_array, _ = read_dicom_seg(path, like)
         else:
-            from salt_seg.data.rtstruct import read_rtstruct
-
             seg_array, _ = read_rtstruct(path, like)
         array, affine, is_2d = seg_array[None], np.asarray(like.affine), bool(like.is_2d)
     else:

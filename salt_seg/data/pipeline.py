@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform
+from monai.data.utils import AFFINE_TOL, affine_to_spacing, compute_shape_offset, zoom_affine
+from monai.transforms import Compose, MapTransform, SpatialResample
 
 from salt_seg.data.errors import DataError
 from salt_seg.data.labels import load_label
 from salt_seg.data.readers import DEFAULT_MAX_VOXELS, load_channels, load_volume
 from salt_seg.data.volume import Geometry, Volume, extract_slice
-from salt_seg.preprocessing import Preprocessing, intensity_range, normalize_intensity
+from salt_seg.preprocessing import Preprocessing, intensity_range, normalize_intensity, prepare_slice
 
 if TYPE_CHECKING:
     from salt_seg.data.dataset import Dataset
@@ -202,7 +203,6 @@ def in_plane_grid(ras: Geometry, spacing: float, axis: int) -> Geometry:
     The extent between the first and last voxel centres is kept: ``n`` voxels of ``d`` mm become
     ``round((n - 1) * d / spacing) + 1``; a spacing within MONAI's ``AFFINE_TOL`` of the target is kept as is.
     """
-    from monai.data.utils import AFFINE_TOL, affine_to_spacing, compute_shape_offset, zoom_affine
 
     pixdim = np.full(3, float(spacing))
     pixdim[axis] = -1.0  # non-positive: keep the through-plane spacing
@@ -224,7 +224,6 @@ def resample(array: np.ndarray | torch.Tensor, src: Geometry, dst: Geometry, *, 
     MONAI's ``SpatialResample`` (what ``Spacing`` runs): ``order`` 0 nearest neighbour (label maps), 1 linear;
     voxels beyond ``src`` take its border values. Used both ways: onto the prepared grid and back.
     """
-    from monai.transforms import SpatialResample
 
     if order not in RESAMPLE_MODES:
         raise ValueError(f"resample: order must be one of {list(RESAMPLE_MODES)}, got {order}")
@@ -323,7 +322,6 @@ class PreparedVolume:
 
     def model_input(self, index: int) -> tuple[torch.Tensor, SliceTransform]:
         """``3 x S x S`` model input of slice ``index`` and its :class:`~salt_seg.preprocessing.SliceTransform`."""
-        from salt_seg.preprocessing import prepare_slice
 
         s = self.slice_image(index)
         return prepare_slice(s[0] if s.shape[0] == 1 else np.moveaxis(s, 0, -1), self.record, (0.0, 1.0))

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 from salt_seg.prompts import Prompt
 
@@ -131,8 +132,6 @@ def simulate_prompt(
         flat_in = np.flatnonzero(mask)
         weights = None
         if interior:
-            from scipy.ndimage import distance_transform_edt
-
             weights = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1].ravel()[flat_in]
         for idx in _sample(flat_in, max(1, n_positive), gen, weights):
             y, x = divmod(int(idx), mask.shape[1])

@@ -26,8 +26,12 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
+from salt_seg.data.archive import safe_extract_zip
+from salt_seg.data.dicom import load_dicom_file, load_dicom_series
 from salt_seg.data.errors import DataError
 from salt_seg.data.volume import Volume, check_affine, same_geometry
 from salt_seg.geometry import LPS_TO_RAS
@@ -132,8 +136,6 @@ def read_nifti_array(
     The header's voxel count is checked against ``max_voxels`` and, for uncompressed files, against the file
     size before any voxel is read; a truncated ``.nii.gz`` fails while decompressing (never zero-filled).
     """
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
 
     try:
         img = nib.load(str(path))
@@ -264,12 +266,8 @@ def load_volume(
             meta={"format": kind},
         )
     elif kind == "dicom":
-        from salt_seg.data.dicom import load_dicom_file
-
         vol = load_dicom_file(path, max_voxels=max_voxels)
     elif kind == "dicom-folder":
-        from salt_seg.data.dicom import load_dicom_series
-
         vol = load_dicom_series(path, series, max_voxels=max_voxels)
     else:
         vol = _load_zip(path, series=series, max_voxels=max_voxels, multichannel=multichannel)
@@ -285,7 +283,6 @@ def load_volume(
 
 
 def _load_zip(path: Path, *, series: int | str | None, max_voxels: int, multichannel: bool) -> Volume:
-    from salt_seg.data.archive import safe_extract_zip
 
     with tempfile.TemporaryDirectory(prefix="salt-seg-zip-") as tmp:
         files = safe_extract_zip(path, tmp)

@@ -28,10 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
+from salt_seg.data.check import check_dataset
 from salt_seg.data.errors import DataError
+from salt_seg.data.formats import load_dataset
 from salt_seg.data.split import make_split, save_split
+from salt_seg.data.synthetic import SHAPES_3D, synthetic_3d
 from salt_seg.data.volume import Volume
 from salt_seg.data.writers import write_nnunet_dataset
 from salt_seg.io import atomic_folder
@@ -192,7 +196,6 @@ def build_colin27_aal(
     bilateral class would give boxes spanning both hemispheres. Both files are brought to RAS with
     :meth:`Volume.to_ras <salt_seg.data.volume.Volume.to_ras>` and must then share one grid.
     """
-    import nibabel as nib
 
     folder = ensure_mricron_data(Path(source) if source else None, install=install)
     t1, aal = nib.load(str(folder / "ch2.nii.gz")), nib.load(str(folder / "aal.nii.gz"))
@@ -243,7 +246,6 @@ def build_synthetic_shapes(
     seed: int = 0,
 ) -> None:
     """``n_cases`` seeded 3-D volumes of ellipsoids (1), cuboids (2) and cylinders (3)."""
-    from salt_seg.data.synthetic import SHAPES_3D, synthetic_3d
 
     if n_cases < 4:
         raise ValueError(f"n_cases must be >= 4 (train, val and test need cases), got {n_cases}")
@@ -273,7 +275,6 @@ def build_synthetic_shapes(
 
 
 def _write_default_split(out: Path, *, level: str, shots: int, seed: int) -> None:
-    from salt_seg.data.formats import load_dataset
 
     ds = load_dataset(out, "nnunet")
     if level == "volume":
@@ -318,8 +319,6 @@ def prepare_dataset(name: str, out: str | Path, *, force: bool = False, **option
         FileExistsError: ``out`` exists and ``force`` is off.
         DataError: the recipe's sources are missing or fail validation. Nothing is left behind on failure.
     """
-    from salt_seg.data.check import check_dataset
-    from salt_seg.data.formats import load_dataset
 
     if name not in RECIPES:
         raise ValueError(f"unknown dataset recipe {name!r}; valid: {sorted(RECIPES)}")

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from salt_seg.data.dicom import series_files_in_volume_order
 from salt_seg.data.dicom_seg import series_folder
 from salt_seg.data.errors import DataError
+from salt_seg.geometry import LPS_TO_RAS
 from salt_seg.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ def _rt_utils() -> Any:
 def _order(series_data: list[Any], path: Path) -> np.ndarray:
     """For each of rt-utils' slices (its own sort), the index ``k`` of that image in the label map's frames."""
     import pydicom
-
-    from salt_seg.data.dicom import series_files_in_volume_order
 
     uids = [
         str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
@@ -140,7 +140,6 @@ def read_rtstruct(rt_path: str | Path, like: Any) -> tuple[np.ndarray, dict[int,
         import cv2
     except ImportError:
         raise ImportError("RTSTRUCT needs the rtstruct extra: pip install 'salt-seg[rtstruct]'") from None
-    from salt_seg.geometry import LPS_TO_RAS
 
     rt_path = Path(rt_path)
     try:

@@ -33,6 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.data import CacheDataset
+from monai.data import Dataset as MonaiDataset
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 
 from salt_seg.data.pipeline import case_item, loading_transforms, run_transforms
 from salt_seg.data.prompts_sim import SIM_MODES, simulate_prompt
@@ -87,15 +98,6 @@ class AugmentConfig:
 
     def build(self):  # -> monai.transforms.Compose
         """The MONAI dictionary transforms over ``image`` (``C x H x W``) and ``label`` (``1 x H x W``)."""
-        from monai.transforms import (
-            Compose,
-            RandAdjustContrastd,
-            RandAffined,
-            RandFlipd,
-            RandGaussianNoised,
-            RandScaleIntensityd,
-            RandShiftIntensityd,
-        )
 
         p = self.intensity_prob
         return Compose(
@@ -196,8 +198,6 @@ class SliceDataset(torch.utils.data.Dataset):
         seed: int = 0,
         max_voxels: int = DEFAULT_MAX_VOXELS,
     ) -> None:
-        from monai.data import CacheDataset
-        from monai.data import Dataset as MonaiDataset
 
         if isinstance(slices, str) and slices not in ("all", "foreground"):
             raise ValueError(f"slices must be 'all', 'foreground' or a mapping, got {slices!r}")

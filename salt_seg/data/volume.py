@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import nibabel.orientations as nio
 import numpy as np
 
 from salt_seg.data.errors import DataError
@@ -73,7 +75,6 @@ class Geometry:
 
     def to_ras(self) -> Geometry:
         """The grid after :meth:`Volume.to_ras` (axes permuted/flipped towards R, A, S)."""
-        import nibabel.orientations as nio
 
         ornt = _to_ras_ornt(self.affine)
         shape = [0, 0, 0]
@@ -155,7 +156,6 @@ class Volume:
     @property
     def axcodes(self) -> str:
         """Closest anatomical direction of each voxel axis, e.g. ``"RAS"`` or ``"LPS"``."""
-        import nibabel as nib
 
         return "".join(nib.aff2axcodes(self.affine))
 
@@ -334,7 +334,6 @@ def voxel_to_slice(shape: tuple[int, ...], axis: int, ijk: tuple[int, int, int])
 # --- orientation helpers (nibabel's ornt arrays: row i = (output axis of input axis i, +1/-1 flip)) ----------
 def _to_ras_ornt(affine: np.ndarray, *, back: bool = False) -> np.ndarray:
     """nibabel's orientation transform from the grid of ``affine`` to its RAS form (``back``: the reverse)."""
-    import nibabel.orientations as nio
 
     grid, ras = nio.io_orientation(affine), nio.axcodes2ornt("RAS")
     return nio.ornt_transform(ras, grid) if back else nio.ornt_transform(grid, ras)
@@ -342,7 +341,6 @@ def _to_ras_ornt(affine: np.ndarray, *, back: bool = False) -> np.ndarray:
 
 def _reorient(array: np.ndarray, shape: tuple[int, ...], ornt: np.ndarray, grid: str) -> np.ndarray:
     """Apply an orientation transform to the spatial axes of ``I x J x K`` or ``C x I x J x K`` (on ``grid``)."""
-    import nibabel.orientations as nio
 
     arr = np.asarray(array)
     squeeze = arr.ndim == 3

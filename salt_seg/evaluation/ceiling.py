@@ -30,9 +30,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from salt_seg.data.slices import resize_label
+from salt_seg.evaluation.labelled_slices import iter_labelled_slices
 from salt_seg.evaluation.summary import describe
-from salt_seg.preprocessing import RESIZE_MODES
+from salt_seg.preprocessing import RESIZE_MODES, SliceTransform, logits_to_original
 
 
 def _check(image_size: int, grids: Sequence[int], resize: str) -> None:
@@ -63,11 +67,6 @@ def resolution_ceiling(
     Raises:
         ValueError: ``label`` is not a 2-D integer map, or bad ``image_size``, ``grid`` or ``resize``.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from salt_seg.data.slices import resize_label
-    from salt_seg.preprocessing import SliceTransform, logits_to_original
 
     lab = np.asarray(label)
     if lab.ndim != 2 or lab.dtype.kind not in "biu":
@@ -150,7 +149,6 @@ def dataset_ceiling(
     Returns:
         The :func:`mean_ceiling` summary and the number of slices read.
     """
-    from salt_seg.evaluation.labelled_slices import iter_labelled_slices
 
     classes = sorted(int(c) for c in dataset.classes)
     if not classes:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_seg.data import load_label, load_split
 from salt_seg.io import atomic_write_json, atomic_write_text
 
 #: NIfTI file suffixes, longest first.
@@ -75,7 +76,6 @@ def read_split_test_part(path: str | Path) -> tuple[dict[str, list[int] | None],
         FileNotFoundError: no such file.
         ValueError: not a split file, or an empty test part.
     """
-    from salt_seg.data import load_split
 
     p = Path(path)
     if not p.is_file():
@@ -159,7 +159,6 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[int,
         FileNotFoundError: no such file.
         ValueError: unreadable, non-integer or negative values (``salt_seg.data.DataError``, naming the file).
     """
-    from salt_seg.data import load_label
 
     vol = load_label(path)
     ras = vol.to_ras()

@@ -27,6 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from salt_seg.data import load_dataset, load_split
+from salt_seg.evaluation.labelled_slices import iter_labelled_slices
+from salt_seg.evaluation.metrics import evaluate_slices
+from salt_seg.evaluation.summary import aggregate
+
 log = logging.getLogger(__name__)
 
 #: classifier kinds of :class:`IntensityClassifier`.
@@ -211,10 +216,6 @@ def intensity_floor(
         ValueError: bad ``kind``/``part``, an empty training part, or a split along another axis.
         DataError: unreadable cases or split file.
     """
-    from salt_seg.data import load_dataset, load_split
-    from salt_seg.evaluation.labelled_slices import iter_labelled_slices
-    from salt_seg.evaluation.metrics import evaluate_slices
-    from salt_seg.evaluation.summary import aggregate
 
     classifier = IntensityClassifier(kind)
     if not hasattr(dataset, "labelled"):

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from monai.metrics.utils import get_mask_edges, get_surface_distance
 
 #: status of one comparison (see the module docstring).
 STATUSES = ("both_present", "both_empty", "pred_empty", "gt_empty")
@@ -164,7 +165,6 @@ def surface_distances_mm(
     Returns:
         ``(d_pred_to_gt, d_gt_to_pred)``: float64 arrays with one entry per surface voxel of ``pred`` / ``gt``.
     """
-    from monai.metrics.utils import get_mask_edges, get_surface_distance
 
     assert pred.any() and gt.any(), "surface distances need two non-empty masks"
     pred_c, gt_c = _crop_to_union(pred, gt)

@@ -11,14 +11,23 @@ spacing in mm.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from scipy import ndimage
 
+from salt_seg.data import extract_slice, load_dataset, load_split
+from salt_seg.data.pipeline import case_item, loading_transforms, prepared_from_item
 from salt_seg.evaluation.runner import EvaluationResult, EvaluationSettings, evaluate_cases
+from salt_seg.inference import load_inference_model, segment_volume
+from salt_seg.model.precision import check_precision
+from salt_seg.prompts import Prompt
+from salt_seg.runs import find_adapter
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +36,6 @@ PROMPTS = ("auto", "box", "point")
 
 def gt_prompts(label: np.ndarray, class_ids: list[int], slices: list[int], axis: int, kind: str) -> list:
     """Prompts from ground truth: one per (test slice, class present), in prepared-slice pixels."""
-    from scipy import ndimage
-
-    from salt_seg.data import extract_slice
-    from salt_seg.prompts import Prompt
 
     out = []
     for s in slices:
@@ -100,14 +105,6 @@ def evaluate_run(
     Raises:
         FileNotFoundError / ValueError: no split, no dataset, or an unknown prompt kind.
     """
-    import dataclasses
-
-    import yaml
-
-    from salt_seg.data import load_dataset, load_split
-    from salt_seg.data.pipeline import case_item, loading_transforms, prepared_from_item
-    from salt_seg.inference import load_inference_model, segment_volume
-    from salt_seg.runs import find_adapter
 
     adapter = find_adapter(model_path)
     run_dir = Path(model_path) if Path(model_path).is_dir() else adapter.parent
@@ -125,7 +122,6 @@ def evaluate_run(
         fmt = "auto"
     if not data_path:
         raise ValueError(f"{run_dir}: the run's config names no dataset (pass --data)")
-    from salt_seg.model.precision import check_precision
 
     check_precision(precision, device)
     loaded = load_inference_model(model_path, device=device)

@@ -23,6 +23,7 @@ gathers the results and writes the folder-level files.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -31,10 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import nibabel as nib
 import numpy as np
+from tqdm.auto import tqdm
 
+from salt_seg.data import load_volume, prepare_volume
+from salt_seg.data.errors import DataError, storage_error
+from salt_seg.data.readers import file_kind, load_channels, strip_suffix
+from salt_seg.inference.coords import prompts_to_prepared, source_axis
 from salt_seg.inference.loading import LoadedModel
-from salt_seg.inference.segment import MODES, InferenceSettings
+from salt_seg.inference.outputs import algorithm_record, case_outputs, check_dicom_seg_source, export_case
+from salt_seg.inference.segment import MODES, InferenceSettings, segment_volume
+from salt_seg.inference.sidecars import write_itksnap_labels, write_slicer_ctbl
+from salt_seg.io import atomic_write_json
+from salt_seg.prompts import load_prompts
 
 if TYPE_CHECKING:
     from salt_seg.data.pipeline import PreparedVolume
@@ -66,14 +77,11 @@ class InputCase:
 
     def load(self):  # -> Volume
         """The case's volume: its image, or its nnU-Net channel files stacked (``_0000``, ``_0001``, ...)."""
-        from salt_seg.data import load_volume
-        from salt_seg.data.readers import load_channels
 
         return load_channels(self.channels) if len(self.channels) > 1 else load_volume(self.path)
 
     def outputs(self, out_dir: Path, probabilities: bool, fmt: str = "nifti") -> dict[str, Path]:
         """The files this case writes (:func:`~salt_seg.inference.outputs.case_outputs`)."""
-        from salt_seg.inference.outputs import case_outputs
 
         return case_outputs(out_dir, self.name, probabilities, fmt)
 
@@ -113,7 +121,6 @@ class PredictOptions:
 
 
 def _has_dicom(folder: Path) -> bool:
-    from salt_seg.data.readers import file_kind
 
     for f in folder.iterdir():
         if f.is_file() and not f.name.startswith("."):
@@ -138,8 +145,6 @@ def find_cases(input_path: str | Path, *, exclude: Path | None = None) -> list[I
         FileNotFoundError: ``input_path`` does not exist.
         ValueError: a folder with no case in it, or two cases that would write the same output name.
     """
-    from salt_seg.data.errors import DataError
-    from salt_seg.data.readers import file_kind, strip_suffix
 
     p = Path(input_path)
     if not p.exists():
@@ -187,7 +192,6 @@ def _channel_of(stem: str) -> tuple[str, int | None]:
 
 def _declared_channels(folder: Path) -> int | None:
     """The channel count a ``dataset.json`` in ``folder`` or its parent declares (nnU-Net ``imagesTs``)."""
-    import json
 
     for cand in (folder / "dataset.json", folder.parent / "dataset.json"):
         if cand.is_file():
@@ -270,7 +274,6 @@ def check_outputs(cases: list[InputCase], out_dir: Path, options: PredictOptions
 
 
 def _geometry_summary(prepared: Any) -> dict[str, Any]:
-    import nibabel as nib
 
     g = prepared.source
     return {
@@ -303,18 +306,11 @@ def predict_case(
     Raises:
         Any error of reading, prompting or writing (the batch runner records it as a failed case).
     """
-    from salt_seg.data import prepare_volume
-    from salt_seg.inference.coords import prompts_to_prepared, source_axis
-    from salt_seg.inference.outputs import algorithm_record, export_case
-    from salt_seg.inference.segment import segment_volume
-    from salt_seg.prompts import load_prompts
 
     t0 = time.perf_counter()
     model, record, names, meta = loaded
     volume = case.load()
     if options.format != "nifti":  # before any work: the output needs the DICOM series the case was read from
-        from salt_seg.inference.outputs import check_dicom_seg_source
-
         check_dicom_seg_source(case.path, volume.meta.get("format"))
     prepared = prepare_volume(volume, record)
     prompts = None
@@ -417,11 +413,6 @@ def predict_cases(
     Raises:
         FileExistsError: an output exists and ``options.overwrite`` is off (before any work).
     """
-    from tqdm.auto import tqdm
-
-    from salt_seg.data.errors import storage_error
-    from salt_seg.inference.sidecars import write_itksnap_labels, write_slicer_ctbl
-    from salt_seg.io import atomic_write_json
 
     out = Path(out_dir)
     check_outputs(cases, out, options)

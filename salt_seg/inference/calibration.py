@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from salt_seg.inference.propagation import PropagationResult, PropagationSettings
+from salt_seg.data import Volume, extract_slice, prepare_volume, synthetic_3d
+from salt_seg.inference.coords import prompt_to_prepared
+from salt_seg.inference.propagation import PropagationResult, PropagationSettings, propagate, stop_reason
+from salt_seg.model.builtin import pretrain_record
 from salt_seg.prompts import Prompt, plane_axes
 
 #: propagate until the mask is empty or the volume ends
@@ -53,7 +56,6 @@ def validation_volume(
     Returns:
         ``I x J x K`` float32 image in ``[0, 1]`` and the ``I x J x K`` bool object mask.
     """
-    from salt_seg.data import synthetic_3d
 
     image, label = synthetic_3d(
         shape, n_objects=1, size=(0.2, 0.45), contrast=0.4, noise=0.06, texture=0.35, seed=seed
@@ -118,7 +120,6 @@ def trace_from_result(res: PropagationResult, truth: np.ndarray) -> Trace:
 
 def kept_steps(trace: Trace, s: PropagationSettings) -> list[Step]:
     """The slices setting ``s`` keeps on ``trace`` (the seed is kept when not empty)."""
-    from salt_seg.inference.propagation import stop_reason
 
     if trace.seed.area == 0:
         return []
@@ -200,10 +201,6 @@ def trace_volume(
 
     ``record`` defaults to the built-in base's (``[0, 1]`` intensities, the model's input size).
     """
-    from salt_seg.data import Volume, extract_slice, prepare_volume
-    from salt_seg.inference.coords import prompt_to_prepared
-    from salt_seg.inference.propagation import propagate
-    from salt_seg.model.builtin import pretrain_record
 
     image, obj = validation_volume(seed)
     record = record or pretrain_record(model.image_size)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from salt_seg.data.volume import Geometry
@@ -41,7 +42,6 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
 
 def read_source_header(path: str | Path) -> Any | None:
     """The NIfTI header of a source image (``None`` for other formats or unreadable files)."""
-    import nibabel as nib
 
     p = Path(path)
     if not p.is_file() or not p.name.lower().endswith((".nii", ".nii.gz")):

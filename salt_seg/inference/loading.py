@@ -14,14 +14,20 @@ merged into the weights (zero overhead at inference).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from salt_seg.adapters import load_adapter, merge_adapters, read_adapter_metadata
 from salt_seg.configio import from_dict
+from salt_seg.model.builtin import builtin_with_hash, is_builtin, pretrain_record, resolve_checkpoint
+from salt_seg.model.checkpoint import load_base_model, read_checkpoint
+from salt_seg.model.hires import HIRES_PREFIX
 from salt_seg.model.sam import SamModel
 from salt_seg.preprocessing import Preprocessing
+from salt_seg.runs import find_adapter, is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,6 @@ class LoadedModel(NamedTuple):
 
 def run_dir_of(adapter: Path) -> Path | None:
     """The run directory an adapter file lives in (its folder or an ancestor holding ``config.yaml``)."""
-    from salt_seg.runs import is_run_dir
 
     for folder in [adapter.parent, *adapter.parent.parents][:4]:
         if is_run_dir(folder):
@@ -61,7 +66,6 @@ def resolve_base_checkpoint(adapter: Path, meta: dict[str, Any], checkpoint: str
     Raises:
         FileNotFoundError: the base the metadata names cannot be found (the message says how to give it).
     """
-    from salt_seg.model.builtin import builtin_with_hash, is_builtin, resolve_checkpoint
 
     if checkpoint is not None:
         return resolve_checkpoint(checkpoint)
@@ -112,10 +116,6 @@ def load_base_for_prompts(
         FileNotFoundError: no such checkpoint (or the built-in base is missing).
         ValueError: not a SAM checkpoint.
     """
-    from dataclasses import replace
-
-    from salt_seg.model.builtin import pretrain_record, resolve_checkpoint
-    from salt_seg.model.checkpoint import load_base_model, read_checkpoint
 
     path = str(resolve_checkpoint(str(checkpoint)))
     _, info = read_checkpoint(path, compute_hash=False)
@@ -161,10 +161,6 @@ def load_inference_model(
         FileNotFoundError: no adapter or base found.
         ValueError: not an adapter file, no preprocessing record, or a base the adapter does not fit.
     """
-    from salt_seg.adapters import load_adapter, merge_adapters, read_adapter_metadata
-    from salt_seg.model.checkpoint import load_base_model
-    from salt_seg.model.hires import HIRES_PREFIX
-    from salt_seg.runs import find_adapter
 
     adapter = find_adapter(model_path)
     meta = read_adapter_metadata(adapter)

@@ -47,6 +47,7 @@ from salt_seg.configio import from_dict
 from salt_seg.data.pipeline import PreparedVolume
 from salt_seg.inference.backend import SliceOutput, check_backend_inputs, stability_score
 from salt_seg.inference.loading import LoadedModel
+from salt_seg.io import atomic_folder, atomic_write_json
 from salt_seg.model.hires import ImageFeatures
 from salt_seg.model.predictor import Predictor, clip_probabilities_to_box
 from salt_seg.model.sam import InputPrompt, SamModel
@@ -189,7 +190,6 @@ def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, overwrite: bool = F
         FileExistsError: an output exists and ``overwrite`` is off.
         ValueError: onnx/onnxruntime missing, or an unmerged model (adapter wrappers would be exported as is).
     """
-    from salt_seg.io import atomic_folder, atomic_write_json
 
     ort = _require_ort()
     try:

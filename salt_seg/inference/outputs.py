@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from salt_seg.data.dicom_seg import write_dicom_seg
 from salt_seg.data.pipeline import PreparedVolume
+from salt_seg.data.readers import file_kind
+from salt_seg.data.rtstruct import write_rtstruct
 from salt_seg.inference.export import (
     check_writable,
     read_source_header,
@@ -109,8 +112,6 @@ def export_case(
             "export_case: probabilities asked for, but the result holds none (segment with probabilities=True)"
         )
     if fmt != "nifti":
-        from salt_seg.data.readers import file_kind
-
         kind = file_kind(source_path) if source_path is not None else None
         check_dicom_seg_source(source_path, "dicom" if kind in ("dicom", "dicom-folder", "zip") else kind)
     labels = prepared.to_source(result.label_map, order=0)
@@ -119,14 +120,10 @@ def export_case(
     if fmt != "nifti":  # first: the DICOM writer's checks of the series can fail; then nothing is written
         colors = {int(c): label_color(int(c)) for c in names}
         if fmt == "dicom-seg":
-            from salt_seg.data.dicom_seg import write_dicom_seg
-
             write_dicom_seg(
                 labels, Path(str(source_path)), names, files["dicom_seg"], algorithm=algorithm, colors=colors
             )
         else:
-            from salt_seg.data.rtstruct import write_rtstruct
-
             write_rtstruct(labels, Path(str(source_path)), names, files["rtstruct"], colors=colors)
     write_label_map(files["label_map"], labels, prepared.source, names, header=header, overwrite=overwrite)
     if probabilities:

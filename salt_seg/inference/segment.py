@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from salt_seg.data.pipeline import PreparedVolume
 from salt_seg.inference.backend import Backend, PredictorBackend, SliceOutput, make_backend
@@ -235,7 +236,6 @@ def segment_volume(
         ValueError: unknown mode, missing or malformed prompts, a record that differs from ``prepared``'s, or
             ``auto`` mode on a model without class tokens.
     """
-    from tqdm.auto import tqdm
 
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} is not one of {list(MODES)}")

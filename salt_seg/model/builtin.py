@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from salt_seg.model.checkpoint import read_checkpoint
 from salt_seg.preprocessing import Preprocessing
 
 
@@ -71,7 +72,6 @@ def resolve_checkpoint(name: str | None) -> str | None:
 
 @functools.cache
 def _content_hash(name: str) -> str:
-    from salt_seg.model.checkpoint import read_checkpoint
 
     return read_checkpoint(builtin_checkpoint(name))[1].content_hash
 

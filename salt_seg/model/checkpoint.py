@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from salt_seg.model.hires import HIRES_PREFIX
 from salt_seg.model.sam import SamModel
@@ -86,9 +88,6 @@ def _read_raw(path: Path) -> tuple[object, str]:
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu"), "safetensors"
         except (SafetensorError, OSError, ValueError) as exc:

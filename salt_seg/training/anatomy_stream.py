@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from salt_seg.data.anatomy import AnatomyParams, synthetic_anatomy_2d
 from salt_seg.preprocessing import Preprocessing, prepare_slice
+from salt_seg.training.objects_stream import GeneratorParams, draw_objects
 
 #: structures prompted per sample (the prompt ids are 1..MAX_PROMPTED)
 MAX_PROMPTED = 6
@@ -59,7 +61,6 @@ MIN_BOX_FILL = 0.3
 
 def promptable(mask: np.ndarray) -> bool:
     """Whether a box or a click on ``mask`` names it unambiguously (see :data:`MIN_BOX_FILL`)."""
-    from scipy import ndimage
 
     ys, xs = np.nonzero(mask)
     area = ys.size
@@ -103,8 +104,6 @@ class SyntheticAnatomy(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, i, 7])
         p = self.params
         if rng.random() < p.objects_fraction:
-            from salt_seg.training.pretrain import GeneratorParams, draw_objects
-
             return draw_objects(GeneratorParams(shape=p.anatomy.shape), rng, p.max_prompted)
         img, lab = synthetic_anatomy_2d(p.anatomy, rng)
         return img, choose_structures(lab, p.max_prompted, rng)

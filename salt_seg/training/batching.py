@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from salt_seg.data import simulate_prompt
 from salt_seg.model.sam import InputPrompt
 from salt_seg.preprocessing import SliceTransform
 from salt_seg.prompts import Prompt
@@ -81,7 +82,6 @@ def make_prompts(
     Geometric prompts are only made for classes present in the slice (no prompt is forced onto an empty
     slice); class-token prompts are made for every class, so the model also learns to answer "absent".
     """
-    from salt_seg.data import simulate_prompt
 
     size = int(labels.shape[-1])
     identity = SliceTransform.create((size, size), size, "longest")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 
 from salt_seg import runs
+from salt_seg.adapters import read_adapter_metadata
 from salt_seg.io import fsync_dir, write_durable
 from salt_seg.runs import checkpoints_folder, published_steps, unit_path
 from salt_seg.training import rundir as rd
@@ -213,7 +215,6 @@ def _damaged(path: Path, why: str) -> ValueError:
 
 
 def _read_unit(run_dir: Path, step: int) -> Unit:
-    from salt_seg.adapters import read_adapter_metadata
 
     path = unit_path(run_dir, step)
     for name in ("adapter.safetensors", "state.pt"):
@@ -263,7 +264,6 @@ def load_last(run_dir: Path) -> Unit | None:
     with open(metrics, "rb") as f:
         head = f.read(offset)
     rows = head.decode().splitlines()
-    import json
 
     if not head.endswith(b"\n") or not rows or json.loads(rows[-1]).get("step") != unit.step:
         raise _damaged(unit.path, f"{metrics} does not end a row of step {unit.step} at byte {offset}")

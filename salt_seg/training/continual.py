@@ -26,7 +26,10 @@ from typing import Any
 
 import torch
 
+from salt_seg import runs
+from salt_seg.adapters import load_adapter, read_adapter_metadata, trainable_parameters
 from salt_seg.training.config import ExperimentConfig, load_config
+from salt_seg.training.osft import OSFT, block_importance, parameter_importance
 from salt_seg.training.types import TrainData
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,6 @@ def read_prior(run_dir: str | Path) -> Prior:
         FileNotFoundError: not a finished run directory.
         ValueError: the run has no class tokens or its adapter is unreadable.
     """
-    from salt_seg import runs
-    from salt_seg.adapters import read_adapter_metadata
 
     run_dir = Path(run_dir)
     if not runs.is_run_dir(run_dir):
@@ -172,7 +173,6 @@ class Continuation:
     def attach(self, model: Any, base_hash: str, progress: bool = False) -> None:
         """Load the earlier run's tensors into the freshly built ``model`` (which has :attr:`num_classes` tokens),
         keep its class tokens, and (``osft``) fix the protected subspaces from its weights."""
-        from salt_seg.adapters import load_adapter, trainable_parameters
 
         n_prior = self.prior.num_tokens
         model.set_num_classes(n_prior)
@@ -186,8 +186,6 @@ class Continuation:
         self.frozen_tokens = old
         self.model = model
         if self.cfg.train.continual == "osft":
-            from salt_seg.training.osft import OSFT, block_importance, parameter_importance
-
             named = trainable_parameters(model, named=True)
             images = torch.stack([self.data.train[i]["image"] for i in range(min(8, len(self.data.train)))])
             blocks = block_importance(model, images)

@@ -7,6 +7,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+from salt_seg.data import AugmentConfig, SliceDataset, load_dataset, load_split, make_split
 from salt_seg.preprocessing import Preprocessing
 from salt_seg.training.config import SPLIT_TERMS, ExperimentConfig
 from salt_seg.training.types import TrainData
@@ -37,7 +38,6 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
 
     The record's classes default to the dataset's own label table when the config does not set them.
     """
-    from salt_seg.data import AugmentConfig, SliceDataset, load_dataset, load_split, make_split
 
     dc = cfg.data
     if not dc.path:

@@ -9,17 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from monai.losses import DiceCELoss, DiceFocalLoss
 from torch import nn
 
 
 def _dice_focal() -> nn.Module:
-    from monai.losses import DiceFocalLoss
 
     return DiceFocalLoss(sigmoid=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5, lambda_focal=1.0)
 
 
 def _dice_ce() -> nn.Module:
-    from monai.losses import DiceCELoss
 
     return DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
 

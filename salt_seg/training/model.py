@@ -13,6 +13,10 @@ from typing import Any
 
 import torch
 
+from salt_seg.adapters import inject_adapters
+from salt_seg.data.formats import load_dataset
+from salt_seg.model.builtin import resolve_checkpoint
+from salt_seg.model.checkpoint import load_base_model, state_dict_hash
 from salt_seg.training.config import ExperimentConfig
 
 #: train.prompt modes that prompt with learned class tokens
@@ -57,7 +61,6 @@ def config_class_ids(cfg: ExperimentConfig) -> list[int]:
             "data.path is empty: the classes (one class token each) come from the dataset; set data.path or "
             "preprocessing.classes"
         )
-    from salt_seg.data.formats import load_dataset
 
     dataset = load_dataset(cfg.data.path, cfg.data.format)
     return sorted(int(c) for c in dataset.classes) if dataset.classes else list(record.class_ids)
@@ -85,9 +88,6 @@ def build_training_model(
     Raises:
         ValueError: a bad variant, checkpoint or adapter setting (named).
     """
-    from salt_seg.adapters import inject_adapters
-    from salt_seg.model.builtin import resolve_checkpoint
-    from salt_seg.model.checkpoint import load_base_model, state_dict_hash
 
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")

@@ -12,101 +12,42 @@ be reproduced exactly.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save
+from scipy import ndimage
 
+from salt_seg.adapters import adapter_layers, load_adapter
+from salt_seg.data.anatomy import AnatomyParams
+from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.model.builtin import pretrain_record
-from salt_seg.preprocessing import Preprocessing, prepare_slice
+from salt_seg.model.checkpoint import load_base_model
+from salt_seg.model.sam import InputPrompt
+from salt_seg.preprocessing import SliceTransform
+from salt_seg.training.anatomy_stream import (
+    ANATOMY_HELDOUT_SEED,
+    MAX_PROMPTED,
+    StreamParams,
+    SyntheticAnatomy,
+)
+from salt_seg.training.config import parse_config
+from salt_seg.training.loop import train
+from salt_seg.training.objects_stream import (
+    HELDOUT_PARAMS,
+    HELDOUT_SEED,
+    MAX_OBJECTS,
+    GeneratorParams,
+    SyntheticObjects,
+)
+from salt_seg.training.types import TrainData
 
-HELDOUT_SEED = 20260
-MAX_OBJECTS = 6
 #: what a pretraining run learns from: v1's synthetic objects, or v2's synthetic anatomy (objects mixed in)
 PRETRAIN_TASKS = ("objects", "anatomy")
-
-
-@dataclass(frozen=True)
-class GeneratorParams:
-    """Synthetic image parameters (see :func:`salt_seg.data.synthetic_2d`)."""
-
-    shape: tuple[int, int] = (256, 256)
-    n_objects: tuple[int, int] = (1, 5)
-    size: tuple[float, float] = (0.06, 0.3)
-    contrast: float = 0.4
-    noise: float = 0.06
-    texture: float = 0.35
-    kinds: tuple[str, ...] = ("ellipse", "rectangle", "triangle")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
-
-
-#: the held-out evaluation set: moderately sized objects, same appearance statistics
-HELDOUT_PARAMS = GeneratorParams(size=(0.1, 0.25))
-
-
-def instance_map(label: np.ndarray, max_objects: int = MAX_OBJECTS, min_pixels: int = 30) -> np.ndarray:
-    """Class map -> instance map ``1..K`` (connected components per class, largest first, at most ``max_objects``)."""
-    from scipy import ndimage
-
-    out = np.zeros(label.shape, dtype=np.int64)
-    comps = []
-    for cid in np.unique(label[label > 0]):
-        lab, n = ndimage.label(label == cid)
-        for i in range(1, n + 1):
-            m = lab == i
-            if m.sum() >= min_pixels:
-                comps.append(m)
-    comps.sort(key=lambda m: -int(m.sum()))
-    for k, m in enumerate(comps[:max_objects]):
-        out[m] = k + 1
-    return out
-
-
-def draw_objects(
-    params: GeneratorParams, rng: np.random.Generator, max_objects: int = MAX_OBJECTS
-) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic-objects image and its instance map ``1..K`` (:func:`instance_map`)."""
-    from salt_seg.data import synthetic_2d
-
-    p = params
-    img, lab = synthetic_2d(
-        p.shape,
-        n_objects=p.n_objects,
-        kinds=p.kinds,
-        size=p.size,
-        contrast=p.contrast,
-        noise=p.noise,
-        texture=p.texture,
-        seed=rng,
-    )
-    return img, instance_map(lab, max_objects=max_objects)
-
-
-class SyntheticObjects(torch.utils.data.Dataset):
-    """An indexable, deterministic stream of synthetic images with instance labels (sample i uses seed (seed, i)).
-
-    Items: ``image`` ``3 x S x S`` model input, ``label`` ``S x S`` int64 instance ids (0 = background).
-    """
-
-    def __init__(self, n: int, seed: int, params: GeneratorParams, record: Preprocessing) -> None:
-        self.n, self.seed, self.params, self.record = int(n), int(seed), params, record
-
-    def __len__(self) -> int:
-        return self.n
-
-    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return draw_objects(self.params, np.random.default_rng([self.seed, i]))
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        img, inst = self.sample(i)
-        x, tf = prepare_slice(img, self.record, (0.0, 1.0))
-        if tf.resized_size != tuple(inst.shape):
-            raise ValueError("pretraining images must already have the model's input size")
-        return {"image": x, "label": torch.from_numpy(inst), "case_id": f"synthetic{i}", "slice_index": i}
 
 
 @dataclass
@@ -134,8 +75,6 @@ def evaluate_objectness(
 
 def heldout_anatomy(image_size: int, n_images: int = 100):  # noqa: ANN201 - a SyntheticAnatomy
     """The fixed held-out anatomy set (every structure of each slice, no objects mixed in)."""
-    from salt_seg.data.anatomy import AnatomyParams
-    from salt_seg.training.anatomy_stream import ANATOMY_HELDOUT_SEED, StreamParams, SyntheticAnatomy
 
     params = StreamParams(
         anatomy=AnatomyParams(shape=(image_size, image_size)), objects_fraction=0.0, max_prompted=16
@@ -146,10 +85,6 @@ def heldout_anatomy(image_size: int, n_images: int = 100):  # noqa: ANN201 - a S
 @torch.no_grad()
 def evaluate_prompted(model, ds, shape: tuple[int, int]) -> ObjectnessScores:
     """Box, fill-the-box and one-point Dice over every labelled structure of every item of ``ds``."""
-    from scipy import ndimage
-
-    from salt_seg.model.sam import InputPrompt
-    from salt_seg.preprocessing import SliceTransform
 
     model.eval()
     n_images = len(ds)
@@ -194,7 +129,6 @@ def evaluate_prompted(model, ds, shape: tuple[int, int]) -> ObjectnessScores:
 
 
 def _upsample(low: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    import torch.nn.functional as F
 
     up = F.interpolate(low[None, None].float(), size=shape, mode="bilinear", align_corners=False)[0, 0]
     return (up > 0).cpu().numpy()
@@ -210,10 +144,6 @@ def export_base(model, path: Path, meta: dict[str, str]) -> None:
 
     The model must hold plain weights (pretraining uses the ``full`` adapter, which wraps nothing).
     """
-    from safetensors.torch import save
-
-    from salt_seg.adapters import adapter_layers
-    from salt_seg.io import atomic_write_bytes
 
     if adapter_layers(model):
         raise RuntimeError("export_base expects an un-wrapped model (adapter 'full')")
@@ -251,11 +181,6 @@ def run_pretraining(
     """
     if task not in PRETRAIN_TASKS:
         raise ValueError(f"unknown pretraining task {task!r}; valid: {list(PRETRAIN_TASKS)}")
-    import json
-
-    from salt_seg.training.config import parse_config
-    from salt_seg.training.loop import train
-    from salt_seg.training.types import TrainData
 
     record = pretrain_record(image_size)
     doc = {
@@ -302,9 +227,6 @@ def run_pretraining(
             record=record,
         )
     else:
-        from salt_seg.data.anatomy import AnatomyParams
-        from salt_seg.training.anatomy_stream import MAX_PROMPTED, StreamParams, SyntheticAnatomy
-
         stream = StreamParams(anatomy=AnatomyParams(shape=(image_size, image_size)))
         data = TrainData(
             train=SyntheticAnatomy(10**7, seed, stream, record),
@@ -314,11 +236,9 @@ def run_pretraining(
             record=record,
         )
     result = train(cfg, run_dir, resume=resume, device=device, data=data, progress=progress)
-    from salt_seg.model.checkpoint import load_base_model
 
     base = init if init is not None else run_dir / "base.safetensors"
     model, info = load_base_model(variant, base, image_size=record.image_size, hires=hires)
-    from salt_seg.adapters import load_adapter
 
     expected = info.content_hash if info is not None else None
     load_adapter(run_dir / "adapter.safetensors", model, expected_base_hash=expected, progress=False)
@@ -340,7 +260,6 @@ def run_pretraining(
         "anatomy_heldout_dice_fill_box": f"{anatomy.fill_box:.4f}",
         "anatomy_heldout_dice_one_point": f"{anatomy.one_point:.4f}",
     }
-    from salt_seg.io import atomic_write_json
 
     atomic_write_json(
         run_dir / "objectness.json",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.metadata as md
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,7 +55,6 @@ def is_leftover(name: str) -> bool:
 
 def remove_leftovers(folder: Path) -> None:
     """Delete the temporary files and folders interrupted writes left in ``folder``."""
-    import shutil
 
     if not folder.is_dir():
         return
@@ -109,8 +110,6 @@ def git_commit() -> str | None:
 
 
 def provenance(extra: dict[str, Any]) -> dict[str, Any]:
-    import importlib.metadata as md
-
     versions: dict[str, str | None] = {}
     for pkg in (
         "salt-seg",

@@ -78,7 +78,7 @@ def test_base_checkpoint_names_resolve(
     fake = tmp_path / "builtin_small.safetensors"
     fake.write_bytes(b"x")
     monkeypatch.setattr("salt_seg.model.builtin.builtin_checkpoint", lambda name="builtin": fake)
-    monkeypatch.setattr("salt_seg.model.builtin.builtin_with_hash", lambda h, first=None: None)
+    monkeypatch.setattr("salt_seg.inference.loading.builtin_with_hash", lambda h, first=None: None)
     assert resolve_base_checkpoint(adapter, {"extra": {"base_checkpoint": "builtin"}}, None) == str(fake)
     assert resolve_base_checkpoint(adapter, {"extra": {"base_checkpoint": "base.safetensors"}}, None) == str(
         tiny_run / "base.safetensors"
