@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
+from safetensors.torch import save
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from salt_seg import runs
+from salt_seg.adapters import adapter_regularization, encode_adapter, load_adapter, trainable_parameters
 from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
 from salt_seg.training.batching import derive_seed, make_prompts
 from salt_seg.training.config import ExperimentConfig, load_config
+from salt_seg.training.continual import Continuation
+from salt_seg.training.data import build_train_data
 from salt_seg.training.distributed import (
     DistInfo,
     all_gather_objects,
@@ -39,8 +47,13 @@ from salt_seg.training.distributed import (
     cleanup,
     init_distributed,
 )
+from salt_seg.training.galore import GaLoreAdamW, galore_eligible
 from salt_seg.training.losses import build_loss, mask_iou, soft_dice
+from salt_seg.training.memory import enable_grad_checkpointing
+from salt_seg.training.model import build_training_model
+from salt_seg.training.plots import plot_curves, plot_overlays
 from salt_seg.training.prefetch import MicroBatch, StepBatches, fetch, step_batches
+from salt_seg.training.qgalore import QGaLoreAdamW
 from salt_seg.training.schedule import warmup_cosine
 from salt_seg.training.types import TrainData
 
@@ -74,7 +87,6 @@ def param_groups(model: torch.nn.Module, tc) -> list[dict[str, Any]]:  # noqa: A
 
     Each group keeps its name (``group``) so that a resumed optimizer state matches by position.
     """
-    from salt_seg.adapters import trainable_parameters
 
     groups: dict[str, dict[str, Any]] = {}
     for name, p in trainable_parameters(model, named=True):
@@ -97,8 +109,6 @@ def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer: 
         "min_dim": tc.galore_min_dim,
     }
     if tc.optimizer == "galore":
-        from salt_seg.training.galore import GaLoreAdamW, galore_eligible
-
         projected = sum(galore_eligible(p, tc.galore_min_dim) for g in groups for p in g["params"])
         log.info(
             "GaLore: %d weight matrices projected to rank <= %d (refresh every %d steps, scale %g)",
@@ -109,8 +119,6 @@ def build_optimizer(groups: list[dict[str, Any]], tc) -> torch.optim.Optimizer: 
         )
         return GaLoreAdamW(groups, **galore)
     if tc.optimizer == "q-galore":
-        from salt_seg.training.qgalore import QGaLoreAdamW
-
         log.info(
             "Q-GaLore: rank <= %d, INT%d projector, %s weights, refresh every %d steps (x%d after %d refreshes "
             "with cosine >= %g)",
@@ -184,8 +192,6 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
                     examples.append((images[b].cpu(), labels[b].cpu(), pred[b]))
     stacked = torch.stack([sums, counts])
     if dist.enabled:
-        import torch.distributed as tdist
-
         tdist.all_reduce(stacked, op=tdist.ReduceOp.SUM)
     sums, counts = stacked
     means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
@@ -196,7 +202,9 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
 def output_ceiling(data: TrainData, image_size: int, output_size: int) -> dict[str, dict[str, float]]:
     """The resolution ceiling on the validation slices (as the model sees them) at the model's logit grid and at
     SAM's quarter grid, logged so that a user choosing an image size sees what the output grid allows."""
-    from salt_seg.evaluation.ceiling import mean_ceiling
+    from salt_seg.evaluation.ceiling import (
+        mean_ceiling,  # deferred: an upward import (.importlinter's one exception)
+    )
 
     if len(data.val) == 0:
         return {}
@@ -260,8 +268,6 @@ def train(
         if unused and dist.is_main and run_dir.is_dir() and not runs.published_steps(run_dir):
             # refused before its first checkpoint: leave --out as it was, so that the corrected command can use it
             # again (nothing was trained)
-            import shutil
-
             if existed:
                 for child in run_dir.iterdir():
                     if child.is_dir():
@@ -315,8 +321,6 @@ class Trainer:
         self._write_run_files(resume)
         self.ddp_model: torch.nn.Module = self.model
         if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.ddp_model = DistributedDataParallel(self.model, find_unused_parameters=True)
         self.loss_fn = build_loss(self.tc.loss)
         self.reg_weight = float(cfg.adapter.reg_weight or 0.0)
@@ -352,8 +356,6 @@ class Trainer:
         cfg = self.cfg
         record = cfg.preprocessing
         if data is None:
-            from salt_seg.training.data import build_train_data
-
             data = build_train_data(cfg, record)
         if data.record is not None:
             record = data.record
@@ -363,8 +365,6 @@ class Trainer:
             )
         continuation = None
         if self.tc.continue_from:
-            from salt_seg.training.continual import Continuation
-
             continuation = Continuation(cfg, data)
             data, record = continuation.data, continuation.data.record
         return data, record, continuation
@@ -372,8 +372,6 @@ class Trainer:
     def _build_model(self) -> None:
         """Base + class tokens + adapter, all initialised from the seed without touching global RNG (the same
         function ``salt-seg params --config`` counts with); a randomly initialised base is saved with the run."""
-        from salt_seg.adapters import trainable_parameters
-        from salt_seg.training.model import build_training_model
 
         cfg, dist, continuation = self.cfg, self.dist, self.continuation
         own_base = (
@@ -391,8 +389,6 @@ class Trainer:
         )
         self.model, self.base_hash = built.model, built.base_hash
         if cfg.model.checkpoint is None and dist.is_main and self.fresh:
-            from safetensors.torch import save
-
             base_sd = {k: v.contiguous() for k, v in built.base_state.items()}
             atomic_write_bytes(
                 self.run_dir / "base.safetensors", save(base_sd, metadata={"base_hash": self.base_hash})
@@ -429,8 +425,6 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and tc.amp == "fp16" else None
         if tc.grad_checkpoint:
-            from salt_seg.training.memory import enable_grad_checkpointing
-
             enable_grad_checkpointing(self.model)
         self.scheduler = warmup_cosine(
             self.optimizer,
@@ -443,7 +437,6 @@ class Trainer:
     def _restore(self, unit: ck.Unit) -> None:
         """Continue from a checkpoint unit: its adapter, optimizer, scheduler, scaler and RNG, its counters, and
         ``metrics.jsonl`` cut back to the unit's length."""
-        from salt_seg.adapters import load_adapter
 
         load_adapter(unit.adapter, self.model, expected_base_hash=self.base_hash)
         saved = unit.train_state
@@ -491,7 +484,6 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> TrainResult:
         """Train to ``train.steps`` (or early stop, or the time limit; ``stop_after``: stop as if interrupted after
         that many steps in total), then :meth:`finish`."""
-        from tqdm.auto import tqdm
 
         tc, dist, state = self.tc, self.dist, self.state
         if self.fresh:
@@ -584,7 +576,6 @@ class Trainer:
 
     def _backward(self, mb: MicroBatch) -> float:
         """Forward and backward of one micro-batch (its gradients scaled for accumulation); its loss."""
-        from salt_seg.adapters import adapter_regularization
 
         device, pb = self.device, mb.prompts
         ctx = torch.autocast(device.type, dtype=self.amp_dtype) if self.use_amp else contextlib.nullcontext()
@@ -658,8 +649,6 @@ class Trainer:
 
     def _plot_best(self, examples: list) -> None:
         if self.dist.is_main and examples:
-            from salt_seg.training.plots import plot_overlays
-
             plot_overlays(self.run_dir / "plots" / "val_overlays.png", examples, self.record)
 
     def save_checkpoint(self, metrics_bytes: int) -> None:
@@ -667,7 +656,6 @@ class Trainer:
         and RNG's states, published by one rename (rank 0)."""
         if not self.dist.is_main:
             return
-        from salt_seg.adapters import encode_adapter
 
         state, model, record = self.state, self.model, self.record
         blob = encode_adapter(
@@ -708,7 +696,6 @@ class Trainer:
             best_unit = runs.unit_path(self.run_dir, state.best_step) / "adapter.safetensors"
             atomic_write_bytes(self.run_dir / "adapter.safetensors", best_unit.read_bytes())
             ck.fault("exported")
-            from salt_seg.training.plots import plot_curves
 
             plot_curves(self.run_dir / "plots" / "curves.png", history)
             atomic_write_json(
