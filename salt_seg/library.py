@@ -15,6 +15,7 @@ refused. :class:`LibraryModels` keeps one base model in memory and swaps the lib
 
 from __future__ import annotations
 
+import copy as copying
 import json
 import os
 import re
@@ -25,8 +26,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
+from salt_seg.adapters import (
+    adapter_layers,
+    get_record,
+    load_adapter,
+    merge_adapters,
+    read_adapter_metadata,
+    remove_adapters,
+)
+from salt_seg.adapters.io import NON_BASE_PREFIXES, model_base_hash
+from salt_seg.configio import from_dict
+from salt_seg.inference.loading import LoadedModel, _class_names, resolve_base_checkpoint
 from salt_seg.io import atomic_write_bytes, atomic_write_json
+from salt_seg.model.builtin import is_builtin
+from salt_seg.model.checkpoint import load_base_model
+from salt_seg.model.hires import HIRES_PREFIX
+from salt_seg.model.sam import InputPrompt
+from salt_seg.preprocessing import Preprocessing
+from salt_seg.runs import find_adapter
 
 INDEX = "index.json"
 FORMAT = "salt_seg.library"
@@ -132,10 +152,6 @@ class Library:
             FileExistsError: ``name`` is taken and ``force`` is not set.
             FileNotFoundError: no such run or adapter, or its base cannot be found.
         """
-        from salt_seg.adapters import read_adapter_metadata
-        from salt_seg.inference.loading import resolve_base_checkpoint
-        from salt_seg.model.builtin import is_builtin
-        from salt_seg.runs import find_adapter
 
         check_name(name)
         adapter = find_adapter(source)
@@ -243,8 +259,6 @@ class AdapterSwitcher:
     """
 
     def __init__(self, model: Any, base_hash: str | None = None) -> None:
-        from salt_seg.adapters import get_record
-        from salt_seg.adapters.io import NON_BASE_PREFIXES, model_base_hash
 
         if get_record(model) is not None:
             raise ValueError("AdapterSwitcher needs a base model without adapters")
@@ -264,7 +278,6 @@ class AdapterSwitcher:
         Raises:
             ValueError: the adapter does not fit the base (another base hash, variant or shapes).
         """
-        from salt_seg.adapters import load_adapter, merge_adapters, remove_adapters
 
         model = self.model
         remove_adapters(model)
@@ -298,8 +311,6 @@ class LibraryModels:
 
     def _switcher_for(self, meta: dict[str, Any], image_size: int) -> AdapterSwitcher:
         """The switcher whose base fits ``meta`` (reads the base when none does yet)."""
-        from salt_seg.model.checkpoint import load_base_model
-        from salt_seg.model.hires import HIRES_PREFIX
 
         hires = True if any(k.startswith(HIRES_PREFIX) for k in meta["tensors"]) else None
         variant = meta.get("base_variant") or None
@@ -326,20 +337,12 @@ class LibraryModels:
                 that later loads leave alone (the viewer's sessions share models read-only); by default the one
                 model in memory is switched to ``name``.
         """
-        import copy as copying
-
-        from salt_seg.adapters import read_adapter_metadata
-        from salt_seg.configio import from_dict
-        from salt_seg.inference.loading import LoadedModel, _class_names
-        from salt_seg.preprocessing import Preprocessing
 
         path = self.library.adapter_path(name)
         meta = read_adapter_metadata(path)
         record = from_dict(Preprocessing, meta["preprocessing"])
         switcher = self._switcher_for(meta, record.image_size)
         if copy:
-            from salt_seg.adapters import remove_adapters
-
             private = AdapterSwitcher.__new__(AdapterSwitcher)
             private.model = copying.deepcopy(switcher.model)  # the shared model keeps its adapter
             remove_adapters(private.model)
@@ -382,7 +385,6 @@ class CompressionReport:
 
 
 def _synthetic_batch(model: Any) -> tuple[torch.Tensor, list[Any]]:
-    from salt_seg.model.sam import InputPrompt
 
     s = int(model.image_size)
     g = torch.Generator().manual_seed(0)
@@ -427,10 +429,6 @@ def compress_library(
     Raises:
         ValueError: an empty library, or a rank below 1.
     """
-    from safetensors.torch import load_file
-    from safetensors.torch import save as save_tensors
-
-    from salt_seg.adapters import adapter_layers
 
     names = list(library.entries())
     if not names:

@@ -67,7 +67,7 @@ def unexplained_local_imports(root: Path = ROOT) -> list[str]:
             if st.level == 0 if isinstance(st, ast.ImportFrom) else True:
                 if (module or "").split(".")[0] in OPTIONAL:
                     continue
-            if "# deferred:" in lines[st.lineno - 1]:
+            if any("# deferred:" in line for line in lines[st.lineno - 1 : st.end_lineno]):
                 continue
             found.append(f"{rel}:{st.lineno}: {ast.unparse(st)}")
     return found

@@ -202,9 +202,7 @@ def validate(model, data: TrainData, cfg: ExperimentConfig, device, dist: DistIn
 def output_ceiling(data: TrainData, image_size: int, output_size: int) -> dict[str, dict[str, float]]:
     """The resolution ceiling on the validation slices (as the model sees them) at the model's logit grid and at
     SAM's quarter grid, logged so that a user choosing an image size sees what the output grid allows."""
-    from salt_seg.evaluation.ceiling import (
-        mean_ceiling,  # deferred: an upward import (.importlinter's one exception)
-    )
+    from salt_seg.evaluation.ceiling import mean_ceiling  # deferred: upward, .importlinter's one exception
 
     if len(data.val) == 0:
         return {}
