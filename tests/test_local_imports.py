@@ -91,3 +91,22 @@ def test_the_check_finds_an_unexplained_one(tmp_path: Path) -> None:
     )
     (tmp_path / "salt_seg" / "cli.py").write_text("def main():\n    import torch\n")
     assert unexplained_local_imports(tmp_path) == ["salt_seg/inference/m.py:2: import json"]
+
+
+def test_help_loads_no_heavy_library() -> None:
+    """What the deferred imports of the entry points buy: ``salt-seg --help`` imports neither torch nor numpy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import contextlib, io, sys\n"
+        "from salt_seg.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'monai', 'scipy', 'nibabel') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
