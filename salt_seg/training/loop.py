@@ -308,6 +308,7 @@ class Trainer:
         self.run_dir, self.device, self.dist, self.progress = run_dir, device, dist, progress
         self.t_start = t_start
         self.earlier_seconds = 0.0  # time spent by the segments before a resume (up to their last checkpoint)
+        self.clock = 0.0  # share of train.time_limit used, as the ranks agree on it (read_clock)
         self.state = ck.TrainState()
         unit = self._open_run_dir(resume)
         self.fresh = unit is None
@@ -326,6 +327,13 @@ class Trainer:
     def elapsed(self) -> float:
         """Training time so far, the segments before a resume included."""
         return self.earlier_seconds + time.perf_counter() - self.t_start
+
+    def read_clock(self) -> float:
+        """The share of ``train.time_limit`` used so far, the same on every rank (their mean), kept in
+        :attr:`clock` for the schedule and the stop: ranks that read their own clocks would step with different
+        learning rates and could disagree about the last step."""
+        self.clock = float(all_reduce_mean(torch.tensor(self.elapsed() / self.tc.time_limit), self.dist))
+        return self.clock
 
     # --- set-up -----------------------------------------------------------------------------------------------------
     def _open_run_dir(self, resume: bool) -> ck.Unit | None:
@@ -429,7 +437,7 @@ class Trainer:
             tc.steps,
             tc.warmup_steps,
             tc.min_lr_ratio,
-            time_fraction=(lambda: self.elapsed() / tc.time_limit) if tc.time_limit > 0 else None,
+            time_fraction=(lambda: self.clock) if tc.time_limit > 0 else None,
         )
 
     def _restore(self, unit: ck.Unit) -> None:
@@ -510,13 +518,13 @@ class Trainer:
         last_val = state.best_val_dice
         # a run resumed from the checkpoint that stopped it early is finished (killed while exporting)
         stopped_early = bool(tc.early_stop and state.bad_validations >= tc.early_stop)
-        timed_out = bool(tc.time_limit) and not self.fresh and self.elapsed() >= tc.time_limit
+        timed_out = bool(tc.time_limit) and not self.fresh and self.read_clock() >= 1.0
         while state.step < tc.steps and not stopped_early and not timed_out:
             if stop_after is not None and state.step >= stop_after:
                 break
             ck.fault("step")
             row = self.step(next(batch_iter))
-            timed_out = bool(tc.time_limit) and self.elapsed() >= tc.time_limit
+            timed_out = bool(tc.time_limit) and self.clock >= 1.0  # read before this step's schedule update
             validated = state.step % tc.val_every == 0 or state.step == tc.steps or timed_out
             if validated:
                 last_val = self.validate_step(row)
@@ -614,6 +622,8 @@ class Trainer:
             optimizer.step()
         if continuation is not None:
             continuation.after_step()
+        if self.tc.time_limit:
+            self.read_clock()
         self.scheduler.step()
 
     # --- validation and checkpoints ---------------------------------------------------------------------------------

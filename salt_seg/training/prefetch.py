@@ -24,7 +24,11 @@ class MicroBatch:
     images: torch.Tensor
     labels: torch.Tensor
     prompts: PromptBatch
-    samples: int  # images on this rank
+
+    @property
+    def samples(self) -> int:
+        """Images on this rank."""
+        return int(self.images.shape[0])
 
 
 def fetch(
@@ -74,7 +78,7 @@ class StepBatches(torch.utils.data.Dataset):
             pb = make_prompts(
                 labels, self.class_ids, tc.prompt, seeds, box_jitter=tc.box_jitter, n_points=tc.points
             )
-            out.append(MicroBatch(images, labels, pb, len(idx)))
+            out.append(MicroBatch(images, labels, pb))
         return out
 
 
