@@ -141,11 +141,12 @@ def bench_encoder(variant: str, image_size: int, batch: int, repeats: int, infer
             name="lora", r_lora=4, targets=["image_encoder.blocks.*.attn.qkv"], **extras
         ),
         "full": AdapterConfig(name="full", **extras),
-        "salt_ref": AdapterConfig(
-            name="salt", r_lora=4, init="reference", relu="reference", compute="reference", **extras
-        ),
+        "salt_ref": AdapterConfig(name="salt", r_lora=4, init="reference", relu="reference", **extras),
     }
     models = {k: _encoder_model(variant, image_size, c) for k, c in configs.items()}
+    for layer in models["salt_ref"].modules():
+        if isinstance(layer, SaltLayer):
+            layer.compute = "reference"  # the released code's dense rebuild on every forward
     x = torch.randn(batch, 3, image_size, image_size)
     steps = {}
     for name, model in models.items():

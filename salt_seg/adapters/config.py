@@ -42,7 +42,7 @@ NECK_TARGETS: tuple[str, ...] = ("image_encoder.neck.0", "image_encoder.neck.2")
 LAYER_TYPES = ("attn", "mlp", "neck", "other")
 INIT_MODES = ("identity", "reference")
 RELU_MODES = ("diagonal", "reference")
-COMPUTE_MODES = ("auto", "factored", "dense", "svd_basis", "reference")
+COMPUTE_MODES = ("auto", "factored", "dense", "svd_basis")
 
 #: the trainable "other parts" and the module they live in
 EXTRA_FLAGS = (
@@ -123,9 +123,10 @@ class AdapterConfig:
             X and Y both random, N(0, 0.01²)).
         relu: ``diagonal`` (ReLU on the modified top-r singular values only) or ``reference`` (element-wise ReLU
             over the whole modified k × k Σ', as released: negative entries of diag(σ_res) + X·Y are zeroed too).
-        compute: ``auto`` (the cost model's cheapest per layer and forward), ``factored``, ``dense`` (delta),
-            ``svd_basis`` (salt/ssam: the layer applied in its singular basis), or ``reference`` (the released
-            code's dense U·ReLU(Σ')·Vᵀ rebuild on every forward; for benchmarks). All give the same function.
+        compute: ``auto`` (the cost model's cheapest per layer and forward), ``factored``, ``dense`` (delta) or
+            ``svd_basis`` (salt/ssam: the layer applied in its singular basis). All give the same function. (The
+            released code's dense rebuild on every forward is not a configuration: the benchmark that times it
+            sets ``SaltLayer.compute = "reference"`` on the layers it built.)
         reg_weight: λ of the regulariser; the training loop adds
             ``config.reg_weight * adapter_regularization(model)`` to the loss.
         train_norms / train_pos_embed / train_rel_pos / train_mask_decoder / train_prompt_encoder /
@@ -178,9 +179,9 @@ class AdapterConfig:
                 raise ValueError(
                     f"AdapterConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}"
                 )
-        if self.compute in ("reference", "svd_basis") and not spec.supports_reference_compute:
+        if self.compute == "svd_basis" and not spec.holds_full_basis:
             raise ValueError(
-                f"AdapterConfig.compute: {self.compute!r} needs the whole singular basis and exists only for salt "
+                f"AdapterConfig.compute: 'svd_basis' needs the whole singular basis and exists only for salt "
                 f"and ssam, not {self.name!r}"
             )
         self._resolve_rank(spec)

@@ -36,7 +36,8 @@ class AdapterMethod:
         options: the other config options it reads (``init``, ``relu``, ``lora_alpha``, ``lora_qv_only``).
         min_rank / max_rank_offset: valid resolved ranks are ``min_rank <= r <= k - max_rank_offset``.
         default_rank / default_r_lora / default_reg_weight / default_extras: config defaults.
-        supports_reference_compute: has the released code's dense rebuild (``compute="reference"``).
+        holds_full_basis: keeps the whole singular basis of each weight (``compute="svd_basis"``; SALT's
+            released dense rebuild, :meth:`~salt_seg.adapters.salt.SaltLayer.reference_delta`).
         trains_encoder: the whole image encoder trains (``full``).
     """
 
@@ -53,7 +54,7 @@ class AdapterMethod:
     default_r_lora: int | None = None
     default_reg_weight: float = 0.0
     default_extras: dict[str, bool] = field(default_factory=lambda: dict(PAPER_EXTRAS))
-    supports_reference_compute: bool = False
+    holds_full_basis: bool = False
     trains_encoder: bool = False
 
 
@@ -69,13 +70,13 @@ METHODS: dict[str, AdapterMethod] = {
         default_rank={"attn": {"fraction": 0.99}, "mlp": {"fraction": 0.065}, "neck": {"fraction": 0.977}},
         default_r_lora=4,
         default_reg_weight=0.01,  # the released training script's reg_multiplier
-        supports_reference_compute=True,
+        holds_full_basis=True,
     ),
     "ssam": AdapterMethod(
         name="ssam",
         description="scale/shift every singular value (S-SAM)",
         needs_svd=True,
-        supports_reference_compute=True,
+        holds_full_basis=True,
     ),
     "svfit": AdapterMethod(
         name="svfit",

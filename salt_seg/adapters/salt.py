@@ -16,7 +16,8 @@ zeroed, which the paper's "keep singular values non-negative" does not ask for. 
 applies the ReLU to the modified top-r singular values only.
 
 The released code rebuilds ``U·ReLU(Σ')·Vᵀ`` densely (two k x k-sized products) on every forward, inference
-included; here that is only ``compute="reference"`` (:meth:`SaltLayer.reference_delta`), kept for benchmarks.
+included; here that form is :meth:`SaltLayer.reference_delta`, used by the faithfulness tests and, as the layer
+attribute ``compute = "reference"`` (not a configuration value), by the benchmark that times the released code.
 """
 
 from __future__ import annotations

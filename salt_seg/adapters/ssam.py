@@ -17,7 +17,7 @@ class SSamLayer(SaltLayer):
     Args:
         base_layer: the layer to adapt.
         factors: fp32 thin SVD of its weight.
-        compute: ``auto``, ``factored``, ``dense`` or ``reference``.
+        compute: ``auto``, ``factored``, ``dense``, ``svd_basis`` (or the layer-only ``reference``).
 
     Trainable: ``alpha`` (init 1) and ``beta`` (init 0), ``k`` each.
     """
