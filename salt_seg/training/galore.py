@@ -93,6 +93,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         update_interval: int = 200,
         scale: float = 0.25,
         min_dim: int = 64,
+        **extra_defaults: Any,
     ) -> None:
         check_adam_args(lr, betas, eps, weight_decay)
         if rank < 1 or update_interval < 1 or min_dim < 1:
@@ -106,6 +107,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             "update_interval": update_interval,
             "scale": scale,
             "min_dim": min_dim,
+            **extra_defaults,  # a subclass's own group options (Q-GaLore)
         }
         super().__init__(params, defaults)
 
@@ -125,37 +127,67 @@ class GaLoreAdamW(torch.optim.Optimizer):
     def _project_back(low: torch.Tensor, proj: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         return low @ proj if shape[0] >= shape[1] else proj @ low
 
+    # -- what a subclass changes (Q-GaLore: quantized projector, lazy refresh, INT8 weights) ---------------------
+
+    def _init_low_rank(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Fill a projected matrix's state at its first step."""
+        state["refreshes"] = 0
+
+    def _projection(
+        self, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], step: int
+    ) -> torch.Tensor:
+        """This step's projector, refreshed from the gradient's SVD at steps 0, T, 2T, ..."""
+        if "projector" not in state or step % group["update_interval"] == 0:
+            state["projector"] = self._projector(grad, min(group["rank"], *grad.shape))
+            state["refreshes"] = state.get("refreshes", 0) + 1
+        projector: torch.Tensor = state["projector"]
+        return projector
+
+    def _apply_low_rank(
+        self,
+        p: torch.Tensor,
+        update: torch.Tensor,
+        step_size: float,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        index: int,
+        step: int,
+    ) -> None:
+        """Write the projected-back update into a projected matrix (decoupled weight decay first)."""
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.add_(update, alpha=-step_size * group["scale"])
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        index = -1  # the tensor's position in the optimizer (seeds Q-GaLore's stochastic rounding)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 grad = p.grad
                 if grad.is_sparse:
-                    raise RuntimeError("GaLoreAdamW does not support sparse gradients")
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 state = self.state[p]
                 low_rank = galore_eligible(p, group["min_dim"])
                 if not state:
                     state["step"] = torch.tensor(0.0)
                     if low_rank:
-                        state["refreshes"] = 0
+                        self._init_low_rank(p, state, group)
+                step = int(state["step"].item())
                 if low_rank:
-                    step = int(state["step"].item())
-                    if "projector" not in state or step % group["update_interval"] == 0:
-                        state["projector"] = self._projector(grad, min(group["rank"], *p.shape))
-                        state["refreshes"] = state.get("refreshes", 0) + 1
-                    grad = self._project(grad, state["projector"])
-                p.mul_(1 - lr * wd)
+                    proj = self._projection(grad, state, group, step).to(grad.dtype)
+                    grad = self._project(grad, proj)
                 exp_avg, denom, step_size = adam_moments(state, grad, group)
-                if low_rank:
-                    update = self._project_back(exp_avg / denom, state["projector"], p.shape)
-                    p.add_(update, alpha=-step_size * group["scale"])
-                else:
+                if not low_rank:
+                    p.mul_(1 - lr * wd)
                     p.addcdiv_(exp_avg, denom, value=-step_size)
+                    continue
+                update = self._project_back(exp_avg / denom, proj, p.shape)
+                self._apply_low_rank(p, update, step_size, state, group, index, step)
         return loss

@@ -41,12 +41,12 @@ refuses to unpickle, so ``--resume`` could not load it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from salt_seg.training.galore import GaLoreAdamW, adam_moments, check_adam_args, galore_eligible
+from salt_seg.training.galore import GaLoreAdamW
 
 __all__ = [
     "QGaLoreAdamW",
@@ -139,7 +139,7 @@ def dequantize_int8(
     return (g * scale[:, None]).reshape(-1)[:numel].reshape(shape)
 
 
-class QGaLoreAdamW(torch.optim.Optimizer):
+class QGaLoreAdamW(GaLoreAdamW):
     """Q-GaLore AdamW (module docstring).
 
     Args:
@@ -173,31 +173,30 @@ class QGaLoreAdamW(torch.optim.Optimizer):
         interval_growth: int = 2,
         seed: int = 0,
     ) -> None:
-        check_adam_args(lr, betas, eps, weight_decay)
         if min(rank, update_interval, min_dim, group_size, patience) < 1:
             raise ValueError("rank, update_interval, min_dim, group_size and patience must be >= 1")
         if not 2 <= proj_bits <= 8:
             raise ValueError(f"proj_bits must be in 2..8, got {proj_bits}")
         if interval_growth < 1:
             raise ValueError(f"interval_growth must be >= 1, got {interval_growth}")
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "rank": rank,
-            "update_interval": update_interval,
-            "scale": scale,
-            "min_dim": min_dim,
-            "proj_bits": proj_bits,
-            "group_size": group_size,
-            "int8_weights": int8_weights,
-            "cos_threshold": cos_threshold,
-            "patience": patience,
-            "interval_growth": interval_growth,
-            "seed": seed,
-        }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            rank=rank,
+            update_interval=update_interval,
+            scale=scale,
+            min_dim=min_dim,
+            proj_bits=proj_bits,
+            group_size=group_size,
+            int8_weights=int8_weights,
+            cos_threshold=cos_threshold,
+            patience=patience,
+            interval_growth=interval_growth,
+            seed=seed,
+        )
 
     def svd_counts(self) -> tuple[int, int]:
         """``(done, fixed)``: SVDs done so far, and those a fixed refresh every ``update_interval`` steps (GaLore)
@@ -250,53 +249,38 @@ class QGaLoreAdamW(torch.optim.Optimizer):
         state["svd_count"] += 1
         state["next_refresh"] = step + state["interval"]
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        index = -1
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                index += 1
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("QGaLoreAdamW does not support sparse gradients")
-                state = self.state[p]
-                low_rank = galore_eligible(p, group["min_dim"])
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    if low_rank:
-                        state.update(svd_count=0, interval=group["update_interval"], next_refresh=0, stable=0)
-                        if group["int8_weights"]:
-                            state["weight_codes"], state["weight_scale"] = quantize_int8(
-                                p, group["group_size"]
-                            )
-                step = int(state["step"].item())
-                if low_rank:
-                    if step >= state["next_refresh"]:
-                        self._refresh(grad, state, group, step)
-                    proj = self._proj(state, group).to(grad.dtype)
-                    grad = GaLoreAdamW._project(grad, proj)
-                exp_avg, denom, step_size = adam_moments(state, grad, group)
-                if not low_rank:
-                    p.mul_(1 - lr * wd)
-                    p.addcdiv_(exp_avg, denom, value=-step_size)
-                    continue
-                update = GaLoreAdamW._project_back(exp_avg / denom, proj, p.shape)
-                if not group["int8_weights"]:
-                    p.mul_(1 - lr * wd)
-                    p.add_(update, alpha=-step_size * group["scale"])
-                    continue
-                gs = group["group_size"]
-                w = dequantize_int8(state["weight_codes"], state["weight_scale"], gs, p.shape)
-                w.mul_(1 - lr * wd).add_(update.float(), alpha=-step_size * group["scale"])
-                gen = torch.Generator(device=p.device)
-                gen.manual_seed(hash((group["seed"], index, step)) & 0x7FFF_FFFF_FFFF_FFFF)
-                state["weight_codes"], state["weight_scale"] = stochastic_round_int8(w, gs, gen)
-                p.copy_(dequantize_int8(state["weight_codes"], state["weight_scale"], gs, p.shape))
-        return loss
+    def _init_low_rank(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state.update(svd_count=0, interval=group["update_interval"], next_refresh=0, stable=0)
+        if group["int8_weights"]:
+            state["weight_codes"], state["weight_scale"] = quantize_int8(p, group["group_size"])
+
+    def _projection(
+        self, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], step: int
+    ) -> torch.Tensor:
+        if step >= state["next_refresh"]:
+            self._refresh(grad, state, group, step)
+        return self._proj(state, group)
+
+    def _apply_low_rank(
+        self,
+        p: torch.Tensor,
+        update: torch.Tensor,
+        step_size: float,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        index: int,
+        step: int,
+    ) -> None:
+        """The update on the INT8 codes with stochastic rounding (or GaLore's float update without them)."""
+        if not group["int8_weights"]:
+            super()._apply_low_rank(p, update, step_size, state, group, index, step)
+            return
+        gs = group["group_size"]
+        w = dequantize_int8(state["weight_codes"], state["weight_scale"], gs, p.shape)
+        w.mul_(1 - group["lr"] * group["weight_decay"]).add_(
+            update.float(), alpha=-step_size * group["scale"]
+        )
+        gen = torch.Generator(device=p.device)
+        gen.manual_seed(hash((group["seed"], index, step)) & 0x7FFF_FFFF_FFFF_FFFF)
+        state["weight_codes"], state["weight_scale"] = stochastic_round_int8(w, gs, gen)
+        p.copy_(dequantize_int8(state["weight_codes"], state["weight_scale"], gs, p.shape))
