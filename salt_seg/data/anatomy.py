@@ -49,6 +49,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from salt_seg.data.synthetic import interp_matrix
+
 #: seed of the fixed held-out set of :func:`heldout_anatomy` (the same as the pretraining stream's held-out set)
 HELDOUT_SEED = 31337
 
@@ -213,23 +215,9 @@ assert {f.name for f in fields(AnatomyParams)} == {"shape", "min_pixels", "width
 
 
 # ---------------------------------------------------------------------------------------------- fields, grids
-@lru_cache(maxsize=64)
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """``n_out x n_in`` linear-interpolation weights between two samplings of one axis (cell centres)."""
-    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    w = (pos - lo).astype(np.float32)
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    m[np.arange(n_out), lo] += 1 - w
-    m[np.arange(n_out), hi] += w
-    m.setflags(write=False)
-    return m
-
-
 def _resize(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Separable linear resampling of a 2-D float array (no antialiasing: blur first when shrinking)."""
-    return _interp_matrix(shape[0], a.shape[0]) @ a @ _interp_matrix(shape[1], a.shape[1]).T
+    return interp_matrix(shape[0], a.shape[0]) @ a @ interp_matrix(shape[1], a.shape[1]).T
 
 
 @lru_cache(maxsize=8)

@@ -80,15 +80,20 @@ def _optional_classes(root: Path) -> dict[int, str]:
 
 
 # --- nnU-Net v2 -------------------------------------------------------------------------------------------------
-def _detect_nnunet(root: Path) -> bool:
+def _dataset_json(root: Path) -> dict[str, Any] | None:
+    """``root/dataset.json`` as a dict, or ``None`` where there is none or it does not parse (format detection)."""
     path = root / "dataset.json"
     if not path.is_file():
-        return False
+        return None
     try:
-        doc = read_json(path)
+        return read_json(path)
     except DataError:
-        return False
-    return "channel_names" in doc or "file_ending" in doc
+        return None
+
+
+def _detect_nnunet(root: Path) -> bool:
+    doc = _dataset_json(root)
+    return doc is not None and ("channel_names" in doc or "file_ending" in doc)
 
 
 def _read_nnunet(root: Path, strict: bool) -> Dataset:
@@ -153,14 +158,8 @@ def _read_nnunet(root: Path, strict: bool) -> Dataset:
 
 # --- Medical Segmentation Decathlon ---------------------------------------------------------------------------------
 def _detect_msd(root: Path) -> bool:
-    path = root / "dataset.json"
-    if not path.is_file():
-        return False
-    try:
-        doc = read_json(path)
-    except DataError:
-        return False
-    return "training" in doc or "modality" in doc
+    doc = _dataset_json(root)
+    return doc is not None and ("training" in doc or "modality" in doc)
 
 
 def _read_msd(root: Path, strict: bool) -> Dataset:

@@ -12,6 +12,7 @@ Shapes are rasterised inside their bounding boxes only and textures are separabl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -69,8 +70,10 @@ def _count(n_objects: int | tuple[int, int], rng: np.random.Generator) -> int:
     return int(rng.integers(lo, hi + 1))
 
 
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """``n_out x n_in`` linear-interpolation weights mapping a coarse axis onto a fine one (cell centres)."""
+@lru_cache(maxsize=64)
+def interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """``n_out x n_in`` linear-interpolation weights between two samplings of one axis (cell centres); read-only,
+    cached (the synthetic shapes and the anatomy generator upsample their coarse fields with it)."""
     pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, n_in - 1)
@@ -78,6 +81,7 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
     m = np.zeros((n_out, n_in), dtype=np.float32)
     m[np.arange(n_out), lo] += 1 - w
     m[np.arange(n_out), hi] += w
+    m.setflags(write=False)
     return m
 
 
@@ -87,7 +91,7 @@ def smooth_field(shape: tuple[int, ...], cells: int, rng: np.random.Generator) -
     field = rng.uniform(-1.0, 1.0, size=coarse_shape).astype(np.float32)
     for axis, (n_out, n_in) in enumerate(zip(shape, coarse_shape, strict=True)):
         # separable: interpolate one axis at a time (a matrix product each)
-        field = np.moveaxis(np.tensordot(_interp_matrix(n_out, n_in), field, axes=(1, axis)), 0, axis)
+        field = np.moveaxis(np.tensordot(interp_matrix(n_out, n_in), field, axes=(1, axis)), 0, axis)
     return np.ascontiguousarray(field)
 
 
