@@ -160,34 +160,20 @@ def evaluate_run(
             if lut is not None:
                 label = lut[np.clip(label, 0, len(lut) - 1)] * (label < len(lut))
             slices = list(range(prepared.n_slices)) if wanted is None else list(wanted)
-            if prompt == "auto":
-                res = segment_volume(
-                    model,
-                    record,
-                    prepared,
-                    mode="auto",
-                    batch_size=batch_size,
-                    progress=progress,
-                    desc=case_id,
-                    settings=inference,
-                    probabilities=overlap == "independent",
-                    precision=precision,
-                )
-            else:
-                prompts = gt_prompts(label, class_ids, slices, prepared.axis, prompt)
-                res = segment_volume(
-                    model,
-                    record,
-                    prepared,
-                    prompts,
-                    mode="prompts",
-                    batch_size=batch_size,
-                    progress=progress,
-                    desc=case_id,
-                    settings=inference,
-                    probabilities=overlap == "independent",
-                    precision=precision,
-                )
+            auto = prompt == "auto"
+            res = segment_volume(
+                model,
+                record,
+                prepared,
+                None if auto else gt_prompts(label, class_ids, slices, prepared.axis, prompt),
+                mode="auto" if auto else "prompts",
+                batch_size=batch_size,
+                progress=progress,
+                desc=case_id,
+                settings=inference,
+                probabilities=overlap == "independent",
+                precision=precision,
+            )
             spacing = np.linalg.norm(prepared.affine[:3, :3], axis=0).tolist()
             if overlap == "independent":
                 assert res.probabilities is not None  # asked for with overlap="independent"
