@@ -116,25 +116,7 @@ def load_label(
 
 
 def _match_geometry(path: Path, label: Volume, image: Volume) -> Volume:
-    if same_geometry(label, image):
-        return Volume(
-            label.array,
-            image.affine,
-            modality="label",
-            name=label.name,
-            is_2d=image.is_2d,
-            channel_names=["label"],
-            meta=label.meta,
-        )
-    lab_ras, img_ras = label.to_ras(), image.to_ras()
-    if same_geometry(lab_ras, img_ras):
-        logger.info(
-            "%s: label stored as %s, image as %s; reoriented onto the image grid",
-            path.name,
-            label.axcodes,
-            image.axcodes,
-        )
-        array = img_ras.restore_orientation(lab_ras.array)
+    def on_image_grid(array: np.ndarray) -> Volume:
         return Volume(
             array,
             image.affine,
@@ -144,6 +126,18 @@ def _match_geometry(path: Path, label: Volume, image: Volume) -> Volume:
             channel_names=["label"],
             meta=label.meta,
         )
+
+    if same_geometry(label, image):
+        return on_image_grid(label.array)
+    lab_ras, img_ras = label.to_ras(), image.to_ras()
+    if same_geometry(lab_ras, img_ras):
+        logger.info(
+            "%s: label stored as %s, image as %s; reoriented onto the image grid",
+            path.name,
+            label.axcodes,
+            image.axcodes,
+        )
+        return on_image_grid(img_ras.restore_orientation(lab_ras.array))
     if sorted(label.shape) != sorted(image.shape) or lab_ras.shape != img_ras.shape:
         raise DataError(
             path, f"label shape {label.shape} does not match image shape {image.shape} ({image.name})"
