@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from salt_seg.io import atomic_write_json
+
 
 def load(name: str):  # -> LoadedModel
     from salt_seg.inference import LoadedModel, load_base_for_prompts, load_inference_model
@@ -167,10 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "rows": rows,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

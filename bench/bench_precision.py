@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from salt_seg.io import atomic_write_json
+
 
 def precisions(device: str) -> list[str]:
     return ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "bf16"]
@@ -239,10 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         result["ct_predict"] = ct_memory(args)
     if args.vit_b:
         result["vit_b_1024_encoder"] = vitb_memory(args)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -21,11 +21,12 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from salt_seg.io import atomic_write_json
 
 
 def build(variant: str, merged: bool, image_size: int):
@@ -173,10 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = calibrate(args) if args.calibrate else throughput(args)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

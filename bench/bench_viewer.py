@@ -17,7 +17,6 @@ not depend on the weights); the output says which. CPU, one torch thread unless 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from salt_seg.io import atomic_write_json
 
 
 def load_model() -> tuple[Any, str]:
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         r = result[case]
         print(f"| {case} | {r['median_ms']} | {r['p90_ms']} | {r.get('cpu_median_ms', '')} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -17,7 +17,6 @@ their ratio and the largest probability difference of the clicked masks.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from salt_seg.io import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"click masks equal: min {min(agree):.4%}; max |prob| diff {result['click_max_abs_prob_diff']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

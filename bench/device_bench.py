@@ -24,12 +24,13 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from salt_seg.io import atomic_write_json
 
 ADAPTERS = ("salt", "lora_r4", "full", "galore")
 
@@ -214,10 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "inference": predict_and_click(args, device),
     }
     result["total_s"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        atomic_write_json(args.json, result)
     return result
 
 
