@@ -4,7 +4,7 @@ On a CUDA device (default): ViT-B at 1024 px, batch 2, bf16 autocast and gradien
 
 * **training step** (forward through encoder and decoder with one box per image, Dice-free BCE loss, backward,
   AdamW step) time and peak CUDA memory for SALT at the released ranks (r_lora 4), LoRA r = 4 on qkv, full
-  fine-tuning and GaLore (when the adapter registry has it; otherwise reported as not available);
+  fine-tuning, and full fine-tuning with the GaLore and Q-GaLore optimizers (``train.optimizer``, defaults);
 * **predict throughput**: ``segment_volume`` (auto mode, merged weights, ``--precision``) on a synthetic volume;
 * **click latency**: :class:`~salt_seg.model.predictor.Predictor` point clicks on an embedded slice.
 
@@ -32,7 +32,9 @@ import torch.nn.functional as F
 
 from salt_seg.io import atomic_write_json
 
-ADAPTERS = ("salt", "lora_r4", "full", "galore")
+ADAPTERS = ("salt", "lora_r4", "full", "galore", "q-galore")
+#: full fine-tuning with a low-memory optimizer instead of AdamW (issue 18)
+OPTIMIZERS = {"galore": "GaLoreAdamW", "q-galore": "QGaLoreAdamW"}
 
 
 def _sync(device: torch.device) -> None:
@@ -40,9 +42,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _adapter_config(name: str):  # -> AdapterConfig | None
+def _adapter_config(name: str):  # -> AdapterConfig
     from salt_seg.adapters import AdapterConfig
-    from salt_seg.adapters.methods import METHODS
 
     if name == "salt":
         return AdapterConfig(name="salt", r_lora=4, train_class_tokens=False)
@@ -50,11 +51,21 @@ def _adapter_config(name: str):  # -> AdapterConfig | None
         return AdapterConfig(
             name="lora", r_lora=4, targets=["image_encoder.blocks.*.attn.qkv"], train_class_tokens=False
         )
-    if name == "full":
+    if name == "full" or name in OPTIMIZERS:
         return AdapterConfig(name="full", train_class_tokens=False)
-    if name in METHODS:
-        return AdapterConfig(name=name, train_class_tokens=False)
-    return None
+    raise ValueError(f"unknown benchmark row {name!r}")
+
+
+def _optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if name == "galore":
+        from salt_seg.training.galore import GaLoreAdamW
+
+        return GaLoreAdamW(params, lr=1e-4, weight_decay=1e-2)
+    if name == "q-galore":
+        from salt_seg.training.qgalore import QGaLoreAdamW
+
+        return QGaLoreAdamW(params, lr=1e-4, weight_decay=1e-2)
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
 
 
 def _model(args: argparse.Namespace, num_classes: int = 0):
@@ -70,22 +81,20 @@ def train_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     from salt_seg.adapters import trainable_parameters as adapter_trainable
     from salt_seg.model.precision import autocast
     from salt_seg.model.sam import InputPrompt
+    from salt_seg.training.galore import optimizer_state_bytes
     from salt_seg.training.memory import enable_grad_checkpointing
 
     s = args.image_size
     out: dict[str, Any] = {}
     for name in ADAPTERS:
         config = _adapter_config(name)
-        if config is None:
-            out[name] = {"status": "not available (no such adapter in this version)"}
-            continue
         model = _model(args)
         inject_adapters(model, config, svd_cache=False, progress=False)
         if args.checkpointing:
             enable_grad_checkpointing(model)
         model = model.to(device).train()
         params = adapter_trainable(model)
-        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+        opt = _optimizer(name, params)
         gen = torch.Generator().manual_seed(0)
         images = torch.randn(args.batch, 3, s, s, generator=gen).to(device)
         target = (
@@ -117,6 +126,7 @@ def train_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             "trainable_params": int(sum(p.numel() for p in params)),
             "step_s_median": round(statistics.median(times), 4),
             "step_s_all": [round(t, 4) for t in times],
+            "optimizer_state_mib": round(optimizer_state_bytes(opt) / 2**20, 2),
             "peak_mem_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
             if device.type == "cuda"
             else None,
