@@ -30,62 +30,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from salt_seg.data.slices import resize_label
+from salt_seg.data.ceiling import check_ceiling_args, resolution_ceiling
 from salt_seg.evaluation.labelled_slices import iter_labelled_slices
 from salt_seg.evaluation.summary import describe
-from salt_seg.preprocessing import RESIZE_MODES, SliceTransform, logits_to_original
 
-
-def _check(image_size: int, grids: Sequence[int], resize: str) -> None:
-    if int(image_size) < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
-    for g in grids:
-        if not 1 <= int(g) <= int(image_size):
-            raise ValueError(f"grid must be in 1..image_size ({image_size}), got {g}")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
-
-
-def resolution_ceiling(
-    label: np.ndarray, classes: Sequence[int], image_size: int, grid: int, *, resize: str = "longest"
-) -> dict[int, float]:
-    """Per-class Dice of a perfect prediction made on a ``grid x grid`` logit grid (module docstring).
-
-    Args:
-        label: ``H x W`` integer label map of one slice, at its own resolution.
-        classes: class ids to measure (background 0 is never measured).
-        image_size: side ``S`` of the square model input in pixels.
-        grid: side of the logit grid in pixels, ``1 <= grid <= S`` (SAM's decoder: ``S // 4``).
-        resize: ``longest`` (SAM: longest side to ``S``, pad bottom/right) or ``square`` (MedSAM).
-
-    Returns:
-        ``class id -> Dice`` in ``[0, 1]`` for every class present in the slice; absent classes are left out.
-
-    Raises:
-        ValueError: ``label`` is not a 2-D integer map, or bad ``image_size``, ``grid`` or ``resize``.
-    """
-
-    lab = np.asarray(label)
-    if lab.ndim != 2 or lab.dtype.kind not in "biu":
-        raise ValueError(f"label must be an H x W integer label map, got {lab.dtype} of shape {lab.shape}")
-    _check(image_size, [grid], resize)
-    present = [int(c) for c in classes if c != 0 and (lab == c).any()]
-    if not present:
-        return {}
-    tf = SliceTransform.create(lab.shape, int(image_size), resize)
-    model_target = resize_label(np.where(np.isin(lab, present), lab, 0), tf)  # S x S, as training sees it
-    masks = torch.stack([model_target == c for c in present]).float()  # K x S x S
-    if grid != image_size:
-        masks = F.interpolate(masks[None], size=(int(grid), int(grid)), mode="area")[0]
-    pred = (logits_to_original(masks, tf) > 0.5).numpy()  # K x H x W
-    out = {}
-    for k, c in enumerate(present):
-        gt = lab == c
-        out[c] = 2.0 * float(np.logical_and(pred[k], gt).sum()) / float(pred[k].sum() + gt.sum())
-    return out
+__all__ = ["dataset_ceiling", "mean_ceiling", "resolution_ceiling"]
 
 
 def mean_ceiling(
@@ -113,7 +63,7 @@ def mean_ceiling(
         ValueError: bad arguments (see :func:`resolution_ceiling`).
     """
     grids = [int(g) for g in grids]
-    _check(image_size, grids, resize)
+    check_ceiling_args(image_size, grids, resize)
     values: dict[int, dict[int, list[float]]] = {g: {int(c): [] for c in classes} for g in grids}
     for label in labels:
         for g in grids:
