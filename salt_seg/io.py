@@ -119,20 +119,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -
             file is left.
     """
     path = Path(path)
-    tmp: str | None = None
-    try:
-        fd, tmp = _new_temp(path, "")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        _publish(tmp, path, durable=durable)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        _blame(exc, (tmp,) if tmp else (), None, path)
-        raise
+    with atomic_path(path, durable=durable) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY), "wb") as f:
+        f.write(data)
     return path
 
 
