@@ -99,6 +99,8 @@ class TrainState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)  # empty without fp16 gradient scaling
     torch_rng: torch.Tensor | None = None
+    #: under ``train.ema_decay`` the unit's adapter holds the moving average; these are the raw trained tensors
+    raw_weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``state.pt`` holds (format :data:`STATE_FORMAT`; plain types and tensors, so that it loads under
@@ -116,6 +118,7 @@ class TrainState:
             "torch_rng": self.torch_rng,
             "seconds": self.seconds,
             "metrics_bytes": self.metrics_bytes,
+            **({"raw_weights": self.raw_weights} if self.raw_weights else {}),
         }
 
     @classmethod
@@ -134,6 +137,7 @@ class TrainState:
             scheduler=state["scheduler"],
             scaler=state["scaler"] or {},
             torch_rng=state["torch_rng"],
+            raw_weights=state.get("raw_weights") or {},
         )
 
 

@@ -154,6 +154,11 @@ class TrainSection:
             every batch is a function of (seed, step), so the run is the same as with 0 (made in the training
             process), only faster where making samples is slow.
         overlays: validation overlays drawn into ``plots/``.
+        ema_decay: keep an exponential moving average of the trained tensors (Polyak averaging) with this decay
+            (0 = off). The average is what validation scores, what each checkpoint's adapter holds and what the run
+            exports; the optimizer keeps training the raw tensors (saved in ``state.pt`` for ``--resume``). The
+            decay warms up as ``min(ema_decay, (1 + step) / (10 + step))``, so early steps are not tied to the
+            initial weights.
         optimizer: ``adamw`` or ``galore`` (:class:`salt_seg.training.galore.GaLoreAdamW`: AdamW whose moments
             of each 2-D weight matrix live in a rank-``galore_rank`` subspace of its gradient, for full
             fine-tuning in less memory; smaller tensors get plain AdamW).
@@ -204,6 +209,7 @@ class TrainSection:
     seed: int = 0
     num_workers: int = 0
     overlays: int = 4
+    ema_decay: float = 0.0
     grad_clip: float = 1.0
     optimizer: str = "adamw"
     galore_rank: int = 128
@@ -230,6 +236,8 @@ class TrainSection:
             raise ValueError(f"train.time_limit must be >= 0 seconds (0 = none), got {self.time_limit}")
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         for name in ("lr_decoder", "lr_class_tokens", "lr_hires"):

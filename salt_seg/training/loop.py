@@ -48,6 +48,7 @@ from salt_seg.training.distributed import (
     cleanup,
     init_distributed,
 )
+from salt_seg.training.ema import ParamEma
 from salt_seg.training.galore import GaLoreAdamW, galore_eligible
 from salt_seg.training.losses import build_loss, mask_iou, soft_dice
 from salt_seg.training.memory import enable_grad_checkpointing
@@ -415,8 +416,10 @@ class Trainer:
         self.ceiling = (
             output_ceiling(self.data, self.record.image_size, self.model.output_size) if dist.is_main else {}
         )
-        self.params = trainable_parameters(self.model)
+        named = trainable_parameters(self.model, named=True)
+        self.params = [p for _, p in named]
         self.n_trainable = sum(p.numel() for p in self.params)
+        self.ema = ParamEma(named, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.meta: dict[str, Any] = {
             "base_variant": self.model.variant,
             "base_hash": self.base_hash,
@@ -451,6 +454,13 @@ class Trainer:
 
         load_adapter(unit.adapter, self.model, expected_base_hash=self.base_hash)
         saved = unit.train_state
+        if self.ema is not None:  # the unit's adapter is the average; state.pt has the raw tensors
+            if not saved.raw_weights:
+                raise ValueError(
+                    f"{unit.path}: damaged checkpoint (train.ema_decay, but no raw weights in state.pt)"
+                )
+            self.ema.restart_from_parameters()
+            self.ema.load_raw(saved.raw_weights)
         self.optimizer.load_state_dict(saved.optimizer)
         self.scheduler.load_state_dict(saved.scheduler)
         if self.scaler is not None and saved.scaler:
@@ -459,7 +469,9 @@ class Trainer:
         torch.set_rng_state(saved.torch_rng)
         self.earlier_seconds = saved.seconds
         # the counters; the optimizer's and the others' states live in their objects until the next unit
-        self.state = dataclasses.replace(saved, optimizer={}, scheduler={}, scaler={}, torch_rng=None)
+        self.state = dataclasses.replace(
+            saved, optimizer={}, scheduler={}, scaler={}, torch_rng=None, raw_weights={}
+        )
         if self.dist.is_main:
             rd.truncate_metrics(self.run_dir, saved.metrics_bytes)
             ck.prune(self.run_dir, keep={saved.step, saved.best_step})
@@ -575,6 +587,8 @@ class Trainer:
             losses.append(self._backward(mb))
         self._apply_gradients()
         self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.state.step)
         mean_loss = float(all_reduce_mean(torch.tensor(np.mean(losses)), self.dist))
         row: dict[str, Any] = {
             "step": self.state.step,
@@ -634,7 +648,8 @@ class Trainer:
     # --- validation and checkpoints ---------------------------------------------------------------------------------
     def _validate(self) -> tuple[float, dict[int, float], list]:
         keep = self.tc.overlays if self.dist.is_main else 0
-        return validate(self.model, self.data, self.cfg, self.device, self.dist, keep=keep)
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            return validate(self.model, self.data, self.cfg, self.device, self.dist, keep=keep)
 
     def validate_untrained(self) -> None:
         """Step 0: the untrained adapter is the first candidate for best, and the first checkpoint."""
@@ -671,15 +686,18 @@ class Trainer:
             return
 
         state, model, record = self.state, self.model, self.record
-        blob = encode_adapter(
-            model,
-            self.cfg.adapter,
-            base_variant=model.variant,
-            base_hash=self.base_hash,
-            preprocessing=record,
-            class_names=record.classes,
-            extra={**self.meta, "step": state.step, "best_step": state.best_step},
-        )
+        raw: dict[str, torch.Tensor] = {}
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext() as held:
+            raw = held or {}  # under EMA: the adapter holds the average, state.pt the raw tensors
+            blob = encode_adapter(
+                model,
+                self.cfg.adapter,
+                base_variant=model.variant,
+                base_hash=self.base_hash,
+                preprocessing=record,
+                class_names=record.classes,
+                extra={**self.meta, "step": state.step, "best_step": state.best_step},
+            )
         state.seconds, state.metrics_bytes = self.elapsed(), metrics_bytes
         unit = dataclasses.replace(
             state,
@@ -687,6 +705,7 @@ class Trainer:
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else {},
             torch_rng=torch.get_rng_state(),
+            raw_weights=raw,
         )
         ck.write_unit(self.run_dir, state.step, blob, unit.to_dict())
 
