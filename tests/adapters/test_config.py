@@ -52,7 +52,10 @@ def test_rank_merges_over_defaults() -> None:
         ({"name": "ssam", "rank": 8}, "rank"),
         ({"name": "svfit", "r_lora": 4}, "r_lora"),
         ({"name": "lora", "compute": "reference"}, "compute"),
-        ({"name": "salt", "compute": "reference"}, "compute"),  # a benchmark's layer attribute, not a config value
+        (
+            {"name": "salt", "compute": "reference"},
+            "compute",
+        ),  # a benchmark's layer attribute, not a config value
         ({"name": "lora", "compute": "svd_basis"}, "svd_basis"),
         ({"name": "full", "train_norms": False}, "train_norms"),
         ({"targets": []}, "targets"),
