@@ -118,7 +118,7 @@ def test_undo_wheel_keys_brush_and_layout_in_chromium(server: ViewerApp, page, t
         f"undone: point (axial slice {k}) · 0 more step(s) to undo"
     )
     undone = settled_shot(page, image, old_src, "23_undone.png")
-    for _ in range(40):  # under load the page may still be settling (layout, veil): give it up to 10 s more
+    for _ in range(240):  # under load the page may still be settling (layout, veil): give it up to 60 s more
         if np.array_equal(undone, before):
             break
         page.wait_for_timeout(250)
