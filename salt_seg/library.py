@@ -46,7 +46,7 @@ from salt_seg.adapters.io import NON_BASE_PREFIXES, model_base_hash
 from salt_seg.configio import from_dict
 from salt_seg.inference.loading import LoadedModel, _class_names, resolve_base_checkpoint, run_dir_of
 from salt_seg.io import atomic_path, atomic_write_bytes, atomic_write_json
-from salt_seg.model.builtin import is_builtin
+from salt_seg.model.builtin import builtin_with_hash, is_builtin, resolve_checkpoint
 from salt_seg.model.checkpoint import load_base_model
 from salt_seg.model.hires import HIRES_PREFIX
 from salt_seg.model.sam import InputPrompt
@@ -186,8 +186,8 @@ class Library:
         if not entries:  # the first adapter fixes the base
             named = str((meta.get("extra") or {}).get("base_checkpoint") or "")
             base = resolve_base_checkpoint(adapter, meta, None)
-            if is_builtin(named):
-                base_ref, base_name = named, named
+            if is_builtin(named):  # by name: the shipped base whose hash the adapter records
+                base_ref = base_name = builtin_with_hash(stored, first=named) or named
             elif base is None:
                 raise FileNotFoundError(f"{adapter}: no base checkpoint found for it")
             elif named.startswith("run:"):  # the run's own base: keep a copy, the run may go away
@@ -325,7 +325,7 @@ class LibraryModels:
         key = (variant, image_size, hires)
         if self._switcher is None or key != self._key:
             shape = meta["tensors"].get("class_tokens.weight")
-            base = self.library.base_checkpoint()
+            base = resolve_checkpoint(self.library.base_checkpoint())  # a built-in name -> its file
             model, info = load_base_model(
                 variant, base, image_size=image_size, num_classes=int(shape[0]) if shape else 0, hires=hires
             )

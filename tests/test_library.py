@@ -275,11 +275,13 @@ def test_compress_cli_prints_the_rank_table(runs: dict[str, Path], tmp_path: Pat
     for name in ("liver", "spleen"):
         assert main(["library", "add", str(runs[name]), "--name", name, "--library", lib]) == 0
     capsys.readouterr()
-    assert main(["library", "compress", "--library", lib, "--rank", "8", "--rank", "2"]) == 0
+    assert (
+        main(["library", "compress", "--library", lib, "--rank", "full", "--rank", "8", "--rank", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert "2 adapters" in out and "no Dice: no evaluation data for liver, spleen" in out
     rows = [line.split() for line in out.splitlines() if line.split()[2:3] == ["MiB"]]
-    assert [r[0] for r in rows] == ["8", "2"]
+    assert [r[0] for r in rows] == ["full", "8", "2"]
     assert main(["library", "compress", "--library", lib, "--rank", "0"]) == 2
 
 
@@ -447,3 +449,44 @@ def test_clusters_group_similar_adapters_and_reproduce_at_full_rank(tmp_path: Pa
     assert {k.split("/")[1] for k in u} == {"0", "1"} and all(s[1] <= 2 for s in u.values())
     one = compress_library(lib, [2])  # one group: a basis per layer for all three
     assert one.groups == [["a", "b", "c"]] and one.rows[0]["bytes"] < r2["bytes"]
+
+
+def test_an_adapter_of_a_builtin_base_loads_from_the_library(tmp_path: Path) -> None:
+    """The library records a built-in base by name; loading an entry resolves the name to the shipped file."""
+    from salt_seg.adapters import AdapterConfig, inject_adapters, save_adapter
+    from salt_seg.inference import load_inference_model
+    from salt_seg.model.builtin import resolve_checkpoint
+    from salt_seg.model.checkpoint import load_base_model
+
+    model, info = load_base_model(None, resolve_checkpoint("builtin"), num_classes=2)
+    assert info is not None
+    config = AdapterConfig(name="lora", train_class_tokens=True)
+    inject_adapters(model, config, base_hash=info.content_hash, svd_cache=False, progress=False)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    names = {1: "a", 2: "b"}
+    adapter = tmp_path / "run" / "adapter.safetensors"
+    adapter.parent.mkdir()
+    save_adapter(
+        adapter,
+        model,
+        config,
+        base_variant=info.variant or "tiny",
+        base_hash=info.content_hash,
+        preprocessing=Preprocessing(intensity="minmax", image_size=model.image_size, classes=names),
+        class_names=names,
+        extra={"base_variant": "tiny", "base_checkpoint": "builtin", "step": 1},
+    )
+    lib = Library.open(tmp_path / "lib")
+    lib.add(adapter, "a")
+    assert lib.index()["base_checkpoint"] == "builtin"
+    got = LibraryModels(lib).load("a").model
+    s = got.image_size
+    images = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = got(images, [InputPrompt(class_id=1)])[0]
+        b = load_inference_model(adapter).model(images, [InputPrompt(class_id=1)])[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -34,6 +34,16 @@ def _add_library_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _rank(text: str) -> int | None:
+    """``--rank``: an integer, or ``full`` (``None``)."""
+    if text == "full":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'full', got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("add", help="copy a run's (or an adapter file's) adapter into the library")
@@ -53,11 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rank",
         dest="ranks",
-        type=int,
+        type=_rank,
         action="append",
         default=None,
         metavar="R",
-        help="shared rank per layer (repeatable; default: full, 64, 32, 16, 8, 4)",
+        help="shared rank per layer, or 'full' (repeatable; default: full, 64, 32, 16, 8, 4)",
     )
     p.add_argument(
         "--out",
