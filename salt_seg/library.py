@@ -502,7 +502,8 @@ def compress_library(
 
     Args:
         library: a library with at least one entry.
-        ranks: shared ranks to measure (``None`` = full; larger ones are clipped to full per layer); default
+        ranks: shared ranks to measure (``None`` = full; larger ones are clipped to full per layer; 0 = every
+            update dropped, the entries' private tensors alone: the floor to read the others against); default
             full, 64, 32, 16, 8, 4.
         out: write the compressed library at the last rank of ``ranks`` to this safetensors file (analysis
             output: ``predict`` does not load it).
@@ -512,16 +513,16 @@ def compress_library(
             compressed updates written into its layers' weights (others get no Dice).
 
     Raises:
-        ValueError: an empty library, a rank or cluster count below 1, more clusters than entries, or a scorer for
-            an entry the library does not hold.
+        ValueError: an empty library, a negative rank, a cluster count below 1 or above the entries', or a scorer
+            for an entry the library does not hold.
     """
 
     names = list(library.entries())
     if not names:
         raise ValueError(f"{library.root}: the library is empty; nothing to compress")
     wanted: list[int | None] = list(ranks) if ranks else [None, 64, 32, 16, 8, 4]
-    if any(r is not None and r < 1 for r in wanted):
-        raise ValueError(f"--rank must be >= 1, got {wanted}")
+    if any(r is not None and r < 0 for r in wanted):
+        raise ValueError(f"--rank must be >= 0, got {wanted}")
     if clusters < 1 or clusters > len(names):
         raise ValueError(
             f"--clusters must be between 1 and the library's {len(names)} entries, got {clusters}"
@@ -717,8 +718,10 @@ def format_compression(report: CompressionReport) -> str:
 
 
 def plot_compression(report: CompressionReport, path: str | Path) -> Path:
-    """A PNG of Dice retained against the compressed library's size, one line per scored entry, each point
-    labelled with its shared rank (matplotlib, Agg; written atomically).
+    """A PNG of Dice retained against the size of the compressed updates (shared bases + coefficients, log
+    scale; the entries' private tensors come on top of every point), one line per scored entry, each point
+    labelled with its shared rank; a rank-0 row (updates dropped) is drawn as a dotted level per entry
+    (matplotlib, Agg; written atomically).
 
     Raises:
         ValueError: no entry was scored.
@@ -731,21 +734,28 @@ def plot_compression(report: CompressionReport, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sizes = [row["bytes"] / 2**20 for row in report.rows]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rows = [row for row in report.rows if row["rank"] != 0]
+    floor = next((row for row in report.rows if row["rank"] == 0), None)
+    sizes = [(row["bytes"] - report.private_bytes) / 2**20 for row in rows]
     for n in scored:
-        ax.plot(sizes, [row["retained"][n] for row in report.rows], "o-", lw=1.2, ms=4, label=n)
-    for x, row in zip(sizes, report.rows, strict=True):
+        (line,) = ax.plot(sizes, [row["retained"][n] for row in rows], "o-", lw=1.2, ms=4, label=n)
+        if floor is not None:
+            ax.axhline(floor["retained"][n], color=line.get_color(), lw=0.8, ls=":")
+    for x, row in zip(sizes, rows, strict=True):
         ax.annotate(
-            str(row["rank"]), (x, 1.0), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
+            str(row["rank"]), (x, 1.0), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7
         )
-    ax.axhline(1.0, color="grey", lw=0.6, ls=":")
-    ax.axvline(report.adapter_bytes / 2**20, color="grey", lw=0.6, ls="--", label="adapter files")
+    ax.axhline(1.0, color="grey", lw=0.5)
     ax.set_xscale("log")
-    ax.set_xlabel("compressed library size (MiB, fp32; labels: shared rank)")
+    ax.set_xlabel(
+        f"compressed updates, MiB fp32 (labels: shared rank; + {report.private_bytes / 2**20:.2f} MiB private "
+        "tensors)"
+    )
     ax.set_ylabel("Dice retained (Dice at rank / as trained)")
     groups = f", {len(report.groups)} groups" if len(report.groups) > 1 else ""
-    ax.set_title(f"Adapter library: joint SVD per layer{groups}", fontsize=10)
+    dotted = "; dotted: updates dropped (rank 0)" if floor is not None else ""
+    ax.set_title(f"Adapter library: joint SVD per layer{groups}{dotted}", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

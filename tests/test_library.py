@@ -282,7 +282,8 @@ def test_compress_cli_prints_the_rank_table(runs: dict[str, Path], tmp_path: Pat
     assert "2 adapters" in out and "no Dice: no evaluation data for liver, spleen" in out
     rows = [line.split() for line in out.splitlines() if line.split()[2:3] == ["MiB"]]
     assert [r[0] for r in rows] == ["full", "8", "2"]
-    assert main(["library", "compress", "--library", lib, "--rank", "0"]) == 2
+    assert main(["library", "compress", "--library", lib, "--rank", "-1"]) == 2
+    assert "--rank must be >= 0" in capsys.readouterr().err
 
 
 def test_predict_cli_takes_a_library_name(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -350,19 +351,21 @@ def test_compress_reports_dice_retained_exactly_one_at_full_rank(
     for name, run in scored.items():
         assert lib.add(run, name)["run"] == str(run.resolve())
     lib.add(runs["spleen"], "spleen")  # no evaluation data
-    report = compress_library(lib, [None, 4, 1], scorers={n: _scorer(r, "cpu") for n, r in scored.items()})
+    report = compress_library(lib, [None, 4, 1, 0], scorers={n: _scorer(r, "cpu") for n, r in scored.items()})
     assert report.unscored == ["spleen"] and sorted(report.dice) == ["kidney", "liver"]
-    full, r4, r1 = report.rows
+    full, r4, r1, none = report.rows
+    assert none["bytes"] == report.private_bytes  # rank 0: the updates dropped, the private tensors kept
+    assert all(e == 1.0 for e in none["weight_error"].values())
     for name, run in scored.items():
         expected = run_dice(run)
         assert expected > 0.01  # a random adapter, but not a blank prediction: the ratio is defined
         assert report.dice[name] == expected  # the library's model scores as the run's own
         assert full["dice"][name] == expected and full["retained"][name] == 1.0
-        for row in (r4, r1):
+        for row in (r4, r1, none):
             assert 0.0 <= row["dice"][name] <= 1.0
             assert row["retained"][name] == pytest.approx(row["dice"][name] / expected)
     assert "spleen" not in full["dice"] and full["weight_error"]["spleen"] < 1e-6
-    assert full["bytes"] > r4["bytes"] > r1["bytes"]
+    assert full["bytes"] > r4["bytes"] > r1["bytes"] > none["bytes"]
     text = format_compression(report)
     assert "no Dice: no evaluation data for spleen" in text
     table = text[text.index("retained = Dice") :].splitlines()

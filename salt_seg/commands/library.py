@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="R",
-        help="shared rank per layer, or 'full' (repeatable; default: full, 64, 32, 16, 8, 4)",
+        help="shared rank per layer, or 'full' (repeatable; default: full, 64, 32, 16, 8, 4); 0 drops the "
+        "updates (each entry's other tensors alone: the floor)",
     )
     p.add_argument(
         "--out",
