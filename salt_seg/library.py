@@ -733,6 +733,7 @@ def plot_compression(report: CompressionReport, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     rows = [row for row in report.rows if row["rank"] != 0]
@@ -743,11 +744,19 @@ def plot_compression(report: CompressionReport, path: str | Path) -> Path:
         if floor is not None:
             ax.axhline(floor["retained"][n], color=line.get_color(), lw=0.8, ls=":")
     for x, row in zip(sizes, rows, strict=True):
-        ax.annotate(
-            str(row["rank"]), (x, 1.0), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7
+        ax.annotate(  # along the top edge, clear of the lines
+            str(row["rank"]),
+            (x, 1.0),
+            xycoords=ax.get_xaxis_transform(),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=7,
         )
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
     ax.set_xlabel(
         f"compressed updates, MiB fp32 (labels: shared rank; + {report.private_bytes / 2**20:.2f} MiB private "
         "tensors)"
@@ -755,7 +764,7 @@ def plot_compression(report: CompressionReport, path: str | Path) -> Path:
     ax.set_ylabel("Dice retained (Dice at rank / as trained)")
     groups = f", {len(report.groups)} groups" if len(report.groups) > 1 else ""
     dotted = "; dotted: updates dropped (rank 0)" if floor is not None else ""
-    ax.set_title(f"Adapter library: joint SVD per layer{groups}{dotted}", fontsize=9)
+    ax.set_title(f"Adapter library: joint SVD per layer{groups}{dotted}", fontsize=9, pad=14)
     ax.legend(fontsize=8, loc="lower right")
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
