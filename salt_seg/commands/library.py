@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         default=None,
         metavar="FILE",
-        help="write the compressed library at the lowest --rank to this .safetensors file",
+        help="write the compressed library at the last --rank to this .safetensors file",
     )
     p.add_argument(
         "--eval",
@@ -162,19 +162,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _eval_runs(lib: Any, evals: list[str], *, dice: bool) -> dict[str, Path]:
     """Entry name -> the run directory whose test split scores it: ``--eval NAME=RUN_DIR`` pairs, and with
-    ``--dice`` each entry's recorded run where it has a split (``--eval`` wins).
+    ``--dice`` each entry's recorded run where it has a split and its dataset is there (``--eval`` wins).
 
     Raises:
-        ValueError: a malformed pair, an unknown entry, or a run without ``split.json`` or ``config.yaml``.
+        ValueError: a malformed pair, an unknown entry, or a run without ``split.json``, ``config.yaml`` or its
+            dataset.
     """
-    import yaml
-
     runs: dict[str, Path] = {}
     entries = lib.entries()
     if dice:
         for name, entry in entries.items():
             run = entry.get("run") or _run_of_source(entry.get("source"))
-            if run and (Path(run) / "split.json").is_file() and (Path(run) / "config.yaml").is_file():
+            if run and _eval_problem(Path(run)) is None:
                 runs[name] = Path(run)
     for pair in evals:
         name, sep, folder = pair.partition("=")
@@ -185,19 +184,26 @@ def _eval_runs(lib: Any, evals: list[str], *, dice: bool) -> dict[str, Path]:
                 f"--eval {pair}: {name!r} is not in the adapter library {lib.root} "
                 f"(entries: {', '.join(entries) or 'none'})"
             )
-        run = Path(folder)
-        if not run.is_dir():
-            raise ValueError(f"--eval {pair}: {run} is not a run directory")
-        for needed, why in (("split.json", "the test split to score"), ("config.yaml", "the dataset path")):
-            if not (run / needed).is_file():
-                raise ValueError(f"--eval {pair}: {run} has no {needed} ({why})")
-        data = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}).get("path")
-        if not data or not Path(data).exists():
-            raise ValueError(
-                f"--eval {pair}: the dataset {data or '(none)'} named in {run / 'config.yaml'} is missing"
-            )
-        runs[name] = run
+        problem = _eval_problem(Path(folder))
+        if problem:
+            raise ValueError(f"--eval {pair}: {problem}")
+        runs[name] = Path(folder)
     return runs
+
+
+def _eval_problem(run: Path) -> str | None:
+    """Why ``run`` cannot score an entry (``None``: it can): no folder, no split, no config or no dataset."""
+    import yaml
+
+    if not run.is_dir():
+        return f"{run} is not a run directory"
+    for needed, why in (("split.json", "the test split to score"), ("config.yaml", "the dataset path")):
+        if not (run / needed).is_file():
+            return f"{run} has no {needed} ({why})"
+    data = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}).get("path")
+    if not data or not Path(data).exists():
+        return f"the dataset {data or '(none)'} named in {run / 'config.yaml'} is missing"
+    return None
 
 
 def _run_of_source(source: str | None) -> Path | None:
