@@ -754,6 +754,10 @@ def plot_compression(report: CompressionReport, path: str | Path) -> Path:
             fontsize=7,
         )
     ax.axhline(1.0, color="grey", lw=0.5)
+    values = [row["retained"][n] for row in report.rows for n in scored]
+    ax.set_ylim(
+        min(0.9, min(values) - 0.02), max(1.05, max(values) + 0.02)
+    )  # noise stays small on this scale
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
