@@ -466,8 +466,8 @@ def cluster_entries(distances: torch.Tensor, names: list[str], clusters: int) ->
     in the order of their first entry. Identical entries may leave fewer groups than asked for."""
     if clusters <= 1 or len(names) <= 1:
         return [list(names)]
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
+    from scipy.cluster.hierarchy import fcluster, linkage  # deferred: only --clusters needs scipy
+    from scipy.spatial.distance import squareform  # deferred: as above
 
     d = distances.double().numpy()
     d = (d + d.T) / 2
