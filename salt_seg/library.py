@@ -5,23 +5,28 @@ A library is a folder (default ``~/.salt_seg/library``, ``$SALT_SEG_LIBRARY``, o
 * ``NAME.safetensors``: a copy of each adapter file, unchanged;
 * ``index.json`` (written atomically): the library's ``base_hash``, ``base_name`` and ``base_checkpoint`` (a
   built-in name, an absolute path, or ``bases/HASH.safetensors``, a copy of a run's own random base), and per
-  entry its name, base hash, base name, classes, adapter method, parameter count and the time it was added.
+  entry its name, base hash, base name, classes, adapter method, parameter count, the time it was added, the
+  adapter file it was copied from (``source``) and that file's run directory (``run``; ``compress --dice`` scores
+  the entry on that run's test split).
 
 The first adapter fixes the base; an adapter trained on other base weights (another canonical state-dict hash) is
 refused. :class:`LibraryModels` keeps one base model in memory and swaps the library's adapters in and out of it
 (:class:`AdapterSwitcher`); :func:`compress_library` measures how far the adapters' weight updates share a basis
-(a joint SVD per layer, Sub-MoE's Experts Union Decomposition).
+(a joint SVD per layer and group of similar entries, Sub-MoE's Experts Union Decomposition) and, given scorers,
+the Dice each entry keeps at each shared rank.
 """
 
 from __future__ import annotations
 
 import copy as copying
 import json
+import logging
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +44,9 @@ from salt_seg.adapters import (
 )
 from salt_seg.adapters.io import NON_BASE_PREFIXES, model_base_hash
 from salt_seg.configio import from_dict
-from salt_seg.inference.loading import LoadedModel, _class_names, resolve_base_checkpoint
-from salt_seg.io import atomic_write_bytes, atomic_write_json
-from salt_seg.model.builtin import is_builtin
+from salt_seg.inference.loading import LoadedModel, _class_names, resolve_base_checkpoint, run_dir_of
+from salt_seg.io import atomic_path, atomic_write_bytes, atomic_write_json
+from salt_seg.model.builtin import builtin_with_hash, is_builtin, resolve_checkpoint
 from salt_seg.model.checkpoint import load_base_model
 from salt_seg.model.hires import HIRES_PREFIX
 from salt_seg.model.sam import InputPrompt
@@ -54,6 +59,8 @@ FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 BASES = "bases"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+log = logging.getLogger(__name__)
 
 
 def default_library_dir() -> Path:
@@ -179,8 +186,8 @@ class Library:
         if not entries:  # the first adapter fixes the base
             named = str((meta.get("extra") or {}).get("base_checkpoint") or "")
             base = resolve_base_checkpoint(adapter, meta, None)
-            if is_builtin(named):
-                base_ref, base_name = named, named
+            if is_builtin(named):  # by name: the shipped base whose hash the adapter records
+                base_ref = base_name = builtin_with_hash(stored, first=named) or named
             elif base is None:
                 raise FileNotFoundError(f"{adapter}: no base checkpoint found for it")
             elif named.startswith("run:"):  # the run's own base: keep a copy, the run may go away
@@ -205,6 +212,7 @@ class Library:
             "parameters": int(meta["num_parameters"]),
             "added": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": str(Path(adapter).resolve()),
+            "run": str(run.resolve()) if (run := run_dir_of(Path(adapter))) is not None else None,
         }
         atomic_write_bytes(self.root / f"{name}{SUFFIX}", Path(adapter).read_bytes())
         entries[name] = record
@@ -317,7 +325,7 @@ class LibraryModels:
         key = (variant, image_size, hires)
         if self._switcher is None or key != self._key:
             shape = meta["tensors"].get("class_tokens.weight")
-            base = self.library.base_checkpoint()
+            base = resolve_checkpoint(self.library.base_checkpoint())  # a built-in name -> its file
             model, info = load_base_model(
                 variant, base, image_size=image_size, num_classes=int(shape[0]) if shape else 0, hires=hires
             )
@@ -359,6 +367,12 @@ class LibraryModels:
         return LoadedModel(switcher.model, record, _class_names(meta, record), full)
 
 
+#: scores one entry's model as it is in memory (a :class:`~salt_seg.inference.LoadedModel`) on that task's
+#: evaluation data and returns its Dice; ``salt-seg library compress --eval/--dice`` builds one per entry from
+#: :func:`salt_seg.evaluation.model_eval.evaluate_run` (the library sits beside evaluation and does not import it)
+Scorer = Callable[[Any], float]
+
+
 @dataclass
 class CompressionReport:
     """What :func:`compress_library` measured.
@@ -371,9 +385,15 @@ class CompressionReport:
         private_bytes: the entries' tensors that are not updates of a wrapped layer (class tokens, norms, decoder
             parts), kept per entry in every compressed size.
         rows: one per shared rank: ``rank`` (``"full"`` or an int), ``bytes`` (shared bases + per-entry
-            coefficients + private tensors, fp32), ``weight_error`` and ``output_error`` (name -> relative
-            Frobenius error of the reconstructed ``ΔW`` over all layers, and relative L2 difference of the mask
-            logits on a fixed synthetic input against the uncompressed adapter).
+            coefficients + private tensors, fp32), ``cluster_bytes`` (the bases and coefficients of each group,
+            private tensors aside), ``weight_error`` and ``output_error`` (name -> relative Frobenius error of the
+            reconstructed ``ΔW`` over all layers, and relative L2 difference of the mask logits on a fixed
+            synthetic input against the uncompressed adapter), ``dice`` and ``retained`` (scored entries only:
+            name -> Dice of the entry at this rank, and that Dice over the uncompressed adapter's).
+        groups: the entries sharing one basis per layer (one group unless ``clusters`` > 1), in order.
+        distances: the entries' pairwise output distances the groups were formed from (``None`` with one group).
+        dice: scored entries: name -> Dice of the adapter as trained.
+        unscored: the entries without evaluation data (no Dice).
     """
 
     names: list[str]
@@ -382,6 +402,10 @@ class CompressionReport:
     adapter_bytes: int
     private_bytes: int
     rows: list[dict[str, Any]]
+    groups: list[list[str]] = field(default_factory=list)
+    distances: list[list[float]] | None = None
+    dice: dict[str, float] = field(default_factory=dict)
+    unscored: list[str] = field(default_factory=list)
 
 
 def _synthetic_batch(model: Any) -> tuple[torch.Tensor, list[Any]]:
@@ -402,6 +426,59 @@ def _logits(model: Any, batch: tuple[torch.Tensor, list[Any]]) -> torch.Tensor:
     return logits.float().cpu()
 
 
+def output_distances(
+    deltas: Mapping[str, Mapping[str, torch.Tensor]], names: list[str], probes: int = 8
+) -> torch.Tensor:
+    """Pairwise output distances of the entries' weight updates (``K x K``, 0 on the diagonal).
+
+    Every adapted layer gets one fixed random input batch ``X`` (``fan_in x probes``, seeded, the same for all
+    entries); an entry's output change there is ``ΔW_k X``. The distance of two entries is ``1 - |cos|`` of their
+    output changes, averaged over the layers (1 where one of them leaves the layer alone). ``|cos|``: a shared basis
+    serves ``ΔW`` and ``-ΔW`` alike. For Gaussian ``X`` the cosine estimates the Frobenius cosine of the updates.
+    """
+    k = len(names)
+    total = torch.zeros(k, k, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    for lname in sorted(deltas):
+        by_name = deltas[lname]
+        out_, fan = next(iter(by_name.values())).shape
+        x = torch.randn(fan, probes, generator=g, dtype=torch.float64)
+        ys = torch.stack(
+            [
+                (by_name[n].double() @ x).flatten() if n in by_name else torch.zeros(out_ * probes).double()
+                for n in names
+            ]
+        )
+        norms = ys.norm(dim=1)
+        unit = ys / norms.clamp_min(1e-300)[:, None]
+        cos = (unit @ unit.T).abs().clamp(max=1.0)
+        cos[norms == 0, :] = 0.0
+        cos[:, norms == 0] = 0.0
+        total += 1.0 - cos
+    dist = total / max(len(deltas), 1)
+    dist.fill_diagonal_(0.0)
+    return dist
+
+
+def cluster_entries(distances: torch.Tensor, names: list[str], clusters: int) -> list[list[str]]:
+    """Group the entries into at most ``clusters`` groups by average-linkage hierarchical clustering of their
+    output distances (:func:`scipy.cluster.hierarchy.linkage`, cut with ``fcluster(..., "maxclust")``); groups
+    in the order of their first entry. Identical entries may leave fewer groups than asked for."""
+    if clusters <= 1 or len(names) <= 1:
+        return [list(names)]
+    from scipy.cluster.hierarchy import fcluster, linkage  # deferred: only --clusters needs scipy
+    from scipy.spatial.distance import squareform  # deferred: as above
+
+    d = distances.double().numpy()
+    d = (d + d.T) / 2
+    z = linkage(squareform(d, checks=False), method="average")
+    labels = fcluster(z, t=clusters, criterion="maxclust")
+    groups: dict[int, list[str]] = {}
+    for name, label in zip(names, labels, strict=True):
+        groups.setdefault(int(label), []).append(name)
+    return sorted(groups.values(), key=lambda g: names.index(g[0]))
+
+
 @torch.no_grad()
 def compress_library(
     library: Library,
@@ -409,33 +486,50 @@ def compress_library(
     *,
     out: str | Path | None = None,
     device: torch.device | str = "cpu",
+    clusters: int = 1,
+    scorers: Mapping[str, Scorer] | None = None,
 ) -> CompressionReport:
-    """Joint SVD of the library's weight updates, one shared basis per layer (Experts Union Decomposition).
+    """Joint SVD of the library's weight updates, one shared basis per layer and group (Experts Union
+    Decomposition), with the Dice each entry keeps at each shared rank.
 
-    For every adapted layer, the entries' updates ``ΔW_k`` (merged weight minus base weight, ``out x fan_in``)
-    are concatenated along the columns, ``[ΔW_1 … ΔW_K] = U S Vᵀ``; at shared rank ``R`` the layer keeps
-    ``U_R`` (``out x R``) once and each entry its coefficients ``V_k = U_Rᵀ ΔW_k`` (``R x fan_in``), so
-    ``ΔW_k ≈ U_R V_k``. At full rank (``min(out, K·fan_in)``) this is exact up to float rounding. Entries' other
-    tensors (class tokens, norms, decoder parts) are kept as they are.
+    For every adapted layer, the updates ``ΔW_k`` (merged weight minus base weight, ``out x fan_in``) of a group's
+    entries are concatenated along the columns, ``[ΔW_1 … ΔW_K] = U S Vᵀ``; at shared rank ``R`` the layer keeps
+    ``U_R`` (``out x R``) once per group and each entry its coefficients ``V_k = U_Rᵀ ΔW_k`` (``R x fan_in``), so
+    ``ΔW_k ≈ U_R U_Rᵀ ΔW_k``. At full rank (``min(out, K·fan_in)``) this is exact up to float rounding. Entries'
+    other tensors (class tokens, norms, decoder parts) are kept as they are. With ``clusters`` > 1 the entries are
+    first grouped by the similarity of their output changes (:func:`output_distances`, :func:`cluster_entries`),
+    Sub-MoE's clustering of similar experts, and each group gets its own bases.
 
     Args:
         library: a library with at least one entry.
-        ranks: shared ranks to measure (``None`` = full; larger ones are clipped to full per layer); default
+        ranks: shared ranks to measure (``None`` = full; larger ones are clipped to full per layer; 0 = every
+            update dropped, the entries' private tensors alone: the floor to read the others against); default
             full, 64, 32, 16, 8, 4.
         out: write the compressed library at the last rank of ``ranks`` to this safetensors file (analysis
             output: ``predict`` does not load it).
         device: where the models run (the SVDs run on the CPU in float64).
+        clusters: the most groups to form (1: one basis per layer for all entries).
+        scorers: entry name -> :data:`Scorer`; each named entry is scored as trained and at every rank, with the
+            compressed updates written into its layers' weights (others get no Dice).
 
     Raises:
-        ValueError: an empty library, or a rank below 1.
+        ValueError: an empty library, a negative rank, a cluster count below 1 or above the entries', or a scorer
+            for an entry the library does not hold.
     """
 
     names = list(library.entries())
     if not names:
         raise ValueError(f"{library.root}: the library is empty; nothing to compress")
     wanted: list[int | None] = list(ranks) if ranks else [None, 64, 32, 16, 8, 4]
-    if any(r is not None and r < 1 for r in wanted):
-        raise ValueError(f"--rank must be >= 1, got {wanted}")
+    if any(r is not None and r < 0 for r in wanted):
+        raise ValueError(f"--rank must be >= 0, got {wanted}")
+    if clusters < 1 or clusters > len(names):
+        raise ValueError(
+            f"--clusters must be between 1 and the library's {len(names)} entries, got {clusters}"
+        )
+    scorers = dict(scorers or {})
+    for name in scorers:
+        library.adapter_path(name)  # raises, naming the entries
     models = LibraryModels(library, device)
     deltas: dict[str, dict[str, torch.Tensor]] = {}  # layer -> name -> ΔW (fp32, out x fan_in, CPU)
     shapes: dict[str, tuple[int, int]] = {}
@@ -457,41 +551,64 @@ def compress_library(
         private[name] = {k: v for k, v in own.items() if not any(k.startswith(n + ".") for n in layers)}
     layer_names = sorted(deltas)
     k = len(names)
-    dense_bytes = sum(out_ * fan * 4 * k for out_, fan in shapes.values())
+    dense_bytes = sum(out_ * fan * 4 * len(deltas[n]) for n, (out_, fan) in shapes.items())
     private_bytes = sum(t.numel() * 4 for p in private.values() for t in p.values())
-    bases: dict[str, torch.Tensor] = {}
-    for lname in layer_names:
-        out_, fan = shapes[lname]
-        stacked = torch.cat(
-            [deltas[lname].get(n, torch.zeros(out_, fan)).double() for n in names], dim=1
-        )  # out x K·fan
-        u, _, _ = torch.linalg.svd(stacked, full_matrices=False)
-        bases[lname] = u  # out x min(out, K·fan)
+    distances = output_distances(deltas, names) if clusters > 1 and k > 1 else None
+    groups = cluster_entries(distances, names, clusters) if distances is not None else [list(names)]
+    group_of = {n: g for g, members in enumerate(groups) for n in members}
+    # (group, layer) -> the group's entries that update the layer, and their shared basis
+    members: dict[tuple[int, str], list[str]] = {}
+    bases: dict[tuple[int, str], torch.Tensor] = {}
+    for g, group in enumerate(groups):
+        for lname in layer_names:
+            here = [n for n in group if n in deltas[lname]]
+            if not here:
+                continue
+            stacked = torch.cat([deltas[lname][n].double() for n in here], dim=1)  # out x K_g·fan
+            u, _, _ = torch.linalg.svd(stacked, full_matrices=False)
+            members[g, lname], bases[g, lname] = here, u  # out x min(out, K_g·fan)
 
-    def rank_of(lname: str, r: int | None) -> int:
-        full = bases[lname].shape[1]
+    def rank_of(key: tuple[int, str], r: int | None) -> int:
+        full = bases[key].shape[1]
         return full if r is None else min(r, full)
 
     rows: list[dict[str, Any]] = []
     for r in wanted:
-        size = private_bytes + sum((shapes[n][0] + k * shapes[n][1]) * rank_of(n, r) * 4 for n in layer_names)
+        per_group = [0] * len(groups)
+        for (g, lname), here in members.items():
+            out_, fan = shapes[lname]
+            per_group[g] += (out_ + len(here) * fan) * rank_of((g, lname), r) * 4
         rows.append(
-            {"rank": "full" if r is None else r, "bytes": size, "weight_error": {}, "output_error": {}}
+            {
+                "rank": "full" if r is None else r,
+                "bytes": private_bytes + sum(per_group),
+                "cluster_bytes": per_group,
+                "weight_error": {},
+                "output_error": {},
+                "dice": {},
+                "retained": {},
+            }
         )
+    dice: dict[str, float] = {}
     for name in names:
         loaded = models.load(name)
         batch = _synthetic_batch(loaded.model)
         reference = _logits(loaded.model, batch)
+        score = scorers.get(name)
+        if score is not None:
+            dice[name] = float(score(loaded))
+            log.info("%s as trained: Dice %.4f", name, dice[name])
         switcher = models._switcher
         assert switcher is not None
         layers = adapter_layers(loaded.model)
+        g = group_of[name]
         for r, row in zip(wanted, rows, strict=True):
             err = norm = 0.0
             for lname in layer_names:
                 d = deltas[lname].get(name)
                 if d is None:
                     continue
-                u = bases[lname][:, : rank_of(lname, r)]
+                u = bases[g, lname][:, : rank_of((g, lname), r)]
                 recon = u @ (u.T @ d.double())
                 err += float((d.double() - recon).pow(2).sum())
                 norm += float(d.double().pow(2).sum())
@@ -501,16 +618,18 @@ def compress_library(
             row["weight_error"][name] = (err / norm) ** 0.5 if norm > 0 else 0.0
             got = _logits(loaded.model, batch)
             row["output_error"][name] = float((got - reference).norm() / reference.norm().clamp_min(1e-12))
+            if score is not None:
+                row["dice"][name] = float(score(loaded))
+                row["retained"][name] = row["dice"][name] / dice[name] if dice[name] > 0 else float("nan")
+                log.info("%s at rank %s: Dice %.4f", name, row["rank"], row["dice"][name])
     if out is not None:
         r = wanted[-1]
         tensors: dict[str, torch.Tensor] = {}
-        for lname in layer_names:
-            u = bases[lname][:, : rank_of(lname, r)]
-            tensors[f"U/{lname}"] = u.float().contiguous()
-            for name in names:
-                d = deltas[lname].get(name)
-                if d is not None:
-                    tensors[f"V/{name}/{lname}"] = (u.T @ d.double()).float().contiguous()
+        for (g, lname), here in members.items():
+            u = bases[g, lname][:, : rank_of((g, lname), r)]
+            tensors[f"U/{lname}" if len(groups) == 1 else f"U/{g}/{lname}"] = u.float().contiguous()
+            for name in here:
+                tensors[f"V/{name}/{lname}"] = (u.T @ deltas[lname][name].double()).float().contiguous()
         for name, p in private.items():
             for key, t in p.items():
                 tensors[f"private/{name}/{key}"] = t.contiguous()
@@ -520,35 +639,139 @@ def compress_library(
             "base_hash": str(library.base_hash),
             "rank": "full" if r is None else str(r),
             "entries": json.dumps(names),
+            "groups": json.dumps(groups),
         }
         atomic_write_bytes(out, save_tensors(tensors, metadata=metadata))
-    return CompressionReport(names, layer_names, dense_bytes, adapter_bytes, private_bytes, rows)
+    return CompressionReport(
+        names,
+        layer_names,
+        dense_bytes,
+        adapter_bytes,
+        private_bytes,
+        rows,
+        groups=groups,
+        distances=distances.tolist() if distances is not None else None,
+        dice=dice,
+        unscored=[n for n in names if n not in dice],
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
 
 
 def format_compression(report: CompressionReport) -> str:
-    """The report as a table: one row per shared rank, size and per-entry weight and output errors."""
+    """The report as text: the groups, one row per shared rank with the size and per-entry weight and output
+    errors, and (for scored entries) a second table of Dice and Dice retained per rank."""
 
-    def mb(n: int) -> str:
-        return f"{n / 2**20:.2f} MiB"
-
+    width = max([12, *(len(n) for n in report.names)])
     lines = [
-        f"{len(report.names)} adapters, {len(report.layers)} adapted layers; dense updates {mb(report.dense_bytes)}, "
-        f"adapter files {mb(report.adapter_bytes)} (fp32), of which per-adapter private tensors "
-        f"{mb(report.private_bytes)}",
-        "errors: relative Frobenius error of the reconstructed updates / relative difference of the mask logits on "
-        "a synthetic input (not Dice: no evaluation data here)",
+        f"{len(report.names)} adapters, {len(report.layers)} adapted layers; dense updates "
+        f"{_mb(report.dense_bytes)}, adapter files {_mb(report.adapter_bytes)} (fp32), of which per-adapter "
+        f"private tensors {_mb(report.private_bytes)}",
     ]
+    if len(report.groups) > 1:
+        lines.append(f"{len(report.groups)} groups by output similarity, one shared basis per layer each:")
+        for g, group in enumerate(report.groups):
+            size = report.rows[0]["cluster_bytes"][g]
+            lines.append(
+                f"  group {g + 1}: {', '.join(group)} ({_mb(size)} at rank {report.rows[0]['rank']})"
+            )
+    else:
+        lines.append("one group: a shared basis per layer for all entries")
+    lines.append(
+        "errors: relative Frobenius error of the reconstructed updates / relative difference of the mask logits on "
+        "a synthetic input"
+    )
     header = f"{'rank':>6} {'size':>12} {'vs dense':>9} {'vs files':>9}  " + "  ".join(
-        f"{n[:20]:>20}" for n in report.names
+        f"{n:>{width}}" for n in report.names
     )
     lines.append(header)
     for row in report.rows:
         ratio = row["bytes"] / report.dense_bytes if report.dense_bytes else float("nan")
-        cells = "  ".join(
-            f"{row['weight_error'][n]:>9.2e}/{row['output_error'][n]:<10.2e}" for n in report.names
-        )
         files = row["bytes"] / report.adapter_bytes if report.adapter_bytes else float("nan")
+        errors = [f"{row['weight_error'][n]:.1e}/{row['output_error'][n]:.1e}" for n in report.names]
+        cells = "  ".join(f"{e:>{width}}" for e in errors)
         lines.append(
-            f"{row['rank']!s:>6} {mb(row['bytes']):>12} {ratio:>9.3f} {files:>9.3f}  {cells}".rstrip()
+            f"{row['rank']!s:>6} {_mb(row['bytes']):>12} {ratio:>9.3f} {files:>9.3f}  {cells}".rstrip()
+        )
+    scored = [n for n in report.names if n in report.dice]
+    if scored:
+        lines.append(
+            "Dice on each entry's test split, and retained = Dice at the rank / Dice of the adapter as trained:"
+        )
+        lines.append(f"{'rank':>8} {'size':>12}  " + "  ".join(f"{n:>{width}}" for n in scored))
+        lines.append(
+            f"{'adapter':>8} {_mb(report.adapter_bytes):>12}  "
+            + "  ".join(f"{report.dice[n]:>{width}.4f}" for n in scored)
+        )
+        for row in report.rows:
+            dices = [f"{row['dice'][n]:.4f} ({row['retained'][n]:.3f})" for n in scored]
+            cells = "  ".join(f"{d:>{width}}" for d in dices)
+            lines.append(f"{row['rank']!s:>8} {_mb(row['bytes']):>12}  {cells}")
+    if report.unscored:
+        lines.append(
+            f"no Dice: no evaluation data for {', '.join(report.unscored)} "
+            "(compress --eval NAME=RUN_DIR, or --dice for entries added from a run with a split)"
         )
     return "\n".join(lines)
+
+
+def plot_compression(report: CompressionReport, path: str | Path) -> Path:
+    """A PNG of Dice retained against the size of the compressed updates (shared bases + coefficients, log
+    scale; the entries' private tensors come on top of every point), one line per scored entry, each point
+    labelled with its shared rank; a rank-0 row (updates dropped) is drawn as a dotted level per entry
+    (matplotlib, Agg; written atomically).
+
+    Raises:
+        ValueError: no entry was scored.
+    """
+    scored = [n for n in report.names if n in report.dice]
+    if not scored:
+        raise ValueError(f"{path}: nothing to plot, no entry has Dice (pass --eval NAME=RUN_DIR or --dice)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rows = [row for row in report.rows if row["rank"] != 0]
+    floor = next((row for row in report.rows if row["rank"] == 0), None)
+    sizes = [(row["bytes"] - report.private_bytes) / 2**20 for row in rows]
+    for n in scored:
+        (line,) = ax.plot(sizes, [row["retained"][n] for row in rows], "o-", lw=1.2, ms=4, label=n)
+        if floor is not None:
+            ax.axhline(floor["retained"][n], color=line.get_color(), lw=0.8, ls=":")
+    for x, row in zip(sizes, rows, strict=True):
+        ax.annotate(  # along the top edge, clear of the lines
+            str(row["rank"]),
+            (x, 1.0),
+            xycoords=ax.get_xaxis_transform(),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=7,
+        )
+    ax.axhline(1.0, color="grey", lw=0.5)
+    values = [row["retained"][n] for row in report.rows for n in scored]
+    ax.set_ylim(
+        min(0.9, min(values) - 0.02), max(1.05, max(values) + 0.02)
+    )  # noise stays small on this scale
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
+    ax.set_xlabel(
+        f"compressed updates, MiB fp32 (labels: shared rank; + {report.private_bytes / 2**20:.2f} MiB private "
+        "tensors)"
+    )
+    ax.set_ylabel("Dice retained (Dice at rank / as trained)")
+    groups = f", {len(report.groups)} groups" if len(report.groups) > 1 else ""
+    dotted = "; dotted: updates dropped (rank 0)" if floor is not None else ""
+    ax.set_title(f"Adapter library: joint SVD per layer{groups}{dotted}", fontsize=9, pad=14)
+    ax.legend(fontsize=8, loc="lower right")
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

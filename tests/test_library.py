@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from salt_seg.library import AdapterSwitcher, Library, LibraryModels, compress_library, resolve_model
+from salt_seg.library import (
+    AdapterSwitcher,
+    Library,
+    LibraryModels,
+    compress_library,
+    format_compression,
+    resolve_model,
+)
 from salt_seg.model.sam import InputPrompt
 from salt_seg.preprocessing import Preprocessing
 
@@ -25,10 +32,16 @@ def _private(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
 
 
 def make_run(
-    root: Path, *, base_seed: int, adapter_seed: int, method: str = "salt", classes: int = 2
+    root: Path,
+    *,
+    base_seed: int,
+    adapter_seed: int,
+    method: str = "salt",
+    classes: int = 2,
+    nudge: float = 0.0,
 ) -> Path:
     """A run directory as training writes it, without training: a random `tiny` base saved next to an adapter
-    moved off identity."""
+    moved off identity (``nudge``: then moved a little more, with another seed: a near twin of the same seed's)."""
     from safetensors.torch import save_file
 
     from salt_seg.adapters import AdapterConfig, inject_adapters, save_adapter
@@ -50,6 +63,11 @@ def make_run(
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(0.05 * torch.randn_like(p))
+            if nudge:
+                torch.manual_seed(adapter_seed + 1000)
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(nudge * torch.randn_like(p))
     save_adapter(
         root / "adapter.safetensors",
         model,
@@ -257,12 +275,15 @@ def test_compress_cli_prints_the_rank_table(runs: dict[str, Path], tmp_path: Pat
     for name in ("liver", "spleen"):
         assert main(["library", "add", str(runs[name]), "--name", name, "--library", lib]) == 0
     capsys.readouterr()
-    assert main(["library", "compress", "--library", lib, "--rank", "8", "--rank", "2"]) == 0
+    assert (
+        main(["library", "compress", "--library", lib, "--rank", "full", "--rank", "8", "--rank", "2"]) == 0
+    )
     out = capsys.readouterr().out
-    assert "2 adapters" in out and "not Dice" in out
+    assert "2 adapters" in out and "no Dice: no evaluation data for liver, spleen" in out
     rows = [line.split() for line in out.splitlines() if line.split()[2:3] == ["MiB"]]
-    assert [r[0] for r in rows] == ["8", "2"]
-    assert main(["library", "compress", "--library", lib, "--rank", "0"]) == 2
+    assert [r[0] for r in rows] == ["full", "8", "2"]
+    assert main(["library", "compress", "--library", lib, "--rank", "-1"]) == 2
+    assert "--rank must be >= 0" in capsys.readouterr().err
 
 
 def test_predict_cli_takes_a_library_name(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -284,3 +305,191 @@ def test_predict_cli_takes_a_library_name(runs: dict[str, Path], tmp_path: Path,
     capsys.readouterr()
     assert main(["predict", "--model", "nope", "--out", str(tmp_path / "x"), *common]) == 2
     assert "'nope' is not in the adapter library" in capsys.readouterr().err
+
+
+# -- Dice retained per task, clustering ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from salt_seg.data.recipes import build_synthetic_shapes
+
+    data = tmp_path_factory.mktemp("shapes") / "ds"
+    build_synthetic_shapes(data, n_cases=4, size=S, depth=8)
+    return data
+
+
+def with_data(run: Path, data: Path, dest: Path) -> Path:
+    """A copy of ``run`` whose config names ``data`` and whose split tests on one case, as training leaves it."""
+    import shutil
+
+    from salt_seg.data.split import Split, SplitEntry, save_split
+
+    shutil.copytree(run, dest)
+    (dest / "config.yaml").write_text(f"model: {{variant: tiny}}\ndata: {{path: {data}}}\n")
+    split = Split(
+        "volume", shots=1, seed=0, axis=2, train=[SplitEntry("shapes000")], test=[SplitEntry("shapes003")]
+    )
+    save_split(split, dest / "split.json")
+    return dest
+
+
+def run_dice(run: Path) -> float:
+    """Dice of the run as ``salt-seg evaluate --model RUN`` scores it (the adapter loaded afresh)."""
+    from salt_seg.evaluation.model_eval import evaluate_run
+
+    return float(evaluate_run(run, progress=False).summary["volume"]["all"]["dice"]["mean"])
+
+
+def test_compress_reports_dice_retained_exactly_one_at_full_rank(
+    runs: dict[str, Path], shapes: Path, tmp_path: Path
+) -> None:
+    from salt_seg.commands.library import _scorer
+
+    scored = {n: with_data(runs[n], shapes, tmp_path / n) for n in ("liver", "kidney")}
+    lib = Library.open(tmp_path / "lib")
+    for name, run in scored.items():
+        assert lib.add(run, name)["run"] == str(run.resolve())
+    lib.add(runs["spleen"], "spleen")  # no evaluation data
+    report = compress_library(lib, [None, 4, 1, 0], scorers={n: _scorer(r, "cpu") for n, r in scored.items()})
+    assert report.unscored == ["spleen"] and sorted(report.dice) == ["kidney", "liver"]
+    full, r4, r1, none = report.rows
+    assert none["bytes"] == report.private_bytes  # rank 0: the updates dropped, the private tensors kept
+    assert all(e == 1.0 for e in none["weight_error"].values())
+    for name, run in scored.items():
+        expected = run_dice(run)
+        assert expected > 0.01  # a random adapter, but not a blank prediction: the ratio is defined
+        assert report.dice[name] == expected  # the library's model scores as the run's own
+        assert full["dice"][name] == expected and full["retained"][name] == 1.0
+        for row in (r4, r1, none):
+            assert 0.0 <= row["dice"][name] <= 1.0
+            assert row["retained"][name] == pytest.approx(row["dice"][name] / expected)
+    assert "spleen" not in full["dice"] and full["weight_error"]["spleen"] < 1e-6
+    assert full["bytes"] > r4["bytes"] > r1["bytes"] > none["bytes"]
+    text = format_compression(report)
+    assert "no Dice: no evaluation data for spleen" in text
+    table = text[text.index("retained = Dice") :].splitlines()
+    assert table[2].split()[0] == "adapter" and table[3].split()[:1] == ["full"]
+    assert "(1.000)" in table[3]
+
+
+def test_cli_dice_and_plot(runs: dict[str, Path], shapes: Path, tmp_path: Path, capsys) -> None:
+    from salt_seg.cli import main
+
+    liver = with_data(runs["liver"], shapes, tmp_path / "liver")
+    lib = str(tmp_path / "lib")
+    assert main(["library", "add", str(liver), "--name", "liver", "--library", lib]) == 0
+    assert main(["library", "add", str(runs["spleen"]), "--name", "spleen", "--library", lib]) == 0
+    capsys.readouterr()
+    plot = tmp_path / "curve.png"
+    rc = main(["library", "compress", "--library", lib, "--rank", "2", "--dice", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "retained = Dice at the rank" in out and "no Dice: no evaluation data for spleen" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --eval names the run explicitly (here: the same run) and gives the same Dice
+    rc = main(["library", "compress", "--library", lib, "--rank", "2", "--eval", f"liver={liver}"])
+    assert rc == 0 and capsys.readouterr().out == out.replace(f"wrote {plot}\n", "")
+
+
+def test_cli_eval_errors_name_the_problem(
+    runs: dict[str, Path], shapes: Path, tmp_path: Path, capsys
+) -> None:
+    from salt_seg.cli import main
+
+    lib = str(tmp_path / "lib")
+    for name in ("liver", "spleen"):
+        assert main(["library", "add", str(runs[name]), "--name", name, "--library", lib]) == 0
+    capsys.readouterr()
+    base = ["library", "compress", "--library", lib, "--rank", "2"]
+    no_data = tmp_path / "no_data"
+    no_data.mkdir()
+    (no_data / "split.json").write_text("{}")
+    (no_data / "config.yaml").write_text("data: {path: /nonexistent/ds}\n")
+    cases = {
+        ("--eval", "liver"): "--eval liver: expected NAME=RUN_DIR",
+        ("--eval", f"nope={runs['liver']}"): "'nope' is not in the adapter library",
+        ("--eval", f"liver={runs['liver']}"): f"{runs['liver']} has no split.json",
+        ("--eval", f"liver={tmp_path / 'missing'}"): "is not a run directory",
+        ("--eval", f"liver={no_data}"): "the dataset /nonexistent/ds named in",
+        ("--plot", str(tmp_path / "x.png")): "no entry to score",
+        ("--clusters", "3"): "--clusters must be between 1 and the library's 2 entries, got 3",
+    }
+    for extra, message in cases.items():
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("salt-seg library: error: ") and message in err[0], err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_clusters_group_similar_adapters_and_reproduce_at_full_rank(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    root = tmp_path / "runs"
+    lib = Library.open(tmp_path / "lib")
+    lib.add(make_run(root / "a", base_seed=7, adapter_seed=1), "a")
+    lib.add(make_run(root / "b", base_seed=7, adapter_seed=5, method="lora"), "b")
+    lib.add(make_run(root / "c", base_seed=7, adapter_seed=1, nudge=1e-3), "c")  # a's near twin
+    out = tmp_path / "compressed.safetensors"
+    report = compress_library(lib, [None, 8, 2], clusters=2, out=out)
+    assert report.groups == [["a", "c"], ["b"]]
+    d = report.distances
+    assert d is not None and d[0][2] < 1e-3 and min(d[0][1], d[1][2]) > 0.5
+    full, r8, r2 = report.rows
+    for name in report.names:
+        assert full["weight_error"][name] < 1e-6, full
+        assert full["output_error"][name] < 1e-5, full
+    assert full["bytes"] > r8["bytes"] > r2["bytes"]
+    for row in report.rows:
+        assert row["bytes"] == report.private_bytes + sum(row["cluster_bytes"])
+    # the stated size is what the file holds; per group and layer (out + K_g·fan_in)·R numbers
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    assert json.loads(meta["groups"]) == [["a", "c"], ["b"]]
+    assert sum(4 * math.prod(s) for s in shapes.values()) == r2["bytes"]
+    u = {k: s for k, s in shapes.items() if k.startswith("U/")}
+    assert {k.split("/")[1] for k in u} == {"0", "1"} and all(s[1] <= 2 for s in u.values())
+    one = compress_library(lib, [2])  # one group: a basis per layer for all three
+    assert one.groups == [["a", "b", "c"]] and one.rows[0]["bytes"] < r2["bytes"]
+
+
+def test_an_adapter_of_a_builtin_base_loads_from_the_library(tmp_path: Path) -> None:
+    """The library records a built-in base by name; loading an entry resolves the name to the shipped file."""
+    from salt_seg.adapters import AdapterConfig, inject_adapters, save_adapter
+    from salt_seg.inference import load_inference_model
+    from salt_seg.model.builtin import resolve_checkpoint
+    from salt_seg.model.checkpoint import load_base_model
+
+    model, info = load_base_model(None, resolve_checkpoint("builtin"), num_classes=2)
+    assert info is not None
+    config = AdapterConfig(name="lora", train_class_tokens=True)
+    inject_adapters(model, config, base_hash=info.content_hash, svd_cache=False, progress=False)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    names = {1: "a", 2: "b"}
+    adapter = tmp_path / "run" / "adapter.safetensors"
+    adapter.parent.mkdir()
+    save_adapter(
+        adapter,
+        model,
+        config,
+        base_variant=info.variant or "tiny",
+        base_hash=info.content_hash,
+        preprocessing=Preprocessing(intensity="minmax", image_size=model.image_size, classes=names),
+        class_names=names,
+        extra={"base_variant": "tiny", "base_checkpoint": "builtin", "step": 1},
+    )
+    lib = Library.open(tmp_path / "lib")
+    lib.add(adapter, "a")
+    assert lib.index()["base_checkpoint"] == "builtin"
+    got = LibraryModels(lib).load("a").model
+    s = got.image_size
+    images = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = got(images, [InputPrompt(class_id=1)])[0]
+        b = load_inference_model(adapter).model(images, [InputPrompt(class_id=1)])[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -83,6 +83,7 @@ def evaluate_run(
     overlap: str = "label_map",
     part: str = "test",
     precision: str = "fp32",
+    loaded: Any = None,
 ) -> EvaluationResult:
     """Predict and score the test part of a run's split (or another part: ``train`` measures the fit).
 
@@ -101,6 +102,9 @@ def evaluate_run(
         part: the split part to score: ``test`` (default), ``val`` or ``train`` (how well the model fits the
             slices it was trained on).
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast (:mod:`salt_seg.model.precision`).
+        loaded: a :class:`~salt_seg.inference.LoadedModel` already in memory to score instead of loading
+            ``model_path``'s adapter (``salt-seg library compress`` scores compressed weights this way); the run
+            still gives the split and the data.
 
     Raises:
         FileNotFoundError / ValueError: no split, no dataset, or an unknown prompt kind.
@@ -124,7 +128,8 @@ def evaluate_run(
         raise ValueError(f"{run_dir}: the run's config names no dataset (pass --data)")
 
     check_precision(precision, device)
-    loaded = load_inference_model(model_path, device=device)
+    if loaded is None:
+        loaded = load_inference_model(model_path, device=device)
     model, record = loaded.model, loaded.record
     prompt_default = "auto" if model.num_classes else "box"
     prompt = prompt or prompt_default
