@@ -20,6 +20,7 @@ from salt_seg.library import (
 )
 from salt_seg.model.sam import InputPrompt
 from salt_seg.preprocessing import Preprocessing
+from tests.inference.conftest import copy_run_with_data
 
 S = 32
 
@@ -319,21 +320,6 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-def with_data(run: Path, data: Path, dest: Path) -> Path:
-    """A copy of ``run`` whose config names ``data`` and whose split tests on one case, as training leaves it."""
-    import shutil
-
-    from salt_seg.data.split import Split, SplitEntry, save_split
-
-    shutil.copytree(run, dest)
-    (dest / "config.yaml").write_text(f"model: {{variant: tiny}}\ndata: {{path: {data}}}\n")
-    split = Split(
-        "volume", shots=1, seed=0, axis=2, train=[SplitEntry("shapes000")], test=[SplitEntry("shapes003")]
-    )
-    save_split(split, dest / "split.json")
-    return dest
-
-
 def run_dice(run: Path) -> float:
     """Dice of the run as ``salt-seg evaluate --model RUN`` scores it (the adapter loaded afresh)."""
     from salt_seg.evaluation.model_eval import evaluate_run
@@ -346,7 +332,7 @@ def test_compress_reports_dice_retained_exactly_one_at_full_rank(
 ) -> None:
     from salt_seg.commands.library import _scorer
 
-    scored = {n: with_data(runs[n], shapes, tmp_path / n) for n in ("liver", "kidney")}
+    scored = {n: copy_run_with_data(runs[n], shapes, tmp_path / n) for n in ("liver", "kidney")}
     lib = Library.open(tmp_path / "lib")
     for name, run in scored.items():
         assert lib.add(run, name)["run"] == str(run.resolve())
@@ -376,7 +362,7 @@ def test_compress_reports_dice_retained_exactly_one_at_full_rank(
 def test_cli_dice_and_plot(runs: dict[str, Path], shapes: Path, tmp_path: Path, capsys) -> None:
     from salt_seg.cli import main
 
-    liver = with_data(runs["liver"], shapes, tmp_path / "liver")
+    liver = copy_run_with_data(runs["liver"], shapes, tmp_path / "liver")
     lib = str(tmp_path / "lib")
     assert main(["library", "add", str(liver), "--name", "liver", "--library", lib]) == 0
     assert main(["library", "add", str(runs["spleen"]), "--name", "spleen", "--library", lib]) == 0

@@ -4,7 +4,6 @@ label that no ground truth knows is refused, not scored as a new class."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from salt_seg.cli import main
 from salt_seg.commands.evaluate import evaluation_folder
-from tests.inference.conftest import tiny_run  # noqa: F401 - the fixture, shared with the predict tests
+from tests.inference.conftest import copy_run_with_data, tiny_run  # noqa: F401 - the fixture, shared with the predict tests
 
 SPACING = (1.0, 1.0, 2.0)
 
@@ -92,18 +91,10 @@ def test_a_label_named_in_dataset_json_but_absent_from_this_gt_is_a_class(tmp_pa
 def run_with_data(tmp_path: Path, tiny_run: Path) -> Path:  # noqa: F811 - the imported fixture
     """A copy of the tiny run, pointed at a small shapes dataset with a one-case test part."""
     from salt_seg.data.recipes import build_synthetic_shapes
-    from salt_seg.data.split import Split, SplitEntry, save_split
 
     data = tmp_path / "ds"
     build_synthetic_shapes(data, n_cases=4, size=64, depth=8)
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    (run / "config.yaml").write_text(f"model: {{variant: tiny}}\ndata: {{path: {data}}}\n")
-    split = Split(
-        "volume", shots=1, seed=0, axis=2, train=[SplitEntry("shapes000")], test=[SplitEntry("shapes003")]
-    )
-    save_split(split, run / "split.json")
-    return run
+    return copy_run_with_data(tiny_run, data, tmp_path / "run")
 
 
 def test_box_evaluation_keeps_the_default_one_and_says_how_each_was_made(run_with_data: Path) -> None:

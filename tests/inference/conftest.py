@@ -189,3 +189,19 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (run / "config.yaml").write_text("model: {variant: tiny}\n")
     return run
+
+
+def copy_run_with_data(run: Path, data: Path, dest: Path) -> Path:
+    """A copy of ``run`` whose config names the shapes dataset ``data`` and whose split trains on ``shapes000``
+    and tests on ``shapes003`` (a volume-level split, as training leaves one)."""
+    import shutil
+
+    from salt_seg.data.split import Split, SplitEntry, save_split
+
+    shutil.copytree(run, dest)
+    (dest / "config.yaml").write_text(f"model: {{variant: tiny}}\ndata: {{path: {data}}}\n")
+    split = Split(
+        "volume", shots=1, seed=0, axis=2, train=[SplitEntry("shapes000")], test=[SplitEntry("shapes003")]
+    )
+    save_split(split, dest / "split.json")
+    return dest
