@@ -37,6 +37,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from salt_seg.adapters import read_adapter_metadata
 
 #: the file whose presence makes a folder a run directory (written first)
@@ -128,3 +130,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not f.exists():
         return []
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def run_dataset(run_dir: Path) -> tuple[str | None, str]:
+    """``(data.path, data.format)`` from a run's ``config.yaml`` (``(None, "auto")`` where it names none).
+
+    Raises:
+        FileNotFoundError: the run has no ``config.yaml``.
+    """
+    cfg_file = Path(run_dir) / "config.yaml"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml to find the dataset (pass --data)")
+    data_cfg = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
+    return data_cfg.get("path"), data_cfg.get("format", "auto")

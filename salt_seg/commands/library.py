@@ -193,14 +193,14 @@ def _eval_runs(lib: Any, evals: list[str], *, dice: bool) -> dict[str, Path]:
 
 def _eval_problem(run: Path) -> str | None:
     """Why ``run`` cannot score an entry (``None``: it can): no folder, no split, no config or no dataset."""
-    import yaml
+    from salt_seg.runs import run_dataset
 
     if not run.is_dir():
         return f"{run} is not a run directory"
     for needed, why in (("split.json", "the test split to score"), ("config.yaml", "the dataset path")):
         if not (run / needed).is_file():
             return f"{run} has no {needed} ({why})"
-    data = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}).get("path")
+    data, _ = run_dataset(run)
     if not data or not Path(data).exists():
         return f"the dataset {data or '(none)'} named in {run / 'config.yaml'} is missing"
     return None

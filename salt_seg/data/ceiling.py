@@ -7,7 +7,7 @@ for its validation slices and must not import the evaluation layer above it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from salt_seg.data.slices import resize_label
 from salt_seg.preprocessing import RESIZE_MODES, SliceTransform, logits_to_original
 
-__all__ = ["check_ceiling_args", "resolution_ceiling"]
+__all__ = ["ceiling_values", "check_ceiling_args", "resolution_ceiling"]
 
 
 def check_ceiling_args(image_size: int, grids: Sequence[int], resize: str) -> None:
@@ -66,3 +66,26 @@ def resolution_ceiling(
         gt = lab == c
         out[c] = 2.0 * float(np.logical_and(pred[k], gt).sum()) / float(pred[k].sum() + gt.sum())
     return out
+
+
+def ceiling_values(
+    labels: Iterable[np.ndarray],
+    classes: Sequence[int],
+    image_size: int,
+    grids: Sequence[int],
+    *,
+    resize: str = "longest",
+) -> dict[int, dict[int, list[float]]]:
+    """:func:`resolution_ceiling` of every slice: ``grid -> class id -> one Dice per slice holding the class``.
+
+    Raises:
+        ValueError: bad arguments (see :func:`resolution_ceiling`).
+    """
+    grids = [int(g) for g in grids]
+    check_ceiling_args(image_size, grids, resize)
+    values: dict[int, dict[int, list[float]]] = {g: {int(c): [] for c in classes} for g in grids}
+    for label in labels:
+        for g in grids:
+            for c, d in resolution_ceiling(label, classes, image_size, g, resize=resize).items():
+                values[g][c].append(d)
+    return values

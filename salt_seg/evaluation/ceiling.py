@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from salt_seg.data.ceiling import check_ceiling_args, resolution_ceiling
+from salt_seg.data.ceiling import ceiling_values, resolution_ceiling
 from salt_seg.evaluation.labelled_slices import iter_labelled_slices
 from salt_seg.evaluation.summary import describe
 
@@ -62,13 +62,7 @@ def mean_ceiling(
     Raises:
         ValueError: bad arguments (see :func:`resolution_ceiling`).
     """
-    grids = [int(g) for g in grids]
-    check_ceiling_args(image_size, grids, resize)
-    values: dict[int, dict[int, list[float]]] = {g: {int(c): [] for c in classes} for g in grids}
-    for label in labels:
-        for g in grids:
-            for c, d in resolution_ceiling(label, classes, image_size, g, resize=resize).items():
-                values[g][c].append(d)
+    values = ceiling_values(labels, classes, image_size, grids, resize=resize)
     return {g: {c: describe(v) for c, v in per.items()} for g, per in values.items()}
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from scipy import ndimage
 
 from salt_seg.data import extract_slice, load_dataset, load_split
@@ -27,7 +26,7 @@ from salt_seg.evaluation.runner import EvaluationResult, EvaluationSettings, eva
 from salt_seg.inference import load_inference_model, segment_volume
 from salt_seg.model.precision import check_precision
 from salt_seg.prompts import Prompt
-from salt_seg.runs import find_adapter
+from salt_seg.runs import find_adapter, run_dataset
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +116,7 @@ def evaluate_run(
         raise FileNotFoundError(f"{split_path}: no split to evaluate (pass --split)")
     split = load_split(split_path)
     if data_path is None:
-        cfg_file = run_dir / "config.yaml"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{run_dir}: no config.yaml to find the dataset (pass --data)")
-        data_cfg = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
-        data_path, fmt = data_cfg.get("path"), data_cfg.get("format", "auto")
+        data_path, fmt = run_dataset(run_dir)
     else:
         fmt = "auto"
     if not data_path:

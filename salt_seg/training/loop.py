@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from salt_seg import runs
 from salt_seg.adapters import adapter_regularization, encode_adapter, load_adapter, trainable_parameters
-from salt_seg.data.ceiling import resolution_ceiling
+from salt_seg.data.ceiling import ceiling_values
 from salt_seg.io import atomic_write_bytes, atomic_write_json
 from salt_seg.training import checkpoints as ck
 from salt_seg.training import rundir as rd
@@ -207,15 +207,11 @@ def output_ceiling(data: TrainData, image_size: int, output_size: int) -> dict[s
     if len(data.val) == 0:
         return {}
     labels = [np.asarray(data.val[i]["label"]) for i in range(len(data.val))]
-    out: dict[str, dict[str, float]] = {}
-    for grid in sorted({int(output_size), image_size // 4}):
-        values: dict[int, list[float]] = {int(c): [] for c in data.class_ids}
-        for label in labels:
-            for c, d in resolution_ceiling(label, data.class_ids, image_size, grid).items():
-                values[c].append(d)
-        out[str(grid)] = {
-            str(c): float(np.mean(np.asarray(v, dtype=np.float64))) for c, v in values.items() if v
-        }
+    values = ceiling_values(labels, data.class_ids, image_size, sorted({int(output_size), image_size // 4}))
+    out = {
+        str(g): {str(c): float(np.mean(np.asarray(v, dtype=np.float64))) for c, v in per.items() if v}
+        for g, per in values.items()
+    }
     for g, per in out.items():
         text = ", ".join(f"class {c} {d:.3f}" for c, d in per.items())
         mark = " (the model's output grid)" if int(g) == output_size else ""
