@@ -6,6 +6,16 @@ the split's test slices and scores them) - with a fixed step budget. The sweep r
 already in the results file is skipped; a half-finished run directory is removed and redone. One JSON line per
 run is appended to the results file.
 
+``nnunet`` is nnU-Net v2 through its own CLI (``bench/nnunet_baseline.py``: 2-D configuration, the split's training
+slices written as 2-D cases, ``--nnunet-trainer``, default the 5-epoch trainer that converges on a CPU), on the same
+split as every other method of the cell; its nnU-Net folders stay in the run directory, and a finished one (its
+``result.json``) is scored again instead of retrained.
+
+``--time-limit T`` gives every method the same wall-clock budget instead (the equal-wall-clock column of the
+report): ``train.time_limit=T`` (validation included; the cosine schedule follows the clock), no early stopping,
+the best validated checkpoint kept, ``--steps`` only a cap. Those runs live in ``METHOD_tT`` beside the
+converged ones. The floors and nnU-Net have no such budget and are skipped.
+
 A second sweep with another ``--eval-prompt`` (e.g. ``box``: the clinician draws a box per structure) reuses the
 finished training runs and only evaluates them again, into ``RUN/evaluation_box``; ``auto`` (learned class tokens,
 no user input) writes ``RUN/evaluation``.
@@ -27,9 +37,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "floor")
+METHODS = (
+    "salt",
+    "lora",
+    "ssam",
+    "svfit",
+    "effort",
+    "full",
+    "none",
+    "full_random",
+    "unet",
+    "nnunet",
+    "floor",
+)
 #: the paper's setting (issue 12, item 6): the mask decoder frozen, so that only the encoder adapter, the class
 #: tokens and the full-resolution branch train; ``none_fd`` (tokens and branch only) isolates the encoder adapters
+#: methods without a prompt or a SAM training budget: scored on their dense output, no time-limited variant
+DENSE = ("unet", "nnunet", "floor")
 FROZEN_DECODER = ("salt_fd", "lora_fd", "ssam_fd", "none_fd")
 #: ``full`` trained with another optimizer (issue 18): the ``train`` settings of each variant; plain ``full`` is
 #: AdamW. ``full_qgalore_t25`` starts every matrix's refresh interval at 25 steps and lengthens it after 2 stable
@@ -69,13 +93,14 @@ def evaluation_dir(run_dir: Path, eval_prompt: str) -> Path:
     return run_dir / ("evaluation" if eval_prompt in ("auto", "dense") else f"evaluation_{eval_prompt}")
 
 
-def trained(out: Path, steps: int) -> bool:
-    """A finished training run of this step budget (its summary is written last)."""
+def trained(out: Path, steps: int, time_limit: float = 0.0) -> bool:
+    """A finished training run of this step budget (its summary is written last); under a time limit the run
+    ends on the clock, so any finished run counts."""
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return summary.get("steps") == steps and (out / "adapter.safetensors").is_file()
+    return (time_limit > 0 or summary.get("steps") == steps) and (out / "adapter.safetensors").is_file()
 
 
 def one_run(
@@ -91,7 +116,9 @@ def one_run(
     split = SPLITS.get(dataset.name, DEFAULT_SPLIT) | {"protocol": opts.protocol, "guard_mm": opts.guard_mm}
     if method == "floor":
         return floor_row(dataset, shots, seed, steps, out, split, opts)
-    reuse = method != "unet" and trained(out, steps)
+    if method == "nnunet":
+        return nnunet_row(dataset, shots, seed, steps, out, split, opts)
+    reuse = method != "unet" and trained(out, steps, opts.time_limit)
     if out.exists() and not reuse:
         shutil.rmtree(out)
     t0 = time.perf_counter()
@@ -154,6 +181,8 @@ def one_run(
             sets.append("adapter.train_mask_decoder=false")
         if method in FULL_OPTIMIZERS:
             sets += FULL_OPTIMIZERS[method]
+        if opts.time_limit > 0:  # equal wall-clock: the clock ends the run, not the validation patience
+            sets += [f"train.time_limit={opts.time_limit}", "train.early_stop=0"]
         train_cmd = [
             sys.executable,
             "-m",
@@ -201,6 +230,7 @@ def one_run(
         "eval_prompt": "dense" if method == "unet" else eval_prompt,
         "split": split,
         "base": opts.base,
+        "time_limit": opts.time_limit,
         "hires": opts.hires,
         "overlap": opts.overlap,
         "steps_done": summary.get("steps"),
@@ -221,10 +251,29 @@ def floor_row(
     dataset: Path, shots: int, seed: int, steps: int, out: Path, split: dict, opts: argparse.Namespace
 ) -> dict:
     """The intensity floor (nearest class mean) fitted on exactly the training slices of the SAM runs' split."""
-    from salt_seg.data import load_dataset, make_split, save_split
     from salt_seg.evaluation.floors import intensity_floor
 
     t0 = time.perf_counter()
+    ds, sp = cell_split(dataset, shots, seed, split, out)
+    res = intensity_floor(ds, sp, "nearest_mean")
+    return {
+        "method": "floor",
+        "dataset": dataset.name,
+        "shots": shots,
+        "seed": seed,
+        "steps": steps,
+        "eval_prompt": "dense",
+        "split": split,
+        "base": opts.base,
+        "total_seconds": time.perf_counter() - t0,
+        "summary": pooled_summary(res.per_class),
+    }
+
+
+def cell_split(dataset: Path, shots: int, seed: int, split: dict, out: Path) -> tuple:
+    """The cell's split (the one every SAM run of this dataset, shots and seed draws), saved as ``out/split.json``."""
+    from salt_seg.data import load_dataset, make_split, save_split
+
     ds = load_dataset(dataset)
     sp = make_split(
         ds,
@@ -239,11 +288,63 @@ def floor_row(
     )
     out.mkdir(parents=True, exist_ok=True)
     save_split(sp, out / "split.json")
-    res = intensity_floor(ds, sp, "nearest_mean")
-    per = {str(c): {"dice": v} for c, v in res.per_class.items()}
-    pooled = [(v["mean"], v["n"]) for v in res.per_class.values() if v.get("n")]  # as evaluate pools slices
+    return ds, sp
+
+
+def pooled_summary(per_class: dict) -> dict:
+    """``{"slice": {class: {"dice": ...}, "all": ...}}`` with "all" pooled over slices as ``evaluate`` pools them."""
+    per = {str(c): {"dice": v} for c, v in per_class.items()}
+    pooled = [(v["mean"], v["n"]) for v in per_class.values() if v.get("n")]
     return {
-        "method": "floor",
+        "slice": per | {"all": {"dice": {"mean": sum(m * n for m, n in pooled) / sum(n for _, n in pooled)}}}
+    }
+
+
+def nnunet_row(
+    dataset: Path, shots: int, seed: int, steps: int, out: Path, split: dict, opts: argparse.Namespace
+) -> dict:
+    """nnU-Net v2 (``bench/nnunet_baseline.py``) on the cell's split; its per-slice Dice is written as
+    ``out/evaluation/per_slice.csv`` so that the report pairs it with the other methods' slices."""
+    import csv
+
+    from salt_seg.io import atomic_path
+
+    t0 = time.perf_counter()
+    result_path = out / "result.json"
+    if not result_path.is_file():  # else a finished nnU-Net run of this cell: only scored again
+        if out.exists():
+            shutil.rmtree(out)
+        cell_split(dataset, shots, seed, split, out)
+        run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "nnunet_baseline.py"),
+                "--data",
+                str(dataset),
+                "--split",
+                str(out / "split.json"),
+                "--work",
+                str(out),
+                "--trainer",
+                opts.nnunet_trainer,
+                "--threads",
+                str(opts.nnunet_threads),
+            ]
+        )
+    result = json.loads(result_path.read_text())
+    (out / "evaluation").mkdir(exist_ok=True)
+    with (
+        atomic_path(out / "evaluation" / "per_slice.csv", suffix=".csv") as tmp,
+        open(tmp, "w", newline="") as f,
+    ):
+        w = csv.writer(f)
+        w.writerow(["case", "class_id", "slice_index", "status", "dice"])
+        for s in result["per_slice"]:
+            w.writerow(
+                [s["case"], s["class"], s["slice"], s["status"], "" if s["dice"] is None else s["dice"]]
+            )
+    return {
+        "method": "nnunet",
         "dataset": dataset.name,
         "shots": shots,
         "seed": seed,
@@ -251,11 +352,12 @@ def floor_row(
         "eval_prompt": "dense",
         "split": split,
         "base": opts.base,
-        "total_seconds": time.perf_counter() - t0,
-        "summary": {
-            "slice": per
-            | {"all": {"dice": {"mean": sum(m * n for m, n in pooled) / sum(n for _, n in pooled)}}}
-        },
+        "time_limit": 0.0,
+        "trainer": result.get("trainer"),
+        "steps_done": result.get("steps"),
+        "train_seconds": result["seconds"].get("train"),
+        "total_seconds": result["seconds"].get("total", time.perf_counter() - t0),
+        "summary": pooled_summary({c: v["dice"] for c, v in result["per_class"].items()}),
     }
 
 
@@ -285,6 +387,14 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "fewshot"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "fewshot_v2.jsonl"))
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="equal wall-clock budget in seconds for every SAM method (0 = train to convergence)",
+    )
+    ap.add_argument("--nnunet-trainer", default="nnUNetTrainer_5epochs", help="nnU-Net trainer class (-tr)")
+    ap.add_argument("--nnunet-threads", type=int, default=1, help="torch threads of the nnU-Net processes")
     args = ap.parse_args()
 
     results = Path(args.results)
@@ -299,6 +409,7 @@ def main() -> None:
                     r["split"].get("protocol", "block"),
                     r.get("base", "builtin128"),
                     r["split"].get("guard_mm"),
+                    r.get("time_limit", 0.0),
                 )
             )
     for name in args.datasets:
@@ -314,14 +425,16 @@ def main() -> None:
                         shots,
                         seed,
                         args.steps,
-                        "dense" if method in ("unet", "floor") else args.eval_prompt,
+                        "dense" if method in DENSE else args.eval_prompt,
                         args.protocol,
                         args.base,
                         args.guard_mm,
+                        args.time_limit if method not in DENSE else 0.0,
                     )
-                    if key in done:
+                    if key in done or (args.time_limit > 0 and method in DENSE):
                         continue
-                    out = Path(args.runs) / name / args.protocol / f"shots{shots}" / f"seed{seed}" / method
+                    run_name = f"{method}_t{args.time_limit:g}" if args.time_limit > 0 else method
+                    out = Path(args.runs) / name / args.protocol / f"shots{shots}" / f"seed{seed}" / run_name
                     print(f"{name} shots={shots} seed={seed} {method} ...", end=" ", flush=True)
                     try:
                         row = one_run(method, dataset, shots, seed, args.steps, out, args.eval_prompt, args)

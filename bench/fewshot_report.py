@@ -3,7 +3,9 @@
 For each dataset and shot count: Dice and HD95 (mm) per method as mean ± std over seeds (each seed's value is the
 mean over its test slices), trainable parameters and training time; and for SALT minus each other method, a 95%
 bootstrap interval of the mean per-slice Dice difference, pairing the same (seed, test slice, class) - every
-method sees the same split at a given seed.
+method sees the same split at a given seed. Runs of ``bench/fewshot.py --time-limit T`` (every method given the same
+wall-clock budget) are not rows of their own: they fill an "equal wall-clock" column per budget beside the
+converged figures.
 
 Usage: python bench/fewshot_report.py [--results FILE] [--runs DIR] [--plot FILE] [--markdown]
 """
@@ -35,11 +37,73 @@ REFERENCES = (
 )
 
 
+#: issue 12's acceptance grid: every cell of (dataset, protocol, shots) x these methods at three seeds
+GRID_METHODS = (
+    "salt",
+    "lora",
+    "ssam",
+    "svfit",
+    "effort",
+    "full",
+    "none",
+    "full_random",
+    "unet",
+    "nnunet",
+    "floor",
+)
+GRID_CELLS = tuple(
+    (d, p, n) for d in ("mni152-tissue", "colin27-aal") for p in ("sparse", "block") for n in (5, 20)
+)
+GRID_SEEDS = (0, 1, 2)
+
+
+def coverage(rows: list[dict]) -> str:
+    """Which seeds of the acceptance grid have a converged class-token (or dense) row, and an estimate of the
+    compute the missing runs need: each at the median total seconds of the same method on the same dataset
+    (else of the method anywhere). Markdown."""
+    have: dict[tuple, set[int]] = defaultdict(set)
+    secs: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("time_limit") or r["eval_prompt"] not in ("auto", "dense"):
+            continue
+        protocol = r.get("split", {}).get("protocol", "block")
+        have[(r["method"], r["dataset"], protocol, r["shots"])].add(r["seed"])
+        if r.get("total_seconds") and not r.get("reused_training"):
+            secs[(r["method"], r["dataset"])].append(r["total_seconds"])
+            secs[(r["method"], None)].append(r["total_seconds"])
+    head = (
+        "| method | "
+        + " | ".join(f"{d} {p} {n}" for d, p, n in GRID_CELLS)
+        + " | missing runs | est. CPU min |"
+    )
+    lines = [head, "|---" * (len(GRID_CELLS) + 3) + "|"]
+    total_missing, total_est = 0, 0.0
+    for m in GRID_METHODS:
+        cells, missing, est = [], 0, 0.0
+        for d, p, n in GRID_CELLS:
+            seeds = have.get((m, d, p, n), set()) & set(GRID_SEEDS)
+            cells.append(",".join(map(str, sorted(seeds))) or "-")
+            lacking = len(GRID_SEEDS) - len(seeds)
+            ref = secs.get((m, d)) or secs.get((m, None)) or [0.0]
+            missing, est = missing + lacking, est + lacking * statistics.median(ref)
+        total_missing, total_est = total_missing + missing, total_est + est
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {missing} | {est / 60:.0f} |")
+    lines.append(
+        f"\nSeeds done per cell; {total_missing} runs missing, about {total_est / 60:.0f} CPU-minutes at the"
+    )
+    lines[-1] += " measured one-thread run times (methods never run are counted at 0)."
+    return "\n".join(lines)
+
+
 PROMPTS = {"auto": "class tokens, no user input", "box": "one box per structure from the ground truth"}
 
 
 def per_slice(run: Path, prompt: str) -> dict[tuple, float]:
-    folder = "evaluation" if prompt in ("auto", "dense") or run.name == "unet" else f"evaluation_{prompt}"
+    folder = (
+        "evaluation"
+        if prompt in ("auto", "dense") or run.name in ("unet", "nnunet")
+        else f"evaluation_{prompt}"
+    )
     f = run / folder / "per_slice.csv"
     out = {}
     if f.is_file():
@@ -69,16 +133,32 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "fewshot"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "fewshot.png"))
     ap.add_argument("--base", default=None, help="only the rows of this base (e.g. builtin_v1, builtin)")
+    ap.add_argument(
+        "--coverage",
+        action="store_true",
+        help="only the grid of seeds done per cell and the compute still missing",
+    )
     args = ap.parse_args()
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     if args.base:  # one base per report (the runs folder is per sweep)
         rows = [r for r in rows if r["method"] == "floor" or r.get("base", "builtin128") == args.base]
+    if args.coverage:
+        print(coverage(rows))
+        return
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    #: equal wall-clock runs: (dataset, protocol, prompt, shots) -> budget -> method -> rows
+    timed: dict[tuple, dict[float, dict[str, list[dict]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     prompts = sorted({r["eval_prompt"] for r in rows} - {"dense"}) or ["auto"]
     for r in rows:  # the U-Net (dense output, no prompt) is the same baseline beside every prompt mode
         for p in prompts if r["eval_prompt"] == "dense" else [r["eval_prompt"]]:
             protocol = r.get("split", {}).get("protocol", "block")
-            groups[(r["dataset"], protocol, p, r["shots"])][r["method"]].append(r)
+            cell = (r["dataset"], protocol, p, r["shots"])
+            if r.get("time_limit"):
+                timed[cell][r["time_limit"]][r["method"]].append(r)
+            else:
+                groups[cell][r["method"]].append(r)
     total = sum(r.get("total_seconds") or 0 for r in rows)
     reeval = sum(bool(r.get("reused_training")) for r in rows)
     print(
@@ -91,8 +171,12 @@ def main() -> None:
             f"### {dataset}, {protocol} split, {shots} shots, prompt {prompt} ({PROMPTS.get(prompt, prompt)}; "
             "U-Net and floor: dense)\n"
         )
-        print("| method | seeds | Dice (slices) | HD95 mm (slices) | trainable | steps (best) | train s |")
-        print("|---|---|---|---|---|---|---|")
+        budgets = sorted(timed.get((dataset, protocol, prompt, shots), {}))
+        extra = "".join(f" Dice at {b:g} s (equal wall-clock; steps) |" for b in budgets)
+        print(
+            f"| method | seeds | Dice (slices) | HD95 mm (slices) | trainable | steps (best) | train s |{extra}"
+        )
+        print("|---|---|---|---|---|---|---|" + "---|" * len(budgets))
         for m in [m for m in ORDER if m in methods]:
             rs = methods[m]
             dice = [r["summary"]["slice"]["all"]["dice"]["mean"] for r in rs]
@@ -101,7 +185,13 @@ def main() -> None:
             secs = statistics.fmean(r.get("train_seconds") or 0 for r in rs)
             steps = "/".join(f"{r.get('steps_done', '-')} ({r.get('best_step', '-')})" for r in rs)
             shown = f"{params:,}" if params else "-"
-            print(f"| {m} | {len(rs)} | {fmt(dice)} | {fmt(hd, 1)} | {shown} | {steps} | {secs:.0f} |")
+            cols = ""
+            for budget in budgets:
+                ts = timed[(dataset, protocol, prompt, shots)][budget].get(m, [])
+                tdice = [t["summary"]["slice"]["all"]["dice"]["mean"] for t in ts]
+                tsteps = "/".join(str(t.get("steps_done", "-")) for t in ts)
+                cols += f" {fmt(tdice)} ({len(ts)} seeds; {tsteps}) |" if ts else " - |"
+            print(f"| {m} | {len(rs)} | {fmt(dice)} | {fmt(hd, 1)} | {shown} | {steps} | {secs:.0f} |{cols}")
             plot_data[(f"{dataset} {protocol}", prompt, m)][shots] = (
                 statistics.fmean(dice),
                 statistics.stdev(dice) if len(dice) > 1 else 0,

@@ -1,0 +1,153 @@
+"""bench/fewshot.py's nnU-Net rows and equal-wall-clock runs, and how bench/fewshot_report.py shows them (issue 12)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bench.test_baselines import _load
+
+
+def _nnunet_result(out: Path) -> None:
+    out.mkdir(parents=True)
+    per_slice = [
+        {"case": "mni152", "slice": 29, "class": 1, "status": "both_present", "dice": 0.9},
+        {"case": "mni152", "slice": 29, "class": 2, "status": "both_present", "dice": 0.5},
+        {"case": "mni152", "slice": 30, "class": 1, "status": "both_present", "dice": 0.7},
+        {"case": "mni152", "slice": 30, "class": 2, "status": "both_empty", "dice": None},
+    ]
+    result = {
+        "trainer": "nnUNetTrainer_5epochs",
+        "steps": 1250,
+        "per_class": {
+            "1": {"name": "a", "dice": {"mean": 0.8, "std": 0.1, "n": 2}},
+            "2": {"name": "b", "dice": {"mean": 0.5, "std": 0.0, "n": 1}},
+        },
+        "per_slice": per_slice,
+        "seconds": {"train": 100.0, "total": 120.0},
+    }
+    (out / "result.json").write_text(json.dumps(result))
+
+
+def test_nnunet_row_from_a_finished_run_pools_slices_and_pairs_with_the_report(tmp_path: Path) -> None:
+    sweep, report = _load("fewshot"), _load("fewshot_report")
+    out = tmp_path / "runs" / "mni152-tissue" / "sparse" / "shots5" / "seed0" / "nnunet"
+    _nnunet_result(out)
+    opts = argparse.Namespace(base="builtin", nnunet_trainer="nnUNetTrainer_5epochs", nnunet_threads=1)
+    split = {"axis": 2, "val": 0.2, "test": 0.4, "protocol": "sparse", "guard_mm": 10.0}
+    # a finished run is scored again, not retrained: the dataset folder is never read
+    row = sweep.nnunet_row(tmp_path / "absent", 5, 0, 600, out, split, opts)
+    assert row["method"] == "nnunet" and row["eval_prompt"] == "dense" and row["time_limit"] == 0.0
+    assert row["steps_done"] == 1250 and row["train_seconds"] == 100.0 and row["total_seconds"] == 120.0
+    # "all" pools the slices as evaluate does: (0.8 * 2 + 0.5 * 1) / 3
+    assert row["summary"]["slice"]["all"]["dice"]["mean"] == pytest.approx(0.7)
+    assert row["summary"]["slice"]["2"]["dice"]["mean"] == 0.5
+    # the per-slice file the paired bootstrap reads; a pair empty in both is not scored
+    pairs = report.per_slice(out, "box")
+    assert pairs == {("mni152", "1", "29"): 0.9, ("mni152", "2", "29"): 0.5, ("mni152", "1", "30"): 0.7}
+
+
+def _row(method: str, seed: int, dice: float, time_limit: float = 0.0, steps_done: int = 300) -> dict:
+    return {
+        "method": method,
+        "dataset": "mni152-tissue",
+        "shots": 5,
+        "seed": seed,
+        "steps": 600,
+        "eval_prompt": "dense" if method == "floor" else "auto",
+        "split": {"protocol": "sparse", "guard_mm": 10.0},
+        "base": "builtin",
+        "time_limit": time_limit,
+        "steps_done": steps_done,
+        "summary": {"slice": {"all": {"dice": {"mean": dice}}}},
+    }
+
+
+def test_report_puts_equal_wall_clock_runs_in_a_column_not_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _load("fewshot_report")
+    rows = [
+        _row("salt", 0, 0.80),
+        _row("salt", 1, 0.90),
+        _row("none", 0, 0.70),
+        _row("floor", 0, 0.60),
+        _row("salt", 0, 0.75, time_limit=120, steps_done=210),
+        _row("salt", 1, 0.85, time_limit=120, steps_done=190),
+    ]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [
+        "fewshot_report.py",
+        "--results",
+        str(results),
+        "--runs",
+        str(tmp_path),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    report.main()
+    lines = capsys.readouterr().out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("| method"))
+    assert header.endswith("| Dice at 120 s (equal wall-clock; steps) |")
+    salt = [ln for ln in lines if ln.startswith("| salt |")]
+    assert len(salt) == 1  # the timed runs are not a second SALT row
+    cells = [c.strip() for c in salt[0].strip("|").split("|")]
+    assert cells[1] == "2" and cells[2] == "0.850 ± 0.071"  # converged: the two untimed seeds
+    assert cells[-1] == "0.800 ± 0.071 (2 seeds; 210/190)"
+    none = next(ln for ln in lines if ln.startswith("| none |"))
+    assert none.rstrip().endswith("| - |")  # no timed run of decoder-only
+
+
+def test_sweep_names_timed_runs_apart_skips_dense_methods_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = _load("fewshot")
+    data = tmp_path / "data" / "mni152-tissue"
+    data.mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+    calls: list[tuple[str, Path, float]] = []
+
+    def fake_run(method, dataset, shots, seed, steps, out, eval_prompt, opts):  # noqa: ANN001, ANN202
+        calls.append((method, out, opts.time_limit))
+        return _row(method, seed, 0.5, time_limit=opts.time_limit) | {"total_seconds": 1.0}
+
+    monkeypatch.setattr(sweep, "one_run", fake_run)
+    results = tmp_path / "r.jsonl"
+    argv = ["fewshot.py", "--datasets", "mni152-tissue", "--shots", "5", "--seeds", "0", "--methods", "salt"]
+    argv += ["floor", "nnunet", "--data-root", str(tmp_path / "data"), "--runs", str(tmp_path / "runs")]
+    argv += ["--results", str(results), "--guard-mm", "10"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--time-limit", "60"])
+    sweep.main()
+    assert [(m, o.name, t) for m, o, t in calls] == [("salt", "salt_t60", 60.0)]
+    sweep.main()  # resumed: the timed SALT row is in the results file
+    assert len(calls) == 1
+    monkeypatch.setattr(sys, "argv", argv)  # the converged sweep is another key: every method runs
+    sweep.main()
+    assert [(m, o.name, t) for m, o, t in calls[1:]] == [
+        ("salt", "salt", 0.0),
+        ("floor", "floor", 0.0),
+        ("nnunet", "nnunet", 0.0),
+    ]
+    assert len(results.read_text().splitlines()) == 4
+
+
+def test_coverage_lists_seeds_per_cell_and_estimates_the_missing_compute() -> None:
+    report = _load("fewshot_report")
+    rows = [_row("salt", s, 0.8) | {"total_seconds": 60.0 * (s + 1)} for s in (0, 1)]
+    rows.append(
+        _row("salt", 2, 0.8, time_limit=120) | {"total_seconds": 999.0}
+    )  # timed: not a converged seed
+    rows.append(_row("salt", 2, 0.8) | {"dataset": "colin27-aal", "total_seconds": 600.0})
+    text = report.coverage(rows)
+    salt = next(ln for ln in text.splitlines() if ln.startswith("| salt |"))
+    cells = [c.strip() for c in salt.strip("|").split("|")]
+    assert cells[1:3] == ["0,1", "-"] and cells[5] == "2"  # mni152 sparse 5; colin27 sparse 5
+    # 24 runs in the grid, 3 done; mni152's 10 missing at its median 90 s, colin27's 11 at 600 s
+    assert cells[-2:] == ["21", f"{(10 * 90 + 11 * 600) / 60:.0f}"]
+    assert "| nnunet | - |" in text
