@@ -33,7 +33,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +197,8 @@ def one_run(
             "--no-progress",
             "--threads",
             "1",
+            "--device",
+            opts.device,
         ]
         for s in sets:
             train_cmd += ["--set", s]
@@ -213,7 +217,7 @@ def one_run(
                 "--overlap",
                 opts.overlap,
                 "--device",
-                "cpu",
+                opts.device,
                 "--out",
                 str(evaluation_dir(out, eval_prompt)),
             ]
@@ -329,6 +333,8 @@ def nnunet_row(
                 opts.nnunet_trainer,
                 "--threads",
                 str(opts.nnunet_threads),
+                "--device",
+                opts.device.split(":")[0],
             ]
         )
     result = json.loads(result_path.read_text())
@@ -394,6 +400,21 @@ def main() -> None:
         help="equal wall-clock budget in seconds for every SAM method (0 = train to convergence)",
     )
     ap.add_argument("--nnunet-trainer", default="nnUNetTrainer_5epochs", help="nnU-Net trainer class (-tr)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each its own processes (default 1; e.g. one per core)",
+    )
+    ap.add_argument(
+        "--stop-after",
+        type=float,
+        default=0.0,
+        help="start no run after this many seconds (runs under way finish; 0 = no limit)",
+    )
+    ap.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N for training, evaluation and nnU-Net"
+    )
     ap.add_argument("--nnunet-threads", type=int, default=1, help="torch threads of the nnU-Net processes")
     args = ap.parse_args()
 
@@ -412,6 +433,7 @@ def main() -> None:
                     r.get("time_limit", 0.0),
                 )
             )
+    tasks = []
     for name in args.datasets:
         dataset = Path(args.data_root) / name
         if not (dataset / "dataset.json").is_file():
@@ -435,16 +457,37 @@ def main() -> None:
                         continue
                     run_name = f"{method}_t{args.time_limit:g}" if args.time_limit > 0 else method
                     out = Path(args.runs) / name / args.protocol / f"shots{shots}" / f"seed{seed}" / run_name
-                    print(f"{name} shots={shots} seed={seed} {method} ...", end=" ", flush=True)
-                    try:
-                        row = one_run(method, dataset, shots, seed, args.steps, out, args.eval_prompt, args)
-                    except RuntimeError as exc:
-                        print(f"FAILED\n{exc}", flush=True)
-                        continue
-                    with open(results, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    d = row["summary"]["slice"]["all"]["dice"]["mean"]
-                    print(f"Dice {d:.3f} ({row['total_seconds']:.0f} s)", flush=True)
+                    tasks.append((method, dataset, shots, seed, out))
+
+    def one(task: tuple) -> dict | None:
+        method, dataset, shots, seed, out = task
+        label = f"{dataset.name} shots={shots} seed={seed} {method}"
+        if args.stop_after and time.perf_counter() - started > args.stop_after:
+            print(f"{label}: not started, --stop-after {args.stop_after:g} s has passed", flush=True)
+            return None
+        if args.jobs == 1:
+            print(f"{label} ...", end=" ", flush=True)
+        try:
+            row = one_run(method, dataset, shots, seed, args.steps, out, args.eval_prompt, args)
+        except RuntimeError as exc:
+            print(f"{label} FAILED\n{exc}" if args.jobs > 1 else f"FAILED\n{exc}", flush=True)
+            return None
+        with lock, open(results, "a") as f:  # one line per finished run, whichever worker finished it
+            f.write(json.dumps(row) + "\n")
+        d = row["summary"]["slice"]["all"]["dice"]["mean"]
+        print(
+            f"{label + ' ... ' if args.jobs > 1 else ''}Dice {d:.3f} ({row['total_seconds']:.0f} s)",
+            flush=True,
+        )
+        return row
+
+    lock, started = threading.Lock(), time.perf_counter()
+    if args.jobs == 1:
+        for task in tasks:
+            one(task)
+    else:  # each run is its own processes (train, evaluate, nnU-Net): threads only dispatch and collect
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(one, tasks))
 
 
 if __name__ == "__main__":

@@ -151,3 +151,38 @@ def test_coverage_lists_seeds_per_cell_and_estimates_the_missing_compute() -> No
     # 24 runs in the grid, 3 done; mni152's 10 missing at its median 90 s, colin27's 11 at 600 s
     assert cells[-2:] == ["21", f"{(10 * 90 + 11 * 600) / 60:.0f}"]
     assert "| nnunet | - |" in text
+
+
+def test_parallel_sweep_writes_every_finished_run_once_and_skips_a_failed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = _load("fewshot")
+    data = tmp_path / "data" / "mni152-tissue"
+    data.mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+
+    def fake_run(method, dataset, shots, seed, steps, out, eval_prompt, opts):  # noqa: ANN001, ANN202
+        if method == "lora" and seed == 1:
+            raise RuntimeError("salt-seg train ... failed")
+        return _row(method, seed, 0.5) | {"total_seconds": 1.0}
+
+    monkeypatch.setattr(sweep, "one_run", fake_run)
+    results = tmp_path / "r.jsonl"
+    argv = [
+        "fewshot.py",
+        "--datasets",
+        "mni152-tissue",
+        "--shots",
+        "5",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--methods",
+    ]
+    argv += ["salt", "lora", "--data-root", str(tmp_path / "data"), "--runs", str(tmp_path / "runs")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--results", str(results), "--jobs", "3"])
+    sweep.main()
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    done = sorted((r["method"], r["seed"]) for r in rows)
+    assert done == [("lora", 0), ("lora", 2), ("salt", 0), ("salt", 1), ("salt", 2)]
