@@ -225,16 +225,8 @@ def one_run(
     seconds = time.perf_counter() - t0
     ev = json.loads((evaluation_dir(out, eval_prompt) / "evaluation.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    return {
-        "method": method,
-        "dataset": dataset.name,
-        "shots": shots,
-        "seed": seed,
-        "steps": steps,
-        "eval_prompt": "dense" if method == "unet" else eval_prompt,
-        "split": split,
-        "base": opts.base,
-        "time_limit": opts.time_limit,
+    prompt = "dense" if method == "unet" else eval_prompt
+    return row_head(method, dataset, shots, seed, steps, split, opts, prompt, opts.time_limit) | {
         "hires": opts.hires,
         "overlap": opts.overlap,
         "steps_done": summary.get("steps"),
@@ -260,17 +252,35 @@ def floor_row(
     t0 = time.perf_counter()
     ds, sp = cell_split(dataset, shots, seed, split, out)
     res = intensity_floor(ds, sp, "nearest_mean")
+    return row_head("floor", dataset, shots, seed, steps, split, opts) | {
+        "total_seconds": time.perf_counter() - t0,
+        "summary": pooled_summary(res.per_class),
+    }
+
+
+def row_head(  # noqa: PLR0913 - the keys that identify a result row
+    method: str,
+    dataset: Path,
+    shots: int,
+    seed: int,
+    steps: int,
+    split: dict,
+    opts: argparse.Namespace,
+    eval_prompt: str = "dense",
+    time_limit: float = 0.0,
+) -> dict:
+    """The keys every result row starts with (what the sweep's resume key is made of); ``dense``: a method
+    without prompts (U-Net, nnU-Net, the floor)."""
     return {
-        "method": "floor",
+        "method": method,
         "dataset": dataset.name,
         "shots": shots,
         "seed": seed,
         "steps": steps,
-        "eval_prompt": "dense",
+        "eval_prompt": eval_prompt,
         "split": split,
         "base": opts.base,
-        "total_seconds": time.perf_counter() - t0,
-        "summary": pooled_summary(res.per_class),
+        "time_limit": time_limit,
     }
 
 
@@ -349,16 +359,7 @@ def nnunet_row(
             w.writerow(
                 [s["case"], s["class"], s["slice"], s["status"], "" if s["dice"] is None else s["dice"]]
             )
-    return {
-        "method": "nnunet",
-        "dataset": dataset.name,
-        "shots": shots,
-        "seed": seed,
-        "steps": steps,
-        "eval_prompt": "dense",
-        "split": split,
-        "base": opts.base,
-        "time_limit": 0.0,
+    return row_head("nnunet", dataset, shots, seed, steps, split, opts) | {
         "trainer": result.get("trainer"),
         "steps_done": result.get("steps"),
         "train_seconds": result["seconds"].get("train"),

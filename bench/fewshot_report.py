@@ -38,19 +38,7 @@ REFERENCES = (
 
 
 #: issue 12's acceptance grid: every cell of (dataset, protocol, shots) x these methods at three seeds
-GRID_METHODS = (
-    "salt",
-    "lora",
-    "ssam",
-    "svfit",
-    "effort",
-    "full",
-    "none",
-    "full_random",
-    "unet",
-    "nnunet",
-    "floor",
-)
+GRID_METHODS = tuple(m for m in ORDER if m not in FROZEN + LOWMEM)
 GRID_CELLS = tuple(
     (d, p, n) for d in ("mni152-tissue", "colin27-aal") for p in ("sparse", "block") for n in (5, 20)
 )

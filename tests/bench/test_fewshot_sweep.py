@@ -51,6 +51,13 @@ def test_nnunet_row_from_a_finished_run_pools_slices_and_pairs_with_the_report(t
     assert pairs == {("mni152", "1", "29"): 0.9, ("mni152", "2", "29"): 0.5, ("mni152", "1", "30"): 0.7}
 
 
+def _prepared_dataset(tmp_path: Path) -> None:
+    """A data root whose mni152-tissue counts as prepared (the sweep then prepares nothing)."""
+    data = tmp_path / "data" / "mni152-tissue"
+    data.mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+
+
 def _row(method: str, seed: int, dice: float, time_limit: float = 0.0, steps_done: int = 300) -> dict:
     return {
         "method": method,
@@ -108,9 +115,7 @@ def test_sweep_names_timed_runs_apart_skips_dense_methods_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep = _load("fewshot")
-    data = tmp_path / "data" / "mni152-tissue"
-    data.mkdir(parents=True)
-    (data / "dataset.json").write_text("{}")
+    _prepared_dataset(tmp_path)
     calls: list[tuple[str, Path, float]] = []
 
     def fake_run(method, dataset, shots, seed, steps, out, eval_prompt, opts):  # noqa: ANN001, ANN202
@@ -157,9 +162,7 @@ def test_parallel_sweep_writes_every_finished_run_once_and_skips_a_failed_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep = _load("fewshot")
-    data = tmp_path / "data" / "mni152-tissue"
-    data.mkdir(parents=True)
-    (data / "dataset.json").write_text("{}")
+    _prepared_dataset(tmp_path)
 
     def fake_run(method, dataset, shots, seed, steps, out, eval_prompt, opts):  # noqa: ANN001, ANN202
         if method == "lora" and seed == 1:
