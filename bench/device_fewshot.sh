@@ -4,11 +4,13 @@
 # DATA_ROOT holds the prepared mni152-tissue and colin27-aal folders (salt-seg data prepare ...). Runs every
 # (dataset, protocol, shots) cell for three seeds: the SAM methods on the GPU, several at a time (JOBS, default
 # the CPU count minus 2), nnU-Net v2 on the GPU (nnunetv2 must be importable there, else its runs are reported
-# FAILED and the rest go on), the floor on the CPU; the mni152-tissue cells first. Starts no new run after SECONDS (default 480; runs under way finish). RESULTS (default
-# OUT_DIR/fewshot.jsonl) may be a copy of bench/results/fewshot_v2.jsonl: rows already in it are skipped.
+# FAILED and the rest go on), the floor on the CPU; the mni152-tissue cells first. Starts no new run after
+# SECONDS (default 480; runs under way finish). RESULTS (default OUT_DIR/fewshot.jsonl) may be a copy of
+# bench/results/fewshot_v2.jsonl: rows already in it are skipped.
 # Writes the result rows and, for the paired bootstrap of bench/fewshot_report.py, every run's
 # evaluation/per_slice.csv, summary.json and metrics.jsonl under OUT_DIR/runs (not the checkpoints).
-# Environment: PYTHON (default python3), DEVICE (cuda), JOBS, METHODS (default every method of the grid).
+# Environment: PYTHON (default python3), DEVICE (cuda), JOBS, METHODS (default every method of the grid
+# but the U-Net).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
