@@ -65,21 +65,26 @@ def coverage(rows: list[dict]) -> str:
         + " | missing runs | est. CPU min |"
     )
     lines = [head, "|---" * (len(GRID_CELLS) + 3) + "|"]
-    total_missing, total_est = 0, 0.0
+    total_missing, total_est, unknown = 0, 0.0, []
     for m in GRID_METHODS:
         cells, missing, est = [], 0, 0.0
         for d, p, n in GRID_CELLS:
             seeds = have.get((m, d, p, n), set()) & set(GRID_SEEDS)
             cells.append(",".join(map(str, sorted(seeds))) or "-")
             lacking = len(GRID_SEEDS) - len(seeds)
-            ref = secs.get((m, d)) or secs.get((m, None)) or [0.0]
-            missing, est = missing + lacking, est + lacking * statistics.median(ref)
+            ref = secs.get((m, d)) or secs.get((m, None))
+            missing += lacking
+            est += lacking * statistics.median(ref) if ref else 0.0
+        if missing and not secs.get((m, None)):
+            unknown.append(m)
         total_missing, total_est = total_missing + missing, total_est + est
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {missing} | {est / 60:.0f} |")
+        shown = "?" if m in unknown else f"{est / 60:.0f}"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {missing} | {shown} |")
     lines.append(
-        f"\nSeeds done per cell; {total_missing} runs missing, about {total_est / 60:.0f} CPU-minutes at the"
+        f"\nSeeds done per cell; {total_missing} runs missing, about {total_est / 60:.0f} CPU-minutes at the measured "
+        "one-thread run times"
+        + (f", not counting {', '.join(unknown)} (never run in these results: '?')." if unknown else ".")
     )
-    lines[-1] += " measured one-thread run times (methods never run are counted at 0)."
     return "\n".join(lines)
 
 
