@@ -236,7 +236,9 @@ def main() -> None:
                     xs,
                     [pts[x][0] for x in xs],
                     yerr=[pts[x][1] for x in xs],
-                    marker="o",
+                    marker="s" if m in ("unet", "nnunet", "floor") else "o",
+                    ls="--" if m in ("unet", "nnunet", "floor") else "-",  # the baselines
+                    color=plt.get_cmap("tab20")(ORDER.index(m) % 20),  # one colour per method
                     capsize=3,
                     label=m,
                     lw=2.5 if m == "salt" else 1,
