@@ -115,7 +115,7 @@ def one_run(
     eval_prompt: str,
     opts: argparse.Namespace,
 ) -> dict:
-    split = SPLITS.get(dataset.name, DEFAULT_SPLIT) | {"protocol": opts.protocol, "guard_mm": opts.guard_mm}
+    split = split_settings(dataset.name, opts)
     if method == "floor":
         return floor_row(dataset, shots, seed, steps, out, split, opts)
     if method == "nnunet":
@@ -258,6 +258,27 @@ def floor_row(
     }
 
 
+def split_settings(dataset_name: str, opts: argparse.Namespace) -> dict:
+    """The split every method of a cell draws: the dataset's axis and fractions, the sweep's protocol and guard."""
+    return SPLITS.get(dataset_name, DEFAULT_SPLIT) | {"protocol": opts.protocol, "guard_mm": opts.guard_mm}
+
+
+def row_key(row: dict) -> tuple:
+    """What makes a result row the same run (the sweep's resume key); rows of older sweeps lack the newer keys."""
+    return (
+        row["method"],
+        row["dataset"],
+        row["shots"],
+        row["seed"],
+        row["steps"],
+        row["eval_prompt"],
+        row["split"].get("protocol", "block"),
+        row.get("base", "builtin128"),
+        row["split"].get("guard_mm"),
+        row.get("time_limit", 0.0),
+    )
+
+
 def row_head(  # noqa: PLR0913 - the keys that identify a result row
     method: str,
     dataset: Path,
@@ -269,7 +290,7 @@ def row_head(  # noqa: PLR0913 - the keys that identify a result row
     eval_prompt: str = "dense",
     time_limit: float = 0.0,
 ) -> dict:
-    """The keys every result row starts with (what the sweep's resume key is made of); ``dense``: a method
+    """The keys every result row starts with (what :func:`row_key` reads); ``dense``: a method
     without prompts (U-Net, nnU-Net, the floor)."""
     return {
         "method": method,
@@ -421,19 +442,11 @@ def main() -> None:
 
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if results.exists():
-        for line in results.read_text().splitlines():
-            r = json.loads(line)
-            done.add(
-                (r["method"], r["dataset"], r["shots"], r["seed"], r["steps"], r["eval_prompt"])
-                + (
-                    r["split"].get("protocol", "block"),
-                    r.get("base", "builtin128"),
-                    r["split"].get("guard_mm"),
-                    r.get("time_limit", 0.0),
-                )
-            )
+    done = (
+        {row_key(json.loads(line)) for line in results.read_text().splitlines()}
+        if results.exists()
+        else set()
+    )
     tasks = []
     for name in args.datasets:
         dataset = Path(args.data_root) / name
@@ -442,19 +455,21 @@ def main() -> None:
         for shots in args.shots:
             for seed in args.seeds:
                 for method in args.methods:
-                    key = (
+                    if args.time_limit > 0 and method in DENSE:
+                        continue
+                    prompt = "dense" if method in DENSE else args.eval_prompt
+                    head = row_head(
                         method,
-                        name,
+                        dataset,
                         shots,
                         seed,
                         args.steps,
-                        "dense" if method in DENSE else args.eval_prompt,
-                        args.protocol,
-                        args.base,
-                        args.guard_mm,
-                        args.time_limit if method not in DENSE else 0.0,
+                        split_settings(name, args),
+                        args,
+                        prompt,
+                        args.time_limit,
                     )
-                    if key in done or (args.time_limit > 0 and method in DENSE):
+                    if row_key(head) in done:
                         continue
                     run_name = f"{method}_t{args.time_limit:g}" if args.time_limit > 0 else method
                     out = Path(args.runs) / name / args.protocol / f"shots{shots}" / f"seed{seed}" / run_name
