@@ -14,6 +14,10 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+if (( $# < 2 )) || [[ ! -d "$2" ]]; then
+  echo "usage: bash bench/device_fewshot.sh OUT_DIR DATA_ROOT [SECONDS] (DATA_ROOT: a folder of prepared datasets)" >&2
+  exit 2
+fi
 OUT_DIR="$1"; DATA_ROOT="$2"; BUDGET="${3:-480}"
 PY="${PYTHON:-python3}"; DEVICE="${DEVICE:-cuda}"
 JOBS="${JOBS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}"
