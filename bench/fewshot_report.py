@@ -46,6 +46,8 @@ GRID_SEEDS = (0, 1, 2)
 #: seeds the acceptance requires of a method when not all of :data:`GRID_SEEDS`: nnU-Net needs "at least seed 0 of
 #: every cell, all seeds where time allows", so its other seeds are counted apart, as optional
 REQUIRED_SEEDS = {"nnunet": (0,)}
+#: methods drawn as baselines in the plot (squares, dashed)
+BASELINES = ("unet", "nnunet", "floor")
 
 
 def coverage(rows: list[dict]) -> str:
@@ -250,8 +252,8 @@ def main() -> None:
                     xs,
                     [pts[x][0] for x in xs],
                     yerr=[pts[x][1] for x in xs],
-                    marker="s" if m in ("unet", "nnunet", "floor") else "o",
-                    ls="--" if m in ("unet", "nnunet", "floor") else "-",  # the baselines
+                    marker="s" if m in BASELINES else "o",
+                    ls="--" if m in BASELINES else "-",
                     color=plt.get_cmap("tab20")(ORDER.index(m) % 20),  # one colour per method
                     capsize=3,
                     label=m,
