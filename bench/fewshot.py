@@ -7,7 +7,8 @@ already in the results file is skipped; a half-finished run directory is removed
 run is appended to the results file.
 
 ``nnunet`` is nnU-Net v2 through its own CLI (``bench/nnunet_baseline.py``: 2-D configuration, the split's training
-slices written as 2-D cases, ``--nnunet-trainer``, default the 5-epoch trainer that converges on a CPU), on the same
+slices written as 2-D cases, ``--nnunet-trainer``, default the 5-epoch trainer that converges on a CPU; without
+mirroring where the classes pair left and right), on the same
 split as every other method of the cell; its nnU-Net folders stay in the run directory, and a finished one (its
 ``result.json``) is scored again instead of retrained.
 
@@ -291,7 +292,9 @@ def row_head(  # noqa: PLR0913 - the keys that identify a result row
     time_limit: float = 0.0,
 ) -> dict:
     """The keys every result row starts with (what :func:`row_key` reads); ``dense``: a method
-    without prompts (U-Net, nnU-Net, the floor)."""
+    without prompts (U-Net, nnU-Net, the floor). ``lateral_flip``: what the training flip of the SAM methods and
+    the U-Net did to left/right class pairs (``swap``; rows without it kept the labels, see
+    :mod:`salt_seg.data.laterality`)."""
     return {
         "method": method,
         "dataset": dataset.name,
@@ -302,7 +305,7 @@ def row_head(  # noqa: PLR0913 - the keys that identify a result row
         "split": split,
         "base": opts.base,
         "time_limit": time_limit,
-    }
+    } | ({} if method in ("nnunet", "floor") else {"lateral_flip": "swap"})
 
 
 def cell_split(dataset: Path, shots: int, seed: int, split: dict, out: Path) -> tuple:
@@ -382,6 +385,7 @@ def nnunet_row(
             )
     return row_head("nnunet", dataset, shots, seed, steps, split, opts) | {
         "trainer": result.get("trainer"),
+        "mirroring": result.get("mirroring", True),
         "steps_done": result.get("steps"),
         "train_seconds": result["seconds"].get("train"),
         "total_seconds": result["seconds"].get("total", time.perf_counter() - t0),

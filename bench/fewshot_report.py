@@ -19,6 +19,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +51,20 @@ REQUIRED_SEEDS = {"nnunet": (0,)}
 BASELINES = ("unet", "nnunet", "floor")
 
 
-def coverage(rows: list[dict]) -> str:
+def coverage(rows: list[dict], timing: Iterable[dict] = ()) -> str:
     """Which seeds of the acceptance grid have a converged class-token (or dense) row, and an estimate of the
     compute the missing runs need: each at the median total seconds of the same method on the same dataset
-    (else of the method anywhere). Runs outside a method's :data:`REQUIRED_SEEDS` are counted apart, as optional.
-    Markdown."""
+    (else of the method anywhere). ``timing``: rows that only inform those run times (e.g. superseded rows of
+    the same runs), never the seeds done. Runs outside a method's :data:`REQUIRED_SEEDS` are counted apart, as
+    optional. Markdown."""
     have: dict[tuple, set[int]] = defaultdict(set)
     secs: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
+    for r in [*rows, *({**t, "_timing_only": True} for t in timing)]:
         if r.get("time_limit") or r["eval_prompt"] not in ("auto", "dense"):
             continue
         protocol = r.get("split", {}).get("protocol", "block")
-        have[(r["method"], r["dataset"], protocol, r["shots"])].add(r["seed"])
+        if not r.get("_timing_only"):
+            have[(r["method"], r["dataset"], protocol, r["shots"])].add(r["seed"])
         if r.get("total_seconds") and not r.get("reused_training"):
             secs[(r["method"], r["dataset"])].append(r["total_seconds"])
             secs[(r["method"], None)].append(r["total_seconds"])
@@ -147,12 +150,23 @@ def main() -> None:
         action="store_true",
         help="only the grid of seeds done per cell and the compute still missing",
     )
+    ap.add_argument(
+        "--timing",
+        nargs="*",
+        default=[],
+        help="with --coverage: results files whose run times inform the estimate only (e.g. superseded rows)",
+    )
     args = ap.parse_args()
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     if args.base:  # one base per report (the runs folder is per sweep)
         rows = [r for r in rows if r["method"] == "floor" or r.get("base", "builtin128") == args.base]
     if args.coverage:
-        print(coverage(rows))
+        timing = [
+            json.loads(ln) for f in args.timing for ln in Path(f).read_text().splitlines() if ln.strip()
+        ]
+        if args.base:
+            timing = [r for r in timing if r.get("base", "builtin128") == args.base]
+        print(coverage(rows, timing))
         return
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     #: equal wall-clock runs: (dataset, protocol, prompt, shots) -> budget -> method -> rows

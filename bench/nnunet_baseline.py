@@ -28,6 +28,11 @@ nnU-Net trains a fixed number of epochs (``num_iterations_per_epoch`` = 250 iter
 the length (``nnUNetTrainer_5epochs`` ... ``nnUNetTrainer`` = 1000 epochs, in
 ``nnunetv2/training/nnUNetTrainer/variants/training_length``). Prediction uses ``checkpoint_final.pth``.
 
+Mirroring: nnU-Net mirrors every axis in training and at test time. Where the dataset's class names pair left and
+right (``hippocampus_L`` / ``hippocampus_R``, :func:`salt_seg.data.laterality.mirror_pairs`) ``--mirroring auto``
+(the default) trains ``TRAINER_NoMirroring`` from ``bench/nnunet_trainers`` instead (found through nnU-Net's
+``nnUNet_extTrainer``), since a mirrored slice teaches that the two sides are one class; elsewhere nothing changes.
+
 Threads: nnU-Net's CLIs call ``torch.set_num_threads(multiprocessing.cpu_count())`` for ``-device cpu``. Each CLI
 is therefore started through its own console-script entry point by a two-line launcher that makes
 ``multiprocessing.cpu_count()`` return ``--threads`` first (same argv, same code path; nothing else changes), and
@@ -66,6 +71,9 @@ PLANS = "nnUNetPlans"
 #: resamples along it (its own 2-D natural-image reader uses the same value).
 THROUGH_PLANE_MM = 999.0
 STAGES = ("write", "plan", "train", "predict", "score")
+#: this project's extra nnU-Net trainers (the short lengths without mirroring), found by nnU-Net through
+#: ``nnUNet_extTrainer``.
+TRAINERS = Path(__file__).resolve().parent / "nnunet_trainers"
 
 # Starts an nnU-Net console script by name (argv[1]) with multiprocessing.cpu_count() capped (nnU-Net sets
 # torch's thread count from it for -device cpu).
@@ -241,6 +249,7 @@ def nnunet_env(work: Path, threads: int, n_proc_da: int = 0) -> dict[str, str]:
         MKL_NUM_THREADS=str(threads),
         OPENBLAS_NUM_THREADS=str(threads),
         SALT_SEG_NNUNET_THREADS=str(threads),
+        nnUNet_extTrainer=str(TRAINERS),
     )
     return env
 
@@ -412,6 +421,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     ap.add_argument("--disable-tta", action="store_true", help="predict without mirroring (faster)")
     ap.add_argument(
+        "--mirroring",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="nnU-Net's mirroring in training and TTA; 'off' trains TRAINER_NoMirroring "
+        "(bench/nnunet_trainers); 'auto': off where the class names pair left/right (hippocampus_L/_R), "
+        "since a mirror shows the left structure on the right under the left label",
+    )
+    ap.add_argument(
         "--stages",
         default=",".join(STAGES),
         help=f"comma-separated subset of {','.join(STAGES)}; a later run in the same --work continues",
@@ -424,11 +441,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error(f"unknown stage(s) {bad}; valid: {list(STAGES)}")
 
     from salt_seg.data import load_dataset, load_split
+    from salt_seg.data.laterality import mirror_pairs
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(args.data)
     split = load_split(args.split)
+    pairs = mirror_pairs(ds.classes or {})
+    mirroring = args.mirroring == "on" or (args.mirroring == "auto" and not pairs)
+    if not mirroring and not args.trainer.endswith("_NoMirroring"):
+        args.trainer = f"{args.trainer}_NoMirroring"
+    if not mirroring:
+        print(f"mirroring off ({len(pairs)} left/right class pairs): trainer {args.trainer}", flush=True)
     slug = "".join(ch if ch.isalnum() else "_" for ch in ds.name)[:40] or "slices"
     dataset_name = f"Dataset{args.dataset_id:03d}_{slug}"
     raw_dir = work / "nnUNet_raw" / dataset_name
@@ -521,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seed": split.seed,
         "axis": split.axis,
         "trainer": args.trainer,
+        "mirroring": mirroring,
         "configuration": CONFIGURATION,
         "plans": PLANS,
         "fold": args.fold,

@@ -16,9 +16,12 @@ key             value
 ==============  ==================================================================================
 
 Labels are resized with nearest neighbour (``nearest-exact``, aligned with the image's bilinear resize) and
-padded with 0 like the image, so they stay integral. Training augmentation (flip, small rotation/scale,
+padded with 0 like the image, so they stay integral. Training augmentation (left-right flip, small rotation/scale,
 intensity scale/shift/gamma/noise) runs on the native-resolution slice *before* the resize and pad: it is
-cheaper there, and the pad region stays exactly what ``prepare_slice`` makes at prediction time.
+cheaper there, and the pad region stays exactly what ``prepare_slice`` makes at prediction time. The flip mirrors
+the patient in axial and coronal slices, so it also exchanges left/right class pairs
+(:mod:`salt_seg.data.laterality`, ``lateral_flip="swap"``); a sagittal slice's columns run front to back, so its
+flip exchanges nothing.
 Use ``monai.data.DataLoader`` (its worker init reseeds :meth:`SliceDataset.set_random_state`) with
 ``collate_fn=collate_slices``.
 """
@@ -45,6 +48,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
+from salt_seg.data.laterality import LATERAL_FLIP_MODES, mirror_pairs, swap_table
 from salt_seg.data.pipeline import case_item, loading_transforms, run_transforms
 from salt_seg.data.prompts_sim import SIM_MODES, simulate_prompt
 from salt_seg.data.readers import DEFAULT_MAX_VOXELS
@@ -58,6 +62,11 @@ class AugmentConfig:
 
     Attributes:
         flip_prob: probability of a left-right flip.
+        lateral_flip: what the flip does to left/right class pairs: ``swap`` exchanges them (the mirrored
+            left structure is the right one; pairs found from the class names, :func:`mirror_pairs`, or
+            ``mirror_pairs``), ``off`` makes no flip at all, ``plain`` flips and keeps the labels (before this
+            was found; it teaches the model that left and right are the same class).
+        mirror_pairs: ``(left_id, right_id)`` pairs to exchange (``None``: found from the class names).
         rotate_deg: largest rotation in degrees (uniform in ``[-rotate_deg, rotate_deg]``).
         scale: largest relative zoom (uniform in ``[1 - scale, 1 + scale]``).
         affine_prob: probability of the rotation/zoom.
@@ -69,6 +78,8 @@ class AugmentConfig:
     """
 
     flip_prob: float = 0.5
+    lateral_flip: str = "swap"
+    mirror_pairs: tuple[tuple[int, int], ...] | None = None
     rotate_deg: float = 10.0
     scale: float = 0.1
     affine_prob: float = 0.5
@@ -79,6 +90,12 @@ class AugmentConfig:
     intensity_prob: float = 0.3
 
     def __post_init__(self) -> None:
+        if self.lateral_flip not in LATERAL_FLIP_MODES:
+            raise ValueError(
+                f"AugmentConfig.lateral_flip must be one of {list(LATERAL_FLIP_MODES)}, got {self.lateral_flip!r}"
+            )
+        if self.mirror_pairs is not None:
+            self.mirror_pairs = tuple((int(a), int(b)) for a, b in self.mirror_pairs)
         for name in ("flip_prob", "affine_prob", "intensity_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -96,13 +113,28 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.gamma must satisfy 0 < low <= high, got {self.gamma}")
         self.gamma = (lo, hi)
 
-    def build(self):  # -> monai.transforms.Compose
-        """The MONAI dictionary transforms over ``image`` (``C x H x W``) and ``label`` (``1 x H x W``)."""
+    def pairs(self, classes: Mapping[int, str]) -> tuple[tuple[int, int], ...]:
+        """The left/right pairs a flip exchanges for these classes (none unless ``lateral_flip`` is ``swap``)."""
+        if self.lateral_flip != "swap":
+            return ()
+        return self.mirror_pairs if self.mirror_pairs is not None else tuple(mirror_pairs(classes))
+
+    def build(self, classes: Mapping[int, str] | None = None):  # -> monai.transforms.Compose
+        """The MONAI dictionary transforms over ``image`` (``C x H x W``) and ``label`` (``1 x H x W``).
+
+        A sample dict may carry ``lateral: False`` (a sagittal slice): its flip then exchanges no classes.
+        """
 
         p = self.intensity_prob
+        pairs = self.pairs(classes or {})
         return Compose(
             [
-                RandFlipd(keys=["image", "label"], prob=self.flip_prob, spatial_axis=1),
+                LateralFlipd(
+                    keys=["image", "label"],
+                    prob=0.0 if self.lateral_flip == "off" else self.flip_prob,
+                    spatial_axis=1,
+                    pairs=pairs,
+                ),
                 RandAffined(
                     keys=["image", "label"],
                     prob=self.affine_prob,
@@ -117,6 +149,28 @@ class AugmentConfig:
                 RandGaussianNoised(keys="image", std=self.noise_std, prob=p),
             ]
         )
+
+
+class LateralFlipd(RandFlipd):
+    """MONAI's ``RandFlipd`` that also exchanges left/right class ids in ``label`` when it flips a slice whose
+    columns run left-right (the sample's ``lateral`` key, default True). Same random draws as ``RandFlipd``."""
+
+    def __init__(
+        self, keys: Any, prob: float, spatial_axis: int, pairs: Sequence[tuple[int, int]] = ()
+    ) -> None:
+        super().__init__(keys=keys, prob=prob, spatial_axis=spatial_axis)
+        self.pairs = tuple(pairs)
+        size = max((max(a, b) for a, b in self.pairs), default=0) + 1
+        self._table = torch.tensor(swap_table(self.pairs, size), dtype=torch.float32)
+
+    def __call__(self, data: Mapping[Any, Any], lazy: bool | None = None) -> dict[Any, Any]:
+        d = super().__call__(data, lazy=lazy)
+        if self._do_transform and self.pairs and bool(d.get("lateral", True)) and "label" in d:
+            lab = d["label"]
+            ids = lab.round().long().clamp_(0, len(self._table) - 1)
+            swapped = torch.where(lab.round() < len(self._table), self._table[ids], lab)
+            d["label"] = swapped
+        return d
 
 
 def _plain(x: Any) -> torch.Tensor:
@@ -211,7 +265,9 @@ class SliceDataset(torch.utils.data.Dataset):
         self.include_empty = (prompt_mode in ("auto", "none")) if include_empty is None else include_empty
         self.with_targets = targets
         self.class_ids = list(record.class_ids)
-        self._augment = (augment or AugmentConfig()).build() if train else None
+        aug = augment or AugmentConfig()
+        self.mirror_pairs = aug.pairs(record.classes) if train else ()
+        self._augment = aug.build(record.classes) if train else None
         self.set_random_state(seed)
         transform = loading_transforms(record, max_voxels=max_voxels)
         if not self.items:  # an empty split part: a valid, empty dataset
@@ -341,7 +397,11 @@ class SliceDataset(torch.utils.data.Dataset):
         label = np.where(np.isin(label, self.class_ids), label, 0)
         if self._augment is not None:
             out = self._augment(
-                {"image": torch.from_numpy(image), "label": torch.from_numpy(label[None].astype(np.float32))}
+                {
+                    "image": torch.from_numpy(image),
+                    "label": torch.from_numpy(label[None].astype(np.float32)),
+                    "lateral": axis != 0,  # a sagittal slice's columns run front to back
+                }
             )
             image = _plain(out["image"]).clamp_(0.0, 1.0).numpy()
             label = _plain(out["label"])[0].round().to(torch.int64).numpy()

@@ -18,6 +18,7 @@ from typing import Any
 
 from salt_seg.adapters.config import AdapterConfig, promote_rank
 from salt_seg.configio import apply_overrides, from_dict, load_yaml, to_dict
+from salt_seg.data.laterality import LATERAL_FLIP_MODES
 from salt_seg.data.split import PROTOCOLS, SplitTerms
 from salt_seg.preprocessing import Preprocessing
 
@@ -87,6 +88,10 @@ class DataSection:
             ``sparse`` (training slices spread evenly, val/test in the gaps: interpolation); see
             :mod:`salt_seg.data.split`.
         augment: training augmentation (flip, small rotation/scale, intensity).
+        lateral_flip: what the left-right flip does to left/right class pairs found from the class names
+            (``hippocampus_L`` / ``hippocampus_R``, ``Left-X`` / ``Right-X``): ``swap`` (default) exchanges them,
+            as a mirrored left structure is the right one; ``off`` never flips; ``plain`` flips and keeps the
+            labels (older runs; it teaches the model that left and right are one class).
         cache: keep preprocessed slices in memory (MONAI CacheDataset).
     """
 
@@ -101,6 +106,7 @@ class DataSection:
     holdout: str = "slices"
     protocol: str = "block"
     augment: bool = True
+    lateral_flip: str = "swap"
     cache: bool = True
 
     def __post_init__(self) -> None:
@@ -110,6 +116,10 @@ class DataSection:
             v = getattr(self, name)
             if v <= 0 or (isinstance(v, float) and v >= 1):
                 raise ValueError(f"data.{name} must be a count >= 1 or a fraction in (0, 1), got {v}")
+        if self.lateral_flip not in LATERAL_FLIP_MODES:
+            raise ValueError(
+                f"data.lateral_flip must be one of {list(LATERAL_FLIP_MODES)}, got {self.lateral_flip!r}"
+            )
         if self.holdout not in ("slices", "volumes"):
             raise ValueError(f"data.holdout must be 'slices' or 'volumes', got {self.holdout!r}")
         if self.guard_mm < 0:

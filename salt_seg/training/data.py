@@ -67,7 +67,7 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
         record,
         split=split,
         part="train",
-        augment=AugmentConfig() if dc.augment else None,
+        augment=AugmentConfig(lateral_flip=dc.lateral_flip) if dc.augment else None,
         cache=dc.cache,
         seed=cfg.train.seed,
         train=dc.augment,
@@ -76,6 +76,13 @@ def build_train_data(cfg: ExperimentConfig, record: Preprocessing) -> TrainData:
         dataset, record, split=split, part="val", cache=dc.cache, fill="foreground"
     )
     log.info("data: %d training and %d validation slices from %s", len(train), len(val), dc.path)
+    if train.mirror_pairs:
+        names = record.classes
+        log.info(
+            "augmentation: a left-right flip exchanges %d left/right class pairs (%s)",
+            len(train.mirror_pairs),
+            ", ".join(f"{names[a]} <-> {names[b]}" for a, b in train.mirror_pairs),
+        )
     return TrainData(
         train=train,
         val=val,

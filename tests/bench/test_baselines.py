@@ -190,3 +190,60 @@ def test_macro_dice_leaves_out_unscored_classes(unb):
     mean, per_class = unb.macro_dice(summary, [1, 2, 3, 4])
     assert mean == pytest.approx(0.6) and per_class == {"1": 0.8, "2": 0.4}
     assert math.isnan(unb.macro_dice({}, [1])[0])
+
+
+@pytest.mark.parametrize(
+    ("names", "flag", "mirroring", "trainer"),
+    [
+        (None, "auto", True, "nnUNetTrainer_5epochs"),
+        ({"1": "disc_L", "2": "disc_R"}, "auto", False, "nnUNetTrainer_5epochs_NoMirroring"),
+        ({"1": "disc_L", "2": "disc_R"}, "on", True, "nnUNetTrainer_5epochs"),
+        (None, "off", False, "nnUNetTrainer_5epochs_NoMirroring"),
+    ],
+)
+def test_mirroring_is_off_where_the_classes_pair_left_and_right(
+    nnb, tiny_dataset, tmp_path, names, flag, mirroring, trainer
+):
+    """A mirror shows the left structure on the right under the left label: nnU-Net trains its no-mirroring
+    twin (bench/nnunet_trainers) where the class names pair, and records which it trained."""
+    from salt_seg.data import load_dataset, save_split
+
+    ds, split = tiny_dataset
+    if names is not None:
+        doc = json.loads((ds.root / "dataset.json").read_text())
+        doc["labels"] = {"background": 0, **{v: int(k) for k, v in names.items()}}
+        (ds.root / "dataset.json").write_text(json.dumps(doc))
+        assert load_dataset(ds.root).classes == {int(k): v for k, v in names.items()}
+    save_split(split, tmp_path / "split.json")
+    argv = ["--data", str(ds.root), "--split", str(tmp_path / "split.json"), "--work", str(tmp_path / "w")]
+    result = nnb.main([*argv, "--stages", "write", "--mirroring", flag])
+    assert result["mirroring"] is mirroring and result["trainer"] == trainer
+    assert json.loads((tmp_path / "w" / "result.json").read_text())["trainer"] == trainer
+
+
+def test_the_no_mirroring_trainers_are_where_nnunet_looks(nnb, tmp_path):
+    env = nnb.nnunet_env(tmp_path, 1)
+    folder = Path(env["nnUNet_extTrainer"])
+    assert (folder / "salt_seg_trainers.py").is_file()
+    pytest.importorskip("nnunetv2")  # CI does not install nnU-Net; where it is, check the classes themselves
+    sys.path.insert(0, str(folder))
+    try:
+        import salt_seg_trainers as t
+    finally:
+        sys.path.remove(str(folder))
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+        nnUNetTrainerNoMirroring,
+    )
+
+    cls = t.nnUNetTrainer_5epochs_NoMirroring
+    assert issubclass(cls, nnUNetTrainerNoMirroring) and t.nnUNetTrainer_1epoch_NoMirroring
+    import inspect
+
+    assert list(inspect.signature(cls.__init__).parameters) == [
+        "self",
+        "plans",
+        "configuration",
+        "fold",
+        "dataset_json",
+        "device",
+    ]

@@ -162,6 +162,13 @@ def test_coverage_lists_seeds_per_cell_and_estimates_the_missing_compute() -> No
         "Optional beyond that (nnunet: seed 0 required, the other seeds where time allows): 16 runs" in text
     )
     assert "not counting lora, ssam, svfit, effort, full, none, full_random, unet, nnunet, floor (" in text
+    # superseded rows inform the run times only: colin27's runs at 300 s, no seed counted done
+    old = [_row("lora", s, 0.5) | {"dataset": "colin27-aal", "total_seconds": 300.0} for s in (0, 1, 2)]
+    text = report.coverage(rows, timing=old)
+    lora_line = next(ln for ln in text.splitlines() if ln.startswith("| lora |"))
+    lora = [c.strip() for c in lora_line.strip("|").split("|")]
+    # colin27 sparse 5 still missing; all 24 runs at 300 s (mni152 falls back to the method's time anywhere)
+    assert lora[5] == "-" and lora[-2:] == ["24", f"{24 * 300 / 60:.0f}"]
 
 
 def test_parallel_sweep_writes_every_finished_run_once_and_skips_a_failed_one(
