@@ -13,6 +13,7 @@ import numpy as np
 
 from salt_seg.data.dataset import Dataset
 from salt_seg.data.errors import DataError
+from salt_seg.data.laterality import mirror_pairs
 from salt_seg.data.readers import DEFAULT_MAX_VOXELS
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,12 @@ def format_check_report(report: CheckReport) -> str:
         f"  {len(ds.cases)} case(s), {len(ds.labelled)} labelled; channels: {', '.join(ds.channel_names)}; "
         f"classes: {classes}",
     ]
+    pairs = mirror_pairs(ds.classes)
+    if pairs:
+        lines.append(
+            "  left/right pairs (a training flip exchanges them, data.lateral_flip): "
+            + ", ".join(f"{ds.classes[a]}<->{ds.classes[b]}" for a, b in pairs)
+        )
     for r in report.cases:
         if r.shape is None:
             lines.append(f"  {r.case_id}: not loaded")

@@ -32,6 +32,17 @@ def test_check_ok_prints_summary(tmp_path, capsys):
     assert "liver_001: 6x7x5 vox, 0.9x0.9x2 mm, RAS, 2 ch, label voxels 2:18" in out
     assert "problems: 0" in out
     assert tree(root) == before
+    assert "left/right pairs" not in out  # liver and tumour pair with nothing
+
+
+def test_check_names_the_left_right_pairs_a_flip_exchanges(tmp_path, capsys):
+    root = make_nnunet(tmp_path / "lat")
+    doc = json.loads((root / "dataset.json").read_text())
+    doc["labels"] = {"background": 0, "kidney_L": 1, "kidney_R": 2}
+    (root / "dataset.json").write_text(json.dumps(doc))
+    code, out, _ = _run(["data", "check", str(root)], capsys)
+    assert code == 0
+    assert "left/right pairs (a training flip exchanges them, data.lateral_flip): kidney_L<->kidney_R" in out
 
 
 def test_check_reports_a_broken_dataset_and_writes_nothing(tmp_path, capsys):
