@@ -551,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "fold": args.fold,
         "device": args.device,
         "threads": args.threads,
-        "tta": not args.disable_tta,
+        "tta": mirroring and not args.disable_tta,  # no mirror axes: nothing to test-time augment
         "checkpoint": "checkpoint_final.pth",
         "n_train_slices": len(manifest["train"]),
         "n_val_slices": len(manifest["val"]),
