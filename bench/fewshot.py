@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -94,6 +95,20 @@ def run(cmd: list[str]) -> None:
 def evaluation_dir(run_dir: Path, eval_prompt: str) -> Path:
     """Where a run's evaluation with this prompt mode lives (``auto``: the CLI's default ``evaluation``)."""
     return run_dir / ("evaluation" if eval_prompt in ("auto", "dense") else f"evaluation_{eval_prompt}")
+
+
+def slice_scores(eval_dir: Path) -> list[list]:
+    """The scored (case, class id, slice index, Dice) rows of an evaluation's ``per_slice.csv``: what the report
+    pairs between methods. Kept in the result row so that a results file alone reproduces the paired intervals."""
+    f = eval_dir / "per_slice.csv"
+    if not f.is_file():
+        return []
+    with f.open() as fh:
+        return [
+            [r["case"], r["class_id"], r["slice_index"], round(float(r["dice"]), 6)]
+            for r in csv.DictReader(fh)
+            if r["dice"] not in ("", "nan")
+        ]
 
 
 def trained(out: Path, steps: int, time_limit: float = 0.0) -> bool:
@@ -343,8 +358,6 @@ def nnunet_row(
 ) -> dict:
     """nnU-Net v2 (``bench/nnunet_baseline.py``) on the cell's split; its per-slice Dice is written as
     ``out/evaluation/per_slice.csv`` so that the report pairs it with the other methods' slices."""
-    import csv
-
     from salt_seg.io import atomic_path
 
     t0 = time.perf_counter()
@@ -492,6 +505,10 @@ def main() -> None:
         except RuntimeError as exc:
             print(f"{label} FAILED\n{exc}" if args.jobs > 1 else f"FAILED\n{exc}", flush=True)
             return None
+        if method != "floor":  # the scores the report pairs, kept with the row (run folders are scratch)
+            row["per_slice"] = slice_scores(
+                out / "evaluation" if method in DENSE else evaluation_dir(out, args.eval_prompt)
+            )
         with lock, open(results, "a") as f:  # one line per finished run, whichever worker finished it
             f.write(json.dumps(row) + "\n")
         d = row["summary"]["slice"]["all"]["dice"]["mean"]

@@ -110,7 +110,11 @@ def coverage(rows: list[dict], timing: Iterable[dict] = ()) -> str:
 PROMPTS = {"auto": "class tokens, no user input", "box": "one box per structure from the ground truth"}
 
 
-def per_slice(run: Path, prompt: str) -> dict[tuple, float]:
+def per_slice(row: dict, run: Path, prompt: str) -> dict[tuple, float]:
+    """(case, class id, slice index) -> Dice of one result row: the scores the row carries (``bench/fewshot.py``
+    keeps them since the twelfth session), else its run folder's ``per_slice.csv`` (empty when that is gone)."""
+    if row.get("per_slice"):
+        return {(str(c), str(k), str(i)): float(d) for c, k, i, d in row["per_slice"]}
     folder = (
         "evaluation"
         if prompt in ("auto", "dense") or run.name in ("unet", "nnunet")
@@ -229,7 +233,7 @@ def main() -> None:
                 continue
             print(f"\n{label} minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
             for m in others:
-                diffs = []
+                diffs, unpaired = [], 0
                 for r in methods[ref]:
                     other = next((o for o in methods[m] if o["seed"] == r["seed"]), None)
                     if other is None:
@@ -238,11 +242,17 @@ def main() -> None:
                     if "protocol" in r.get("split", {}):  # the issue-12 sweep keeps protocols apart
                         base = base / protocol
                     base = base / f"shots{shots}" / f"seed{r['seed']}"
-                    a, b = per_slice(base / ref, prompt), per_slice(base / m, prompt)
+                    a, b = per_slice(r, base / ref, prompt), per_slice(other, base / m, prompt)
+                    unpaired += not (a and b)
                     diffs += [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
+                note = f"; {unpaired} seed(s) without per-slice scores left out" if unpaired else ""
                 if diffs:
                     mean, lo, hi = bootstrap_ci(np.array(diffs))
-                    print(f"- vs {m}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)} slice-class pairs)")
+                    print(
+                        f"- vs {m}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)} slice-class pairs{note})"
+                    )
+                elif unpaired:
+                    print(f"- vs {m}: no per-slice scores (neither in the rows nor in --runs {args.runs})")
         print()
     if plot_data:
         import matplotlib

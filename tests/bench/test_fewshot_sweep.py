@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_nnunet_row_from_a_finished_run_pools_slices_and_pairs_with_the_report(t
     assert row["summary"]["slice"]["all"]["dice"]["mean"] == pytest.approx(0.7)
     assert row["summary"]["slice"]["2"]["dice"]["mean"] == 0.5
     # the per-slice file the paired bootstrap reads; a pair empty in both is not scored
-    pairs = report.per_slice(out, "box")
+    pairs = report.per_slice({}, out, "box")  # a row without scores: the folder
     assert pairs == {("mni152", "1", "29"): 0.9, ("mni152", "2", "29"): 0.5, ("mni152", "1", "30"): 0.7}
 
 
@@ -202,3 +203,57 @@ def test_parallel_sweep_writes_every_finished_run_once_and_skips_a_failed_one(
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     done = sorted((r["method"], r["seed"]) for r in rows)
     assert done == [("lora", 0), ("lora", 2), ("salt", 0), ("salt", 1), ("salt", 2)]
+
+
+def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep, report = _load("fewshot"), _load("fewshot_report")
+    _prepared_dataset(tmp_path)
+    dice = {"salt": (0.9, 0.8), "none": (0.6, 0.7)}
+
+    def fake_run(method, dataset, shots, seed, steps, out, eval_prompt, opts):  # noqa: ANN001, ANN202
+        ev = sweep.evaluation_dir(out, eval_prompt)
+        ev.mkdir(parents=True)
+        a, b = dice[method]
+        (ev / "per_slice.csv").write_text(
+            "case,class_id,slice_index,status,dice\n"
+            f"mni152,1,29,both_present,{a}\nmni152,1,30,both_present,{b}\nmni152,2,30,both_empty,\n"
+        )
+        return _row(method, seed, (a + b) / 2) | {"total_seconds": 1.0}
+
+    monkeypatch.setattr(sweep, "one_run", fake_run)
+    results, runs = tmp_path / "r.jsonl", tmp_path / "runs"
+    argv = ["fewshot.py", "--datasets", "mni152-tissue", "--shots", "5", "--seeds", "0"]
+    argv += ["--methods", "salt", "none", "--data-root", str(tmp_path / "data"), "--runs", str(runs)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--results", str(results)])
+    sweep.main()
+    rows = {r["method"]: r for r in map(json.loads, results.read_text().splitlines())}
+    # the scored slices only (the pair empty in both is not scored), in the row itself
+    assert rows["salt"]["per_slice"] == [["mni152", "1", "29", 0.9], ["mni152", "1", "30", 0.8]]
+    assert rows["none"]["per_slice"] == [["mni152", "1", "29", 0.6], ["mni152", "1", "30", 0.7]]
+
+    shutil.rmtree(runs)  # a fresh machine: the results file alone
+    argv = [
+        "fewshot_report.py",
+        "--results",
+        str(results),
+        "--runs",
+        str(runs),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    report.main()
+    out = capsys.readouterr().out
+    # SALT minus decoder-only per slice: +0.3 and +0.1, mean +0.2 over 2 pairs
+    assert "- vs none: +0.200 [" in out and "(n=2 slice-class pairs)" in out
+
+    for r in rows.values():  # rows of an older sweep without scores, their folders gone: said, not skipped
+        del r["per_slice"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    report.main()
+    assert (
+        f"- vs none: no per-slice scores (neither in the rows nor in --runs {runs})"
+        in capsys.readouterr().out
+    )
