@@ -3,7 +3,10 @@
 For each dataset and shot count: Dice and HD95 (mm) per method as mean ± std over seeds (each seed's value is the
 mean over its test slices), trainable parameters and training time; and for SALT minus each other method, a 95%
 bootstrap interval of the mean per-slice Dice difference, pairing the same (seed, test slice, class) - every
-method sees the same split at a given seed. Runs of ``bench/fewshot.py --time-limit T`` (every method given the same
+method sees the same split at a given seed. Pairs are the slice-classes both methods score; where one method
+predicts a structure on a slice without it (scored 0) and the other rightly predicts nothing (not scored), a
+second interval counts those pairs too, the empty prediction scoring 1, so that false positives weigh in the
+comparison as they do in the pooled means. Runs of ``bench/fewshot.py --time-limit T`` (every method given the same
 wall-clock budget) are not rows of their own: they fill an "equal wall-clock" column per budget beside the
 converged figures.
 
@@ -233,7 +236,7 @@ def main() -> None:
                 continue
             print(f"\n{label} minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
             for m in others:
-                diffs, unpaired = [], 0
+                diffs, unpaired, diffs_fp = [], 0, []
                 for r in methods[ref]:
                     other = next((o for o in methods[m] if o["seed"] == r["seed"]), None)
                     if other is None:
@@ -245,11 +248,20 @@ def main() -> None:
                     a, b = per_slice(r, base / ref, prompt), per_slice(other, base / m, prompt)
                     unpaired += not (a and b)
                     diffs += [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
+                    if a and b:
+                        diffs_fp += [a.get(k, 1.0) - b.get(k, 1.0) for k in sorted(a.keys() | b.keys())]
                 note = f"; {unpaired} seed(s) without per-slice scores left out" if unpaired else ""
                 if diffs:
                     mean, lo, hi = bootstrap_ci(np.array(diffs))
                     print(
                         f"- vs {m}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)} slice-class pairs{note})"
+                    )
+                if len(diffs_fp) > len(diffs):  # one method scored where the other rightly predicted nothing
+                    mean, lo, hi = bootstrap_ci(np.array(diffs_fp))
+                    print(
+                        f"  - counting false positives ({len(diffs_fp) - len(diffs)} slice-class pairs without the "
+                        f"structure where one method predicted it; the empty prediction scores 1): {mean:+.3f} "
+                        f"[{lo:+.3f}, {hi:+.3f}] (n={len(diffs_fp)})"
                     )
                 elif unpaired:
                     print(f"- vs {m}: no per-slice scores (neither in the rows nor in --runs {args.runs})")

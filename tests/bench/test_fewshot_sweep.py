@@ -219,6 +219,7 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
         (ev / "per_slice.csv").write_text(
             "case,class_id,slice_index,status,dice\n"
             f"mni152,1,29,both_present,{a}\nmni152,1,30,both_present,{b}\nmni152,2,30,both_empty,\n"
+            + ("mni152,2,31,false_positive,0.0\n" if method == "salt" else "mni152,2,31,both_empty,\n")
         )
         return _row(method, seed, (a + b) / 2) | {"total_seconds": 1.0}
 
@@ -230,7 +231,11 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
     sweep.main()
     rows = {r["method"]: r for r in map(json.loads, results.read_text().splitlines())}
     # the scored slices only (the pair empty in both is not scored), in the row itself
-    assert rows["salt"]["per_slice"] == [["mni152", "1", "29", 0.9], ["mni152", "1", "30", 0.8]]
+    assert rows["salt"]["per_slice"] == [
+        ["mni152", "1", "29", 0.9],
+        ["mni152", "1", "30", 0.8],
+        ["mni152", "2", "31", 0.0],  # a false positive on a slice without class 2
+    ]
     assert rows["none"]["per_slice"] == [["mni152", "1", "29", 0.6], ["mni152", "1", "30", 0.7]]
 
     shutil.rmtree(runs)  # a fresh machine: the results file alone
@@ -248,6 +253,8 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
     out = capsys.readouterr().out
     # SALT minus decoder-only per slice: +0.3 and +0.1, mean +0.2 over 2 pairs
     assert "- vs none: +0.200 [" in out and "(n=2 slice-class pairs)" in out
+    # and with SALT's false positive counted, decoder-only's empty prediction there scoring 1: (0.3 + 0.1 - 1) / 3
+    assert "- counting false positives (1 slice-class pairs" in out and ": -0.200 [" in out and "(n=3)" in out
 
     for r in rows.values():  # rows of an older sweep without scores, their folders gone: said, not skipped
         del r["per_slice"]
