@@ -5,7 +5,8 @@ mean over its test slices), trainable parameters and training time; and for SALT
 bootstrap interval of the mean per-slice Dice difference, pairing the same (seed, test slice, class) - every
 method sees the same split at a given seed. Pairs are the slice-classes both methods score; where one method
 predicts a structure on a slice without it (scored 0) and the other rightly predicts nothing (not scored), a
-second interval counts those pairs too, the empty prediction scoring 1, so that false positives weigh in the
+second interval counts those pairs too, the empty prediction scoring 1 (as ``evaluate``'s
+``both_empty="perfect"`` policy scores it), so that false positives weigh in the
 comparison as they do in the pooled means. Runs of ``bench/fewshot.py --time-limit T`` (every method given the same
 wall-clock budget) are not rows of their own: they fill an "equal wall-clock" column per budget beside the
 converged figures.

@@ -219,7 +219,7 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
         (ev / "per_slice.csv").write_text(
             "case,class_id,slice_index,status,dice\n"
             f"mni152,1,29,both_present,{a}\nmni152,1,30,both_present,{b}\nmni152,2,30,both_empty,\n"
-            + ("mni152,2,31,false_positive,0.0\n" if method == "salt" else "mni152,2,31,both_empty,\n")
+            + ("mni152,2,31,gt_empty,0.0\n" if method == "salt" else "mni152,2,31,both_empty,\n")
         )
         return _row(method, seed, (a + b) / 2) | {"total_seconds": 1.0}
 
