@@ -164,8 +164,24 @@ def main() -> None:
         default=[],
         help="with --coverage: results files whose run times inform the estimate only (e.g. superseded rows)",
     )
+    ap.add_argument(
+        "--replace",
+        nargs="*",
+        default=[],
+        help="results files whose rows take the place of --results' rows of the same run (e.g. a re-run of some "
+        "seeds on another machine, with per-slice scores); rows new to --results are added",
+    )
     args = ap.parse_args()
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    if args.replace:
+        from fewshot import row_key
+
+        new = {
+            row_key(r): r
+            for f in args.replace
+            for r in (json.loads(ln) for ln in Path(f).read_text().splitlines() if ln.strip())
+        }
+        rows = [new.pop(row_key(r), r) for r in rows] + list(new.values())
     if args.base:  # one base per report (the runs folder is per sweep)
         rows = [r for r in rows if r["method"] == "floor" or r.get("base", "builtin128") == args.base]
     if args.coverage:

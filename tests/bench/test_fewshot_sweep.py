@@ -264,3 +264,28 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
         f"- vs none: no per-slice scores (neither in the rows nor in --runs {runs})"
         in capsys.readouterr().out
     )
+
+
+def test_report_replace_puts_a_rerun_in_place_of_the_rows_of_the_same_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _load("fewshot")  # the report takes the sweep's resume key
+    report = _load("fewshot_report")
+    results, rerun = tmp_path / "r.jsonl", tmp_path / "rerun.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in [_row("salt", 0, 0.50), _row("salt", 1, 0.60)]))
+    rerun.write_text(json.dumps(_row("salt", 0, 0.70)) + "\n\n" + json.dumps(_row("salt", 2, 0.80)) + "\n")
+    argv = [
+        "fewshot_report.py",
+        "--results",
+        str(results),
+        "--runs",
+        str(tmp_path),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
+    monkeypatch.setattr(sys, "argv", [*argv, "--replace", str(rerun)])
+    report.main()
+    salt = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| salt |"))
+    cells = [c.strip() for c in salt.strip("|").split("|")]
+    # seed 0 re-run (0.70) in place of 0.50, seed 1 kept, seed 2 added: mean of 0.7, 0.6, 0.8
+    assert cells[1] == "3" and cells[2] == "0.700 ± 0.100"
