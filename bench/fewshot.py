@@ -98,16 +98,21 @@ def evaluation_dir(run_dir: Path, eval_prompt: str) -> Path:
 
 
 def slice_scores(eval_dir: Path) -> list[list]:
-    """The scored (case, class id, slice index, Dice) rows of an evaluation's ``per_slice.csv``: what the report
-    pairs between methods. Kept in the result row so that a results file alone reproduces the paired intervals."""
+    """Every (case, class id, slice index, Dice) row of an evaluation's ``per_slice.csv``, Dice ``None`` where
+    neither the prediction nor the truth holds the class: what the report pairs between methods. Kept in the
+    result row so that a results file alone reproduces the paired intervals."""
     f = eval_dir / "per_slice.csv"
     if not f.is_file():
         return []
     with f.open() as fh:
         return [
-            [r["case"], r["class_id"], r["slice_index"], round(float(r["dice"]), 6)]
+            [
+                r["case"],
+                r["class_id"],
+                r["slice_index"],
+                None if r["dice"] in ("", "nan") else round(float(r["dice"]), 6),
+            ]
             for r in csv.DictReader(fh)
-            if r["dice"] not in ("", "nan")
         ]
 
 

@@ -3,10 +3,10 @@
 For each dataset and shot count: Dice and HD95 (mm) per method as mean ± std over seeds (each seed's value is the
 mean over its test slices), trainable parameters and training time; and for SALT minus each other method, a 95%
 bootstrap interval of the mean per-slice Dice difference, pairing the same (seed, test slice, class) - every
-method sees the same split at a given seed. Pairs are the slice-classes both methods score; where one method
+method sees the same split at a given seed. Pairs are the slice-classes both methods score. Where one method
 predicts a structure on a slice without it (scored 0) and the other rightly predicts nothing (not scored), a
-second interval counts those pairs too, the empty prediction scoring 1 (as ``evaluate``'s
-``both_empty="perfect"`` policy scores it), so that false positives weigh in the
+second interval over every test slice-class counts those too, a rightly empty prediction scoring 1 (as
+``evaluate``'s ``both_empty="perfect"`` policy scores it), so that false positives weigh in the
 comparison as they do in the pooled means. Runs of ``bench/fewshot.py --time-limit T`` (every method given the same
 wall-clock budget) are not rows of their own: they fill an "equal wall-clock" column per budget beside the
 converged figures.
@@ -114,23 +114,30 @@ def coverage(rows: list[dict], timing: Iterable[dict] = ()) -> str:
 PROMPTS = {"auto": "class tokens, no user input", "box": "one box per structure from the ground truth"}
 
 
-def per_slice(row: dict, run: Path, prompt: str) -> dict[tuple, float]:
-    """(case, class id, slice index) -> Dice of one result row: the scores the row carries (``bench/fewshot.py``
-    keeps them since the twelfth session), else its run folder's ``per_slice.csv`` (empty when that is gone)."""
+def per_slice(row: dict, run: Path, prompt: str) -> dict[tuple, float | None]:
+    """(case, class id, slice index) -> Dice of one result row, ``None`` where neither the prediction nor the
+    truth holds the class (not scored): the scores the row carries (``bench/fewshot.py`` keeps them since the
+    twelfth session), else its run folder's ``per_slice.csv`` (empty when that is gone)."""
     if row.get("per_slice"):
-        return {(str(c), str(k), str(i)): float(d) for c, k, i, d in row["per_slice"]}
+        return {(str(c), str(k), str(i)): None if d is None else float(d) for c, k, i, d in row["per_slice"]}
     folder = (
         "evaluation"
         if prompt in ("auto", "dense") or run.name in ("unet", "nnunet")
         else f"evaluation_{prompt}"
     )
     f = run / folder / "per_slice.csv"
-    out = {}
+    out: dict[tuple, float | None] = {}
     if f.is_file():
         for r in csv.DictReader(f.open()):
-            if r["dice"] not in ("", "nan"):
-                out[(r["case"], r["class_id"], r["slice_index"])] = float(r["dice"])
+            out[(r["case"], r["class_id"], r["slice_index"])] = (
+                None if r["dice"] in ("", "nan") else float(r["dice"])
+            )
     return out
+
+
+def _or1(dice: float | None) -> float:
+    """A slice-class's Dice with an empty prediction of an empty truth (or an older row without it) scoring 1."""
+    return 1.0 if dice is None else dice
 
 
 def bootstrap_ci(diffs: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -253,7 +260,7 @@ def main() -> None:
                 continue
             print(f"\n{label} minus method, mean per-slice Dice difference [95% paired bootstrap CI]:\n")
             for m in others:
-                diffs, unpaired, diffs_fp = [], 0, []
+                diffs, unpaired, diffs_fp, fps = [], 0, [], 0
                 for r in methods[ref]:
                     other = next((o for o in methods[m] if o["seed"] == r["seed"]), None)
                     if other is None:
@@ -264,21 +271,27 @@ def main() -> None:
                     base = base / f"shots{shots}" / f"seed{r['seed']}"
                     a, b = per_slice(r, base / ref, prompt), per_slice(other, base / m, prompt)
                     unpaired += not (a and b)
-                    diffs += [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
-                    if a and b:
-                        diffs_fp += [a.get(k, 1.0) - b.get(k, 1.0) for k in sorted(a.keys() | b.keys())]
+                    for k in sorted(a.keys() | b.keys()):
+                        x, y = a.get(k), b.get(k)
+                        if x is not None and y is not None:
+                            diffs.append(x - y)
+                        if (
+                            a and b
+                        ):  # every slice-class; an empty prediction where the truth is empty scores 1
+                            diffs_fp.append(_or1(x) - _or1(y))
+                            fps += (x is None) != (y is None)  # one predicts a structure the slice lacks
                 note = f"; {unpaired} seed(s) without per-slice scores left out" if unpaired else ""
                 if diffs:
                     mean, lo, hi = bootstrap_ci(np.array(diffs))
                     print(
                         f"- vs {m}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)} slice-class pairs{note})"
                     )
-                if len(diffs_fp) > len(diffs):  # one method scored where the other rightly predicted nothing
+                if fps:
                     mean, lo, hi = bootstrap_ci(np.array(diffs_fp))
                     print(
-                        f"  - counting false positives ({len(diffs_fp) - len(diffs)} slice-class pairs without the "
-                        f"structure where one method predicted it; the empty prediction scores 1): {mean:+.3f} "
-                        f"[{lo:+.3f}, {hi:+.3f}] (n={len(diffs_fp)})"
+                        f"  - every slice-class, a rightly empty prediction scoring 1 ({fps} pairs where one "
+                        f"method predicts a structure the slice lacks): {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                        f"(n={len(diffs_fp)})"
                     )
                 elif unpaired:
                     print(f"- vs {m}: no per-slice scores (neither in the rows nor in --runs {args.runs})")

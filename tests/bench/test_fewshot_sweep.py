@@ -47,9 +47,14 @@ def test_nnunet_row_from_a_finished_run_pools_slices_and_pairs_with_the_report(t
     # "all" pools the slices as evaluate does: (0.8 * 2 + 0.5 * 1) / 3
     assert row["summary"]["slice"]["all"]["dice"]["mean"] == pytest.approx(0.7)
     assert row["summary"]["slice"]["2"]["dice"]["mean"] == 0.5
-    # the per-slice file the paired bootstrap reads; a pair empty in both is not scored
+    # the per-slice file the paired bootstrap reads; a pair empty in both is not scored (None)
     pairs = report.per_slice({}, out, "box")  # a row without scores: the folder
-    assert pairs == {("mni152", "1", "29"): 0.9, ("mni152", "2", "29"): 0.5, ("mni152", "1", "30"): 0.7}
+    assert pairs == {
+        ("mni152", "1", "29"): 0.9,
+        ("mni152", "2", "29"): 0.5,
+        ("mni152", "1", "30"): 0.7,
+        ("mni152", "2", "30"): None,
+    }
 
 
 def _prepared_dataset(tmp_path: Path) -> None:
@@ -230,13 +235,19 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
     monkeypatch.setattr(sys, "argv", [*argv, "--results", str(results)])
     sweep.main()
     rows = {r["method"]: r for r in map(json.loads, results.read_text().splitlines())}
-    # the scored slices only (the pair empty in both is not scored), in the row itself
+    # every slice-class in the row itself, None where neither prediction nor truth holds the class (not scored)
     assert rows["salt"]["per_slice"] == [
         ["mni152", "1", "29", 0.9],
         ["mni152", "1", "30", 0.8],
+        ["mni152", "2", "30", None],
         ["mni152", "2", "31", 0.0],  # a false positive on a slice without class 2
     ]
-    assert rows["none"]["per_slice"] == [["mni152", "1", "29", 0.6], ["mni152", "1", "30", 0.7]]
+    assert rows["none"]["per_slice"][:3] == [
+        ["mni152", "1", "29", 0.6],
+        ["mni152", "1", "30", 0.7],
+        ["mni152", "2", "30", None],
+    ]
+    assert rows["none"]["per_slice"][3] == ["mni152", "2", "31", None]
 
     shutil.rmtree(runs)  # a fresh machine: the results file alone
     argv = [
@@ -253,8 +264,11 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
     out = capsys.readouterr().out
     # SALT minus decoder-only per slice: +0.3 and +0.1, mean +0.2 over 2 pairs
     assert "- vs none: +0.200 [" in out and "(n=2 slice-class pairs)" in out
-    # and with SALT's false positive counted, decoder-only's empty prediction there scoring 1: (0.3 + 0.1 - 1) / 3
-    assert "- counting false positives (1 slice-class pairs" in out and ": -0.200 [" in out and "(n=3)" in out
+    # every slice-class, a rightly empty prediction scoring 1: +0.3, +0.1, 0 (both empty), -1 (SALT's false
+    # positive against decoder-only's rightly empty slice): -0.15 over 4
+    assert (
+        "(1 pairs where one method predicts a structure the slice lacks): -0.150 [" in out and "(n=4)" in out
+    )
 
     for r in rows.values():  # rows of an older sweep without scores, their folders gone: said, not skipped
         del r["per_slice"]
