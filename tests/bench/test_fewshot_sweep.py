@@ -64,6 +64,19 @@ def _prepared_dataset(tmp_path: Path) -> None:
     (data / "dataset.json").write_text("{}")
 
 
+def _report_argv(results: Path, runs: Path, tmp_path: Path) -> list[str]:
+    """``bench/fewshot_report.py``'s command line over one results file (the plot in tmp_path)."""
+    return [
+        "fewshot_report.py",
+        "--results",
+        str(results),
+        "--runs",
+        str(runs),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
+
+
 def _row(method: str, seed: int, dice: float, time_limit: float = 0.0, steps_done: int = 300) -> dict:
     return {
         "method": method,
@@ -94,15 +107,7 @@ def test_report_puts_equal_wall_clock_runs_in_a_column_not_rows(
     ]
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    argv = [
-        "fewshot_report.py",
-        "--results",
-        str(results),
-        "--runs",
-        str(tmp_path),
-        "--plot",
-        str(tmp_path / "p.png"),
-    ]
+    argv = _report_argv(results, tmp_path, tmp_path)
     monkeypatch.setattr(sys, "argv", argv)
     report.main()
     lines = capsys.readouterr().out.splitlines()
@@ -250,15 +255,7 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
     assert rows["none"]["per_slice"][3] == ["mni152", "2", "31", None]
 
     shutil.rmtree(runs)  # a fresh machine: the results file alone
-    argv = [
-        "fewshot_report.py",
-        "--results",
-        str(results),
-        "--runs",
-        str(runs),
-        "--plot",
-        str(tmp_path / "p.png"),
-    ]
+    argv = _report_argv(results, runs, tmp_path)
     monkeypatch.setattr(sys, "argv", argv)
     report.main()
     out = capsys.readouterr().out
@@ -288,15 +285,7 @@ def test_report_replace_puts_a_rerun_in_place_of_the_rows_of_the_same_runs(
     results, rerun = tmp_path / "r.jsonl", tmp_path / "rerun.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in [_row("salt", 0, 0.50), _row("salt", 1, 0.60)]))
     rerun.write_text(json.dumps(_row("salt", 0, 0.70)) + "\n\n" + json.dumps(_row("salt", 2, 0.80)) + "\n")
-    argv = [
-        "fewshot_report.py",
-        "--results",
-        str(results),
-        "--runs",
-        str(tmp_path),
-        "--plot",
-        str(tmp_path / "p.png"),
-    ]
+    argv = _report_argv(results, tmp_path, tmp_path)
     monkeypatch.setattr(sys, "argv", [*argv, "--replace", str(rerun)])
     report.main()
     salt = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| salt |"))
