@@ -512,7 +512,7 @@ def main() -> None:
             return None
         if method != "floor":  # the scores the report pairs, kept with the row (run folders are scratch)
             row["per_slice"] = slice_scores(
-                out / "evaluation" if method in DENSE else evaluation_dir(out, args.eval_prompt)
+                evaluation_dir(out, "dense" if method in DENSE else args.eval_prompt)
             )
         with lock, open(results, "a") as f:  # one line per finished run, whichever worker finished it
             f.write(json.dumps(row) + "\n")

@@ -17,11 +17,11 @@ Usage: python bench/fewshot_report.py [--results FILE] [--runs DIR] [--plot FILE
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +29,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fewshot import DENSE, evaluation_dir, row_key, slice_scores  # noqa: E402 - the sweep's row key and scores
+
 ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "nnunet", "floor")
 #: the frozen-decoder sweep (the paper's setting): compared with each other, ``salt_fd`` as the reference
 FROZEN = ("salt_fd", "lora_fd", "ssam_fd", "none_fd")
@@ -118,21 +122,10 @@ def per_slice(row: dict, run: Path, prompt: str) -> dict[tuple, float | None]:
     """(case, class id, slice index) -> Dice of one result row, ``None`` where neither the prediction nor the
     truth holds the class (not scored): the scores the row carries (``bench/fewshot.py`` keeps them since the
     twelfth session), else its run folder's ``per_slice.csv`` (empty when that is gone)."""
-    if row.get("per_slice"):
-        return {(str(c), str(k), str(i)): None if d is None else float(d) for c, k, i, d in row["per_slice"]}
-    folder = (
-        "evaluation"
-        if prompt in ("auto", "dense") or run.name in ("unet", "nnunet")
-        else f"evaluation_{prompt}"
+    entries = row.get("per_slice") or slice_scores(
+        evaluation_dir(run, "dense" if run.name in DENSE else prompt)
     )
-    f = run / folder / "per_slice.csv"
-    out: dict[tuple, float | None] = {}
-    if f.is_file():
-        for r in csv.DictReader(f.open()):
-            out[(r["case"], r["class_id"], r["slice_index"])] = (
-                None if r["dice"] in ("", "nan") else float(r["dice"])
-            )
-    return out
+    return {(str(c), str(k), str(i)): None if d is None else float(d) for c, k, i, d in entries}
 
 
 def _or1(dice: float | None) -> float:
@@ -179,10 +172,11 @@ def main() -> None:
         "seeds on another machine, with per-slice scores); rows new to --results are added",
     )
     args = ap.parse_args()
+    for f in [args.results, *args.replace, *args.timing]:
+        if not Path(f).is_file():
+            ap.error(f"{f}: no such results file")
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     if args.replace:
-        from fewshot import row_key
-
         new = {
             row_key(r): r
             for f in args.replace
@@ -270,16 +264,16 @@ def main() -> None:
                         base = base / protocol
                     base = base / f"shots{shots}" / f"seed{r['seed']}"
                     a, b = per_slice(r, base / ref, prompt), per_slice(other, base / m, prompt)
-                    unpaired += not (a and b)
+                    if not (a and b):
+                        unpaired += 1
+                        continue
                     for k in sorted(a.keys() | b.keys()):
                         x, y = a.get(k), b.get(k)
                         if x is not None and y is not None:
                             diffs.append(x - y)
-                        if (
-                            a and b
-                        ):  # every slice-class; an empty prediction where the truth is empty scores 1
-                            diffs_fp.append(_or1(x) - _or1(y))
-                            fps += (x is None) != (y is None)  # one predicts a structure the slice lacks
+                        # every slice-class; an empty prediction where the truth is empty scores 1
+                        diffs_fp.append(_or1(x) - _or1(y))
+                        fps += (x is None) != (y is None)  # one predicts a structure the slice lacks
                 note = f"; {unpaired} seed(s) without per-slice scores left out" if unpaired else ""
                 if diffs:
                     mean, lo, hi = bootstrap_ci(np.array(diffs))

@@ -280,7 +280,6 @@ def test_rows_carry_their_per_slice_scores_and_the_report_pairs_them_without_run
 def test_report_replace_puts_a_rerun_in_place_of_the_rows_of_the_same_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _load("fewshot")  # the report takes the sweep's resume key
     report = _load("fewshot_report")
     results, rerun = tmp_path / "r.jsonl", tmp_path / "rerun.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in [_row("salt", 0, 0.50), _row("salt", 1, 0.60)]))
@@ -292,3 +291,19 @@ def test_report_replace_puts_a_rerun_in_place_of_the_rows_of_the_same_runs(
     cells = [c.strip() for c in salt.strip("|").split("|")]
     # seed 0 re-run (0.70) in place of 0.50, seed 1 kept, seed 2 added: mean of 0.7, 0.6, 0.8
     assert cells[1] == "3" and cells[2] == "0.700 ± 0.100"
+
+
+def test_report_names_a_missing_results_file_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _load("fewshot_report")
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(_row("salt", 0, 0.5)) + "\n")
+    argv = _report_argv(results, tmp_path, tmp_path)
+    monkeypatch.setattr(sys, "argv", [*argv, "--replace", str(tmp_path / "rerun.jsonl")])
+    with pytest.raises(SystemExit) as exit_info:
+        report.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"{tmp_path / 'rerun.jsonl'}: no such results file")
+    assert not (tmp_path / "p.png").exists()  # nothing written
