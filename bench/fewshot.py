@@ -116,6 +116,23 @@ def slice_scores(eval_dir: Path) -> list[list]:
         ]
 
 
+def read_rows(path: Path | str) -> list[dict]:
+    """The rows of a results file (one JSON object per line; blank lines skipped). A line that is not one - a
+    file cut short by a killed run, or edited by hand - raises ``ValueError`` naming the file and the line."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {n}: not a JSON result row ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {n}: not a JSON result row (a {type(row).__name__})")
+        rows.append(row)
+    return rows
+
+
 def trained(out: Path, steps: int, time_limit: float = 0.0) -> bool:
     """A finished training run of this step budget (its summary is written last); under a time limit the run
     ends on the clock, so any finished run counts."""
@@ -464,11 +481,10 @@ def main() -> None:
 
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = (
-        {row_key(json.loads(line)) for line in results.read_text().splitlines()}
-        if results.exists()
-        else set()
-    )
+    try:
+        done = {row_key(r) for r in read_rows(results)} if results.exists() else set()
+    except ValueError as exc:
+        ap.error(str(exc))
     tasks = []
     for name in args.datasets:
         dataset = Path(args.data_root) / name

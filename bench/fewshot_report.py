@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import statistics
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fewshot import DENSE, evaluation_dir, row_key, slice_scores  # noqa: E402 - the sweep's row key and scores
+from fewshot import DENSE, evaluation_dir, read_rows, row_key, slice_scores  # noqa: E402 - the sweep's row key and scores
 
 ORDER = ("salt", "lora", "ssam", "svfit", "effort", "full", "none", "full_random", "unet", "nnunet", "floor")
 #: the frozen-decoder sweep (the paper's setting): compared with each other, ``salt_fd`` as the reference
@@ -175,20 +174,18 @@ def main() -> None:
     for f in [args.results, *args.replace, *args.timing]:
         if not Path(f).is_file():
             ap.error(f"{f}: no such results file")
-    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
-    if args.replace:
-        new = {
-            row_key(r): r
-            for f in args.replace
-            for r in (json.loads(ln) for ln in Path(f).read_text().splitlines() if ln.strip())
-        }
+    try:
+        rows = read_rows(args.results)
+        replacing = [r for f in args.replace for r in read_rows(f)]
+        timing = [r for f in args.timing for r in read_rows(f)]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if replacing:
+        new = {row_key(r): r for r in replacing}
         rows = [new.pop(row_key(r), r) for r in rows] + list(new.values())
     if args.base:  # one base per report (the runs folder is per sweep)
         rows = [r for r in rows if r["method"] == "floor" or r.get("base", "builtin128") == args.base]
     if args.coverage:
-        timing = [
-            json.loads(ln) for f in args.timing for ln in Path(f).read_text().splitlines() if ln.strip()
-        ]
         if args.base:
             timing = [r for r in timing if r.get("base", "builtin128") == args.base]
         print(coverage(rows, timing))

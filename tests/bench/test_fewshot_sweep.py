@@ -307,3 +307,51 @@ def test_report_names_a_missing_results_file_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(f"{tmp_path / 'rerun.jsonl'}: no such results file")
     assert not (tmp_path / "p.png").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"), [('{"method": "salt", "seed"', "Expecting ':' delimiter"), ("[1, 2]", "a list")]
+)
+def test_report_names_a_broken_results_line_in_one_line(
+    bad: str, why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A results file cut short (a run killed while writing) or edited by hand: the file and the line, exit 2."""
+    report = _load("fewshot_report")
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(_row("salt", 0, 0.5)) + "\n\n" + bad + "\n")
+    monkeypatch.setattr(sys, "argv", _report_argv(results, tmp_path, tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        report.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: {results}, line 3: not a JSON result row ({why})")
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_sweep_refuses_to_append_to_a_broken_results_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sweep reads its results file to skip finished runs: a broken line stops it before any run, unchanged."""
+    sweep = _load("fewshot")
+    results = tmp_path / "r.jsonl"
+    text = json.dumps(_row("salt", 0, 0.5)) + '\n{"method": "lora"\n'
+    results.write_text(text)
+    argv = [
+        "fewshot.py",
+        "--results",
+        str(results),
+        "--data-root",
+        str(tmp_path / "d"),
+        "--runs",
+        str(tmp_path),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main()
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"{results}, line 2: not a JSON result row (Expecting ',' delimiter)")
+    )
+    assert results.read_text() == text and not (tmp_path / "d").exists()
